@@ -1,0 +1,298 @@
+//! `llama-shm-worker`: serves an engine over the seed's shared-memory protocol.
+//!
+//! Started with no arguments it behaves like the seed's chatbot: it creates the seed's names
+//! (`/llama_cpp_shared_mem`, `/llama_cpp_sem_*`) and serves until a client sets the shutdown
+//! flag or SIGINT/SIGTERM arrives. `--test` answers one request on stdout. A client that
+//! spawns the worker passes `--control-stdin`: the objects exist already, the auth token
+//! arrives on stdin (a socket), and the worker exits when that socket hangs up.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use llama_shm::control::{self, ControlMsg};
+use llama_shm::engine::{Cancel, EchoEngine, Engine, EngineRequest};
+use llama_shm::names::Prefix;
+use llama_shm::objects::{self, ExtInit, PosixChannel, Trust};
+use llama_shm::os::process::{Watch, Watcher};
+use llama_shm::protocol::Region;
+use llama_shm::wire::layout::{Word32, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
+use llama_shm::worker::{serve, LimitedSink, ServeEnd, ServeOptions};
+
+/// Exit code for a failure before serving started (objects, model, token).
+const EXIT_STARTUP: u8 = 3;
+/// Exit code for a failure while serving.
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EngineKind {
+    /// Answers `{system}\n{user}`: no model, for tests and benchmarks.
+    Echo,
+}
+
+/// Serve a local model (or the echo engine) over POSIX shared memory, wire-compatible with
+/// the seed's chatbot.
+#[derive(Debug, Parser)]
+#[command(name = "llama-shm-worker", version, about, long_about = None)]
+struct Args {
+    /// Inference engine.
+    #[arg(long, value_enum, default_value = "echo")]
+    engine: EngineKind,
+    /// Object-name prefix: objects are /PREFIX_shared_mem and /PREFIX_sem_*.
+    #[arg(long, default_value = llama_shm::names::SEED_PREFIX)]
+    prefix: Prefix,
+    /// Permission bits (octal) for created objects.
+    #[arg(long, default_value = "600", value_parser = parse_octal)]
+    mode: u32,
+    /// Answer one request from the command line on stdout and exit.
+    #[arg(long)]
+    test: bool,
+    /// User prompt for --test.
+    #[arg(long, requires = "test")]
+    user: Option<String>,
+    /// System prompt for --test.
+    #[arg(long, default_value = "", requires = "test")]
+    system: String,
+    /// Echo engine: repeat the answer N times (to reach the response limit).
+    #[arg(long, default_value_t = 1)]
+    echo_repeat: u32,
+    /// Echo engine: wait N ms before answering (cancellable), for failure tests.
+    #[arg(long, default_value_t = 0)]
+    echo_delay_ms: u64,
+    /// Require this auth token on every request: a file holding 64 hex digits.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Spawned by a client: attach to its objects, read the token from stdin (a socket),
+    /// exit when it hangs up.
+    #[arg(long, hide = true)]
+    control_stdin: bool,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    let v =
+        u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("not an octal mode: {e}"))?;
+    if v > 0o777 {
+        return Err(format!("mode {v:o} has bits beyond 0777"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("{0}")]
+    Startup(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = if args.test {
+        run_test(&args)
+    } else {
+        run_server(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llama-shm-worker: error: {e}");
+            ExitCode::from(match e {
+                WorkerError::Startup(_) => EXIT_STARTUP,
+                WorkerError::Runtime(_) => EXIT_RUNTIME,
+            })
+        }
+    }
+}
+
+fn load_engine(args: &Args) -> Result<Box<dyn Engine>, WorkerError> {
+    match args.engine {
+        EngineKind::Echo => Ok(Box::new(EchoEngine {
+            repeat: args.echo_repeat,
+            delay: Duration::from_millis(args.echo_delay_ms),
+        })),
+    }
+}
+
+fn run_test(args: &Args) -> Result<(), WorkerError> {
+    let user = args
+        .user
+        .as_deref()
+        .ok_or_else(|| WorkerError::Startup("--test needs --user".into()))?;
+    let mut engine = load_engine(args)?;
+    let mut answer = String::with_capacity(RESPONSE_LEN);
+    let mut sink = LimitedSink::new(&mut answer, RESPONSE_LEN - 1);
+    engine
+        .generate(
+            &EngineRequest {
+                system: &args.system,
+                user,
+            },
+            &mut sink,
+            &Cancel::new(),
+        )
+        .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{answer}")
+        .and_then(|()| out.flush())
+        .map_err(|e| WorkerError::Runtime(e.to_string()))
+}
+
+fn read_token_file(path: &PathBuf) -> Result<[u8; TOKEN_LEN], WorkerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| WorkerError::Startup(format!("cannot read token file {}: {e}", path.display())))?;
+    let hex = text.trim();
+    let bad = || {
+        WorkerError::Startup(format!(
+            "token file {} must hold {} hex digits",
+            path.display(),
+            TOKEN_LEN * 2
+        ))
+    };
+    if hex.len() != TOKEN_LEN * 2 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut token = [0u8; TOKEN_LEN];
+    for (i, b) in token.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(token)
+}
+
+/// Why serving should stop, set by the watcher thread.
+#[derive(Debug, Default)]
+struct StopState {
+    stop: AtomicBool,
+}
+
+fn run_server(args: &Args) -> Result<(), WorkerError> {
+    let startup = |e: &dyn std::fmt::Display| WorkerError::Startup(e.to_string());
+    let me = std::process::id();
+    // 1. The objects: attach to the spawning client's, or create our own (seed-style).
+    let (channel, mut control_sock, token) = if args.control_stdin {
+        let fd = std::io::stdin().lock();
+        let owned = std::os::fd::AsFd::as_fd(&fd)
+            .try_clone_to_owned()
+            .map_err(|e| startup(&e))?;
+        let mut sock = UnixStream::from(owned);
+        let token = control::recv_token(&mut sock, Instant::now() + Duration::from_secs(10))
+            .map_err(|e| startup(&format!("no auth token from the spawning client: {e}")))?;
+        let channel = objects::open(&args.prefix, Trust { max_mode: args.mode }).map_err(|e| {
+            let _ = control::send(&mut sock, &ControlMsg::Error(e.to_string()));
+            startup(&e)
+        })?;
+        (channel, Some(sock), Some(token))
+    } else {
+        let token = args.token_file.as_ref().map(read_token_file).transpose()?;
+        objects::reclaim(&args.prefix).map_err(|e| startup(&e))?;
+        let features = if token.is_some() {
+            FEATURE_TOKEN_REQUIRED
+        } else {
+            0
+        };
+        let channel = objects::create(
+            &args.prefix,
+            args.mode,
+            ExtInit {
+                creator_pid: me,
+                features,
+            },
+        )
+        .map_err(|e| startup(&e))?;
+        (channel, None, token)
+    };
+    channel.region.store32(Word32::WorkerPid, me);
+    if let Some(sock) = control_sock.as_mut() {
+        // The client unlinks the names once it reads this.
+        control::send(sock, &ControlMsg::Attached).map_err(|e| startup(&format!("control socket: {e}")))?;
+    }
+    let channel = Arc::new(channel);
+    // Names are unlinked on every exit path below (created handles unlink on drop; a
+    // spawned worker removes them too, in case its client died before it could).
+    let _names = NameGuard {
+        channel: Arc::clone(&channel),
+        spawned: args.control_stdin,
+    };
+
+    // 2. Stop conditions: SIGINT/SIGTERM, and the spawning client hanging up.
+    let stop = Arc::new(StopState::default());
+    let cancel = Cancel::new();
+    let (sig_rx, sig_tx) = UnixStream::pair().map_err(|e| startup(&e))?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, sig_tx.try_clone().map_err(|e| startup(&e))?)
+            .map_err(|e| startup(&e))?;
+    }
+    let mut watches = vec![Watch::Readable(sig_rx.into())];
+    if let Some(sock) = &control_sock {
+        watches.push(Watch::HangUp(sock.try_clone().map_err(|e| startup(&e))?.into()));
+    }
+    let _watcher = {
+        let (stop, cancel, channel) = (Arc::clone(&stop), cancel.clone(), Arc::clone(&channel));
+        Watcher::spawn("llama-shm-stop", watches, move |which| {
+            tracing::info!(
+                "{}: stopping",
+                if which == 0 {
+                    "signal received"
+                } else {
+                    "spawning client is gone"
+                }
+            );
+            stop.stop.store(true, Ordering::SeqCst);
+            cancel.cancel();
+            let _ = channel.prompts_written.post();
+        })
+        .map_err(|e| startup(&e))?
+    };
+
+    // 3. The engine (model load), then serve. Objects exist before the model loads, so a
+    //    seed client that opens them early just waits on `ready`.
+    let mut engine = match load_engine(args) {
+        Ok(e) => e,
+        Err(e) => {
+            if let Some(sock) = control_sock.as_mut() {
+                let _ = control::send(sock, &ControlMsg::Error(e.to_string()));
+            }
+            return Err(e);
+        }
+    };
+    let opts = ServeOptions {
+        token,
+        ..ServeOptions::default()
+    };
+    let stopped = || stop.stop.load(Ordering::SeqCst);
+    let (end, served) = serve(&*channel, &mut *engine, &opts, &stopped, &cancel)
+        .map_err(|e| WorkerError::Runtime(format!("semaphore failure: {e}")))?;
+    tracing::info!(?end, served, "worker exiting");
+    match end {
+        ServeEnd::ShutdownRequested | ServeEnd::Stopped => Ok(()),
+    }
+}
+
+/// Removes the prefix's names when the worker exits, however it exits (short of SIGKILL).
+struct NameGuard {
+    channel: Arc<PosixChannel>,
+    spawned: bool,
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        if self.spawned {
+            if let Err(e) = objects::unlink(&self.channel) {
+                tracing::warn!("removing names: {e}");
+            }
+        }
+        // Created (standalone) handles unlink themselves when the last Arc drops.
+    }
+}

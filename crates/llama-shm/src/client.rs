@@ -1,0 +1,968 @@
+//! The client: the Rust `LlamaCppLinuxClient`. Spawns (or attaches to) a worker, sends
+//! requests, and shuts the worker down — with a deadline on every wait, a watcher that notices
+//! the worker's death at once, and nothing left in `/dev/shm` whatever happens.
+//!
+//! ```no_run
+//! use llama_shm::Client;
+//! let mut client = Client::builder().worker("target/release/llama-shm-worker").arg("--engine").arg("echo").spawn()?;
+//! let answer = client.send_request("Hello", "You are terse.")?;
+//! println!("{}", answer.text);
+//! client.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Spawning, step by step: create the four objects under an unguessable prefix (`O_EXCL`,
+//! 0600) → start the worker with a control socket as its stdin → send it the auth token →
+//! wait for "attached" → unlink every name (from here a crash of either side leaves nothing
+//! behind) → watch the worker's pidfd → wait for `ready` with the start-up deadline.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, BufRead};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::control::{self, ControlMsg};
+use crate::names::Prefix;
+use crate::objects::{self, ExtInit, ObjectsError, PosixChannel, Trust};
+use crate::os::process::{self, ExitInfo, Watch, Watcher};
+use crate::protocol::{PreparedRequest, Region, Usage, WaitError};
+use crate::wire::layout::{ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, TOKEN_LEN};
+use crate::wire::status::{StatusCode, WireFinish};
+use crate::wire::text::{EncodeError, Policy};
+
+/// Which protocol the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Use the extension page when the worker has one, the seed's protocol otherwise.
+    #[default]
+    Auto,
+    /// Speak only the seed's protocol, even to a worker with an extension page.
+    Seed,
+}
+
+/// The step of a request (or of start-up) during which something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Starting the worker and waiting for its first `ready`.
+    Startup,
+    /// Waiting for `ready` before writing a request.
+    WaitingReady,
+    /// Waiting for `response_written`.
+    WaitingResponse,
+    /// Shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Startup => "start-up",
+            Phase::WaitingReady => "waiting for the worker to be ready",
+            Phase::WaitingResponse => "waiting for the response",
+            Phase::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// Which prompt an encoding error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptField {
+    /// The system prompt.
+    System,
+    /// The user prompt.
+    User,
+}
+
+/// Why the worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// No worker path was given.
+    #[error("no worker binary given (ClientBuilder::worker)")]
+    NoWorker,
+    /// The worker binary does not exist.
+    #[error("worker binary {path} does not exist")]
+    WorkerNotFound {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The worker binary cannot be executed.
+    #[error("worker binary {path} is not executable: {source}")]
+    NotExecutable {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker exited during start-up.
+    #[error("worker {exit} during start-up{}{}", message.as_ref().map(|m| format!(": {m}")).unwrap_or_default(), stderr_suffix(stderr))]
+    WorkerExited {
+        /// How it ended.
+        exit: ExitInfo,
+        /// The error it reported, if any.
+        message: Option<String>,
+        /// The last lines it wrote to stderr.
+        stderr: Vec<String>,
+    },
+    /// The worker did not become ready in time.
+    #[error("worker not ready after {waited:?} (start-up timeout); it was killed")]
+    StartupTimeout {
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Creating or opening the objects failed.
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
+    /// Another OS failure (random source, socket, pidfd).
+    #[error("start-up failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn stderr_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; last stderr: {}", lines.join(" | "))
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A prompt cannot be encoded under [`Policy::Strict`] (too long, or an interior NUL).
+    #[error("{field:?} prompt rejected: {source}")]
+    Encode {
+        /// Which prompt.
+        field: PromptField,
+        /// Why.
+        #[source]
+        source: EncodeError,
+    },
+    /// The deadline passed.
+    #[error("timed out after {waited:?} {phase}")]
+    Timeout {
+        /// The step.
+        phase: Phase,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The worker died.
+    #[error("worker {exit} while {phase}")]
+    WorkerDied {
+        /// The step.
+        phase: Phase,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// The worker refused the request's auth token.
+    #[error("worker refused the request: {message}")]
+    Unauthorized {
+        /// The worker's message.
+        message: String,
+    },
+    /// The prompt does not fit in the model's context.
+    #[error("prompt is {tokens} tokens; the context holds {ctx}")]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: u64,
+        /// Context size.
+        ctx: u64,
+    },
+    /// The worker's engine failed.
+    #[error("engine failed: {message}")]
+    Engine {
+        /// The worker's message.
+        message: String,
+    },
+    /// The worker judged the request malformed.
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// The worker's message.
+        message: String,
+    },
+    /// The worker is shutting down.
+    #[error("worker is shutting down: {message}")]
+    ShuttingDown {
+        /// The worker's message.
+        message: String,
+    },
+    /// A status this build does not know.
+    #[error("worker answered with unknown status {status}: {message}")]
+    UnknownStatus {
+        /// The status.
+        status: u32,
+        /// The worker's message.
+        message: String,
+    },
+    /// The client was shut down, or an earlier failure left it unusable.
+    #[error("client is closed: {reason}")]
+    Closed {
+        /// Why.
+        reason: String,
+    },
+    /// A semaphore failed.
+    #[error("semaphore failure {phase}: {source}")]
+    Os {
+        /// The step.
+        phase: Phase,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a client could not attach to a running worker.
+pub type AttachError = ObjectsError;
+
+/// Why shutdown was not clean.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// The worker did not exit within the bound and was killed.
+    #[error("worker did not exit within {waited:?} and was killed")]
+    Killed {
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The worker exited with a failure status.
+    #[error("worker {exit}")]
+    Failed {
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// Posting the shutdown failed.
+    #[error("could not signal shutdown: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The answer text (valid UTF-8).
+    pub text: String,
+    /// The worker cut the answer at the 32 KiB response limit.
+    pub truncated: bool,
+    /// The client cut the system prompt to fit its field ([`Policy::Truncate`]).
+    pub system_truncated: bool,
+    /// The client cut the user prompt to fit its field.
+    pub user_truncated: bool,
+    /// The request's sequence number (0 in seed mode).
+    pub seq: u64,
+    /// Resource use reported by the worker (zeros in seed mode).
+    pub usage: Usage,
+    /// Why the answer ended (`Unknown` in seed mode).
+    pub finish: WireFinish,
+}
+
+/// Builds a [`Client`]: `Client::builder().worker(path).arg(..).spawn()`.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    worker: Option<PathBuf>,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    prefix: Option<Prefix>,
+    mode: Mode,
+    object_mode: u32,
+    trust: Trust,
+    policy: Policy,
+    startup_timeout: Duration,
+    request_timeout: Duration,
+    shutdown_timeout: Duration,
+    poll_slice: Duration,
+    token: Option<[u8; TOKEN_LEN]>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            worker: None,
+            args: Vec::new(),
+            envs: Vec::new(),
+            prefix: None,
+            mode: Mode::Auto,
+            object_mode: 0o600,
+            trust: Trust::default(),
+            policy: Policy::Truncate,
+            startup_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(5),
+            poll_slice: Duration::from_millis(50),
+            token: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The worker binary to spawn.
+    pub fn worker(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker = Some(path.into());
+        self
+    }
+    /// Appends one argument for the worker (e.g. `--engine`, `echo`).
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+    /// Appends arguments for the worker.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+    /// Sets an environment variable for the worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+    /// The prefix for a spawned worker's objects (default: a fresh unguessable one).
+    pub fn prefix(mut self, prefix: Prefix) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+    /// Seed or auto mode (default auto).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Permission bits of created objects (default `0o600`).
+    pub fn object_mode(mut self, mode: u32) -> Self {
+        self.object_mode = mode;
+        self
+    }
+    /// Widest permission bits accepted on objects we open (default `0o600`; a seed-era worker
+    /// creates `0o666` objects, which must be allowed explicitly).
+    pub fn trust_mode(mut self, max_mode: u32) -> Self {
+        self.trust = Trust { max_mode };
+        self
+    }
+    /// What to do with prompts that do not fit (default [`Policy::Truncate`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Deadline for the worker's first `ready` (default 120 s: large models load slowly).
+    pub fn startup_timeout(mut self, t: Duration) -> Self {
+        self.startup_timeout = t;
+        self
+    }
+    /// Deadline for each request (default 600 s). A dead worker is noticed at once anyway.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+    /// How long shutdown waits for the worker to exit before killing it (default 5 s).
+    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+        self.shutdown_timeout = t;
+        self
+    }
+
+    /// The auth token to present to an attached worker started with `--token-file`
+    /// (spawned workers get a fresh random token automatically).
+    pub fn token(mut self, token: [u8; TOKEN_LEN]) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Spawns the worker and waits until it is ready.
+    ///
+    /// # Errors
+    /// [`SpawnError`]: a missing or non-executable binary, objects that cannot be created,
+    /// a worker that exits during start-up (with its exit status, its own error message and
+    /// its last stderr lines) or that is not ready by the start-up deadline.
+    pub fn spawn(self) -> Result<Client, SpawnError> {
+        let started = Instant::now();
+        let deadline = started + self.startup_timeout;
+        let path = self.worker.clone().ok_or(SpawnError::NoWorker)?;
+        let prefix = match &self.prefix {
+            Some(p) => p.clone(),
+            None => Prefix::random().map_err(|e| io::Error::other(e.to_string()))?,
+        };
+        let mut token = [0u8; TOKEN_LEN];
+        getrandom::getrandom(&mut token).map_err(|e| io::Error::other(e.to_string()))?;
+        let channel = objects::create(
+            &prefix,
+            self.object_mode,
+            ExtInit {
+                creator_pid: std::process::id(),
+                features: FEATURE_TOKEN_REQUIRED,
+            },
+        )?;
+        let (mut control_sock, worker_end) = UnixStream::pair()?;
+        let mut cmd = Command::new(&path);
+        cmd.args(&self.args)
+            .arg("--prefix")
+            .arg(prefix.as_str())
+            .arg("--mode")
+            .arg(format!("{:o}", self.object_mode))
+            .arg("--control-stdin")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(OwnedFd::from(worker_end)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C meant for the client does not hit the worker,
+            // which the client shuts down in order instead.
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpawnError::WorkerNotFound { path: path.clone() },
+            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
+                path: path.clone(),
+                source: e,
+            },
+            _ => SpawnError::Io(e),
+        })?;
+        drop(cmd);
+        let stderr = StderrTail::start(child.stderr.take());
+        let mut proc = ChildProc {
+            child,
+            control: control_sock.try_clone()?,
+            stderr,
+            rx: control::Receiver::default(),
+        };
+
+        let fail = |proc: &mut ChildProc, fallback: Option<String>| -> SpawnError {
+            let (exit, message) = proc.reap_with_message(deadline);
+            match exit {
+                Some(exit) => SpawnError::WorkerExited {
+                    exit,
+                    message: message.or(fallback),
+                    stderr: proc.stderr.lines(),
+                },
+                None => SpawnError::StartupTimeout {
+                    waited: started.elapsed(),
+                },
+            }
+        };
+
+        if let Err(e) = control::send_token(&mut control_sock, &token) {
+            tracing::debug!("sending the token failed: {e}");
+            return Err(fail(&mut proc, None));
+        }
+        match proc.rx.recv(&mut proc.control, deadline) {
+            Ok(Some(ControlMsg::Attached)) => {}
+            Ok(Some(ControlMsg::Error(m))) => return Err(fail(&mut proc, Some(m))),
+            Ok(None) => return Err(fail(&mut proc, None)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                proc.kill();
+                return Err(SpawnError::StartupTimeout {
+                    waited: started.elapsed(),
+                });
+            }
+            Err(e) => {
+                proc.kill();
+                return Err(SpawnError::Io(e));
+            }
+        }
+        // Both sides hold every object now: from here nothing can leak.
+        objects::unlink(&channel)?;
+        let channel = Arc::new(channel);
+        let dead = Arc::new(AtomicBool::new(false));
+        let worker_pid = proc.child.id();
+        let watcher = start_watcher(worker_pid, &channel, &dead);
+        let mut client = Client {
+            channel,
+            kind: ObjectKind::Extended,
+            child: Some(proc),
+            watcher,
+            dead,
+            worker_pid: Some(worker_pid),
+            token: Some(token),
+            next_seq: 1,
+            holding_turn: false,
+            closed: None,
+            cfg: self,
+        };
+        let alive = client.alive_fn();
+        let waited = client
+            .channel
+            .client_acquire(Some(deadline), client.cfg.poll_slice, &alive);
+        drop(alive);
+        match waited {
+            Ok(()) => {
+                client.holding_turn = true;
+                Ok(client)
+            }
+            Err(WaitError::PeerGone) => {
+                let mut proc = client.child.take().expect("spawned client has a child");
+                client.closed = Some("worker died during start-up".into());
+                Err(fail(&mut proc, None))
+            }
+            Err(WaitError::TimedOut) => {
+                client.closed = Some("start-up timed out".into());
+                if let Some(mut p) = client.child.take() {
+                    p.kill();
+                }
+                Err(SpawnError::StartupTimeout {
+                    waited: started.elapsed(),
+                })
+            }
+            Err(WaitError::Os(e)) => Err(SpawnError::Io(e)),
+        }
+    }
+
+    /// Attaches to a worker already serving `prefix` (e.g. a standalone `llama-shm-worker`;
+    /// `Prefix::seed()` for the seed's names). Its objects must belong to this user and grant
+    /// no more than the trusted mode.
+    ///
+    /// # Errors
+    /// [`ObjectsError`] when the objects are missing, untrusted or malformed.
+    pub fn attach(self, prefix: &Prefix) -> Result<Client, AttachError> {
+        let mut channel = objects::open(prefix, self.trust)?;
+        if self.mode == Mode::Seed {
+            channel.region.force_seed();
+        }
+        let kind = channel.region.kind();
+        let worker_pid = match kind {
+            ObjectKind::Extended => Some(channel.region.load32(Word32::WorkerPid)).filter(|&p| p != 0),
+            ObjectKind::Seed => None,
+        }
+        .or_else(|| {
+            process::processes_mapping(&crate::os::dev_shm_path(&prefix.shm(), false))
+                .first()
+                .copied()
+        });
+        let channel = Arc::new(channel);
+        let dead = Arc::new(AtomicBool::new(false));
+        let watcher = worker_pid.and_then(|pid| start_watcher(pid, &channel, &dead));
+        Ok(Client {
+            channel,
+            kind,
+            child: None,
+            watcher,
+            dead,
+            worker_pid,
+            token: self.token,
+            next_seq: first_attach_seq(),
+            holding_turn: false,
+            closed: None,
+            cfg: self,
+        })
+    }
+}
+
+/// Attached clients share a worker: start their sequence numbers far apart so that one
+/// client's stale response is never taken for another's.
+fn first_attach_seq() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    (u64::from_ne_bytes(b) >> 16).max(1)
+}
+
+fn start_watcher(pid: u32, channel: &Arc<PosixChannel>, dead: &Arc<AtomicBool>) -> Option<Watcher> {
+    let pidfd = match process::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("no pidfd for worker {pid} ({e}); liveness is polled instead");
+            return None;
+        }
+    };
+    let (channel, dead) = (Arc::clone(channel), Arc::clone(dead));
+    Watcher::spawn("llama-shm-watch", vec![Watch::Pidfd(pidfd)], move |_| {
+        dead.store(true, Ordering::SeqCst);
+        // Wake whatever the client is blocked on; the worker is gone, so these counts no
+        // longer mean anything to anyone.
+        let _ = channel.ready.post();
+        let _ = channel.response_written.post();
+    })
+    .map_err(|e| tracing::warn!("cannot start the worker watcher: {e}"))
+    .ok()
+}
+
+/// A spawned worker process and its side channels.
+#[derive(Debug)]
+struct ChildProc {
+    child: Child,
+    control: UnixStream,
+    stderr: StderrTail,
+    rx: control::Receiver,
+}
+
+impl ChildProc {
+    /// Waits (until `deadline`, then kills) for the worker to exit; returns how it ended and
+    /// the error message it sent on the control socket, if any.
+    fn reap_with_message(&mut self, deadline: Instant) -> (Option<ExitInfo>, Option<String>) {
+        let mut message = None;
+        // The worker sends its error and exits; read until EOF (bounded by the deadline).
+        while let Ok(Some(msg)) = self.rx.recv(&mut self.control, deadline) {
+            if let ControlMsg::Error(m) = msg {
+                message = Some(m);
+            }
+        }
+        let exit = self.wait_until(deadline);
+        if exit.is_none() {
+            self.kill();
+        }
+        self.stderr.finish(deadline);
+        (exit, message)
+    }
+
+    /// Waits for exit until `deadline` using a pidfd; `None` if still running.
+    fn wait_until(&mut self, deadline: Instant) -> Option<ExitInfo> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(ExitInfo::from_status(status));
+        }
+        if let Ok(pidfd) = process::pidfd_open(self.child.id()) {
+            wait_fd_readable(pidfd.as_fd(), deadline);
+        } else {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.child.try_wait().ok().flatten().map(ExitInfo::from_status)
+    }
+
+    fn kill(&mut self) -> Option<ExitInfo> {
+        let _ = self.child.kill();
+        self.child.wait().ok().map(ExitInfo::from_status)
+    }
+}
+
+fn wait_fd_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if left.is_zero() => return false,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Keeps the last lines a worker wrote to stderr (and logs them at debug level).
+#[derive(Debug)]
+struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StderrTail {
+    const KEEP: usize = 20;
+
+    fn start(stderr: Option<std::process::ChildStderr>) -> Self {
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let thread = stderr.and_then(|s| {
+            let lines = Arc::clone(&lines);
+            std::thread::Builder::new()
+                .name("llama-shm-stderr".into())
+                .spawn(move || {
+                    for line in io::BufReader::new(s).lines() {
+                        let Ok(line) = line else { break };
+                        tracing::debug!(target: "llama_shm::worker", "{line}");
+                        let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
+                        if l.len() == Self::KEEP {
+                            l.pop_front();
+                        }
+                        l.push_back(line);
+                    }
+                })
+                .ok()
+        });
+        Self { lines, thread }
+    }
+
+    /// Waits (bounded) for the reader to see EOF, so the tail is complete.
+    fn finish(&mut self, deadline: Instant) {
+        if let Some(t) = &self.thread {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = self.thread.take().map(|t| t.join());
+            }
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A connection to one worker. See the [module docs](self).
+#[derive(Debug)]
+pub struct Client {
+    channel: Arc<PosixChannel>,
+    kind: ObjectKind,
+    child: Option<ChildProc>,
+    watcher: Option<Watcher>,
+    dead: Arc<AtomicBool>,
+    worker_pid: Option<u32>,
+    token: Option<[u8; TOKEN_LEN]>,
+    next_seq: u64,
+    holding_turn: bool,
+    closed: Option<String>,
+    cfg: ClientBuilder,
+}
+
+impl Client {
+    /// A builder with the defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Seed or extended, as detected when the client connected.
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// Changes the deadline for the following requests.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.cfg.request_timeout = timeout;
+    }
+
+    /// The worker's pid, when known.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.worker_pid
+    }
+
+    fn alive_fn(&self) -> impl Fn() -> bool + '_ {
+        let polled = self.watcher.is_none();
+        move || {
+            if self.dead.load(Ordering::SeqCst) {
+                return false;
+            }
+            match (polled, self.worker_pid) {
+                (true, Some(pid)) => process::pid_alive(pid),
+                _ => true,
+            }
+        }
+    }
+
+    fn died(&mut self, phase: Phase) -> RequestError {
+        let exit = match &mut self.child {
+            Some(p) => p
+                .wait_until(Instant::now() + Duration::from_secs(1))
+                .unwrap_or(ExitInfo::Unknown),
+            None => ExitInfo::Unknown,
+        };
+        self.closed = Some(format!("worker {exit}"));
+        RequestError::WorkerDied { phase, exit }
+    }
+
+    /// Sends one request and waits for its answer.
+    ///
+    /// # Errors
+    /// [`RequestError`]: a prompt the [`Policy`] rejects (nothing is sent), a timeout, the
+    /// worker's death (with its exit status), or an error the worker reports (auth, prompt
+    /// too long, engine failure). After a timeout the client stays usable: a late answer is
+    /// recognised by its sequence number and skipped.
+    pub fn send_request(&mut self, user: &str, system: &str) -> Result<Response, RequestError> {
+        if let Some(reason) = &self.closed {
+            return Err(RequestError::Closed {
+                reason: reason.clone(),
+            });
+        }
+        let policy = self.cfg.policy;
+        let sys = crate::wire::text::encode(system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy).map_err(
+            |source| RequestError::Encode {
+                field: PromptField::System,
+                source,
+            },
+        )?;
+        let usr = crate::wire::text::encode(user, crate::wire::layout::USER_PROMPT_LEN, policy).map_err(
+            |source| RequestError::Encode {
+                field: PromptField::User,
+                source,
+            },
+        )?;
+        let started = Instant::now();
+        let deadline = started + self.cfg.request_timeout;
+        let slice = self.cfg.poll_slice;
+        if !self.holding_turn {
+            let alive = self.alive_fn();
+            let r = self.channel.client_acquire(Some(deadline), slice, &alive);
+            drop(alive);
+            match r {
+                Ok(()) => {}
+                Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingReady)),
+                Err(WaitError::TimedOut) => {
+                    return Err(RequestError::Timeout {
+                        phase: Phase::WaitingReady,
+                        waited: started.elapsed(),
+                    })
+                }
+                Err(WaitError::Os(source)) => {
+                    return Err(RequestError::Os {
+                        phase: Phase::WaitingReady,
+                        source,
+                    })
+                }
+            }
+        }
+        self.holding_turn = false;
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        let req = PreparedRequest {
+            system: sys,
+            user: usr,
+            seq: if self.kind == ObjectKind::Extended { seq } else { 0 },
+            token: self.token.as_ref(),
+            client_pid: std::process::id(),
+        };
+        self.channel
+            .client_write(&req)
+            .map_err(|source| RequestError::Os {
+                phase: Phase::WaitingResponse,
+                source,
+            })?;
+        let alive = self.alive_fn();
+        let r = self.channel.client_await(req.seq, Some(deadline), slice, &alive);
+        drop(alive);
+        let raw = match r {
+            Ok(raw) => raw,
+            Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
+            Err(WaitError::TimedOut) => {
+                if self.kind == ObjectKind::Seed {
+                    // Without sequence numbers a late answer would be taken for the next one.
+                    self.closed =
+                        Some("a seed-mode request timed out; the late answer would be misread".into());
+                }
+                return Err(RequestError::Timeout {
+                    phase: Phase::WaitingResponse,
+                    waited: started.elapsed(),
+                });
+            }
+            Err(WaitError::Os(source)) => {
+                return Err(RequestError::Os {
+                    phase: Phase::WaitingResponse,
+                    source,
+                })
+            }
+        };
+        let message = raw.error.clone();
+        match raw.status {
+            StatusCode::Ok => Ok(Response {
+                truncated: raw.truncated(),
+                text: raw.text,
+                system_truncated: sys.truncated,
+                user_truncated: usr.truncated,
+                seq: req.seq,
+                usage: raw.usage,
+                finish: raw.finish,
+            }),
+            StatusCode::Unauthorized => Err(RequestError::Unauthorized { message }),
+            StatusCode::PromptTooLong => Err(RequestError::PromptTooLong {
+                tokens: raw.error_args.0,
+                ctx: raw.error_args.1,
+            }),
+            StatusCode::EngineFailed => Err(RequestError::Engine { message }),
+            StatusCode::BadRequest => Err(RequestError::BadRequest { message }),
+            StatusCode::ShuttingDown => Err(RequestError::ShuttingDown { message }),
+            StatusCode::Unknown(status) => Err(RequestError::UnknownStatus { status, message }),
+        }
+    }
+
+    /// Shuts the worker down in the seed's order: set the shutdown flag and post, wait for
+    /// the worker to exit (bounded by the shutdown timeout), unmap and close, kill it if it
+    /// is still running. For an attached client, asks the worker to exit and waits for it as
+    /// far as its pid is known.
+    ///
+    /// # Errors
+    /// [`ShutdownError::Killed`] if the worker had to be killed, [`ShutdownError::Failed`]
+    /// if it exited with a failure status. The client is closed either way.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
+        self.shutdown_inner()
+    }
+
+    /// Leaves an attached worker running and closes this client's handles.
+    pub fn detach(mut self) {
+        self.closed = Some("detached".into());
+        self.child = None;
+    }
+
+    fn shutdown_inner(&mut self) -> Result<(), ShutdownError> {
+        if self.closed.is_some() && self.child.is_none() {
+            return Ok(());
+        }
+        let was_dead = self.dead.load(Ordering::SeqCst);
+        self.closed = Some("shut down".into());
+        let deadline = Instant::now() + self.cfg.shutdown_timeout;
+        let mut posted = Ok(());
+        if !was_dead {
+            // Request fields are only written while holding the turn, so the shutdown waits
+            // for `ready` too (a worker busy with a timed-out request answers it first).
+            let alive = self.alive_fn();
+            let turn = self.holding_turn
+                || self
+                    .channel
+                    .client_acquire(Some(deadline), self.cfg.poll_slice, &alive)
+                    .is_ok();
+            drop(alive);
+            self.holding_turn = false;
+            if turn {
+                let seq = self.next_seq;
+                self.next_seq = self.next_seq.wrapping_add(1).max(1);
+                posted = self.channel.client_request_shutdown(self.token.as_ref(), seq);
+            }
+        }
+        self.watcher = None;
+        let Some(mut proc) = self.child.take() else {
+            // Attached: wait for the worker's exit if we know it.
+            if let Some(pid) = self.worker_pid {
+                if let Ok(fd) = process::pidfd_open(pid) {
+                    wait_fd_readable(fd.as_fd(), deadline);
+                }
+            }
+            return posted.map_err(ShutdownError::Io);
+        };
+        match proc.wait_until(deadline) {
+            Some(ExitInfo::Exited(0)) => {
+                proc.stderr.finish(deadline);
+                posted.map_err(ShutdownError::Io)
+            }
+            Some(exit) if was_dead => {
+                tracing::debug!("worker had already ended: {exit}");
+                Ok(())
+            }
+            Some(exit) => Err(ShutdownError::Failed { exit }),
+            None => {
+                proc.kill();
+                Err(ShutdownError::Killed {
+                    waited: self.cfg.shutdown_timeout,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Err(e) = self.shutdown_inner() {
+                tracing::warn!("shutting the worker down on drop: {e}");
+            }
+        }
+    }
+}
+
+/// Where the worker binary of this build lives, for tools and tests: `$LLAMA_SHM_WORKER`,
+/// else `llama-shm-worker` next to the current executable (or one directory up, for test
+/// binaries in `target/*/deps`).
+pub fn default_worker_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LLAMA_SHM_WORKER") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("llama-shm-worker"),
+        dir.parent()?.join("llama-shm-worker"),
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+}

@@ -1,0 +1,25 @@
+//! # llama-shm
+//!
+//! Talk to a local llama.cpp worker through POSIX shared memory and semaphores — the seed's
+//! wire, byte for byte — without ever hanging on, leaking for, or trusting the other side.
+//!
+//! Layers, from the bottom: [`wire`] (layout and text marshalling, no OS), [`os`] (the only
+//! `unsafe`: shared memory, named semaphores, processes), [`protocol`] (the three-semaphore
+//! cycle, generic over its primitives so loom can check it), [`objects`] (the protocol on
+//! POSIX objects), then [`client`] and [`worker`].
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod control;
+pub mod engine;
+pub mod names;
+pub mod objects;
+pub mod os;
+pub mod protocol;
+pub mod wire;
+pub mod worker;
+
+pub use client::{Client, ClientBuilder, Mode, RequestError, Response, SpawnError};
+pub use engine::{EchoEngine, Engine};
+pub use names::Prefix;
+pub use wire::text::Policy;

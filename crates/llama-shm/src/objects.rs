@@ -1,0 +1,317 @@
+//! The four named objects of one prefix, on POSIX: create, open (vetted), inspect for
+//! staleness, unlink. This is where [`protocol`](crate::protocol) meets [`os`](crate::os).
+
+use std::io;
+use std::time::Instant;
+
+use crate::names::Prefix;
+use crate::os::process::{pid_alive, processes_mapping};
+use crate::os::sem::{self, SemError};
+use crate::os::shm::{self, OpenCheck, ShmError};
+use crate::os::{dev_shm_path, NamedSemaphore, SharedMemory};
+use crate::protocol::{Channel, Region, Semaphore};
+use crate::wire::layout::{
+    ClassifyError, Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION, OBJECT_SIZE,
+    SEED_SIZE,
+};
+
+/// The protocol on POSIX objects.
+pub type PosixChannel = Channel<NamedSemaphore, ShmRegion>;
+
+/// A mapped object together with the protocol it speaks.
+#[derive(Debug)]
+pub struct ShmRegion {
+    shm: SharedMemory,
+    kind: ObjectKind,
+}
+
+impl ShmRegion {
+    /// The underlying handle.
+    pub fn shm(&self) -> &SharedMemory {
+        &self.shm
+    }
+}
+
+impl ShmRegion {
+    /// Speak the seed's protocol only, ignoring the extension page.
+    pub fn force_seed(&mut self) {
+        self.kind = ObjectKind::Seed;
+    }
+}
+
+impl Region for ShmRegion {
+    fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+    fn read(&self, field: Field, at: usize, dst: &mut [u8]) {
+        let span = field.span();
+        if at.saturating_add(dst.len()) > span.len {
+            dst.fill(0);
+            return;
+        }
+        self.shm.read(span.offset + at, dst);
+    }
+    fn write(&self, field: Field, at: usize, src: &[u8]) {
+        let span = field.span();
+        if at.saturating_add(src.len()) <= span.len {
+            self.shm.write(span.offset + at, src);
+        }
+    }
+    fn fill(&self, field: Field, at: usize, len: usize, byte: u8) {
+        let span = field.span();
+        if at.saturating_add(len) <= span.len {
+            self.shm.fill(span.offset + at, len, byte);
+        }
+    }
+    fn load32(&self, word: Word32) -> u32 {
+        self.shm
+            .atomic_u32(word.offset())
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
+    }
+    fn store32(&self, word: Word32, value: u32) {
+        if let Some(a) = self.shm.atomic_u32(word.offset()) {
+            a.store(value, std::sync::atomic::Ordering::Release);
+        }
+    }
+    fn load64(&self, word: Word64) -> u64 {
+        self.shm
+            .atomic_u64(word.offset())
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
+    }
+    fn store64(&self, word: Word64, value: u64) {
+        if let Some(a) = self.shm.atomic_u64(word.offset()) {
+            a.store(value, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Semaphore for NamedSemaphore {
+    fn post(&self) -> io::Result<()> {
+        NamedSemaphore::post(self)
+    }
+    fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        NamedSemaphore::wait_until(self, deadline)
+    }
+}
+
+/// Why the objects of a prefix could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    /// The shared-memory object failed.
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    /// A semaphore failed.
+    #[error(transparent)]
+    Sem(#[from] SemError),
+    /// The object's layout is unusable.
+    #[error(transparent)]
+    Layout(#[from] ClassifyError),
+    /// The prefix is served by a live process.
+    #[error(
+        "objects with prefix {prefix} are in use by pid {pid}; stop it first or choose another --prefix"
+    )]
+    InUse {
+        /// The prefix.
+        prefix: String,
+        /// A process using them.
+        pid: u32,
+    },
+}
+
+/// Who may open a prefix's objects: their owner must be us, and their mode within `max_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trust {
+    /// Widest permission bits accepted (default `0o600`).
+    pub max_mode: u32,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self { max_mode: 0o600 }
+    }
+}
+
+/// What the creator writes into a fresh extension page.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtInit {
+    /// The creator's pid.
+    pub creator_pid: u32,
+    /// `FEATURE_*` bits.
+    pub features: u32,
+}
+
+/// Creates the four objects of `prefix` with permission bits `mode` (`O_EXCL`: nothing
+/// existing is adopted), initialises the extension page, and returns the channel. On failure
+/// everything created so far is removed again.
+///
+/// # Errors
+/// [`ObjectsError`] naming the object that failed (`AlreadyExists` if any name is taken).
+pub fn create(prefix: &Prefix, mode: u32, init: ExtInit) -> Result<PosixChannel, ObjectsError> {
+    let shm = SharedMemory::create(&prefix.shm(), OBJECT_SIZE, mode)?;
+    let region = ShmRegion {
+        shm,
+        kind: ObjectKind::Extended,
+    };
+    region.store32(Word32::Version, EXT_VERSION);
+    region.store32(Word32::PageSize, EXT_SIZE as u32);
+    region.store32(Word32::CreatorPid, init.creator_pid);
+    region.store32(Word32::Features, init.features);
+    region.store64(Word64::ResponseSeq, 0);
+    // Magic last: a reader that sees it sees an initialised page.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    region.write(Field::Magic, 0, &EXT_MAGIC);
+    let [r, p, w] = prefix.sems();
+    let ready = NamedSemaphore::create(&r, mode, 0)?;
+    let prompts_written = NamedSemaphore::create(&p, mode, 0)?;
+    let response_written = NamedSemaphore::create(&w, mode, 0)?;
+    Ok(Channel {
+        ready,
+        prompts_written,
+        response_written,
+        region,
+    })
+}
+
+/// Opens the four objects of `prefix` after vetting owner and mode (see [`Trust`]) and size,
+/// and classifies the object as seed or extended.
+///
+/// # Errors
+/// [`ObjectsError`] naming the object that is missing, untrusted or malformed.
+pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError> {
+    let shm = SharedMemory::open(
+        &prefix.shm(),
+        OpenCheck {
+            same_owner: true,
+            max_mode: trust.max_mode,
+            min_size: SEED_SIZE,
+            map_at_most: OBJECT_SIZE,
+        },
+    )?;
+    let mut magic = [0u8; 8];
+    shm.read(Field::Magic.span().offset, &mut magic);
+    let version = shm
+        .atomic_u32(Word32::Version.offset())
+        .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire));
+    let has_page = shm.mapped_len() >= OBJECT_SIZE;
+    let kind = ObjectKind::classify(shm.object_size(), has_page.then_some(magic), version)?;
+    let region = ShmRegion { shm, kind };
+    let [r, p, w] = prefix.sems();
+    Ok(Channel {
+        ready: NamedSemaphore::open(&r, trust.max_mode)?,
+        prompts_written: NamedSemaphore::open(&p, trust.max_mode)?,
+        response_written: NamedSemaphore::open(&w, trust.max_mode)?,
+        region,
+    })
+}
+
+/// Removes the four names of `channel` (the objects live on while handles exist).
+///
+/// # Errors
+/// The first unlink that failed for another reason than "already gone".
+pub fn unlink(channel: &PosixChannel) -> Result<(), ObjectsError> {
+    channel.region.shm().unlink()?;
+    channel.ready.unlink()?;
+    channel.prompts_written.unlink()?;
+    channel.response_written.unlink()?;
+    Ok(())
+}
+
+/// Removes whatever names of `prefix` exist. Returns how many were removed.
+///
+/// # Errors
+/// The first unlink that failed for another reason than "already gone".
+pub fn unlink_prefix(prefix: &Prefix) -> Result<usize, ObjectsError> {
+    let mut n = usize::from(shm::unlink(&prefix.shm())?);
+    for name in prefix.sems() {
+        n += usize::from(sem::unlink(&name)?);
+    }
+    Ok(n)
+}
+
+/// The state of a prefix's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// None of the four names exists.
+    Absent,
+    /// Some names exist but nobody uses them: a crashed run's leftovers.
+    Stale {
+        /// The recorded creator, if the extension page names one.
+        creator: Option<u32>,
+    },
+    /// A live process created or maps them.
+    InUse {
+        /// That process.
+        pid: u32,
+    },
+}
+
+/// Decides whether the names of `prefix` are absent, stale or in use: a recorded creator
+/// pid that is alive means in use; otherwise any process mapping the object or a semaphore
+/// (seen in `/proc/*/maps`) means in use; otherwise stale.
+pub fn presence(prefix: &Prefix) -> Presence {
+    let shm_name = prefix.shm();
+    let mut paths = vec![dev_shm_path(&shm_name, false)];
+    paths.extend(prefix.sems().iter().map(|n| dev_shm_path(n, true)));
+    if !paths.iter().any(|p| p.exists()) {
+        return Presence::Absent;
+    }
+    let creator = creator_pid(prefix);
+    if let Some(pid) = creator.filter(|&p| pid_alive(p)) {
+        return Presence::InUse { pid };
+    }
+    for path in &paths {
+        if let Some(&pid) = processes_mapping(path).first() {
+            return Presence::InUse { pid };
+        }
+    }
+    Presence::Stale { creator }
+}
+
+/// The creator pid recorded in the extension page of `prefix`'s object, if readable.
+pub fn creator_pid(prefix: &Prefix) -> Option<u32> {
+    let shm = SharedMemory::open(
+        &prefix.shm(),
+        OpenCheck {
+            same_owner: false,
+            max_mode: 0o7777,
+            min_size: OBJECT_SIZE,
+            map_at_most: OBJECT_SIZE,
+        },
+    )
+    .ok()?;
+    let mut magic = [0u8; 8];
+    shm.read(Field::Magic.span().offset, &mut magic);
+    (magic == EXT_MAGIC)
+        .then(|| {
+            shm.atomic_u32(Word32::CreatorPid.offset())
+                .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
+        })
+        .flatten()
+}
+
+/// Makes `prefix` free for a new owner: absent names are fine, stale ones are removed, names
+/// in use are refused.
+///
+/// # Errors
+/// [`ObjectsError::InUse`] naming the live process; unlink failures.
+pub fn reclaim(prefix: &Prefix) -> Result<Presence, ObjectsError> {
+    let presence = presence(prefix);
+    match presence {
+        Presence::Absent => {}
+        Presence::Stale { creator } => {
+            tracing::warn!(
+                prefix = %prefix,
+                creator = creator.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+                "removing stale objects left by a dead process"
+            );
+            unlink_prefix(prefix)?;
+        }
+        Presence::InUse { pid } => {
+            return Err(ObjectsError::InUse {
+                prefix: prefix.to_string(),
+                pid,
+            });
+        }
+    }
+    Ok(presence)
+}

@@ -1,0 +1,221 @@
+//! Processes: is a pid alive, how did a child end, and a watcher thread that reacts the
+//! moment a peer dies (a `pidfd`, or the hang-up of a socket the peer holds).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// It is gone, but its status is unknown (not our child, or already reaped).
+    Unknown,
+}
+
+impl ExitInfo {
+    /// Converts a std exit status.
+    pub fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitInfo::Exited(code),
+            (None, Some(sig)) => ExitInfo::Signaled(sig),
+            _ => ExitInfo::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitInfo::Exited(code) => write!(f, "exited with code {code}"),
+            ExitInfo::Signaled(sig) => match Signal::try_from(sig) {
+                Ok(s) => write!(f, "killed by signal {sig} ({})", s.as_str()),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+            ExitInfo::Unknown => write!(f, "exited (status unknown)"),
+        }
+    }
+}
+
+/// Whether `pid` names a live process (a zombie counts as dead).
+pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    // kill(0) succeeds on zombies: look at the state letter in /proc/<pid>/stat.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state != 'Z' && state != 'X'),
+        Err(_) => true,
+    }
+}
+
+/// Opens a pidfd for `pid`: readable once the process has exited.
+///
+/// # Errors
+/// `ESRCH` if the process is gone; `ENOSYS` on kernels before 5.3.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes (pid_t, unsigned int flags) and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pids of processes that map `path` (by scanning `/proc/*/maps`), excluding this process.
+/// Used to tell whether an object without a recorded creator is still in use. Processes whose
+/// maps are unreadable (other users, unless root) are not seen.
+pub fn processes_mapping(path: &std::path::Path) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = path.to_string_lossy();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) {
+            if maps
+                .lines()
+                .any(|l| l.ends_with(&*needle) || l.ends_with(&format!("{needle} (deleted)")))
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// What a [`Watcher`] waits for.
+#[derive(Debug)]
+pub enum Watch {
+    /// A pidfd: fires when the process exits.
+    Pidfd(OwnedFd),
+    /// A stream socket held by the peer: fires on hang-up (the peer closed it or died).
+    HangUp(OwnedFd),
+    /// A file descriptor that fires when readable (e.g. a signal self-pipe).
+    Readable(OwnedFd),
+}
+
+impl Watch {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Watch::Pidfd(fd) | Watch::HangUp(fd) | Watch::Readable(fd) => fd.as_fd(),
+        }
+    }
+    fn events(&self) -> libc::c_short {
+        match self {
+            Watch::Pidfd(_) | Watch::Readable(_) => libc::POLLIN,
+            // Only the hang-up: data the peer may send is not a reason to fire.
+            Watch::HangUp(_) => libc::POLLRDHUP,
+        }
+    }
+}
+
+/// `poll(2)` on `fds` without a timeout, retrying `EINTR`. (nix's `PollFlags` cannot carry
+/// `POLLRDHUP`, so this calls libc directly.)
+fn poll_forever(fds: &mut [libc::pollfd]) -> io::Result<()> {
+    loop {
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A thread blocked in `poll` on a set of [`Watch`]es; when one fires it calls `on_fire`
+/// with the index of the watch that fired, once, and ends. Dropping the watcher stops and
+/// joins the thread (it never blocks beyond that).
+#[derive(Debug)]
+pub struct Watcher {
+    stop_tx: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts the watcher thread.
+    ///
+    /// # Errors
+    /// When the stop pipe or the thread cannot be created.
+    pub fn spawn<F>(name: &str, watches: Vec<Watch>, on_fire: F) -> io::Result<Self>
+    where
+        F: FnOnce(usize) + Send + 'static,
+    {
+        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let mut fds: Vec<libc::pollfd> = watches
+                .iter()
+                .map(|w| libc::pollfd {
+                    fd: w.fd().as_raw_fd(),
+                    events: w.events(),
+                    revents: 0,
+                })
+                .chain(std::iter::once(libc::pollfd {
+                    fd: stop_rx.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }))
+                .collect();
+            loop {
+                if let Err(e) = poll_forever(&mut fds) {
+                    tracing::error!("watcher poll failed: {e}");
+                    return;
+                }
+                if fds.last().is_some_and(|f| f.revents != 0) {
+                    return;
+                }
+                // POLLHUP/POLLERR are reported whatever was asked for: they count as firing.
+                if let Some(i) = fds[..watches.len()].iter().position(|f| f.revents != 0) {
+                    on_fire(i);
+                    return;
+                }
+            }
+        })?;
+        Ok(Self {
+            stop_tx: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the watcher thread has ended (it fired, or failed).
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = nix::unistd::write(&tx, &[1]);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! POSIX shared memory: create (`O_EXCL`, exact mode), open (owner, mode and size checked),
+//! map, and copy bytes in and out of the mapping.
+//!
+//! # Safety model
+//! The mapping is shared with another process that may write any byte at any time. No Rust
+//! reference (`&[u8]`, `&T`) to mapped bytes is ever created: fields are copied out with
+//! `ptr::copy_nonoverlapping` into private buffers and validated there, and the few control
+//! words are accessed through atomics. The mapping stays valid for the life of the handle;
+//! the object's size is checked before mapping so that no access lies beyond its end (a peer
+//! with write access that shrinks the object afterwards can still cause `SIGBUS`; see
+//! SECURITY.md).
+
+use std::ffi::{CStr, CString};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+use nix::sys::stat::{self, Mode};
+
+/// What can go wrong with a shared-memory object. Every variant names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    /// The name exists already (creation uses `O_EXCL`, so a squatter is never adopted).
+    #[error("shared memory {name} already exists")]
+    AlreadyExists {
+        /// The object's name.
+        name: String,
+    },
+    /// The name does not exist.
+    #[error("shared memory {name} does not exist")]
+    NotFound {
+        /// The object's name.
+        name: String,
+    },
+    /// The object belongs to another user.
+    #[error("shared memory {name} is owned by uid {owner}, not by this user (uid {me}); refusing to use it")]
+    WrongOwner {
+        /// The object's name.
+        name: String,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        me: u32,
+    },
+    /// The object's permissions grant more than allowed (e.g. 0666 when 0600 is required).
+    #[error(
+        "shared memory {name} has mode {mode:04o}, wider than the allowed {allowed:04o}; refusing to use it"
+    )]
+    WrongMode {
+        /// The object's name.
+        name: String,
+        /// Its permission bits.
+        mode: u32,
+        /// The widest mode accepted.
+        allowed: u32,
+    },
+    /// The object is smaller than the layout needs: mapping it would fault.
+    #[error("shared memory {name} is {size} bytes, smaller than the {needed} the layout needs")]
+    TooSmall {
+        /// The object's name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The minimum.
+        needed: u64,
+    },
+    /// A system call failed.
+    #[error("{op} on shared memory {name} failed: {source}")]
+    Os {
+        /// The call (`shm_open`, `ftruncate`, `mmap`, …).
+        op: &'static str,
+        /// The object's name.
+        name: String,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// How [`SharedMemory::open`] vets an existing object before trusting it.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenCheck {
+    /// Refuse an object whose owner is not our effective uid.
+    pub same_owner: bool,
+    /// Refuse an object whose permission bits are not a subset of these.
+    pub max_mode: u32,
+    /// Refuse an object smaller than this many bytes.
+    pub min_size: usize,
+    /// Map at most this many bytes (the rest of a larger object is ignored).
+    pub map_at_most: usize,
+}
+
+/// An open, mapped POSIX shared-memory object.
+///
+/// Dropping it unmaps and closes; the name is unlinked on drop only if this handle created
+/// it and [`SharedMemory::unlink`] was not called (or failed) before.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+    size: u64,
+    name: CString,
+    unlink_on_drop: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: the handle owns its mapping and fd; all access to the mapped bytes goes through
+// raw-pointer copies and atomics (never references), which are sound from any thread.
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above; no method hands out references to mapped memory.
+unsafe impl Sync for SharedMemory {}
+
+fn display(name: &CStr) -> String {
+    name.to_string_lossy().into_owned()
+}
+
+impl SharedMemory {
+    /// Creates `name` with exactly `size` bytes and permission bits `mode`, and maps it.
+    ///
+    /// Uses `O_CREAT | O_EXCL` so an existing object (stale or squatted) is never adopted,
+    /// then `fchmod` so the process umask cannot change the mode.
+    ///
+    /// # Errors
+    /// [`ShmError::AlreadyExists`] if the name exists; [`ShmError::Os`] for other failures
+    /// (the name is unlinked again if creation fails half-way).
+    #[doc(alias = "shm_open")]
+    pub fn create(name: &CStr, size: usize, mode: u32) -> Result<Self, ShmError> {
+        let os = |op, source| ShmError::Os {
+            op,
+            name: display(name),
+            source,
+        };
+        let fd = mman::shm_open(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::EEXIST => ShmError::AlreadyExists { name: display(name) },
+            e => os("shm_open", e),
+        })?;
+        let result = (|| {
+            stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode as _)).map_err(|e| os("fchmod", e))?;
+            nix::unistd::ftruncate(&fd, size as i64).map_err(|e| os("ftruncate", e))?;
+            Self::map(fd, name, size, size as u64, true)
+        })();
+        if result.is_err() {
+            let _ = mman::shm_unlink(name);
+        }
+        result
+    }
+
+    /// Opens an existing object, vets it with `check` (owner, mode, size via `fstat`), and maps
+    /// `min(size, check.map_at_most)` bytes.
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`], [`ShmError::WrongOwner`], [`ShmError::WrongMode`],
+    /// [`ShmError::TooSmall`], or [`ShmError::Os`].
+    #[doc(alias = "shm_open")]
+    pub fn open(name: &CStr, check: OpenCheck) -> Result<Self, ShmError> {
+        let os = |op, source| ShmError::Os {
+            op,
+            name: display(name),
+            source,
+        };
+        let fd =
+            mman::shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+                Errno::ENOENT => ShmError::NotFound { name: display(name) },
+                e => os("shm_open", e),
+            })?;
+        let st = stat::fstat(fd.as_raw_fd()).map_err(|e| os("fstat", e))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if check.same_owner && st.st_uid != me {
+            return Err(ShmError::WrongOwner {
+                name: display(name),
+                owner: st.st_uid,
+                me,
+            });
+        }
+        let mode = st.st_mode & 0o7777;
+        if mode & !check.max_mode != 0 {
+            return Err(ShmError::WrongMode {
+                name: display(name),
+                mode,
+                allowed: check.max_mode,
+            });
+        }
+        let size = st.st_size.max(0) as u64;
+        if size < check.min_size as u64 {
+            return Err(ShmError::TooSmall {
+                name: display(name),
+                size,
+                needed: check.min_size as u64,
+            });
+        }
+        let len = (size.min(check.map_at_most as u64)) as usize;
+        Self::map(fd, name, len, size, false)
+    }
+
+    fn map(fd: OwnedFd, name: &CStr, len: usize, size: u64, created: bool) -> Result<Self, ShmError> {
+        let nz = NonZeroUsize::new(len).ok_or(ShmError::TooSmall {
+            name: display(name),
+            size,
+            needed: 1,
+        })?;
+        // SAFETY: a fresh shared mapping of `len` bytes of `fd`, which is at least `len` bytes
+        // long (created with that size, or checked with fstat). No address hint, so nothing
+        // existing is replaced. The pointer is only used through copies and atomics.
+        let base = unsafe {
+            mman::mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| ShmError::Os {
+            op: "mmap",
+            name: display(name),
+            source: e,
+        })?;
+        Ok(Self {
+            fd,
+            base: base.cast(),
+            len,
+            size,
+            name: name.to_owned(),
+            unlink_on_drop: created.into(),
+        })
+    }
+
+    /// Removes the name; the object lives on until every handle is gone. Idempotent: a name
+    /// already gone is not an error.
+    ///
+    /// # Errors
+    /// [`ShmError::Os`] when `shm_unlink` fails for another reason than `ENOENT`.
+    #[doc(alias = "shm_unlink")]
+    pub fn unlink(&self) -> Result<(), ShmError> {
+        self.unlink_on_drop
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        unlink(&self.name).map(|_| ())
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &CStr {
+        &self.name
+    }
+    /// Bytes mapped.
+    pub fn mapped_len(&self) -> usize {
+        self.len
+    }
+    /// The object's size when it was opened (may exceed the mapped length).
+    pub fn object_size(&self) -> u64 {
+        self.size
+    }
+    /// The file descriptor (for `flock` and `fstat`).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn in_bounds(&self, offset: usize, len: usize) -> bool {
+        offset.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of the mapping. Out-of-range reads fill `dst`
+    /// with zeros instead (a seed-size object has no extension page).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) {
+        if !self.in_bounds(offset, dst.len()) {
+            dst.fill(0);
+            return;
+        }
+        // SAFETY: [offset, offset+len) lies inside the live mapping (checked above); `dst` is
+        // private memory that cannot overlap a MAP_SHARED mapping we never lend out.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `src` into the mapping at `offset`. Out-of-range writes are dropped.
+    pub fn write(&self, offset: usize, src: &[u8]) {
+        if !self.in_bounds(offset, src.len()) {
+            return;
+        }
+        // SAFETY: the destination range is inside the live, writable mapping (checked above);
+        // `src` is private memory, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(offset), src.len()) }
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`. Out-of-range fills are dropped.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) {
+        if !self.in_bounds(offset, len) {
+            return;
+        }
+        // SAFETY: the range is inside the live, writable mapping (checked above).
+        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), byte, len) }
+    }
+
+    /// The 32-bit word at `offset` as an atomic, or `None` if out of range or misaligned.
+    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        if !self.in_bounds(offset, 4) || offset % 4 != 0 {
+            return None;
+        }
+        // SAFETY: in bounds and 4-aligned (the mapping is page-aligned); the memory lives as
+        // long as `&self`, and is only ever accessed atomically at this offset by this crate.
+        Some(unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) })
+    }
+
+    /// The 64-bit word at `offset` as an atomic, or `None` if out of range or misaligned.
+    pub fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
+        if !self.in_bounds(offset, 8) || offset % 8 != 0 {
+            return None;
+        }
+        // SAFETY: as for `atomic_u32`, with 8-byte alignment.
+        Some(unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast()) })
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe the mapping made in `map`, unmapped only here; no
+        // references into it exist (see the module's safety model).
+        let _ = unsafe { mman::munmap(self.base.cast(), self.len) };
+        if *self.unlink_on_drop.get_mut() {
+            let _ = unlink(&self.name);
+        }
+    }
+}
+
+/// Removes a shared-memory name. Returns `false` if it did not exist.
+///
+/// # Errors
+/// [`ShmError::Os`] when `shm_unlink` fails for another reason than `ENOENT`.
+#[doc(alias = "shm_unlink")]
+pub fn unlink(name: &CStr) -> Result<bool, ShmError> {
+    match mman::shm_unlink(name) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(ShmError::Os {
+            op: "shm_unlink",
+            name: display(name),
+            source: e,
+        }),
+    }
+}
+
+/// Owner, mode and size of an existing object, without mapping it (for listing and for
+/// stale-object checks).
+///
+/// # Errors
+/// As [`SharedMemory::open`] for `NotFound` and `Os`.
+pub fn inspect(name: &CStr) -> Result<(u32, u32, u64), ShmError> {
+    let os = |op, source| ShmError::Os {
+        op,
+        name: display(name),
+        source,
+    };
+    let fd =
+        mman::shm_open(name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+            Errno::ENOENT => ShmError::NotFound { name: display(name) },
+            e => os("shm_open", e),
+        })?;
+    let st = stat::fstat(fd.as_raw_fd()).map_err(|e| os("fstat", e))?;
+    Ok((st.st_uid, st.st_mode & 0o7777, st.st_size.max(0) as u64))
+}

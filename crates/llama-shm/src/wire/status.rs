@@ -1,0 +1,109 @@
+//! Status codes and finish reasons as they travel in the extension page.
+
+/// The outcome of one request, as the worker reports it in [`super::layout::Word32::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusCode {
+    /// The response field holds the answer.
+    Ok,
+    /// The request itself was malformed (e.g. a shutdown byte other than 0 or 1).
+    BadRequest,
+    /// The request did not carry the worker's auth token.
+    Unauthorized,
+    /// The prompt does not fit in the model's context (args: tokens, context size).
+    PromptTooLong,
+    /// The engine failed (a decode error, say); the message says how.
+    EngineFailed,
+    /// The worker is shutting down and did not answer.
+    ShuttingDown,
+    /// A code this build does not know (a newer worker).
+    Unknown(u32),
+}
+
+impl StatusCode {
+    /// The wire value.
+    pub const fn to_u32(self) -> u32 {
+        match self {
+            StatusCode::Ok => 0,
+            StatusCode::BadRequest => 1,
+            StatusCode::Unauthorized => 2,
+            StatusCode::PromptTooLong => 3,
+            StatusCode::EngineFailed => 4,
+            StatusCode::ShuttingDown => 5,
+            StatusCode::Unknown(v) => v,
+        }
+    }
+
+    /// Decodes a wire value; unknown values are kept, never rejected.
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            0 => StatusCode::Ok,
+            1 => StatusCode::BadRequest,
+            2 => StatusCode::Unauthorized,
+            3 => StatusCode::PromptTooLong,
+            4 => StatusCode::EngineFailed,
+            5 => StatusCode::ShuttingDown,
+            v => StatusCode::Unknown(v),
+        }
+    }
+}
+
+/// Why an answer ended, in [`super::layout::Word32::FinishReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireFinish {
+    /// Not reported (seed mode, or an error).
+    Unknown,
+    /// The engine finished its answer.
+    Stop,
+    /// A length limit ended the answer.
+    Length,
+    /// The request was cancelled.
+    Cancelled,
+}
+
+impl WireFinish {
+    /// The wire value.
+    pub const fn to_u32(self) -> u32 {
+        match self {
+            WireFinish::Unknown => 0,
+            WireFinish::Stop => 1,
+            WireFinish::Length => 2,
+            WireFinish::Cancelled => 3,
+        }
+    }
+
+    /// Decodes a wire value (anything unknown is `Unknown`).
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => WireFinish::Stop,
+            2 => WireFinish::Length,
+            3 => WireFinish::Cancelled,
+            _ => WireFinish::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_round_trip() {
+        for v in 0..32 {
+            assert_eq!(StatusCode::from_u32(v).to_u32(), v);
+        }
+        assert_eq!(StatusCode::from_u32(u32::MAX), StatusCode::Unknown(u32::MAX));
+    }
+
+    #[test]
+    fn finish_reasons_round_trip() {
+        for f in [
+            WireFinish::Unknown,
+            WireFinish::Stop,
+            WireFinish::Length,
+            WireFinish::Cancelled,
+        ] {
+            assert_eq!(WireFinish::from_u32(f.to_u32()), f);
+        }
+        assert_eq!(WireFinish::from_u32(77), WireFinish::Unknown);
+    }
+}

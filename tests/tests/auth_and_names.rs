@@ -1,0 +1,154 @@
+//! The auth token and the names: a worker with a token refuses requests without it; stale
+//! objects of a SIGKILLed worker are cleaned on the next start; live ones are refused; a
+//! squatted name (mode 0666) is not used.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use llama_shm::client::{Client, RequestError};
+use llama_shm::names::Prefix;
+use llama_shm_tests::seed::SeedPeer;
+use llama_shm_tests::{shm_entries, unique_prefix, wait_served_by, worker_path, ChildGuard};
+
+const T: Duration = Duration::from_secs(10);
+
+fn standalone(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
+    let child = ChildGuard(Some(
+        Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(
+        wait_served_by(prefix, child.id()),
+        "worker did not create its objects"
+    );
+    child
+}
+
+fn stop(child: ChildGuard) -> std::process::Output {
+    let mut child = child.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.stdin.take();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_worker_with_a_token_refuses_requests_without_it() {
+    let prefix = unique_prefix("auth");
+    let token = [0x5au8; 32];
+    let file = std::env::temp_dir().join(format!("{prefix}.token"));
+    std::fs::write(
+        &file,
+        token.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )
+    .unwrap();
+    let worker = standalone(&prefix, &["--token-file", file.to_str().unwrap()]);
+
+    let mut wrong = Client::builder()
+        .request_timeout(T)
+        .token([1; 32])
+        .attach(&prefix)
+        .unwrap();
+    match wrong.send_request("let me in", "") {
+        Err(RequestError::Unauthorized { message }) => assert!(message.contains("token"), "{message}"),
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    wrong.detach();
+    let mut none = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    assert!(matches!(
+        none.send_request("x", ""),
+        Err(RequestError::Unauthorized { .. })
+    ));
+    none.detach();
+    // A seed-style client cannot present a token: it gets the seed's empty answer.
+    let peer = SeedPeer::open(prefix.as_str()).unwrap();
+    assert_eq!(peer.request("x", "y", T).as_deref(), Some(""));
+    drop(peer);
+
+    let mut right = Client::builder()
+        .request_timeout(T)
+        .token(token)
+        .attach(&prefix)
+        .unwrap();
+    assert_eq!(right.send_request("hello", "s").unwrap().text, "s\nhello");
+    // Shutdown without the token is refused too; with it the worker exits.
+    let mut none = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    let _ = none.send_request("x", "");
+    none.detach();
+    right.detach();
+    let out = stop(worker);
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_file(&file).unwrap();
+    assert!(shm_entries(&prefix).is_empty());
+}
+
+#[test]
+fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
+    let prefix = unique_prefix("stale");
+    let mut first = standalone(&prefix, &[]).take();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        shm_entries(&prefix).len(),
+        4,
+        "SIGKILL leaves the names (that is the point)"
+    );
+    let second = standalone(&prefix, &[]);
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    assert_eq!(c.send_request("after", "crash").unwrap().text, "crash\nafter");
+    c.detach();
+    let out = stop(second);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+}
+
+#[test]
+fn a_live_owner_is_refused_with_its_pid() {
+    let prefix = unique_prefix("live");
+    let first = standalone(&prefix, &[]);
+    let out = Command::new(worker_path())
+        .args(["--engine", "echo", "--prefix", prefix.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("in use by pid {}", first.id())), "{err}");
+    assert_eq!(stop(first).status.code(), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+}
+
+#[test]
+fn a_squatted_world_writable_object_is_not_used() {
+    let prefix = unique_prefix("squat");
+    // A squatter creates the seed-size object with mode 0666 and keeps it mapped.
+    let squatter = SeedPeer::create(prefix.as_str());
+    std::fs::set_permissions(
+        format!("/dev/shm/{prefix}_shared_mem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    match Client::builder().attach(&prefix) {
+        Err(e) => assert!(e.to_string().contains("mode 0666"), "{e}"),
+        Ok(_) => panic!("attached to a 0666 object"),
+    }
+    // A worker asked to serve this prefix refuses: the squatter is alive.
+    let out = Command::new(worker_path())
+        .args(["--engine", "echo", "--prefix", prefix.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(squatter);
+    assert!(shm_entries(&prefix).is_empty());
+}

@@ -1,0 +1,210 @@
+//! Faults in real processes: the worker SIGKILLed mid-request (the client must get a typed
+//! error naming the signal within 100 ms), the client SIGKILLed mid-request (the worker must
+//! exit within 1 s), SIGTERM to a worker — and no names left in /dev/shm in any case.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llama_shm::client::{Client, Phase, RequestError};
+use llama_shm::os::process::ExitInfo;
+use llama_shm_tests::{alive, eventually, own_entries, p50_max, worker_path};
+
+fn slow_echo(delay_ms: u64) -> Client {
+    Client::builder()
+        .worker(worker_path())
+        .args(["--engine", "echo", "--echo-delay-ms", &delay_ms.to_string()])
+        .startup_timeout(Duration::from_secs(20))
+        .request_timeout(Duration::from_secs(20))
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the worker `after` into a request; returns how long after the kill the error came.
+fn kill_mid_request(after: Duration) -> Duration {
+    let mut c = slow_echo(10_000);
+    let pid = c.worker_pid().unwrap();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        t
+    });
+    let err = c.send_request("hello", "").unwrap_err();
+    let noticed = Instant::now();
+    let killed_at = killer.join().unwrap();
+    match &err {
+        RequestError::WorkerDied {
+            phase: Phase::WaitingResponse,
+            exit: ExitInfo::Signaled(9),
+        } => {}
+        other => panic!("expected WorkerDied by SIGKILL while waiting for the response, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "worker killed by signal 9 (SIGKILL) while waiting for the response"
+    );
+    // The client is closed now and says why.
+    assert!(matches!(
+        c.send_request("again", ""),
+        Err(RequestError::Closed { .. })
+    ));
+    drop(c);
+    assert!(own_entries().is_empty(), "left behind: {:?}", own_entries());
+    noticed.duration_since(killed_at)
+}
+
+#[test]
+fn worker_killed_mid_request_is_reported_within_100ms_and_leaves_nothing() {
+    let mut samples: Vec<Duration> = (0..20)
+        .map(|i| kill_mid_request(Duration::from_millis(20 + i * 3)))
+        .collect();
+    let (p50, max) = p50_max(&mut samples);
+    eprintln!(
+        "worker-death detection over {} kills: p50 {p50:?}, max {max:?}",
+        samples.len()
+    );
+    assert!(
+        max < Duration::from_millis(100),
+        "detection too slow: max {max:?}"
+    );
+}
+
+#[test]
+fn worker_killed_while_idle_is_reported_on_the_next_request() {
+    let mut c = slow_echo(0);
+    assert_eq!(c.send_request("a", "b").unwrap().text, "b\na");
+    let pid = c.worker_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(2), || !alive(pid)));
+    let t = Instant::now();
+    match c.send_request("x", "") {
+        Err(RequestError::WorkerDied {
+            exit: ExitInfo::Signaled(9),
+            ..
+        }) => {}
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_millis(100));
+    drop(c);
+    assert!(own_entries().is_empty());
+}
+
+#[test]
+fn request_deadline_gives_a_timeout_and_the_client_recovers() {
+    let mut c = Client::builder()
+        .worker(worker_path())
+        .args(["--engine", "echo", "--echo-delay-ms", "300"])
+        .request_timeout(Duration::from_millis(100))
+        .spawn()
+        .unwrap();
+    match c.send_request("first", "") {
+        Err(RequestError::Timeout {
+            phase: Phase::WaitingResponse,
+            waited,
+        }) => {
+            assert!(
+                waited >= Duration::from_millis(100) && waited < Duration::from_millis(250),
+                "{waited:?}"
+            )
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // The late answer to "first" (posted ~200 ms from now) must not be taken for the
+    // answer to "second".
+    c.set_request_timeout(Duration::from_secs(5));
+    let r = c.send_request("second", "").unwrap();
+    assert_eq!(r.text, "\nsecond");
+    c.shutdown().unwrap();
+}
+
+/// The client lives in a child process (this test binary re-run as a helper), spawns a worker,
+/// reports its pid and starts a slow request; we SIGKILL the client and time the worker's exit.
+#[test]
+fn client_killed_mid_request_makes_the_worker_exit_within_1s() {
+    if std::env::var_os("LST_CLIENT_HELPER").is_some() {
+        return;
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "client_helper", "--nocapture", "--include-ignored"])
+            .env("LST_CLIENT_HELPER", "1")
+            .env("LLAMA_SHM_WORKER", worker_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let helper_pid = helper.id();
+        let mut out = std::io::BufReader::new(helper.stdout.take().unwrap());
+        let mut line = String::new();
+        let worker_pid = loop {
+            line.clear();
+            assert!(
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+                "helper ended early"
+            );
+            if let Some(p) = line.trim().strip_prefix("WORKER_PID=") {
+                break p.parse::<u32>().unwrap();
+            }
+        };
+        std::thread::sleep(Duration::from_millis(50)); // the request is in flight
+        let t = Instant::now();
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || !alive(worker_pid)),
+            "worker {worker_pid} survived its client"
+        );
+        worst = worst.max(t.elapsed());
+        let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&format!("_{helper_pid}_")))
+            .collect();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    }
+    eprintln!("worker exit after client SIGKILL: max {worst:?} over 5 kills");
+    assert!(worst < Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "helper for client_killed_mid_request_makes_the_worker_exit_within_1s"]
+fn client_helper() {
+    if std::env::var_os("LST_CLIENT_HELPER").is_none() {
+        return;
+    }
+    let mut c = slow_echo(30_000);
+    println!("WORKER_PID={}", c.worker_pid().unwrap());
+    let _ = c.send_request("never answered", "");
+}
+
+#[test]
+fn sigterm_to_a_standalone_worker_is_a_graceful_exit_0_that_removes_its_names() {
+    let prefix = llama_shm_tests::unique_prefix("term");
+    let mut w = Command::new(worker_path())
+        .args(["--engine", "echo", "--prefix", prefix.as_str()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(
+        Duration::from_secs(5),
+        || llama_shm_tests::shm_entries(&prefix).len() == 4
+    ));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = w.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(llama_shm_tests::shm_entries(&prefix).is_empty());
+}
