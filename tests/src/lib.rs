@@ -113,3 +113,8 @@ pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
         llama_shm::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == 4
     })
 }
+
+/// The `llama-shm` CLI binary built with this workspace (next to the worker).
+pub fn cli_path() -> PathBuf {
+    worker_path().with_file_name("llama-shm")
+}

@@ -29,8 +29,16 @@ const EXIT_STARTUP: u8 = 3;
 /// Exit code for a failure while serving.
 const EXIT_RUNTIME: u8 = 1;
 
+#[cfg(feature = "llama")]
+use llama_shm_worker::llama;
+
+/// The default model's file name, looked for in `./models/`.
+const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum EngineKind {
+    /// A GGUF model through llama.cpp (the seed's chatbot).
+    Llama,
     /// Answers `{system}\n{user}`: no model, for tests and benchmarks.
     Echo,
 }
@@ -41,8 +49,38 @@ enum EngineKind {
 #[command(name = "llama-shm-worker", version, about, long_about = None)]
 struct Args {
     /// Inference engine.
-    #[arg(long, value_enum, default_value = "echo")]
+    #[arg(long, value_enum, default_value = "llama")]
     engine: EngineKind,
+    /// GGUF model (default: $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 2048)]
+    ctx: u32,
+    /// Threads for generation and prompt processing (default: number of cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.7)]
+    temp: f32,
+    /// min-p sampling threshold.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u32,
+    /// Greedy (deterministic) sampling.
+    #[arg(long)]
+    greedy: bool,
+    /// Stop after N generated tokens (default: end of turn or the response limit).
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Keep generating past end-of-generation tokens (benchmarks: forces --max-tokens tokens).
+    #[arg(long, hide = true)]
+    ignore_eog: bool,
+    /// With --test: print the templated prompt's token ids (JSON) instead of answering.
+    #[arg(long, requires = "test")]
+    dump_tokens: bool,
     /// Object-name prefix: objects are /PREFIX_shared_mem and /PREFIX_sem_*.
     #[arg(long, default_value = llama_shm::names::SEED_PREFIX)]
     prefix: Prefix,
@@ -117,13 +155,70 @@ fn main() -> ExitCode {
     }
 }
 
+/// The model to load: `--model`, else `$LLAMA_SHM_MODEL`, else `./models/<default>`, else
+/// `models/<default>` at the workspace root this binary was built in.
+fn resolve_model(arg: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("LLAMA_SHM_MODEL").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let local = PathBuf::from("models").join(DEFAULT_MODEL_FILE);
+    if local.exists() {
+        return local;
+    }
+    // target/<profile>/llama-shm-worker → <workspace>/models/…
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            Some(
+                exe.parent()?
+                    .parent()?
+                    .parent()?
+                    .join("models")
+                    .join(DEFAULT_MODEL_FILE),
+            )
+        })
+        .filter(|p| p.exists())
+        .unwrap_or(local)
+}
+
 fn load_engine(args: &Args) -> Result<Box<dyn Engine>, WorkerError> {
     match args.engine {
         EngineKind::Echo => Ok(Box::new(EchoEngine {
             repeat: args.echo_repeat,
             delay: Duration::from_millis(args.echo_delay_ms),
         })),
+        #[cfg(feature = "llama")]
+        EngineKind::Llama => {
+            let opts = llama_options(args);
+            let t = Instant::now();
+            let engine = llama::LlamaEngine::load(&opts).map_err(|e| WorkerError::Startup(e.to_string()))?;
+            tracing::info!(model = %opts.model.display(), ms = t.elapsed().as_millis() as u64, "model loaded");
+            Ok(Box::new(engine))
+        }
+        #[cfg(not(feature = "llama"))]
+        EngineKind::Llama => Err(WorkerError::Startup(
+            "this llama-shm-worker was built without the `llama` feature; use --engine echo".into(),
+        )),
     }
+}
+
+#[cfg(feature = "llama")]
+fn llama_options(args: &Args) -> llama::LlamaOptions {
+    let mut opts = llama::LlamaOptions::new(resolve_model(args.model.as_ref()));
+    opts.ctx = args.ctx;
+    if let Some(t) = args.threads {
+        opts.threads = Some(t as i32);
+    }
+    opts.temp = args.temp;
+    opts.min_p = args.min_p;
+    opts.seed = args.seed;
+    opts.greedy = args.greedy;
+    opts.max_tokens = args.max_tokens;
+    opts.ignore_eog = args.ignore_eog;
+    opts
 }
 
 fn run_test(args: &Args) -> Result<(), WorkerError> {
@@ -131,6 +226,9 @@ fn run_test(args: &Args) -> Result<(), WorkerError> {
         .user
         .as_deref()
         .ok_or_else(|| WorkerError::Startup("--test needs --user".into()))?;
+    if args.dump_tokens {
+        return dump_tokens(args, user);
+    }
     let mut engine = load_engine(args)?;
     let mut answer = String::with_capacity(RESPONSE_LEN);
     let mut sink = LimitedSink::new(&mut answer, RESPONSE_LEN - 1);
@@ -148,6 +246,29 @@ fn run_test(args: &Args) -> Result<(), WorkerError> {
     writeln!(out, "{answer}")
         .and_then(|()| out.flush())
         .map_err(|e| WorkerError::Runtime(e.to_string()))
+}
+
+#[cfg(feature = "llama")]
+fn dump_tokens(args: &Args, user: &str) -> Result<(), WorkerError> {
+    if args.engine != EngineKind::Llama {
+        return Err(WorkerError::Startup("--dump-tokens needs --engine llama".into()));
+    }
+    let engine =
+        llama::LlamaEngine::load(&llama_options(args)).map_err(|e| WorkerError::Startup(e.to_string()))?;
+    let tokens = engine
+        .prompt_tokens(&EngineRequest {
+            system: &args.system,
+            user,
+        })
+        .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+    let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    println!("[{}]", list.join(","));
+    Ok(())
+}
+
+#[cfg(not(feature = "llama"))]
+fn dump_tokens(_: &Args, _: &str) -> Result<(), WorkerError> {
+    Err(WorkerError::Startup("built without the `llama` feature".into()))
 }
 
 fn read_token_file(path: &PathBuf) -> Result<[u8; TOKEN_LEN], WorkerError> {
