@@ -4,9 +4,9 @@
 //! validated strings and pushes its answer, piece by piece, into a [`ResponseSink`]. The sink
 //! enforces the response limit on a char boundary, so an engine never has to know the wire.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::sync::{Arc, AtomicBool, Ordering};
 
 /// One request, as the engine sees it: both prompts are valid UTF-8 without NUL bytes.
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +70,14 @@ pub enum EngineError {
 ///
 /// Engines check [`Cancel::is_cancelled`] between tokens (or sleep with
 /// [`Cancel::sleep`]), so a dead client or a shutdown signal stops work within one step.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Cancel(Arc<AtomicBool>);
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+}
 
 impl Cancel {
     /// A flag that is not set.

@@ -16,6 +16,7 @@ pub mod names;
 pub mod objects;
 pub mod os;
 pub mod protocol;
+mod sync;
 pub mod wire;
 pub mod worker;
 

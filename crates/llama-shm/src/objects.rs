@@ -92,6 +92,9 @@ impl Semaphore for NamedSemaphore {
     fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool> {
         NamedSemaphore::wait_until(self, deadline)
     }
+    fn try_wait(&self) -> io::Result<bool> {
+        NamedSemaphore::try_wait(self)
+    }
 }
 
 /// Why the objects of a prefix could not be created or opened.

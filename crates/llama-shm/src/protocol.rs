@@ -41,6 +41,11 @@ pub trait Semaphore {
     /// # Errors
     /// The OS error.
     fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool>;
+    /// Decrements the count if it is positive, without blocking. Returns whether it did.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn try_wait(&self) -> io::Result<bool>;
 }
 
 /// Access to the shared object's fields: copies in and out, never references (the peer may
@@ -413,6 +418,16 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         alive: &dyn Fn() -> bool,
     ) -> Result<(), WaitError> {
         wait_for(&self.ready, deadline, slice, alive)?;
+        if !alive() {
+            return Err(WaitError::PeerGone);
+        }
+        // The worker posts `ready` only after the `response_written` of the previous request,
+        // and posts nothing more until we write: any `response_written` still counted now was
+        // left by a request whose client stopped waiting (timed out, or died). Drop them, so
+        // the count is exact again and our own post is the one we wait for.
+        while self.response_written.try_wait()? {}
+        // A watcher that saw the worker die marks it dead *before* posting its wake-ups, so
+        // if the drain just swallowed one of them, this check sees the death.
         if alive() {
             Ok(())
         } else {

@@ -4,5 +4,6 @@
 //! the code that ships.
 
 pub mod layout;
+pub mod mem;
 pub mod status;
 pub mod text;

@@ -1,0 +1,205 @@
+//! loom implementations of the protocol's primitives, so the models in `tests/` run the
+//! protocol functions that ship (`llama_shm::protocol`, `llama_shm::worker::serve`) on
+//! primitives loom can explore exhaustively:
+//!
+//! - [`LoomSemaphore`]: a counting semaphore (loom `Mutex` + `Condvar`). Waits block until a
+//!   post, unless timeouts are switched on, in which case a wait that finds the count at zero
+//!   is a deadline that expired.
+//! - [`LoomRegion`]: every wire field in its own `loom::cell::UnsafeCell`, so loom reports
+//!   any access to a field that is not ordered by the protocol's posts (a data race), and
+//!   every extension word a loom atomic.
+//!
+//! Built only with `RUSTFLAGS="--cfg loom"`; otherwise the crate is empty.
+#![cfg(loom)]
+#![warn(missing_docs)]
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use llama_shm::protocol::{Channel, Region, Semaphore};
+use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64};
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use loom::sync::{Condvar, Mutex};
+
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
+
+/// A counting semaphore on loom primitives.
+#[derive(Debug)]
+pub struct LoomSemaphore {
+    count: Mutex<u32>,
+    cv: Condvar,
+    timeouts: std::sync::atomic::AtomicBool,
+}
+
+impl LoomSemaphore {
+    /// A semaphore at zero whose waits block until posted.
+    pub fn new() -> Self {
+        Self {
+            count: Mutex::new(0),
+            cv: Condvar::new(),
+            timeouts: false.into(),
+        }
+    }
+    /// From now on, a wait that finds the count at zero times out at once (the deadline
+    /// expired before any post); `false` restores blocking waits. Only the waiting thread
+    /// may call this (it is not a loom-tracked operation).
+    pub fn set_timeouts(&self, on: bool) {
+        self.timeouts.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The current count.
+    pub fn count(&self) -> u32 {
+        *self.count.lock().unwrap()
+    }
+}
+
+impl Default for LoomSemaphore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Semaphore for LoomSemaphore {
+    fn post(&self) -> io::Result<()> {
+        *self.count.lock().unwrap() += 1;
+        self.cv.notify_one();
+        Ok(())
+    }
+
+    fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+        let mut count = self.count.lock().unwrap();
+        if self.timeouts.load(std::sync::atomic::Ordering::Relaxed) {
+            if *count == 0 {
+                return Ok(false);
+            }
+        } else {
+            while *count == 0 {
+                count = self.cv.wait(count).unwrap();
+            }
+        }
+        *count -= 1;
+        Ok(true)
+    }
+
+    fn try_wait(&self) -> io::Result<bool> {
+        let mut count = self.count.lock().unwrap();
+        if *count == 0 {
+            return Ok(false);
+        }
+        *count -= 1;
+        Ok(true)
+    }
+}
+
+const N_WORD32: usize = 14;
+const N_WORD64: usize = 6;
+const _: () = assert!(
+    Word32::FinishReason as usize + 1 == N_WORD32 && Word64::GenerationMicros as usize + 1 == N_WORD64
+);
+
+/// The wire's fields in loom cells.
+#[derive(Debug)]
+pub struct LoomRegion {
+    kind: ObjectKind,
+    fields: Vec<UnsafeCell<Vec<u8>>>,
+    words32: Vec<AtomicU32>,
+    words64: Vec<AtomicU64>,
+}
+
+// SAFETY: every field is a loom UnsafeCell whose accesses loom checks for races (that is the
+// point of the model); the words are loom atomics.
+unsafe impl Sync for LoomRegion {}
+
+impl LoomRegion {
+    /// A zeroed region of `kind`.
+    pub fn new(kind: ObjectKind) -> Self {
+        Self {
+            kind,
+            fields: Field::ALL
+                .iter()
+                .map(|f| UnsafeCell::new(vec![0u8; f.span().len]))
+                .collect(),
+            words32: (0..N_WORD32).map(|_| AtomicU32::new(0)).collect(),
+            words64: (0..N_WORD64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Region for LoomRegion {
+    fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+    fn read(&self, field: Field, at: usize, dst: &mut [u8]) {
+        self.fields[field as usize].with(|p| {
+            // SAFETY: loom grants shared access here and reports a race if a write to this
+            // field is not ordered before it.
+            let v = unsafe { &*p };
+            match v.get(at..at + dst.len()) {
+                Some(src) => dst.copy_from_slice(src),
+                None => dst.fill(0),
+            }
+        });
+    }
+    fn write(&self, field: Field, at: usize, src: &[u8]) {
+        self.fields[field as usize].with_mut(|p| {
+            // SAFETY: loom grants exclusive access here and reports any unordered access.
+            let v = unsafe { &mut *p };
+            if let Some(dst) = v.get_mut(at..at + src.len()) {
+                dst.copy_from_slice(src);
+            }
+        });
+    }
+    fn fill(&self, field: Field, at: usize, len: usize, byte: u8) {
+        self.fields[field as usize].with_mut(|p| {
+            // SAFETY: as in `write`.
+            let v = unsafe { &mut *p };
+            if let Some(dst) = v.get_mut(at..at + len) {
+                dst.fill(byte);
+            }
+        });
+    }
+    fn load32(&self, word: Word32) -> u32 {
+        self.words32[word as usize].load(Ordering::Acquire)
+    }
+    fn store32(&self, word: Word32, value: u32) {
+        self.words32[word as usize].store(value, Ordering::Release);
+    }
+    fn load64(&self, word: Word64) -> u64 {
+        self.words64[word as usize].load(Ordering::Acquire)
+    }
+    fn store64(&self, word: Word64, value: u64) {
+        self.words64[word as usize].store(value, Ordering::Release);
+    }
+}
+
+/// The protocol on loom primitives.
+pub type LoomChannel = Channel<LoomSemaphore, LoomRegion>;
+
+/// A fresh channel over a zeroed region of `kind`.
+pub fn channel(kind: ObjectKind) -> LoomChannel {
+    Channel {
+        ready: LoomSemaphore::new(),
+        prompts_written: LoomSemaphore::new(),
+        response_written: LoomSemaphore::new(),
+        region: LoomRegion::new(kind),
+    }
+}
+
+/// The slice the protocol's waits use between liveness checks (irrelevant to loom, whose
+/// waits block; any value works).
+pub const SLICE: Duration = Duration::from_millis(50);
+
+/// Asserts that every semaphore is back at its idle value (0): a stray post is not a data
+/// race, so this is how a model catches one.
+pub fn assert_idle(ch: &LoomChannel) {
+    assert_eq!(
+        (
+            ch.ready.count(),
+            ch.prompts_written.count(),
+            ch.response_written.count()
+        ),
+        (0, 0, 0),
+        "semaphores (ready, prompts_written, response_written) not idle at the end"
+    );
+}
