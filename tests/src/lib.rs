@@ -118,3 +118,59 @@ pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
 pub fn cli_path() -> PathBuf {
     worker_path().with_file_name("llama-shm")
 }
+
+/// Pid of the process whose command line contains `--prefix <prefix>` (a spawned worker).
+pub fn find_worker(prefix: &Prefix) -> Option<u32> {
+    let needle = format!("--prefix\0{}\0", prefix.as_str());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd).contains(&needle).then_some(pid)
+    })
+}
+
+/// A small deterministic PRNG (xorshift64*) so campaigns can print and replay their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `LST_SEED` if set, else from the clock; prints the seed.
+    pub fn from_env(name: &str) -> Self {
+        let seed = std::env::var("LST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{name}: LST_SEED={seed}");
+        Self(seed.max(1))
+    }
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Trials for a campaign: `LST_TRIALS` if set (the long run), else `default`.
+pub fn trials(default: usize) -> usize {
+    std::env::var("LST_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// p50, p99 and max of a sample.
+pub fn p50_p99_max(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    (q(0.5), q(0.99), q(1.0))
+}

@@ -71,6 +71,37 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// When a spawned worker has died, whether and how the client starts a new one.
+///
+/// The request that met the death fails with [`RequestError::WorkerDied`]; the next request
+/// respawns the worker (same binary, arguments and options) and is sent to it. Consecutive
+/// failed spawns wait `backoff`, doubling up to `max_backoff`, and give up after
+/// `max_attempts` with [`RequestError::RestartFailed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Spawn attempts per outage before giving up (0 disables restarts).
+    pub max_attempts: u32,
+    /// Wait before the second attempt of an outage (the first is immediate).
+    pub backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// No restarts: a dead worker closes the client (the default).
+    pub const NEVER: RestartPolicy = RestartPolicy {
+        max_attempts: 0,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+    /// Up to 5 attempts, 10 ms backoff doubling to 1 s.
+    pub const DEFAULT: RestartPolicy = RestartPolicy {
+        max_attempts: 5,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(1),
+    };
+}
+
 /// Which prompt an encoding error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptField {
@@ -201,6 +232,15 @@ pub enum RequestError {
         /// The worker's message.
         message: String,
     },
+    /// The worker had died and could not be started again within the restart policy.
+    #[error("worker could not be restarted after {attempts} attempt(s): {source}")]
+    RestartFailed {
+        /// Spawn attempts made in this outage.
+        attempts: u32,
+        /// The last spawn error.
+        #[source]
+        source: Box<SpawnError>,
+    },
     /// The client was shut down, or an earlier failure left it unusable.
     #[error("client is closed: {reason}")]
     Closed {
@@ -276,6 +316,7 @@ pub struct ClientBuilder {
     shutdown_timeout: Duration,
     poll_slice: Duration,
     token: Option<[u8; TOKEN_LEN]>,
+    restart: RestartPolicy,
 }
 
 impl Default for ClientBuilder {
@@ -294,6 +335,7 @@ impl Default for ClientBuilder {
             shutdown_timeout: Duration::from_secs(5),
             poll_slice: Duration::from_millis(50),
             token: None,
+            restart: RestartPolicy::NEVER,
         }
     }
 }
@@ -358,6 +400,12 @@ impl ClientBuilder {
     /// How long shutdown waits for the worker to exit before killing it (default 5 s).
     pub fn shutdown_timeout(mut self, t: Duration) -> Self {
         self.shutdown_timeout = t;
+        self
+    }
+
+    /// Respawn a dead worker on the next request (spawned clients only; default: never).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
         self
     }
 
@@ -474,6 +522,8 @@ impl ClientBuilder {
             next_seq: 1,
             holding_turn: false,
             closed: None,
+            restartable: false,
+            restart_attempts: 0,
             cfg: self,
         };
         let alive = client.alive_fn();
@@ -539,6 +589,8 @@ impl ClientBuilder {
             next_seq: first_attach_seq(),
             holding_turn: false,
             closed: None,
+            restartable: false,
+            restart_attempts: 0,
             cfg: self,
         })
     }
@@ -706,6 +758,10 @@ pub struct Client {
     next_seq: u64,
     holding_turn: bool,
     closed: Option<String>,
+    /// Set when the worker died and the restart policy may replace it.
+    restartable: bool,
+    /// Failed spawn attempts in the current outage.
+    restart_attempts: u32,
     cfg: ClientBuilder,
 }
 
@@ -751,6 +807,7 @@ impl Client {
             None => ExitInfo::Unknown,
         };
         self.closed = Some(format!("worker {exit}"));
+        self.restartable = self.child.is_some() && self.cfg.restart.max_attempts > 0;
         RequestError::WorkerDied { phase, exit }
     }
 
@@ -759,9 +816,13 @@ impl Client {
     /// # Errors
     /// [`RequestError`]: a prompt the [`Policy`] rejects (nothing is sent), a timeout, the
     /// worker's death (with its exit status), or an error the worker reports (auth, prompt
-    /// too long, engine failure). After a timeout the client stays usable: a late answer is
+    /// too long, engine failure); [`RequestError::RestartFailed`] when a dead worker could not
+    /// be replaced under the [`RestartPolicy`]. After a timeout the client stays usable: a late answer is
     /// recognised by its sequence number and skipped.
     pub fn send_request(&mut self, user: &str, system: &str) -> Result<Response, RequestError> {
+        if self.restartable {
+            self.respawn()?;
+        }
         if let Some(reason) = &self.closed {
             return Err(RequestError::Closed {
                 reason: reason.clone(),
@@ -864,6 +925,43 @@ impl Client {
             StatusCode::BadRequest => Err(RequestError::BadRequest { message }),
             StatusCode::ShuttingDown => Err(RequestError::ShuttingDown { message }),
             StatusCode::Unknown(status) => Err(RequestError::UnknownStatus { status, message }),
+        }
+    }
+
+    /// Replaces a dead worker by a new one, following the restart policy.
+    fn respawn(&mut self) -> Result<(), RequestError> {
+        let policy = self.cfg.restart;
+        loop {
+            if self.restart_attempts >= policy.max_attempts {
+                self.restartable = false;
+                return Err(RequestError::Closed {
+                    reason: format!(
+                        "worker died and {} restart attempt(s) failed",
+                        self.restart_attempts
+                    ),
+                });
+            }
+            if self.restart_attempts > 0 {
+                let factor = 1u32 << (self.restart_attempts - 1).min(16);
+                std::thread::sleep(policy.backoff.saturating_mul(factor).min(policy.max_backoff));
+            }
+            self.restart_attempts += 1;
+            match self.cfg.clone().spawn() {
+                Ok(fresh) => {
+                    tracing::info!(attempt = self.restart_attempts, "worker restarted");
+                    // The old client (its dead child reaped, its handles closed) drops here.
+                    drop(std::mem::replace(self, fresh));
+                    return Ok(());
+                }
+                Err(e) if self.restart_attempts >= policy.max_attempts => {
+                    self.restartable = false;
+                    return Err(RequestError::RestartFailed {
+                        attempts: self.restart_attempts,
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => tracing::warn!(attempt = self.restart_attempts, "worker restart failed: {e}"),
+            }
         }
     }
 
