@@ -93,9 +93,9 @@ impl Semaphore for LoomSemaphore {
 }
 
 const N_WORD32: usize = 14;
-const N_WORD64: usize = 6;
+const N_WORD64: usize = 8;
 const _: () = assert!(
-    Word32::FinishReason as usize + 1 == N_WORD32 && Word64::GenerationMicros as usize + 1 == N_WORD64
+    Word32::FinishReason as usize + 1 == N_WORD32 && Word64::RequestChecksum as usize + 1 == N_WORD64
 );
 
 /// The wire's fields in loom cells.

@@ -241,6 +241,10 @@ pub enum RequestError {
         #[source]
         source: Box<SpawnError>,
     },
+    /// The response's checksum did not match: something changed it in shared memory after
+    /// the worker wrote it. The request may be retried.
+    #[error("response corrupted in shared memory (checksum mismatch)")]
+    Corrupt,
     /// The client was shut down, or an earlier failure left it unusable.
     #[error("client is closed: {reason}")]
     Closed {
@@ -905,6 +909,9 @@ impl Client {
                 })
             }
         };
+        if !raw.intact {
+            return Err(RequestError::Corrupt);
+        }
         let message = raw.error.clone();
         match raw.status {
             StatusCode::Ok => Ok(Response {

@@ -162,6 +162,8 @@ pub struct RawResponse {
     pub usage: Usage,
     /// Why the answer ended.
     pub finish: WireFinish,
+    /// Whether the response's checksum matched (always true in seed mode, which has none).
+    pub intact: bool,
 }
 
 impl RawResponse {
@@ -261,6 +263,46 @@ pub fn wait_for<S: Semaphore>(
     }
 }
 
+/// Checksum of a request as the client wrote it: sequence number, token, shutdown byte and,
+/// for a request (shutdown byte 0), both prompts' payloads. The worker recomputes it over its
+/// private copies; a mismatch means the bytes changed in shared memory.
+pub fn request_checksum(seq: u64, token: &[u8; TOKEN_LEN], shutdown: u8, system: &[u8], user: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&seq.to_le_bytes());
+    h.update(token);
+    h.update(&[shutdown]);
+    if shutdown == 0 {
+        for field in [system, user] {
+            h.update(&(field.len() as u64).to_le_bytes());
+            h.update(field);
+        }
+    }
+    h.digest()
+}
+
+/// Checksum of a response: sequence number, status, flags, the answer and the error text and
+/// arguments. The client recomputes it over its private copies.
+pub fn response_checksum(
+    seq: u64,
+    status: u32,
+    flags: u32,
+    text: &[u8],
+    error: &[u8],
+    args: (u64, u64),
+) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&status.to_le_bytes());
+    h.update(&flags.to_le_bytes());
+    for part in [text, error] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&args.0.to_le_bytes());
+    h.update(&args.1.to_le_bytes());
+    h.digest()
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -315,8 +357,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     }
 
     /// Worker: reads and validates what the client wrote: the shutdown byte, the auth token
-    /// (`expected` is `Some` when the worker requires one), the sequence number, and both
-    /// prompts into `system` and `user` (repaired copies; flags say what was repaired).
+    /// (`expected` is `Some` when the worker requires one), the sequence number, the request
+    /// checksum (extended clients), and both prompts into `system` and `user` (repaired
+    /// copies; flags say what was repaired).
     pub fn worker_take(
         &self,
         expected: Option<&[u8; TOKEN_LEN]>,
@@ -326,46 +369,73 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     ) -> Incoming {
         let mut shutdown = [0u8];
         self.region.read(Field::Shutdown, 0, &mut shutdown);
-        let seq = if self.extended() {
-            self.region.load64(Word64::RequestSeq)
+        let shutdown = shutdown[0];
+        let (seq, stored_check) = if self.extended() {
+            (
+                self.region.load64(Word64::RequestSeq),
+                self.region.load64(Word64::RequestChecksum),
+            )
         } else {
-            0
+            (0, 0)
+        };
+        let mut token = [0u8; TOKEN_LEN];
+        if seq != 0 {
+            self.region.read(Field::AuthToken, 0, &mut token);
+        }
+        let refuse = |status, message: String| {
+            // A refused shutdown flag must not linger into the next request.
+            if shutdown != 0 {
+                self.region.write(Field::Shutdown, 0, &[0]);
+            }
+            Incoming::Refused { seq, status, message }
         };
         if let Some(expected) = expected {
-            let mut token = [0u8; TOKEN_LEN];
-            self.region.read(Field::AuthToken, 0, &mut token);
             if seq == 0 || !token_eq(&token, expected) {
-                if shutdown[0] != 0 {
-                    self.region.write(Field::Shutdown, 0, &[0]);
-                }
-                return Incoming::Refused {
-                    seq,
-                    status: StatusCode::Unauthorized,
-                    message: "request does not carry this worker's auth token".into(),
-                };
+                return refuse(
+                    StatusCode::Unauthorized,
+                    "request does not carry this worker's auth token".into(),
+                );
             }
         }
-        match shutdown[0] {
+        let corrupted = || {
+            refuse(
+                StatusCode::BadRequest,
+                "request checksum mismatch: the request changed in shared memory while in transit".into(),
+            )
+        };
+        match shutdown {
             0 => {}
+            1 if seq != 0 && request_checksum(seq, &token, 1, &[], &[]) != stored_check => {
+                return corrupted()
+            }
             1 => return Incoming::Shutdown,
             other => {
-                self.region.write(Field::Shutdown, 0, &[0]);
-                return Incoming::Refused {
-                    seq,
-                    status: StatusCode::BadRequest,
-                    message: format!("shutdown_requested is {other:#04x}; only 0 and 1 are valid"),
-                };
+                return refuse(
+                    StatusCode::BadRequest,
+                    format!("shutdown_requested is {other:#04x}; only 0 and 1 are valid"),
+                )
             }
         }
+        // Each prompt is copied once; the checksum and the decoding both use that copy.
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(&token);
+        hasher.update(&[0]);
         let mut take = |field: Field, out: &mut String| {
             let cap = field.span().len;
             debug_assert!(cap <= scratch.len());
             let buf = &mut scratch[..cap];
             self.region.read(field, 0, buf);
+            let payload = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(cap)];
+            hasher.update(&(payload.len() as u64).to_le_bytes());
+            hasher.update(payload);
             text::decode_into(buf, out)
         };
         let system_flags = take(Field::SystemPrompt, system);
         let user_flags = take(Field::UserPrompt, user);
+        if seq != 0 && hasher.digest() != stored_check {
+            return corrupted();
+        }
         Incoming::Request {
             seq,
             system: system_flags,
@@ -399,6 +469,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             r.store64(Word64::PromptMicros, micros(outcome.usage.prompt_time));
             r.store64(Word64::GenerationMicros, micros(outcome.usage.generation_time));
             r.store32(Word32::FinishReason, outcome.finish.to_u32());
+            let check = response_checksum(
+                seq,
+                outcome.status.to_u32(),
+                flags,
+                kept.bytes,
+                err.bytes,
+                outcome.error_args,
+            );
+            r.store64(Word64::ResponseChecksum, check);
             r.store64(Word64::ResponseSeq, seq);
         }
         self.response_written.post()
@@ -445,6 +524,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let token = req.token.copied().unwrap_or([0; TOKEN_LEN]);
             self.region.write(Field::AuthToken, 0, &token);
             self.region.store32(Word32::ClientPid, req.client_pid);
+            let check = request_checksum(req.seq, &token, 0, req.system.bytes, req.user.bytes);
+            self.region.store64(Word64::RequestChecksum, check);
             self.region.store64(Word64::RequestSeq, req.seq);
         }
         self.write_text(Field::SystemPrompt, req.system.bytes);
@@ -475,7 +556,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 return Ok(self.read_seed_response());
             }
             if self.region.load64(Word64::ResponseSeq) == seq {
-                return Ok(self.read_extended_response());
+                return Ok(self.read_extended_response(seq));
             }
             if !alive() {
                 return Err(WaitError::PeerGone);
@@ -497,28 +578,35 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             error_args: (0, 0),
             usage: Usage::default(),
             finish: WireFinish::Unknown,
+            intact: true,
         }
     }
 
-    fn read_extended_response(&self) -> RawResponse {
+    fn read_extended_response(&self, seq: u64) -> RawResponse {
         let r = &self.region;
+        // Everything is copied once, then checked and decoded from the private copies.
+        let status = r.load32(Word32::Status);
+        let flags = r.load32(Word32::ResponseFlags);
+        let stored_check = r.load64(Word64::ResponseChecksum);
+        let args = (r.load64(Word64::ErrorArg0), r.load64(Word64::ErrorArg1));
         let len = (r.load32(Word32::ResponseLen) as usize).min(RESPONSE_LEN - 1);
         let mut buf = vec![0u8; len];
         r.read(Field::Response, 0, &mut buf);
+        let err_len = (r.load32(Word32::ErrorLen) as usize).min(Field::ErrorMessage.span().len - 1);
+        let mut ebuf = vec![0u8; err_len];
+        r.read(Field::ErrorMessage, 0, &mut ebuf);
+        let intact = response_checksum(seq, status, flags, &buf, &ebuf, args) == stored_check;
         let decoded = text::decode(&buf);
         let mut decode = decoded.flags;
         // `response_len` bytes without a NUL is the normal case here, not a defect.
         decode.missing_nul = false;
-        let err_len = (r.load32(Word32::ErrorLen) as usize).min(Field::ErrorMessage.span().len - 1);
-        let mut ebuf = vec![0u8; err_len];
-        r.read(Field::ErrorMessage, 0, &mut ebuf);
         RawResponse {
-            status: StatusCode::from_u32(r.load32(Word32::Status)),
+            status: StatusCode::from_u32(status),
             text: decoded.text.into_owned(),
             decode,
-            flags: r.load32(Word32::ResponseFlags),
+            flags,
             error: text::decode(&ebuf).text.into_owned(),
-            error_args: (r.load64(Word64::ErrorArg0), r.load64(Word64::ErrorArg1)),
+            error_args: args,
             usage: Usage {
                 prompt_tokens: r.load32(Word32::PromptTokens),
                 generated_tokens: r.load32(Word32::GeneratedTokens),
@@ -526,6 +614,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 generation_time: Duration::from_micros(r.load64(Word64::GenerationMicros)),
             },
             finish: WireFinish::from_u32(r.load32(Word32::FinishReason)),
+            intact,
         }
     }
 

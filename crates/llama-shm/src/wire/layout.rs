@@ -136,8 +136,13 @@ pub struct ExtensionPage {
     pub finish_reason: u32,
     /// Reserved, zero.
     pub reserved1: u32,
-    /// Reserved for later response fields, zero.
-    pub reserved2: [u8; 104],
+    /// Checksum of the response (see `protocol::response_checksum`): a response the client
+    /// reads with another checksum was corrupted in shared memory.
+    pub response_checksum: u64,
+    /// Checksum of the request (see `protocol::request_checksum`), written by the client.
+    pub request_checksum: u64,
+    /// Reserved for later fields, zero.
+    pub reserved2: [u8; 88],
     /// A short, human-readable error for the last request: UTF-8, NUL-terminated.
     pub error_message: [u8; ERROR_MESSAGE_LEN],
     /// Reserved for streaming (cursor, chunk sequence), cancellation, the turn lock and the
@@ -167,6 +172,8 @@ const_assert_eq!(offset_of!(ExtensionPage, generated_tokens), 124);
 const_assert_eq!(offset_of!(ExtensionPage, prompt_us), 128);
 const_assert_eq!(offset_of!(ExtensionPage, generation_us), 136);
 const_assert_eq!(offset_of!(ExtensionPage, finish_reason), 144);
+const_assert_eq!(offset_of!(ExtensionPage, response_checksum), 152);
+const_assert_eq!(offset_of!(ExtensionPage, request_checksum), 160);
 const_assert_eq!(offset_of!(ExtensionPage, error_message), 256);
 const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 512);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
@@ -346,6 +353,10 @@ pub enum Word64 {
     PromptMicros,
     /// [`ExtensionPage::generation_us`].
     GenerationMicros,
+    /// [`ExtensionPage::response_checksum`].
+    ResponseChecksum,
+    /// [`ExtensionPage::request_checksum`].
+    RequestChecksum,
 }
 
 impl Word64 {
@@ -359,6 +370,8 @@ impl Word64 {
                 Word64::ErrorArg1 => offset_of!(ExtensionPage, error_arg1),
                 Word64::PromptMicros => offset_of!(ExtensionPage, prompt_us),
                 Word64::GenerationMicros => offset_of!(ExtensionPage, generation_us),
+                Word64::ResponseChecksum => offset_of!(ExtensionPage, response_checksum),
+                Word64::RequestChecksum => offset_of!(ExtensionPage, request_checksum),
             }
     }
 }
@@ -491,6 +504,8 @@ mod tests {
             D::ErrorArg1,
             D::PromptMicros,
             D::GenerationMicros,
+            D::ResponseChecksum,
+            D::RequestChecksum,
         ] {
             assert_eq!(w.offset() % 8, 0);
             ranges.push((w.offset(), w.offset() + 8, format!("{w:?}")));

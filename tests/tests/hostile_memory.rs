@@ -1,0 +1,188 @@
+//! Hostile or broken shared memory: a third process scribbles random bytes over the region
+//! (fields, extension page, lengths, flags, the shutdown byte) while a client sends echo
+//! requests. The worker must never crash, and every request must end with the correct answer
+//! or a typed error — never a wrong answer. A truncated object is refused with a typed error
+//! before anything maps it.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llama_shm::client::{Client, RequestError};
+use llama_shm::names::Prefix;
+use llama_shm::objects::ObjectsError;
+use llama_shm::os::shm::{OpenCheck, SharedMemory, ShmError};
+use llama_shm::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
+use llama_shm_tests::{
+    alive, shm_entries, trials, unique_prefix, wait_served_by, worker_path, ChildGuard, Rng,
+};
+
+const TOKEN: [u8; 32] = [0x3c; 32];
+
+fn token_file(prefix: &Prefix) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("{prefix}.token"));
+    std::fs::write(
+        &file,
+        TOKEN.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )
+    .unwrap();
+    file
+}
+
+/// Helper mode: map the object and scribble until killed.
+#[test]
+#[ignore = "helper process for scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer"]
+fn scribbler_helper() {
+    let Some(prefix) = std::env::var_os("LST_SCRIBBLE") else {
+        return;
+    };
+    let prefix = Prefix::new(prefix.to_str().unwrap()).unwrap();
+    let shm = SharedMemory::open(
+        &prefix.shm(),
+        OpenCheck {
+            same_owner: true,
+            max_mode: 0o600,
+            min_size: OBJECT_SIZE,
+            map_at_most: OBJECT_SIZE,
+        },
+    )
+    .unwrap();
+    let mut rng = Rng::from_env("scribbler");
+    println!("SCRIBBLING");
+    loop {
+        // 40% anywhere, 40% the extension page's words, 10% the shutdown byte, 10% the starts
+        // of the text fields; 1–16 random bytes; a burst every ~100 µs.
+        let offset = match rng.below(10) {
+            0..=3 => rng.below(OBJECT_SIZE as u64) as usize,
+            4..=7 => EXT_OFFSET + rng.below(512) as usize,
+            8 => SEED_SIZE - 1,
+            _ => [0usize, 4096, 8192][rng.below(3) as usize] + rng.below(16) as usize,
+        };
+        let len = (1 + rng.below(16) as usize).min(OBJECT_SIZE - offset);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        shm.write(offset, &bytes);
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+#[test]
+fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
+    let n = trials(10_000).max(10_000);
+    let prefix = unique_prefix("scrib");
+    let file = token_file(&prefix);
+    let worker = ChildGuard(Some(
+        Command::new(worker_path())
+            .args([
+                "--engine",
+                "echo",
+                "--prefix",
+                prefix.as_str(),
+                "--token-file",
+                file.to_str().unwrap(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(wait_served_by(&prefix, worker.id()));
+    let mut scribbler = ChildGuard(Some(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "scribbler_helper", "--include-ignored", "--nocapture"])
+            .env("LST_SCRIBBLE", prefix.as_str())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut out = std::io::BufReader::new(scribbler.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("SCRIBBLING") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "scribbler did not start"
+        );
+    }
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_millis(200))
+        .token(TOKEN)
+        .attach(&prefix)
+        .unwrap();
+    let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let (user, system) = (format!("user {i} ✓"), format!("sys {i}"));
+        let kind = match client.send_request(&user, &system) {
+            Ok(r) => {
+                assert_eq!(
+                    r.text,
+                    format!("{system}\n{user}"),
+                    "request {i}: a WRONG answer came back as Ok"
+                );
+                "correct answer"
+            }
+            Err(RequestError::Corrupt) => "Corrupt (response checksum)",
+            Err(RequestError::BadRequest { .. }) => "BadRequest (request checksum / shutdown byte)",
+            Err(RequestError::Unauthorized { .. }) => "Unauthorized (token scribbled)",
+            Err(RequestError::Timeout { .. }) => "Timeout (response_seq scribbled)",
+            Err(RequestError::UnknownStatus { .. }) => "UnknownStatus (status scribbled)",
+            Err(e) => panic!("request {i}: unexpected error {e}"),
+        };
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+    drop(scribbler);
+    assert!(alive(worker.id()), "the worker died under scribbling");
+    // Still serving correctly once the scribbling stops.
+    assert_eq!(client.send_request("after", "s").unwrap().text, "s\nafter");
+    client.detach();
+    let mut worker = worker.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    std::fs::remove_file(&file).unwrap();
+    assert!(shm_entries(&prefix).is_empty());
+    eprintln!("scribble campaign: {n} requests in {elapsed:?}: {outcomes:?}");
+    assert!(
+        outcomes.get("correct answer").copied().unwrap_or(0) > n / 2,
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_truncated_object_is_refused_before_mapping() {
+    let prefix = unique_prefix("trunc");
+    let worker = ChildGuard(Some(
+        Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(wait_served_by(&prefix, worker.id()));
+    for size in [0u64, 1000, SEED_SIZE as u64 - 1] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{prefix}_shared_mem"))
+            .unwrap();
+        f.set_len(size).unwrap();
+        match Client::builder().attach(&prefix) {
+            Err(ObjectsError::Shm(ShmError::TooSmall { size: s, needed, .. })) => {
+                assert_eq!((s, needed), (size, SEED_SIZE as u64))
+            }
+            other => panic!("size {size}: expected TooSmall, got {other:?}"),
+        }
+    }
+    // The worker is idle (it touches the region only after a post): it still stops cleanly.
+    let mut worker = worker.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+}
