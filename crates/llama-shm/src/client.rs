@@ -984,10 +984,17 @@ impl Client {
         self.shutdown_inner()
     }
 
-    /// Leaves an attached worker running and closes this client's handles.
+    /// Leaves an attached worker running and closes this client's handles. A spawned worker
+    /// cannot outlive its client (it exits when the control socket hangs up), so on a spawned
+    /// client this is [`Client::shutdown`] with the error logged.
     pub fn detach(mut self) {
+        if self.child.is_some() {
+            if let Err(e) = self.shutdown_inner() {
+                tracing::warn!("detach of a spawned worker shut it down: {e}");
+            }
+            return;
+        }
         self.closed = Some("detached".into());
-        self.child = None;
     }
 
     fn shutdown_inner(&mut self) -> Result<(), ShutdownError> {
@@ -1002,10 +1009,11 @@ impl Client {
             // Request fields are only written while holding the turn, so the shutdown waits
             // for `ready` too (a worker busy with a timed-out request answers it first).
             let alive = self.alive_fn();
+            let half = Instant::now() + self.cfg.shutdown_timeout / 2;
             let turn = self.holding_turn
                 || self
                     .channel
-                    .client_acquire(Some(deadline), self.cfg.poll_slice, &alive)
+                    .client_acquire(Some(half), self.cfg.poll_slice, &alive)
                     .is_ok();
             drop(alive);
             self.holding_turn = false;
@@ -1013,6 +1021,14 @@ impl Client {
                 let seq = self.next_seq;
                 self.next_seq = self.next_seq.wrapping_add(1).max(1);
                 posted = self.channel.client_request_shutdown(self.token.as_ref(), seq);
+            } else if let Some(proc) = &self.child {
+                // No turn within half the bound (the worker is still busy with a request we
+                // stopped waiting for): ask our own worker to stop by signal instead. It cancels
+                // the request, exits 0 and removes its names.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(proc.child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
         self.watcher = None;

@@ -119,6 +119,11 @@ where
     let mut scratch = Box::new([0u8; 4096]);
     let mut served = 0u64;
     loop {
+        // Not ready for another request once told to stop (a client would take the turn and
+        // then find the worker gone).
+        if stop() {
+            return Ok((ServeEnd::Stopped, served));
+        }
         channel.worker_ready()?;
         if !channel.worker_wait(opts.idle_slice, stop)? {
             return Ok((ServeEnd::Stopped, served));

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The Promela model of the protocol (verification/spin/protocol.pml), checked with Spin.
+#
+#  - the seed variant must FAIL with an invalid end state (a process blocked forever on a
+#    semaphore whose poster died), and pass when nobody dies;
+#  - the project variant must pass the safety run (assertions, invalid end states, the
+#    data-race monitor) and both LTL properties under weak fairness; also without deadlines,
+#    with the pidfd watcher as the only death detection, and with the client_acquire of
+#    3dd5191 (before the drain of stale response_written posts);
+#  - the project has no cycle at all (a non-progress check without progress labels): every
+#    run terminates, so no liveness result leans on fairness hiding a livelock;
+#  - two mutants of the project must fail, so the checks are known to bite: a drain
+#    without the alive() re-check (the watcher's wake-up is swallowed), and a worker that
+#    does not watch the control socket (it outlives its client).
+#
+# Installs nothing: needs `spin` and a C compiler. Runs in a temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="$PWD/verification/spin/protocol.pml"
+
+if ! command -v spin >/dev/null 2>&1; then
+  echo "ci/spin.sh: 'spin' not found (Debian/Ubuntu: apt-get install spin)" >&2
+  exit 2
+fi
+CC=${CC:-cc}
+if ! command -v "$CC" >/dev/null 2>&1; then
+  echo "ci/spin.sh: C compiler '$CC' not found (needed to build pan)" >&2
+  exit 2
+fi
+[ -f "$model" ] || { echo "ci/spin.sh: $model missing" >&2; exit 2; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/spin.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+NICE=(nice -n 10)
+HASH=-w20 # 2^20 slots (8 MB): the largest run stores ~230k states
+failed=0
+
+# build NAME SPIN-DEFINES...: pan.c for this variant (the verifiers are compiled on first use).
+build() {
+  local name=$1
+  shift
+  mkdir -p "$work/$name"
+  (cd "$work/$name" && spin "$@" -a "$model" >spin.log 2>&1) ||
+    { cat "$work/$name/spin.log" >&2; echo "ci/spin.sh: spin -a failed for '$name'" >&2; exit 1; }
+}
+
+# pan NAME BINARY: compile pan.c of variant NAME as ./pan_safety (no never claim: assertions
+# and invalid end states), ./pan_live (the LTL claims, weak fairness over 3 processes) or
+# ./pan_np (non-progress cycles).
+pan() {
+  local dir="$work/$1" bin=$2 flags
+  case $bin in
+    ./pan_safety) flags=-DNOCLAIM ;;
+    ./pan_live) flags=-DNFAIR=3 ;;
+    ./pan_np) flags=-DNP ;;
+  esac
+  [ -x "$dir/$bin" ] || (cd "$dir" && "${NICE[@]}" "$CC" $flags -o "$bin" pan.c) ||
+    { echo "ci/spin.sh: compiling $bin for '$1' failed" >&2; exit 1; }
+}
+
+# check LABEL EXPECT NAME PAN-ARGS...: EXPECT is "pass" (errors: 0) or a string that pan's
+# output must contain (the failure we require).
+check() {
+  local label=$1 expect=$2 name=$3
+  shift 3
+  local out="$work/$name/$(echo "$label" | tr -c 'A-Za-z0-9' _).out"
+  pan "$name" "$1"
+  (cd "$work/$name" && "${NICE[@]}" "$@" >"$out" 2>&1) || true
+  local stats
+  stats=$(awk '/states, stored/ {s=$1} /depth reached/ {d=$6; sub(",","",d)} /elapsed time/ {t=$4}
+               END {printf "%s states, depth %s, %ss", s, d, t}' "$out")
+  local ok=0 seen
+  # pan reports an error as "pan:1: <what> (at depth N)" and sums up with "errors: N"; its
+  # header ("invalid end states +") must not count as a finding.
+  local finding
+  finding=$(grep -m1 -E '^pan:[0-9]+: ' "$out" | sed -E 's/^pan:[0-9]+: //; s/ \(at depth [0-9]+\)$//' || true)
+  if [ "$expect" = pass ]; then
+    grep -q "errors: 0" "$out" && [ -z "$finding" ] && ok=1
+  else
+    case $finding in "$expect"*) grep -qE "errors: [1-9]" "$out" && ok=1 ;; esac
+  fi
+  seen=${finding:-$(grep -m1 -oE "errors: [0-9]+" "$out" || true)}
+  if [ $ok = 1 ]; then
+    printf 'ok    %-66s %-24s (%s)\n' "$label" "${seen:-?}" "$stats"
+  else
+    printf 'FAIL  %-66s expected %s, got: %s\n' "$label" "$expect" "${seen:-nothing}"
+    sed 's/^/      | /' "$out" | head -25
+    failed=1
+  fi
+}
+
+build seed -DSEED
+build seed_wdeath -DSEED -DNO_CLIENT_FAULT
+build seed_cdeath -DSEED -DNO_WORKER_FAULT
+build seed_nofault -DSEED -DNOFAULTS
+build project
+build nodeadline -DNODEADLINE
+build nodrain -DNO_DRAIN
+build watcher_only -DNODEADLINE -DMUTANT_NO_SLICE_ALIVE
+build mut_recheck -DNODEADLINE -DMUTANT_NO_SLICE_ALIVE -DMUTANT_NO_RECHECK
+build mut_hangup -DMUTANT_NO_HANGUP
+
+check "seed: safety must fail (hang on a dead peer)" "invalid end state" seed ./pan_safety $HASH
+check "seed, worker deaths only: must fail (client hangs)" "invalid end state" seed_wdeath ./pan_safety $HASH
+check "seed, client deaths only: must fail (worker hangs)" "invalid end state" seed_cdeath ./pan_safety $HASH
+check "seed, nobody dies: safety passes" pass seed_nofault ./pan_safety $HASH
+check "project: safety (asserts, end states, race monitor)" pass project ./pan_safety $HASH
+check "project: ltl every_request_ends, weak fairness" pass project ./pan_live $HASH -a -f -N every_request_ends
+check "project: ltl worker_follows_client, weak fairness" pass project ./pan_live $HASH -a -f -N worker_follows_client
+check "project: no cycle at all (-DNP, no progress labels)" pass project ./pan_np $HASH -l
+check "project, no deadlines: safety" pass nodeadline ./pan_safety $HASH
+check "project, no deadlines: ltl every_request_ends" pass nodeadline ./pan_live $HASH -a -f -N every_request_ends
+check "project, no deadlines: ltl worker_follows_client" pass nodeadline ./pan_live $HASH -a -f -N worker_follows_client
+check "project, client_acquire of 3dd5191 (no drain): safety" pass nodrain ./pan_safety $HASH
+check "project, client_acquire of 3dd5191 (no drain): ltl requests" pass nodrain ./pan_live $HASH -a -f -N every_request_ends
+check "project, pidfd watcher only (no slice, no deadline): safety" pass watcher_only ./pan_safety $HASH
+check "project, pidfd watcher only: ltl every_request_ends" pass watcher_only ./pan_live $HASH -a -f -N every_request_ends
+check "mutant drain w/o alive() re-check, watcher only: safety must fail" "invalid end state" mut_recheck ./pan_safety $HASH
+check "mutant drain w/o alive() re-check, watcher only: ltl must fail" "acceptance cycle" mut_recheck ./pan_live $HASH -a -f -N every_request_ends
+check "mutant no hang-up watch: safety must fail" "invalid end state" mut_hangup ./pan_safety $HASH
+check "mutant no hang-up watch: ltl worker_follows_client must fail" "acceptance cycle" mut_hangup ./pan_live $HASH -a -f -N worker_follows_client
+
+if [ $failed != 0 ]; then
+  echo "ci/spin.sh: FAILED" >&2
+  exit 1
+fi
+echo "ci/spin.sh: all Spin checks behaved as required"
