@@ -625,8 +625,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// The post's OS error.
     pub fn client_request_shutdown(&self, token: Option<&[u8; TOKEN_LEN]>, seq: u64) -> io::Result<()> {
         if self.extended() {
-            self.region
-                .write(Field::AuthToken, 0, &token.copied().unwrap_or([0; TOKEN_LEN]));
+            let token = token.copied().unwrap_or([0; TOKEN_LEN]);
+            self.region.write(Field::AuthToken, 0, &token);
+            self.region.store64(
+                Word64::RequestChecksum,
+                request_checksum(seq, &token, 1, &[], &[]),
+            );
             self.region.store64(Word64::RequestSeq, seq);
         }
         self.region.write(Field::Shutdown, 0, &[1]);
