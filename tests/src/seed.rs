@@ -219,6 +219,39 @@ impl SeedPeer {
         Some(String::from_utf8_lossy(&raw[..end]).into_owned())
     }
 
+    /// One request with both fields given as raw bytes (4096 each), e.g. invalid UTF-8.
+    pub fn request_with_fields(&self, system: &[u8], user: &[u8], timeout: Duration) -> Option<String> {
+        if !self.wait(0, timeout) {
+            return None;
+        }
+        self.write_at(SYSTEM_OFF, system);
+        self.write_at(USER_OFF, user);
+        self.post(1);
+        if !self.wait(2, timeout) {
+            return None;
+        }
+        let raw = self.read_at(RESPONSE_OFF, RESPONSE_SIZE);
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+    }
+
+    /// One request with the shutdown byte set to `byte` (the seed's `bool` read as a byte).
+    pub fn request_with_shutdown_byte(&self, user: &str, byte: u8, timeout: Duration) -> Option<String> {
+        if !self.wait(0, timeout) {
+            return None;
+        }
+        self.write_prompt(SYSTEM_OFF, "");
+        self.write_prompt(USER_OFF, user);
+        self.write_at(SHUTDOWN_OFF, &[byte]);
+        self.post(1);
+        if !self.wait(2, timeout) {
+            return None;
+        }
+        let raw = self.read_at(RESPONSE_OFF, RESPONSE_SIZE);
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+    }
+
     /// The seed's shutdown: set the flag, post prompts_written.
     pub fn request_shutdown(&self) {
         self.write_at(SHUTDOWN_OFF, &[1]);

@@ -151,8 +151,13 @@ pub enum LoadError {
         /// The path that was tried.
         path: PathBuf,
     },
-    /// llama.cpp refused the model (truncated, corrupt or an unsupported architecture).
-    #[error("llama.cpp could not load model {path:?} ({reason}): {MODEL_HINT}")]
+    /// llama.cpp refused the model (truncated, corrupt, an unsupported architecture, or not
+    /// enough memory to map it).
+    #[error(
+        "llama.cpp could not load model {path:?} ({reason}): the file may be truncated, corrupt or of an \
+         unsupported architecture, or memory is short (llama.cpp's own reason is in the worker's log \
+         lines); {MODEL_HINT}"
+    )]
     Model {
         /// The path that was tried.
         path: PathBuf,

