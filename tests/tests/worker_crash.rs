@@ -208,3 +208,61 @@ fn sigterm_to_a_standalone_worker_is_a_graceful_exit_0_that_removes_its_names() 
     assert_eq!(status.code(), Some(0));
     assert!(llama_shm_tests::shm_entries(&prefix).is_empty());
 }
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// SIGTERM and SIGINT to a spawned worker in the middle of a request: the request ends with
+/// a "shutting down" error (or its answer), the worker exits 0, nothing is left.
+#[test]
+fn sigterm_and_sigint_mid_request_are_graceful() {
+    use nix::sys::signal::Signal;
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut c = slow_echo(5_000);
+        let pid = c.worker_pid().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            signal(pid, sig);
+        });
+        let started = Instant::now();
+        match c.send_request("slow", "") {
+            Err(RequestError::ShuttingDown { .. }) => {}
+            Ok(r) => assert_eq!(r.text, "\nslow"),
+            Err(e) => panic!("{sig}: expected ShuttingDown, got {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{sig}: the request was not cut short"
+        );
+        t.join().unwrap();
+        match c.send_request("next", "") {
+            Err(RequestError::WorkerDied {
+                exit: ExitInfo::Exited(0),
+                ..
+            }) => {}
+            other => panic!("{sig}: expected a clean exit 0, got {other:?}"),
+        }
+        drop(c);
+        assert!(own_entries().is_empty());
+    }
+}
+
+/// A stopped worker is not dead: the request deadline decides, and after SIGCONT it serves.
+#[test]
+fn sigstop_is_not_death_the_deadline_decides() {
+    use nix::sys::signal::Signal;
+    let mut c = slow_echo(0);
+    let pid = c.worker_pid().unwrap();
+    c.set_request_timeout(Duration::from_millis(300));
+    signal(pid, Signal::SIGSTOP);
+    match c.send_request("while stopped", "") {
+        Err(RequestError::Timeout { .. }) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    signal(pid, Signal::SIGCONT);
+    c.set_request_timeout(Duration::from_secs(5));
+    assert_eq!(c.send_request("after", "").unwrap().text, "\nafter");
+    c.shutdown().unwrap();
+    assert!(own_entries().is_empty());
+}
