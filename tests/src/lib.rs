@@ -174,3 +174,73 @@ pub fn p50_p99_max(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
     (q(0.5), q(0.99), q(1.0))
 }
+
+/// Re-runs this test binary as a helper process running the ignored test `test` (with
+/// `env_key=1` set), and waits until it prints `<KEY>=<value>` on stdout; returns the child
+/// and the value. Used for client processes that a test kills.
+// The child is returned to the caller (who kills and reaps it), and reaped here on the early
+// exit path; the lint cannot follow the return.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_helper(test: &str, env_key: &str, key: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--include-ignored", "--nocapture"])
+        .env(env_key, "1")
+        .env("LLAMA_SHM_WORKER", worker_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(helper.stdout.take().unwrap());
+    let mut line = String::new();
+    let prefix = format!("{key}=");
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = helper.wait();
+            panic!("helper {test} ended before printing {key}");
+        }
+        if let Some(v) = line.trim().strip_prefix(&prefix) {
+            return (helper, v.to_string());
+        }
+    }
+}
+
+/// Names in /dev/shm that contain `_<pid>_` (the objects a process with that pid created).
+pub fn entries_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&format!("_{pid}_")))
+        .collect()
+}
+
+/// Starts a standalone echo worker on `prefix` (plus `extra` arguments) and waits until it
+/// has created its objects.
+pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
+    let child = ChildGuard(Some(
+        std::process::Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(
+        wait_served_by(prefix, child.id()),
+        "worker did not create its objects"
+    );
+    child
+}
+
+/// Sends SIGTERM to a standalone worker and returns its exit code.
+pub fn terminate(child: ChildGuard) -> Option<i32> {
+    let mut child = child.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap().code()
+}

@@ -2,42 +2,14 @@
 //! objects of a SIGKILLed worker are cleaned on the next start; live ones are refused; a
 //! squatted name (mode 0666) is not used.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use llama_shm::client::{Client, RequestError};
-use llama_shm::names::Prefix;
 use llama_shm_tests::seed::SeedPeer;
-use llama_shm_tests::{shm_entries, unique_prefix, wait_served_by, worker_path, ChildGuard};
+use llama_shm_tests::{shm_entries, standalone_echo, terminate, unique_prefix, worker_path};
 
 const T: Duration = Duration::from_secs(10);
-
-fn standalone(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
-    let child = ChildGuard(Some(
-        Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    assert!(
-        wait_served_by(prefix, child.id()),
-        "worker did not create its objects"
-    );
-    child
-}
-
-fn stop(child: ChildGuard) -> std::process::Output {
-    let mut child = child.take();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = child.stdin.take();
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn a_worker_with_a_token_refuses_requests_without_it() {
@@ -49,7 +21,7 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
         token.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     )
     .unwrap();
-    let worker = standalone(&prefix, &["--token-file", file.to_str().unwrap()]);
+    let worker = standalone_echo(&prefix, &["--token-file", file.to_str().unwrap()]);
 
     let mut wrong = Client::builder()
         .request_timeout(T)
@@ -83,8 +55,7 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
     let _ = none.send_request("x", "");
     none.detach();
     right.detach();
-    let out = stop(worker);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(terminate(worker), Some(0));
     std::fs::remove_file(&file).unwrap();
     assert!(shm_entries(&prefix).is_empty());
 }
@@ -92,7 +63,7 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
 #[test]
 fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
     let prefix = unique_prefix("stale");
-    let mut first = standalone(&prefix, &[]).take();
+    let mut first = standalone_echo(&prefix, &[]).take();
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(
@@ -100,19 +71,18 @@ fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
         4,
         "SIGKILL leaves the names (that is the point)"
     );
-    let second = standalone(&prefix, &[]);
+    let second = standalone_echo(&prefix, &[]);
     let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
     assert_eq!(c.send_request("after", "crash").unwrap().text, "crash\nafter");
     c.detach();
-    let out = stop(second);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(terminate(second), Some(0));
     assert!(shm_entries(&prefix).is_empty());
 }
 
 #[test]
 fn a_live_owner_is_refused_with_its_pid() {
     let prefix = unique_prefix("live");
-    let first = standalone(&prefix, &[]);
+    let first = standalone_echo(&prefix, &[]);
     let out = Command::new(worker_path())
         .args(["--engine", "echo", "--prefix", prefix.as_str()])
         .output()
@@ -120,7 +90,7 @@ fn a_live_owner_is_refused_with_its_pid() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("in use by pid {}", first.id())), "{err}");
-    assert_eq!(stop(first).status.code(), Some(0));
+    assert_eq!(terminate(first), Some(0));
     assert!(shm_entries(&prefix).is_empty());
 }
 

@@ -6,14 +6,14 @@
 //! request that succeeds.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, Phase, RequestError, RestartPolicy, SpawnError};
 use llama_shm::os::process::ExitInfo;
 use llama_shm_tests::{
-    alive, eventually, find_worker, own_entries, p50_p99_max, trials, unique_prefix, worker_path, Rng,
+    alive, entries_of, eventually, find_worker, own_entries, p50_p99_max, spawn_helper, trials,
+    unique_prefix, worker_path, Rng,
 };
 
 fn sigkill(pid: u32) {
@@ -158,32 +158,8 @@ fn client_killed_at_random_points() {
     let mut rng = Rng::from_env("client_killed_at_random_points");
     let mut exits = Vec::new();
     for trial in 0..n {
-        let mut helper = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "looping_client_helper",
-                "--include-ignored",
-                "--nocapture",
-            ])
-            .env("LST_LOOP_HELPER", "1")
-            .env("LLAMA_SHM_WORKER", worker_path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let helper_pid = helper.id();
-        let mut out = std::io::BufReader::new(helper.stdout.take().unwrap());
-        let mut line = String::new();
-        let worker = loop {
-            line.clear();
-            assert!(
-                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
-                "helper ended early"
-            );
-            if let Some(p) = line.trim().strip_prefix("WORKER_PID=") {
-                break p.parse::<u32>().unwrap();
-            }
-        };
+        let (mut helper, pid) = spawn_helper("looping_client_helper", "LST_LOOP_HELPER", "WORKER_PID");
+        let (helper_pid, worker) = (helper.id(), pid.parse::<u32>().unwrap());
         std::thread::sleep(Duration::from_micros(rng.below(5_000)));
         let t = Instant::now();
         helper.kill().unwrap();
@@ -193,12 +169,7 @@ fn client_killed_at_random_points() {
             "trial {trial}: worker {worker} survived"
         );
         exits.push(t.elapsed());
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(&format!("_{helper_pid}_")))
-            .collect();
+        let left = entries_of(helper_pid);
         assert!(left.is_empty(), "trial {trial} left {left:?}");
     }
     let (p50, p99, max) = p50_p99_max(&mut exits);

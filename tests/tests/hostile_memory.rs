@@ -14,7 +14,7 @@ use llama_shm::objects::ObjectsError;
 use llama_shm::os::shm::{OpenCheck, SharedMemory, ShmError};
 use llama_shm::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
 use llama_shm_tests::{
-    alive, shm_entries, trials, unique_prefix, wait_served_by, worker_path, ChildGuard, Rng,
+    alive, shm_entries, standalone_echo, terminate, trials, unique_prefix, ChildGuard, Rng,
 };
 
 const TOKEN: [u8; 32] = [0x3c; 32];
@@ -70,21 +70,7 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
     let n = trials(10_000).max(10_000);
     let prefix = unique_prefix("scrib");
     let file = token_file(&prefix);
-    let worker = ChildGuard(Some(
-        Command::new(worker_path())
-            .args([
-                "--engine",
-                "echo",
-                "--prefix",
-                prefix.as_str(),
-                "--token-file",
-                file.to_str().unwrap(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    assert!(wait_served_by(&prefix, worker.id()));
+    let worker = standalone_echo(&prefix, &["--token-file", file.to_str().unwrap()]);
     let mut scribbler = ChildGuard(Some(
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "scribbler_helper", "--include-ignored", "--nocapture"])
@@ -136,13 +122,7 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
     // Still serving correctly once the scribbling stops.
     assert_eq!(client.send_request("after", "s").unwrap().text, "s\nafter");
     client.detach();
-    let mut worker = worker.take();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(worker), Some(0));
     std::fs::remove_file(&file).unwrap();
     assert!(shm_entries(&prefix).is_empty());
     eprintln!("scribble campaign: {n} requests in {elapsed:?}: {outcomes:?}");
@@ -155,14 +135,7 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
 #[test]
 fn a_truncated_object_is_refused_before_mapping() {
     let prefix = unique_prefix("trunc");
-    let worker = ChildGuard(Some(
-        Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    assert!(wait_served_by(&prefix, worker.id()));
+    let worker = standalone_echo(&prefix, &[]);
     for size in [0u64, 1000, SEED_SIZE as u64 - 1] {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -177,12 +150,6 @@ fn a_truncated_object_is_refused_before_mapping() {
         }
     }
     // The worker is idle (it touches the region only after a post): it still stops cleanly.
-    let mut worker = worker.take();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
 }

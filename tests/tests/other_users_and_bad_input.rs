@@ -11,7 +11,7 @@ use llama_shm::objects::ObjectsError;
 use llama_shm::os::shm::ShmError;
 use llama_shm_tests::seed::{SeedPeer, SHUTDOWN_OFF, USER_OFF};
 use llama_shm_tests::{
-    eventually, own_entries, shm_entries, unique_prefix, wait_served_by, worker_path, ChildGuard,
+    eventually, own_entries, shm_entries, standalone_echo, terminate, unique_prefix, worker_path, ChildGuard,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -68,14 +68,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
     drop(theirs); // SIGKILL: their names stay behind, stale.
     assert_eq!(shm_entries(&prefix).len(), 4);
     // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
-    let ours = ChildGuard(Some(
-        Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    assert!(wait_served_by(&prefix, ours.id()));
+    let ours = standalone_echo(&prefix, &[]);
     let meta = std::fs::metadata(format!("/dev/shm/{prefix}_shared_mem")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
@@ -89,14 +82,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
 #[test]
 fn raw_client_bad_input_gets_typed_errors_and_the_next_request_succeeds() {
     let prefix = unique_prefix("badin");
-    let worker = ChildGuard(Some(
-        Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    assert!(wait_served_by(&prefix, worker.id()));
+    let worker = standalone_echo(&prefix, &[]);
     let raw = SeedPeer::open(prefix.as_str()).unwrap();
     // Invalid UTF-8 in the middle and a cut multi-byte char at the end: repaired, not echoed raw.
     raw.request("placeholder", "", T).unwrap();
@@ -124,13 +110,7 @@ fn raw_client_bad_input_gets_typed_errors_and_the_next_request_succeeds() {
     c.detach();
     drop(raw);
     let _ = USER_OFF;
-    let mut worker = worker.take();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
 }
 

@@ -24,8 +24,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Entries in /dev/shm created by this process (other processes may come and go meanwhile).
 fn shm_count() -> usize {
-    std::fs::read_dir("/dev/shm").map_or(0, |d| d.count())
+    llama_shm_tests::own_entries().len()
 }
 
 fn threads(pid: u32) -> usize {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, Phase, RequestError};
 use llama_shm::os::process::ExitInfo;
-use llama_shm_tests::{alive, eventually, own_entries, p50_max, worker_path};
+use llama_shm_tests::{alive, entries_of, eventually, own_entries, p50_max, spawn_helper, worker_path};
 
 fn slow_echo(delay_ms: u64) -> Client {
     Client::builder()
@@ -134,27 +134,8 @@ fn client_killed_mid_request_makes_the_worker_exit_within_1s() {
     }
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
-        let mut helper = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "client_helper", "--nocapture", "--include-ignored"])
-            .env("LST_CLIENT_HELPER", "1")
-            .env("LLAMA_SHM_WORKER", worker_path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let helper_pid = helper.id();
-        let mut out = std::io::BufReader::new(helper.stdout.take().unwrap());
-        let mut line = String::new();
-        let worker_pid = loop {
-            line.clear();
-            assert!(
-                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
-                "helper ended early"
-            );
-            if let Some(p) = line.trim().strip_prefix("WORKER_PID=") {
-                break p.parse::<u32>().unwrap();
-            }
-        };
+        let (mut helper, pid) = spawn_helper("client_helper", "LST_CLIENT_HELPER", "WORKER_PID");
+        let (helper_pid, worker_pid) = (helper.id(), pid.parse::<u32>().unwrap());
         std::thread::sleep(Duration::from_millis(50)); // the request is in flight
         let t = Instant::now();
         helper.kill().unwrap();
@@ -164,12 +145,7 @@ fn client_killed_mid_request_makes_the_worker_exit_within_1s() {
             "worker {worker_pid} survived its client"
         );
         worst = worst.max(t.elapsed());
-        let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(&format!("_{helper_pid}_")))
-            .collect();
+        let leftovers = entries_of(helper_pid);
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     }
     eprintln!("worker exit after client SIGKILL: max {worst:?} over 5 kills");

@@ -1,0 +1,304 @@
+//! Reading an untrusted region: every field through `text::decode`, every word,
+//! `ObjectKind::classify`, and the response as the client reads it (`client_await`), on the
+//! same bytes as an extended and as a seed region. Must never panic.
+//!
+//! Then a round trip on the same junk-filled region: what `worker_respond` writes,
+//! `client_await` must read back as written.
+//!
+//! Input: see the crate docs. `ctrl` bit 0 makes the client wait for the `response_seq`
+//! found in the region (so the extended response is read); otherwise it waits for `seq`.
+//! Bit 5 stores the response checksum that matches the junk (so it reads as intact).
+#![no_main]
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use llama_shm::protocol::{response_checksum, Channel, Outcome, Region, Usage, WaitError};
+use llama_shm::wire::layout::{
+    ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
+    RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
+};
+use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
+use llama_shm::wire::status::{StatusCode, WireFinish};
+use llama_shm::wire::text;
+use llama_shm_fuzz::{check_decoded, kept_prefix, RegionInput, WORD32_ALL, WORD64_ALL};
+
+fn ne32(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn ne64(b: &[u8], off: usize) -> u64 {
+    u64::from_ne_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+fn check_kind(input: &RegionInput, kind: ObjectKind) {
+    let region = MemRegion::from_bytes(&input.bytes, kind);
+    let extended = kind == ObjectKind::Extended;
+    let raw = region.to_bytes();
+
+    for field in Field::ALL {
+        let span = field.span();
+        let mut buf = vec![0xEEu8; span.len];
+        region.read(field, 0, &mut buf);
+        let present = span.offset + span.len <= raw.len();
+        if present {
+            assert_eq!(buf, input.field(field));
+        } else {
+            assert!(
+                buf.iter().all(|&b| b == 0),
+                "{field:?} is absent in a seed region"
+            );
+        }
+        let dec = text::decode(&buf);
+        check_decoded(&buf, &dec.text, dec.flags);
+        // decode_into runs the same per-byte code whatever the size: on the 32 KiB response
+        // it would only halve the exec rate.
+        if span.len <= 4096 {
+            let mut out = String::from("stale");
+            assert_eq!(text::decode_into(&buf, &mut out), dec.flags);
+            assert_eq!(out, dec.text);
+        }
+        // A read at an offset chosen by the input: in the field, or clamped to zeros.
+        let at = (input.seq as usize) % (span.len + 8);
+        let n = ((input.seq >> 32) as usize) % 80;
+        let mut part = vec![0xEEu8; n];
+        region.read(field, at, &mut part);
+        if present && at + n <= span.len {
+            assert_eq!(part, &buf[at..at + n]);
+        } else {
+            assert!(part.iter().all(|&b| b == 0));
+        }
+    }
+    for w in WORD32_ALL {
+        let want = if extended {
+            ne32(&input.bytes, w.offset())
+        } else {
+            0
+        };
+        assert_eq!(region.load32(w), want, "{w:?}");
+    }
+    for w in WORD64_ALL {
+        let want = if extended {
+            ne64(&input.bytes, w.offset())
+        } else {
+            0
+        };
+        assert_eq!(region.load64(w), want, "{w:?}");
+    }
+
+    let mut magic = [0u8; 8];
+    region.read(Field::Magic, 0, &mut magic);
+    let version = region.load32(Word32::Version);
+    let odd_size = input.seq >> 48;
+    for size in [raw.len() as u64, odd_size, SEED_SIZE as u64 - 1, u64::MAX] {
+        match ObjectKind::classify(size, Some(magic), version) {
+            Ok(ObjectKind::Extended) => {
+                assert!(size >= OBJECT_SIZE as u64 && magic == EXT_MAGIC && version == EXT_VERSION)
+            }
+            Ok(ObjectKind::Seed) => {
+                assert!(size >= SEED_SIZE as u64 && (size < OBJECT_SIZE as u64 || magic != EXT_MAGIC))
+            }
+            Err(ClassifyError::TooSmall { size: s }) => assert!(s == size && size < SEED_SIZE as u64),
+            Err(ClassifyError::UnsupportedVersion { found }) => {
+                assert!(
+                    size >= OBJECT_SIZE as u64
+                        && magic == EXT_MAGIC
+                        && found == version
+                        && found != EXT_VERSION
+                )
+            }
+        }
+        assert!(matches!(
+            ObjectKind::classify(size, None, version),
+            Ok(ObjectKind::Seed) | Err(ClassifyError::TooSmall { .. })
+        ));
+    }
+
+    // The client's read, on NoopSemaphores: the first liveness check says alive, later ones
+    // say dead, so a stale response ends the wait instead of spinning.
+    let response_seq = region.load64(Word64::ResponseSeq);
+    let seq = if input.ctrl & 1 != 0 {
+        response_seq
+    } else {
+        input.seq
+    };
+    // What the response's checksum covers: seq, status, flags, the bytes of the answer and
+    // of the error as far as their lengths say, the error's numbers.
+    let len = (ne32(&input.bytes, Word32::ResponseLen.offset()) as usize).min(RESPONSE_LEN - 1);
+    let field = &input.field(Field::Response)[..len];
+    let elen = (ne32(&input.bytes, Word32::ErrorLen.offset()) as usize).min(ERROR_MESSAGE_LEN - 1);
+    let efield = &input.field(Field::ErrorMessage)[..elen];
+    let args = (
+        ne64(&input.bytes, Word64::ErrorArg0.offset()),
+        ne64(&input.bytes, Word64::ErrorArg1.offset()),
+    );
+    let check = response_checksum(
+        seq,
+        ne32(&input.bytes, Word32::Status.offset()),
+        ne32(&input.bytes, Word32::ResponseFlags.offset()),
+        field,
+        efield,
+        args,
+    );
+    if input.ctrl & 32 != 0 {
+        region.store64(Word64::ResponseChecksum, check);
+    }
+    let intact = region.load64(Word64::ResponseChecksum) == check;
+    let ch = Channel {
+        ready: NoopSemaphore,
+        prompts_written: NoopSemaphore,
+        response_written: NoopSemaphore,
+        region,
+    };
+    let calls = Cell::new(0u32);
+    let alive = || {
+        calls.set(calls.get() + 1);
+        calls.get() == 1
+    };
+    match ch.client_await(seq, None, Duration::from_millis(1), &alive) {
+        Ok(resp) => {
+            assert!(!resp.text.contains('\0') && !resp.error.contains('\0'));
+            if extended {
+                assert_eq!(seq, response_seq);
+                assert_eq!(resp.intact, intact);
+                let kept = check_decoded(field, &resp.text, resp.decode.with_missing_nul(field));
+                assert!(kept < RESPONSE_LEN);
+                if !resp.decode.replaced_invalid {
+                    assert!(
+                        resp.text.len() < RESPONSE_LEN,
+                        "response text is {} bytes",
+                        resp.text.len()
+                    );
+                }
+                let edec = text::decode(efield);
+                assert_eq!(resp.error, edec.text);
+                check_decoded(efield, &resp.error, edec.flags);
+                assert_eq!(
+                    resp.status,
+                    StatusCode::from_u32(ne32(&input.bytes, Word32::Status.offset()))
+                );
+                assert_eq!(resp.flags, ne32(&input.bytes, Word32::ResponseFlags.offset()));
+                assert_eq!(
+                    resp.error_args,
+                    (
+                        ne64(&input.bytes, Word64::ErrorArg0.offset()),
+                        ne64(&input.bytes, Word64::ErrorArg1.offset())
+                    )
+                );
+                assert_eq!(
+                    resp.usage.prompt_tokens,
+                    ne32(&input.bytes, Word32::PromptTokens.offset())
+                );
+                assert_eq!(
+                    resp.usage.prompt_time.as_micros(),
+                    u128::from(ne64(&input.bytes, Word64::PromptMicros.offset()))
+                );
+                assert_eq!(
+                    resp.finish,
+                    WireFinish::from_u32(ne32(&input.bytes, Word32::FinishReason.offset()))
+                );
+            } else {
+                assert!(resp.intact, "seed mode has no checksum");
+                assert_eq!(calls.get(), 1);
+                assert_eq!(resp.status, StatusCode::Ok);
+                assert_eq!(
+                    (resp.flags, resp.error.as_str(), resp.error_args),
+                    (0, "", (0, 0))
+                );
+                let kept = check_decoded(input.field(Field::Response), &resp.text, resp.decode);
+                if !resp.decode.replaced_invalid && !resp.decode.missing_nul {
+                    assert!(kept < RESPONSE_LEN && resp.text.len() < RESPONSE_LEN);
+                }
+            }
+        }
+        Err(WaitError::PeerGone) => assert!(extended && seq != response_seq && calls.get() == 2),
+        Err(e) => panic!("client_await on NoopSemaphores failed: {e}"),
+    }
+}
+
+/// `read_extended_response` clears `missing_nul` (a response of exactly `response_len`
+/// bytes has none): put back what the oracle expects.
+trait WithMissingNul {
+    fn with_missing_nul(self, field: &[u8]) -> Self;
+}
+
+impl WithMissingNul for text::DecodeFlags {
+    fn with_missing_nul(mut self, field: &[u8]) -> Self {
+        assert!(!self.missing_nul, "read_extended_response reports missing_nul");
+        self.missing_nul = !field.contains(&0);
+        self
+    }
+}
+
+/// A response written by the worker over the junk must be read back as written.
+fn round_trip(input: &RegionInput, kind: ObjectKind) {
+    let extended = kind == ObjectKind::Extended;
+    let b = &input.bytes;
+    let ch = Channel {
+        ready: NoopSemaphore,
+        prompts_written: NoopSemaphore,
+        response_written: NoopSemaphore,
+        region: MemRegion::from_bytes(b, kind),
+    };
+    // The answer: the decoded response field (up to 96 KiB after replacement), so the
+    // worker has to cut it; the error: the decoded system prompt. Numbers: the input's words.
+    let answer = text::decode(input.field(Field::Response)).text;
+    let error = text::decode(input.field(Field::SystemPrompt)).text;
+    let outcome = Outcome {
+        status: StatusCode::from_u32(ne32(b, Word32::Status.offset())),
+        text: &answer,
+        flags: ne32(b, Word32::ResponseFlags.offset()),
+        error: &error,
+        error_args: (
+            ne64(b, Word64::ErrorArg0.offset()),
+            ne64(b, Word64::ErrorArg1.offset()),
+        ),
+        usage: Usage {
+            prompt_tokens: ne32(b, Word32::PromptTokens.offset()),
+            generated_tokens: ne32(b, Word32::GeneratedTokens.offset()),
+            prompt_time: Duration::from_micros(ne64(b, Word64::PromptMicros.offset())),
+            generation_time: Duration::from_micros(ne64(b, Word64::GenerationMicros.offset())),
+        },
+        finish: WireFinish::from_u32(ne32(b, Word32::FinishReason.offset())),
+    };
+    let seq = if extended { input.seq } else { 0 };
+    ch.worker_respond(seq, &outcome).unwrap();
+    let resp = ch
+        .client_await(seq, None, Duration::from_millis(1), &|| true)
+        .unwrap();
+    let kept = kept_prefix(&answer, RESPONSE_LEN - 1);
+    assert_eq!(resp.text, kept);
+    assert!(!resp.decode.any(), "{:?}", resp.decode);
+    assert!(resp.intact, "a response read as written failed its checksum");
+    if extended {
+        let cut = if kept.len() < answer.len() {
+            RESPONSE_TRUNCATED
+        } else {
+            0
+        };
+        assert_eq!(resp.status, outcome.status);
+        assert_eq!(resp.flags, outcome.flags | cut);
+        assert_eq!(
+            resp.truncated(),
+            cut != 0 || outcome.flags & RESPONSE_TRUNCATED != 0
+        );
+        assert_eq!(resp.error, kept_prefix(&error, ERROR_MESSAGE_LEN - 1));
+        assert_eq!(resp.error_args, outcome.error_args);
+        assert_eq!(resp.usage, outcome.usage);
+        assert_eq!(resp.finish, outcome.finish);
+    } else {
+        assert_eq!(
+            (resp.status, resp.flags, resp.error.as_str()),
+            (StatusCode::Ok, 0, "")
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let input = RegionInput::parse(data);
+    for kind in [ObjectKind::Extended, ObjectKind::Seed] {
+        check_kind(&input, kind);
+        round_trip(&input, kind);
+    }
+});

@@ -1,0 +1,182 @@
+//! `Channel::worker_take` on an untrusted region, with and without an expected token: an
+//! `Incoming` or a refusal, never a panic, and the one the rules call for. Then a round trip
+//! on the same junk-filled region: what `client_write` (or `client_request_shutdown`) sends,
+//! `worker_take` must take as sent.
+//!
+//! Input: see the crate docs. `ctrl` bits 0–1 pick the worker's expected token for the
+//! untrusted read: none, the region's own token (authorised), the region's token with one bit
+//! flipped, or 32 copies of `seq`'s low byte. Bit 4: store the request checksum that matches
+//! the junk before the untrusted read (else a request with a sequence number almost always
+//! fails the check). Bit 2: the round trip's worker requires the token (extended only); bit 3:
+//! the round trip asks for shutdown instead of a request.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use llama_shm::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region};
+use llama_shm::wire::layout::{Field, ObjectKind, Word64, TOKEN_LEN, USER_PROMPT_LEN};
+use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
+use llama_shm::wire::status::StatusCode;
+use llama_shm::wire::text::{self, DecodeFlags, Policy};
+use llama_shm_fuzz::{check_decoded, kept_prefix, payload, RegionInput};
+
+type MemChannel = Channel<NoopSemaphore, MemRegion>;
+
+fn channel(region: MemRegion) -> MemChannel {
+    Channel {
+        ready: NoopSemaphore,
+        prompts_written: NoopSemaphore,
+        response_written: NoopSemaphore,
+        region,
+    }
+}
+
+fn take(ch: &MemChannel, expected: Option<&[u8; TOKEN_LEN]>) -> (Incoming, String, String) {
+    let mut system = String::from("stale system prompt");
+    let mut user = String::from("stale user prompt");
+    let mut scratch = Box::new([0xEEu8; 4096]);
+    let incoming = ch.worker_take(expected, &mut system, &mut user, &mut scratch);
+    (incoming, system, user)
+}
+
+/// `worker_take` on the bytes as they are.
+fn untrusted(input: &RegionInput, kind: ObjectKind) {
+    let region = MemRegion::from_bytes(&input.bytes, kind);
+    let extended = kind == ObjectKind::Extended;
+    let mut region_token = [0u8; TOKEN_LEN];
+    region.read(Field::AuthToken, 0, &mut region_token);
+    let expected: Option<[u8; TOKEN_LEN]> = match input.ctrl & 3 {
+        0 => None,
+        1 => Some(region_token),
+        2 => {
+            let mut t = region_token;
+            t[(input.seq % 32) as usize] ^= 1 << ((input.seq >> 8) % 8);
+            Some(t)
+        }
+        _ => Some([input.seq as u8; TOKEN_LEN]),
+    };
+    let shutdown = input.field(Field::Shutdown)[0];
+    let seq_word = if extended {
+        region.load64(Word64::RequestSeq)
+    } else {
+        0
+    };
+    let authorised = expected.is_none_or(|t| seq_word != 0 && t == region_token);
+    // The checksum the worker must find for the request to be intact (seed mode: none).
+    let (system_raw, user_raw) = match shutdown {
+        0 => (
+            payload(input.field(Field::SystemPrompt)),
+            payload(input.field(Field::UserPrompt)),
+        ),
+        _ => (&[][..], &[][..]),
+    };
+    let want_check = request_checksum(seq_word, &region_token, shutdown, system_raw, user_raw);
+    if input.ctrl & 16 != 0 {
+        region.store64(Word64::RequestChecksum, want_check);
+    }
+    let intact = seq_word == 0 || region.load64(Word64::RequestChecksum) == want_check;
+    let before = region.to_bytes();
+
+    let ch = channel(region);
+    let (incoming, system, user) = take(&ch, expected.as_ref());
+    let mut after = ch.region.into_bytes();
+    let shutdown_off = Field::Shutdown.span().offset;
+
+    if shutdown > 1 {
+        assert!(
+            matches!(
+                incoming,
+                Incoming::Refused {
+                    status: StatusCode::BadRequest | StatusCode::Unauthorized,
+                    ..
+                }
+            ),
+            "shutdown byte {shutdown:#04x} gave {incoming:?}"
+        );
+    }
+    match incoming {
+        Incoming::Request {
+            seq,
+            system: system_flags,
+            user: user_flags,
+        } => {
+            assert!(authorised && shutdown == 0 && intact);
+            assert_eq!(seq, seq_word);
+            for (field, text, flags) in [
+                (Field::SystemPrompt, &system, system_flags),
+                (Field::UserPrompt, &user, user_flags),
+            ] {
+                let raw = input.field(field);
+                check_decoded(raw, text, flags);
+                // A clean field (NUL-terminated, valid UTF-8) yields at most 4095 bytes. A
+                // field without NUL yields 4096, and replacement up to 3 bytes per byte.
+                if !flags.missing_nul && !flags.replaced_invalid {
+                    assert!(text.len() < USER_PROMPT_LEN, "{field:?}: {} bytes", text.len());
+                }
+                assert!(text.len() <= 3 * USER_PROMPT_LEN);
+            }
+        }
+        Incoming::Shutdown => assert!(authorised && shutdown == 1 && intact),
+        Incoming::Refused { seq, status, message } => {
+            assert_eq!(seq, seq_word);
+            assert!(!message.is_empty());
+            if !authorised {
+                assert_eq!(status, StatusCode::Unauthorized);
+            } else {
+                assert_eq!(status, StatusCode::BadRequest);
+                // A bad shutdown byte, or a checksum that does not match.
+                assert!(shutdown > 1 || !intact, "{message}");
+            }
+            // A refusal clears the shutdown byte, so the next request is not refused too.
+            assert_eq!(after[shutdown_off], 0);
+            after[shutdown_off] = before[shutdown_off];
+        }
+    }
+    // worker_take writes nothing but the shutdown byte.
+    assert!(after == before, "worker_take changed the region");
+}
+
+/// A request (or shutdown) written by the client over the junk must be taken as written.
+fn round_trip(input: &RegionInput, kind: ObjectKind) {
+    let extended = kind == ObjectKind::Extended;
+    let ch = channel(MemRegion::from_bytes(&input.bytes, kind));
+    // Prompts: the decoded junk, up to 12 KiB after replacement, so encode has to cut.
+    let system_text = text::decode(input.field(Field::SystemPrompt)).text;
+    let user_text = text::decode(input.field(Field::UserPrompt)).text;
+    let token = [input.seq.rotate_left(8) as u8; TOKEN_LEN];
+    let require = extended && input.ctrl & 4 != 0;
+    let seq = if extended { input.seq.max(1) } else { 0 };
+    let expected = require.then_some(&token);
+
+    ch.worker_ready().unwrap();
+    if input.ctrl & 8 != 0 {
+        ch.client_request_shutdown(extended.then_some(&token), seq)
+            .unwrap();
+        let (incoming, _, _) = take(&ch, expected);
+        assert_eq!(incoming, Incoming::Shutdown, "seq {seq}");
+        return;
+    }
+    let mut req = PreparedRequest::encode(&system_text, &user_text, Policy::Truncate).unwrap();
+    req.seq = seq;
+    req.token = extended.then_some(&token);
+    req.client_pid = input.seq as u32;
+    ch.client_write(&req).unwrap();
+    let (incoming, system, user) = take(&ch, expected);
+    assert_eq!(
+        incoming,
+        Incoming::Request {
+            seq,
+            system: DecodeFlags::default(),
+            user: DecodeFlags::default()
+        }
+    );
+    assert_eq!(system, kept_prefix(&system_text, USER_PROMPT_LEN - 1));
+    assert_eq!(user, kept_prefix(&user_text, USER_PROMPT_LEN - 1));
+}
+
+fuzz_target!(|data: &[u8]| {
+    let input = RegionInput::parse(data);
+    for kind in [ObjectKind::Extended, ObjectKind::Seed] {
+        untrusted(&input, kind);
+        round_trip(&input, kind);
+    }
+});
