@@ -2,6 +2,7 @@
 //! staleness, unlink. This is where [`protocol`](crate::protocol) meets [`os`](crate::os).
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::names::Prefix;
@@ -30,12 +31,20 @@ impl ShmRegion {
     pub fn shm(&self) -> &SharedMemory {
         &self.shm
     }
-}
 
-impl ShmRegion {
     /// Speak the seed's protocol only, ignoring the extension page.
     pub fn force_seed(&mut self) {
         self.kind = ObjectKind::Seed;
+    }
+
+    /// The bytes of `field` the protocol may touch: none of the extension page in seed mode
+    /// (even when the mapping is large enough to hold one), per the `Region` contract.
+    fn span_of(&self, field: Field) -> Option<crate::wire::layout::Span> {
+        (self.kind == ObjectKind::Extended || !field.is_extension()).then(|| field.span())
+    }
+
+    fn word_offset(&self, offset: usize) -> Option<usize> {
+        (self.kind == ObjectKind::Extended).then_some(offset)
     }
 }
 
@@ -44,43 +53,48 @@ impl Region for ShmRegion {
         self.kind
     }
     fn read(&self, field: Field, at: usize, dst: &mut [u8]) {
-        let span = field.span();
-        if at.saturating_add(dst.len()) > span.len {
-            dst.fill(0);
-            return;
+        match self.span_of(field) {
+            Some(span) if at.saturating_add(dst.len()) <= span.len => self.shm.read(span.offset + at, dst),
+            _ => dst.fill(0),
         }
-        self.shm.read(span.offset + at, dst);
     }
     fn write(&self, field: Field, at: usize, src: &[u8]) {
-        let span = field.span();
-        if at.saturating_add(src.len()) <= span.len {
+        if let Some(span) = self
+            .span_of(field)
+            .filter(|s| at.saturating_add(src.len()) <= s.len)
+        {
             self.shm.write(span.offset + at, src);
         }
     }
     fn fill(&self, field: Field, at: usize, len: usize, byte: u8) {
-        let span = field.span();
-        if at.saturating_add(len) <= span.len {
+        if let Some(span) = self.span_of(field).filter(|s| at.saturating_add(len) <= s.len) {
             self.shm.fill(span.offset + at, len, byte);
         }
     }
     fn load32(&self, word: Word32) -> u32 {
-        self.shm
-            .atomic_u32(word.offset())
-            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
+        self.word_offset(word.offset())
+            .and_then(|o| self.shm.atomic_u32(o))
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
     fn store32(&self, word: Word32, value: u32) {
-        if let Some(a) = self.shm.atomic_u32(word.offset()) {
-            a.store(value, std::sync::atomic::Ordering::Release);
+        if let Some(a) = self
+            .word_offset(word.offset())
+            .and_then(|o| self.shm.atomic_u32(o))
+        {
+            a.store(value, Ordering::Release);
         }
     }
     fn load64(&self, word: Word64) -> u64 {
-        self.shm
-            .atomic_u64(word.offset())
-            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
+        self.word_offset(word.offset())
+            .and_then(|o| self.shm.atomic_u64(o))
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
     fn store64(&self, word: Word64, value: u64) {
-        if let Some(a) = self.shm.atomic_u64(word.offset()) {
-            a.store(value, std::sync::atomic::Ordering::Release);
+        if let Some(a) = self
+            .word_offset(word.offset())
+            .and_then(|o| self.shm.atomic_u64(o))
+        {
+            a.store(value, Ordering::Release);
         }
     }
 }
