@@ -52,6 +52,8 @@ pub enum Mode {
 pub enum Phase {
     /// Starting the worker and waiting for its first `ready`.
     Startup,
+    /// Waiting for the turn lock that serialises clients attached to one worker.
+    WaitingTurn,
     /// Waiting for `ready` before writing a request.
     WaitingReady,
     /// Waiting for `response_written`.
@@ -64,6 +66,7 @@ impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Phase::Startup => "start-up",
+            Phase::WaitingTurn => "waiting for the turn (another client is using the worker)",
             Phase::WaitingReady => "waiting for the worker to be ready",
             Phase::WaitingResponse => "waiting for the response",
             Phase::Shutdown => "shutdown",
@@ -525,6 +528,7 @@ impl ClientBuilder {
             token: Some(token),
             next_seq: 1,
             holding_turn: false,
+            turn_lock: false,
             closed: None,
             restartable: false,
             restart_attempts: 0,
@@ -592,6 +596,7 @@ impl ClientBuilder {
             token: self.token,
             next_seq: first_attach_seq(),
             holding_turn: false,
+            turn_lock: true,
             closed: None,
             restartable: false,
             restart_attempts: 0,
@@ -749,6 +754,17 @@ impl StderrTail {
     }
 }
 
+/// Releases the turn lock when dropped.
+struct TurnGuard(Option<Arc<PosixChannel>>);
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        if let Some(ch) = &self.0 {
+            ch.region.shm().unlock();
+        }
+    }
+}
+
 /// A connection to one worker. See the [module docs](self).
 #[derive(Debug)]
 pub struct Client {
@@ -761,6 +777,8 @@ pub struct Client {
     token: Option<[u8; TOKEN_LEN]>,
     next_seq: u64,
     holding_turn: bool,
+    /// Attached clients share the worker: each request holds the turn lock (`flock`).
+    turn_lock: bool,
     closed: Option<String>,
     /// Set when the worker died and the restart policy may replace it.
     restartable: bool,
@@ -848,6 +866,8 @@ impl Client {
         let started = Instant::now();
         let deadline = started + self.cfg.request_timeout;
         let slice = self.cfg.poll_slice;
+        // Held until the response is read: another client's request cannot start meanwhile.
+        let _turn = self.lock_turn(deadline)?;
         if !self.holding_turn {
             let alive = self.alive_fn();
             let r = self.channel.client_acquire(Some(deadline), slice, &alive);
@@ -935,6 +955,40 @@ impl Client {
         }
     }
 
+    /// Takes the turn lock (attached clients only), retrying with a short backoff until
+    /// `deadline`; a dead worker ends the wait at once.
+    fn lock_turn(&mut self, deadline: Instant) -> Result<TurnGuard, RequestError> {
+        if !self.turn_lock {
+            return Ok(TurnGuard(None));
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_micros(20);
+        loop {
+            match self.channel.region.shm().try_lock() {
+                Ok(true) => return Ok(TurnGuard(Some(Arc::clone(&self.channel)))),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(RequestError::Os {
+                        phase: Phase::WaitingTurn,
+                        source: io::Error::other(e),
+                    })
+                }
+            }
+            if !(self.alive_fn())() {
+                return Err(self.died(Phase::WaitingTurn));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RequestError::Timeout {
+                    phase: Phase::WaitingTurn,
+                    waited: started.elapsed(),
+                });
+            }
+            std::thread::sleep(backoff.min(deadline - now));
+            backoff = (backoff * 2).min(Duration::from_millis(2));
+        }
+    }
+
     /// Replaces a dead worker by a new one, following the restart policy.
     fn respawn(&mut self) -> Result<(), RequestError> {
         let policy = self.cfg.restart;
@@ -1008,8 +1062,9 @@ impl Client {
         if !was_dead {
             // Request fields are only written while holding the turn, so the shutdown waits
             // for `ready` too (a worker busy with a timed-out request answers it first).
-            let alive = self.alive_fn();
             let half = Instant::now() + self.cfg.shutdown_timeout / 2;
+            let _turn = self.lock_turn(half).ok();
+            let alive = self.alive_fn();
             let turn = self.holding_turn
                 || self
                     .channel

@@ -264,6 +264,32 @@ impl SharedMemory {
         self.fd.as_fd()
     }
 
+    /// Tries to take the exclusive `flock` on this handle's open file description without
+    /// blocking; `Ok(false)` if another holder has it. The kernel releases it when the
+    /// holder closes the object or dies, so a crashed holder never blocks the others.
+    ///
+    /// # Errors
+    /// [`ShmError::Os`] for failures other than "held elsewhere".
+    #[doc(alias = "flock")]
+    pub fn try_lock(&self) -> Result<bool, ShmError> {
+        #[allow(deprecated)] // nix 0.29 deprecates `flock` in favour of `Flock`, which owns the fd.
+        match nix::fcntl::flock(self.fd.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(()) => Ok(true),
+            Err(Errno::EWOULDBLOCK) => Ok(false),
+            Err(e) => Err(ShmError::Os {
+                op: "flock",
+                name: display(&self.name),
+                source: e,
+            }),
+        }
+    }
+
+    /// Releases the lock taken with [`SharedMemory::try_lock`] (no-op if not held).
+    pub fn unlock(&self) {
+        #[allow(deprecated)]
+        let _ = nix::fcntl::flock(self.fd.as_raw_fd(), nix::fcntl::FlockArg::Unlock);
+    }
+
     fn in_bounds(&self, offset: usize, len: usize) -> bool {
         offset.checked_add(len).is_some_and(|end| end <= self.len)
     }
