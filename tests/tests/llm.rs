@@ -246,3 +246,62 @@ fn worker_killed_while_generating_is_a_typed_error_and_leaves_nothing() {
     drop(c);
     assert!(own_entries().is_empty(), "{:?}", own_entries());
 }
+
+/// The worker SIGKILLed at a random moment of start-up and model load: the spawn fails with
+/// a typed error naming SIGKILL within 100 ms, nothing is left, and a new spawn answers.
+#[test]
+fn worker_killed_during_model_load_is_a_typed_startup_error() {
+    let mut rng = llama_shm_tests::Rng::from_env("worker_killed_during_model_load");
+    let mut landed = 0;
+    for trial in 0..10 {
+        let prefix = llama_shm_tests::unique_prefix("load");
+        let delay = Duration::from_millis(rng.below(150));
+        let start = Instant::now();
+        let killer = {
+            let prefix = prefix.clone();
+            std::thread::spawn(move || {
+                while start.elapsed() < Duration::from_secs(5) {
+                    if let Some(pid) = llama_shm_tests::find_worker(&prefix) {
+                        while start.elapsed() < delay {}
+                        let t = Instant::now();
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        return Some(t);
+                    }
+                }
+                None
+            })
+        };
+        let r = builder().args(["--engine", "llama"]).prefix(prefix).spawn();
+        let noticed = Instant::now();
+        let killed_at = killer.join().unwrap();
+        match r {
+            Err(SpawnError::WorkerExited {
+                exit: ExitInfo::Signaled(9),
+                ..
+            }) => {
+                landed += 1;
+                let latency = noticed - killed_at.unwrap();
+                assert!(latency < Duration::from_millis(100), "trial {trial}: {latency:?}");
+            }
+            // The kill came after start-up: the request fails instead.
+            Ok(mut c) => {
+                assert!(matches!(
+                    c.send_request("x", ""),
+                    Err(RequestError::WorkerDied { .. })
+                ));
+            }
+            Err(e) => panic!("trial {trial}: unexpected {e}"),
+        }
+        assert!(own_entries().is_empty(), "trial {trial}: {:?}", own_entries());
+    }
+    assert!(landed >= 5, "only {landed} of 10 kills landed during start-up");
+    let mut c = builder()
+        .args(["--engine", "llama", "--greedy", "--max-tokens", "8"])
+        .spawn()
+        .unwrap();
+    assert!(!c.send_request("Hi", "").unwrap().text.is_empty());
+    c.shutdown().unwrap();
+}
