@@ -2,10 +2,10 @@
 //! protocol functions that ship (`llama_shm::protocol`, `llama_shm::worker::serve`) on
 //! primitives loom can explore exhaustively:
 //!
-//! - [`LoomSemaphore`]: a counting semaphore (loom `Mutex` + `Condvar`). Waits block until a
+//! - `LoomSemaphore`: a counting semaphore (loom `Mutex` + `Condvar`). Waits block until a
 //!   post, unless timeouts are switched on, in which case a wait that finds the count at zero
 //!   is a deadline that expired.
-//! - [`LoomRegion`]: every wire field in its own `loom::cell::UnsafeCell`, so loom reports
+//! - `LoomRegion`: every wire field in its own `loom::cell::UnsafeCell`, so loom reports
 //!   any access to a field that is not ordered by the protocol's posts (a data race), and
 //!   every extension word a loom atomic.
 //!

@@ -18,8 +18,12 @@
 //!    ([`FinishReason::Stop`]), the token budget, a full context or a full response area
 //!    ([`FinishReason::Length`]), or the cancel flag ([`FinishReason::Cancelled`]).
 //!
-//! llama.cpp's own log lines go to `tracing` (target `llama-cpp-2`, INFO for its chatty load
-//! messages), so they are silent unless the subscriber's filter asks for them.
+//! llama.cpp's own log lines go to `tracing` under the target `llama-cpp-2` (its chatty
+//! model-load report is ~140 INFO lines), so a filter such as `info,llama-cpp-2=warn` keeps
+//! them quiet unless `RUST_LOG` asks for them (`RUST_LOG=llama-cpp-2=info`).
+//!
+//! The llama.cpp backend is process-global and initialised once ([`LlamaEngine::load`] does
+//! it); the engine itself is meant to stay on one thread and serve one request at a time.
 
 use std::fs::File;
 use std::io::Read;
@@ -65,8 +69,10 @@ pub struct LlamaOptions {
     pub model: PathBuf,
     /// Context size in tokens (prompt plus answer). Default 2048.
     pub ctx: u32,
-    /// Threads for prompt evaluation and generation; `None` means
-    /// [`std::thread::available_parallelism`].
+    /// Threads for prompt evaluation and generation (both are set); `None` means
+    /// [`std::thread::available_parallelism`]. ggml's threads meet at spinning barriers, so
+    /// more threads than *free* cores is very slow (4 threads on 2 cores: ~1000× slower
+    /// generation); on a loaded machine 1 thread can beat 2.
     pub threads: Option<i32>,
     /// Sampling temperature. Default 0.7.
     pub temp: f32,
@@ -88,6 +94,7 @@ pub struct LlamaOptions {
 
 impl LlamaOptions {
     /// Default settings for the model at `model`.
+    #[must_use]
     pub fn new(model: impl Into<PathBuf>) -> Self {
         Self {
             model: model.into(),
@@ -278,16 +285,13 @@ impl Utf8Carry {
                 Err(err) => {
                     let valid_end = start + err.valid_up_to();
                     out.push_str(&String::from_utf8_lossy(&self.pending[start..valid_end]));
-                    match err.error_len() {
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            start = valid_end + bad;
-                        }
+                    if let Some(bad) = err.error_len() {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        start = valid_end + bad;
+                    } else {
                         // An incomplete sequence at the end: wait for the next token.
-                        None => {
-                            start = valid_end;
-                            break;
-                        }
+                        start = valid_end;
+                        break;
                     }
                 }
             }
@@ -315,6 +319,7 @@ impl Utf8Carry {
 pub struct LlamaEngine {
     model: &'static LlamaModel,
     ctx: LlamaContext<'static>,
+    template: LlamaChatTemplate,
     n_ctx: u32,
     threads: i32,
     with_system: Layout,
@@ -372,7 +377,6 @@ impl LlamaEngine {
                 path: options.model.clone(),
                 reason: e.to_string(),
             })?;
-        let model: &'static LlamaModel = Box::leak(Box::new(model));
 
         let template = match model.chat_template(None) {
             Ok(template) => template,
@@ -385,13 +389,15 @@ impl LlamaEngine {
             }
         };
         let layout = |system: bool| {
-            render_layout(model, &template, system).map_err(|reason| LoadError::Template {
+            render_layout(&model, &template, system).map_err(|reason| LoadError::Template {
                 path: options.model.clone(),
                 reason,
             })
         };
         let with_system = layout(true)?;
         let without_system = layout(false)?;
+        // From here on the model lives until the process exits (see [`LlamaEngine`]).
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
 
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(options.ctx))
@@ -417,6 +423,7 @@ impl LlamaEngine {
         Ok(Self {
             model,
             ctx,
+            template,
             n_ctx,
             threads,
             with_system,
@@ -434,27 +441,32 @@ impl LlamaEngine {
     }
 
     /// The context size in tokens.
+    #[must_use]
     pub fn ctx(&self) -> u32 {
         self.n_ctx
     }
 
     /// The number of threads used for prompt evaluation and generation.
+    #[must_use]
     pub fn threads(&self) -> i32 {
         self.threads
     }
 
     /// How long [`LlamaEngine::load`] took (file check, model load and context creation).
+    #[must_use]
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
 
     /// The longest prompt accepted: `ctx - min(ctx / 8, 64)`, so at least `min(ctx / 8, 64)`
     /// positions are left to answer.
+    #[must_use]
     pub fn max_prompt_tokens(&self) -> u32 {
         self.n_ctx - (self.n_ctx / 8).min(64)
     }
 
     /// The sampling settings used by the next requests.
+    #[must_use]
     pub fn sampling(&self) -> &Sampling {
         &self.sampling
     }
@@ -467,6 +479,7 @@ impl LlamaEngine {
     /// Tokenizes `text` with the model's vocabulary, without adding BOS/EOS. With
     /// `parse_special`, texts such as `<|im_start|>` become their special tokens; without it
     /// they stay plain text.
+    #[must_use]
     pub fn tokenize(&self, text: &str, parse_special: bool) -> Vec<i32> {
         self.model
             .vocab()
@@ -478,6 +491,7 @@ impl LlamaEngine {
 
     /// Turns token ids back into text (special tokens rendered as their text; invalid UTF-8
     /// replaced by U+FFFD). For tests and diagnostics.
+    #[must_use]
     pub fn detokenize(&self, tokens: &[i32]) -> String {
         let tokens: Vec<LlamaToken> = tokens.iter().copied().map(LlamaToken).collect();
         String::from_utf8_lossy(&self.model.vocab().detokenize(&tokens, false, true)).into_owned()
@@ -490,15 +504,10 @@ impl LlamaEngine {
     /// # Errors
     /// [`EngineError::Inference`] when a text holds a NUL byte or the template fails.
     pub fn render_prompt(&self, request: &EngineRequest<'_>) -> Result<String, EngineError> {
-        let template = self
-            .model
-            .chat_template(None)
-            .or_else(|_| LlamaChatTemplate::new("chatml"))
-            .map_err(|e| EngineError::Inference(format!("chat template: {e}")))?;
         let messages = messages(request.system, request.user)
             .map_err(|e| EngineError::Inference(format!("chat message: {e}")))?;
         self.model
-            .apply_chat_template(&template, &messages, true)
+            .apply_chat_template(&self.template, &messages, true)
             .map_err(|e| EngineError::Inference(format!("chat template: {e}")))
     }
 
@@ -690,6 +699,10 @@ impl Engine for LlamaEngine {
         let mut pos = prompt.len();
         let ctx_len = usize::try_from(self.n_ctx).unwrap_or(usize::MAX);
         let started = Instant::now();
+        if sampling.max_tokens == Some(0) {
+            generation.finish = FinishReason::Length;
+            return Ok(generation);
+        }
         let finish = loop {
             if cancel.is_cancelled() {
                 break FinishReason::Cancelled;
