@@ -82,17 +82,27 @@ pub fn p50_max(samples: &mut [Duration]) -> (Duration, Duration) {
     (samples[samples.len() / 2], *samples.last().unwrap())
 }
 
-/// A child process that is SIGKILLed and reaped when dropped (so a failing test does not
-/// leave a worker, and its objects, behind).
-pub struct ChildGuard(pub Option<std::process::Child>);
+/// A child process stopped and reaped when dropped, so a failing test leaves neither a worker
+/// nor its objects behind: SIGTERM first (a worker then removes its names itself), SIGKILL
+/// after 2 s, and finally the names of `prefix` (if set) are removed if they are still there.
+pub struct ChildGuard(pub Option<std::process::Child>, pub Option<Prefix>);
 
 impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child), None)
+    }
+    /// Guards `child`, a worker serving `prefix`.
+    pub fn worker(child: std::process::Child, prefix: &Prefix) -> Self {
+        Self(Some(child), Some(prefix.clone()))
+    }
     /// The child's pid.
     pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, |c| c.id())
     }
-    /// Takes the child out of the guard.
+    /// Takes the child out of the guard; the caller now owns its cleanup (and its names').
     pub fn take(mut self) -> std::process::Child {
+        self.1 = None;
         self.0.take().unwrap()
     }
 }
@@ -100,8 +110,15 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if !eventually(Duration::from_secs(2), || matches!(c.try_wait(), Ok(Some(_)))) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(prefix) = &self.1 {
+            let _ = llama_shm::objects::unlink_prefix(prefix);
         }
     }
 }
@@ -219,14 +236,15 @@ pub fn entries_of(pid: u32) -> Vec<String> {
 /// Starts a standalone echo worker on `prefix` (plus `extra` arguments) and waits until it
 /// has created its objects.
 pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
-    let child = ChildGuard(Some(
+    let child = ChildGuard::worker(
         std::process::Command::new(worker_path())
             .args(["--engine", "echo", "--prefix", prefix.as_str()])
             .args(extra)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    ));
+        prefix,
+    );
     assert!(
         wait_served_by(prefix, child.id()),
         "worker did not create its objects"

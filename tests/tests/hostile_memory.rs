@@ -71,7 +71,7 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
     let prefix = unique_prefix("scrib");
     let file = token_file(&prefix);
     let worker = standalone_echo(&prefix, &["--token-file", file.to_str().unwrap()]);
-    let mut scribbler = ChildGuard(Some(
+    let mut scribbler = ChildGuard::new(
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "scribbler_helper", "--include-ignored", "--nocapture"])
             .env("LST_SCRIBBLE", prefix.as_str())
@@ -79,7 +79,7 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    ));
+    );
     let mut out = std::io::BufReader::new(scribbler.0.as_mut().unwrap().stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("SCRIBBLING") {

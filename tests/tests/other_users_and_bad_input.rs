@@ -35,7 +35,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
     let bin = std::env::temp_dir().join(format!("lst-worker-{}", std::process::id()));
     std::fs::copy(worker_path(), &bin).unwrap();
     let prefix = unique_prefix("other");
-    let theirs = ChildGuard(Some(
+    let theirs = ChildGuard::new(
         Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
             .arg(&bin)
@@ -43,7 +43,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    ));
+    );
     assert!(
         eventually(T, || shm_entries(&prefix).len() == 4),
         "nobody's worker did not start"
@@ -65,7 +65,10 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
         String::from_utf8_lossy(&out.stderr).contains("in use by pid"),
         "{out:?}"
     );
-    drop(theirs); // SIGKILL: their names stay behind, stale.
+    // SIGKILL: their names stay behind, stale.
+    let mut theirs = theirs.take();
+    theirs.kill().unwrap();
+    theirs.wait().unwrap();
     assert_eq!(shm_entries(&prefix).len(), 4);
     // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
     let ours = standalone_echo(&prefix, &[]);
