@@ -48,13 +48,7 @@ pub fn shm_entries(prefix: &Prefix) -> Vec<String> {
 
 /// Entries of `/dev/shm` of any llama-shm test or spawned worker of this process.
 pub fn own_entries() -> Vec<String> {
-    let pid = std::process::id();
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(&format!("_{pid}_")))
-        .collect()
+    entries_of(std::process::id())
 }
 
 /// Waits up to `limit` for `cond`, polling every millisecond; returns whether it held.

@@ -201,15 +201,14 @@ impl SeedPeer {
         self.write_at(offset, &field);
     }
 
-    /// One request the seed's way: wait ready, write both prompts, post prompts_written,
-    /// wait response_written, read the response up to its NUL and decode it lossily, as
-    /// `Encoding.UTF8.GetString` does. `None` if a wait timed out.
-    pub fn request(&self, user: &str, system: &str, timeout: Duration) -> Option<String> {
+    /// One cycle the seed's way: wait `ready`, let `write` fill the fields, post
+    /// `prompts_written`, wait `response_written`, read the response up to its NUL and decode
+    /// it lossily, as `Encoding.UTF8.GetString` does. `None` if a wait timed out.
+    fn cycle(&self, timeout: Duration, write: impl FnOnce(&Self)) -> Option<String> {
         if !self.wait(0, timeout) {
             return None;
         }
-        self.write_prompt(SYSTEM_OFF, system);
-        self.write_prompt(USER_OFF, user);
+        write(self);
         self.post(1);
         if !self.wait(2, timeout) {
             return None;
@@ -217,39 +216,31 @@ impl SeedPeer {
         let raw = self.read_at(RESPONSE_OFF, RESPONSE_SIZE);
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
         Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+    }
+
+    /// One request the seed's way (prompts cut by byte count at 4095, see `write_prompt`).
+    pub fn request(&self, user: &str, system: &str, timeout: Duration) -> Option<String> {
+        self.cycle(timeout, |p| {
+            p.write_prompt(SYSTEM_OFF, system);
+            p.write_prompt(USER_OFF, user);
+        })
     }
 
     /// One request with both fields given as raw bytes (4096 each), e.g. invalid UTF-8.
     pub fn request_with_fields(&self, system: &[u8], user: &[u8], timeout: Duration) -> Option<String> {
-        if !self.wait(0, timeout) {
-            return None;
-        }
-        self.write_at(SYSTEM_OFF, system);
-        self.write_at(USER_OFF, user);
-        self.post(1);
-        if !self.wait(2, timeout) {
-            return None;
-        }
-        let raw = self.read_at(RESPONSE_OFF, RESPONSE_SIZE);
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+        self.cycle(timeout, |p| {
+            p.write_at(SYSTEM_OFF, system);
+            p.write_at(USER_OFF, user);
+        })
     }
 
     /// One request with the shutdown byte set to `byte` (the seed's `bool` read as a byte).
     pub fn request_with_shutdown_byte(&self, user: &str, byte: u8, timeout: Duration) -> Option<String> {
-        if !self.wait(0, timeout) {
-            return None;
-        }
-        self.write_prompt(SYSTEM_OFF, "");
-        self.write_prompt(USER_OFF, user);
-        self.write_at(SHUTDOWN_OFF, &[byte]);
-        self.post(1);
-        if !self.wait(2, timeout) {
-            return None;
-        }
-        let raw = self.read_at(RESPONSE_OFF, RESPONSE_SIZE);
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+        self.cycle(timeout, |p| {
+            p.write_prompt(SYSTEM_OFF, "");
+            p.write_prompt(USER_OFF, user);
+            p.write_at(SHUTDOWN_OFF, &[byte]);
+        })
     }
 
     /// The seed's shutdown: set the flag, post prompts_written.

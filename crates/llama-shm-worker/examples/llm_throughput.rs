@@ -26,9 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         llama_shm::client::default_worker_path().ok_or("llama-shm-worker not found next to this example")?;
 
     let mut opts = LlamaOptions::new(&model);
-    opts.greedy = true;
-    opts.max_tokens = Some(TOKENS);
-    opts.ignore_eog = true;
+    opts.sampling.greedy = true;
+    opts.sampling.max_tokens = Some(TOKENS);
+    opts.sampling.ignore_eog = true;
     let t = Instant::now();
     let mut engine = LlamaEngine::load(&opts)?;
     let load_inproc = t.elapsed();

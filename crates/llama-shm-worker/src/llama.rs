@@ -74,22 +74,8 @@ pub struct LlamaOptions {
     /// more threads than *free* cores is very slow (4 threads on 2 cores: ~1000× slower
     /// generation); on a loaded machine 1 thread can beat 2.
     pub threads: Option<i32>,
-    /// Sampling temperature. Default 0.7.
-    pub temp: f32,
-    /// Min-p cut-off: tokens less likely than `min_p` × the top token's probability are
-    /// dropped. Default 0.05.
-    pub min_p: f32,
-    /// Seed of the sampler, reset for every request: the same seed and prompt give the same
-    /// answer. `u32::MAX` asks llama.cpp for a random seed per request.
-    pub seed: u32,
-    /// Always pick the most likely token (ignores `temp`, `min_p` and `seed`).
-    pub greedy: bool,
-    /// Most tokens generated per request; `None` means until the context is full.
-    pub max_tokens: Option<u32>,
-    /// Keep generating past end-of-generation tokens (they produce no text). For benchmarks
-    /// that need a fixed number of generated tokens; never for serving.
-    #[doc(hidden)]
-    pub ignore_eog: bool,
+    /// How tokens are chosen (defaults: min-p 0.05 → temperature 0.7 → seeded distribution).
+    pub sampling: Sampling,
 }
 
 impl LlamaOptions {
@@ -100,12 +86,7 @@ impl LlamaOptions {
             model: model.into(),
             ctx: 2048,
             threads: None,
-            temp: 0.7,
-            min_p: 0.05,
-            seed: 42,
-            greedy: false,
-            max_tokens: None,
-            ignore_eog: false,
+            sampling: Sampling::default(),
         }
     }
 }
@@ -117,22 +98,39 @@ impl Default for LlamaOptions {
     }
 }
 
-/// Per-request sampling settings of a loaded engine (see [`LlamaEngine::sampling_mut`]).
+/// How tokens are chosen: at load time ([`LlamaOptions::sampling`]) and per request after it
+/// ([`LlamaEngine::sampling_mut`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
-    /// Sampling temperature.
+    /// Sampling temperature. Default 0.7.
     pub temp: f32,
-    /// Min-p cut-off.
+    /// Min-p cut-off: tokens less likely than `min_p` × the top token's probability are
+    /// dropped. Default 0.05.
     pub min_p: f32,
-    /// Seed, reset for every request (`u32::MAX` = random per request).
+    /// Seed of the sampler, reset for every request: the same seed and prompt give the same
+    /// answer. `u32::MAX` asks llama.cpp for a random seed per request. Default 42.
     pub seed: u32,
-    /// Greedy decoding instead of min-p → temperature → distribution.
+    /// Always pick the most likely token (ignores `temp`, `min_p` and `seed`).
     pub greedy: bool,
     /// Most tokens generated per request; `None` means until the context is full.
     pub max_tokens: Option<u32>,
-    /// Keep generating past end-of-generation tokens (benchmarks only).
+    /// Keep generating past end-of-generation tokens (they produce no text). For benchmarks
+    /// that need a fixed number of generated tokens; never for serving.
     #[doc(hidden)]
     pub ignore_eog: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temp: 0.7,
+            min_p: 0.05,
+            seed: 42,
+            greedy: false,
+            max_tokens: None,
+            ignore_eog: false,
+        }
+    }
 }
 
 /// Why [`LlamaEngine::load`] failed.
@@ -366,7 +364,7 @@ impl LlamaEngine {
                 std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX))
             }
         };
-        if !options.temp.is_finite() || !options.min_p.is_finite() {
+        if !options.sampling.temp.is_finite() || !options.sampling.min_p.is_finite() {
             return Err(LoadError::Options("temp and min_p must be finite".into()));
         }
         check_gguf(&options.model)?;
@@ -428,14 +426,7 @@ impl LlamaEngine {
             threads,
             with_system,
             without_system,
-            sampling: Sampling {
-                temp: options.temp,
-                min_p: options.min_p,
-                seed: options.seed,
-                greedy: options.greedy,
-                max_tokens: options.max_tokens,
-                ignore_eog: options.ignore_eog,
-            },
+            sampling: options.sampling,
             load_time,
         })
     }

@@ -212,12 +212,14 @@ fn llama_options(args: &Args) -> llama::LlamaOptions {
     if let Some(t) = args.threads {
         opts.threads = Some(t as i32);
     }
-    opts.temp = args.temp;
-    opts.min_p = args.min_p;
-    opts.seed = args.seed;
-    opts.greedy = args.greedy;
-    opts.max_tokens = args.max_tokens;
-    opts.ignore_eog = args.ignore_eog;
+    opts.sampling = llama::Sampling {
+        temp: args.temp,
+        min_p: args.min_p,
+        seed: args.seed,
+        greedy: args.greedy,
+        max_tokens: args.max_tokens,
+        ignore_eog: args.ignore_eog,
+    };
     opts
 }
 
