@@ -450,8 +450,28 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// # Errors
     /// The post's OS error.
     pub fn worker_respond(&self, seq: u64, outcome: &Outcome<'_>) -> io::Result<()> {
+        self.worker_respond_tracked(seq, outcome, &mut { RESPONSE_LEN })
+    }
+
+    /// [`Channel::worker_respond`] for a worker that remembers, in `dirty`, how many bytes of
+    /// the response field its previous answers may have left non-zero (start with
+    /// `RESPONSE_LEN`: unknown). Only `[len, dirty)` is zeroed instead of the whole 32 KiB, and
+    /// the field still reads as the seed's NUL-terminated, zero-filled string.
+    ///
+    /// # Errors
+    /// The post's OS error.
+    pub fn worker_respond_tracked(
+        &self,
+        seq: u64,
+        outcome: &Outcome<'_>,
+        dirty: &mut usize,
+    ) -> io::Result<()> {
         let kept = text::encode(outcome.text, RESPONSE_LEN, Policy::Truncate).expect("Truncate never fails");
-        self.write_text(Field::Response, kept.bytes);
+        let n = kept.bytes.len();
+        self.region.write(Field::Response, 0, kept.bytes);
+        let end = (*dirty).clamp(n + 1, RESPONSE_LEN);
+        self.region.fill(Field::Response, n, end - n, 0);
+        *dirty = n + 1;
         if self.extended() {
             let r = &self.region;
             let flags = outcome.flags | if kept.truncated { RESPONSE_TRUNCATED } else { 0 };
@@ -640,5 +660,56 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Whether the worker advertises that it requires an auth token.
     pub fn token_required(&self) -> bool {
         self.extended() && self.region.load32(Word32::Features) & FEATURE_TOKEN_REQUIRED != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::mem::{MemRegion, NoopSemaphore};
+
+    fn channel(kind: ObjectKind) -> Channel<NoopSemaphore, MemRegion> {
+        Channel {
+            ready: NoopSemaphore,
+            prompts_written: NoopSemaphore,
+            response_written: NoopSemaphore,
+            region: MemRegion::initialised(kind, 0),
+        }
+    }
+
+    fn ok(text: &str) -> Outcome<'_> {
+        Outcome {
+            text,
+            ..Outcome::error(StatusCode::Ok, "")
+        }
+    }
+
+    /// A short answer after a long one: the tracked write zeroes only what the long one left,
+    /// and the whole field still reads as the short answer, NUL, zeros (what a seed client that
+    /// reads all 32 KiB sees). Also when the field starts out dirty (unknown contents).
+    #[test]
+    fn tracked_response_writes_leave_the_field_zero_filled() {
+        for kind in [ObjectKind::Seed, ObjectKind::Extended] {
+            let ch = channel(kind);
+            ch.region.fill(Field::Response, 0, RESPONSE_LEN, 0xAA);
+            let mut dirty = RESPONSE_LEN;
+            for text in [
+                "x".repeat(30_000),
+                "short".to_string(),
+                "é".repeat(100),
+                String::new(),
+            ] {
+                ch.worker_respond_tracked(1, &ok(&text), &mut dirty).unwrap();
+                let mut field = vec![0u8; RESPONSE_LEN];
+                ch.region.read(Field::Response, 0, &mut field);
+                assert_eq!(&field[..text.len()], text.as_bytes());
+                assert!(
+                    field[text.len()..].iter().all(|&b| b == 0),
+                    "{kind:?}: stale bytes after {}",
+                    text.len()
+                );
+                assert_eq!(dirty, text.len() + 1);
+            }
+        }
     }
 }

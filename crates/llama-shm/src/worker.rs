@@ -118,6 +118,8 @@ where
     let mut answer = String::with_capacity(RESPONSE_LEN);
     let mut scratch = Box::new([0u8; 4096]);
     let mut served = 0u64;
+    // Bytes of the response field earlier answers may have left non-zero (unknown at first).
+    let mut dirty = RESPONSE_LEN;
     loop {
         // Not ready for another request once told to stop (a client would take the turn and
         // then find the worker gone).
@@ -133,7 +135,7 @@ where
                 Incoming::Shutdown => return Ok((ServeEnd::ShutdownRequested, served)),
                 Incoming::Refused { seq, status, message } => {
                     tracing::warn!(seq, ?status, "refusing request: {message}");
-                    channel.worker_respond(seq, &Outcome::error(status, &message))?;
+                    channel.worker_respond_tracked(seq, &Outcome::error(status, &message), &mut dirty)?;
                     continue;
                 }
                 Incoming::Request { seq, system, user } => (seq, system, user),
@@ -184,18 +186,22 @@ where
                 o.error_args = (u64::from(*tokens), u64::from(*ctx));
                 // The message must outlive `o`: answer right here.
                 o.error = &msg;
-                channel.worker_respond(seq, &o)?;
+                channel.worker_respond_tracked(seq, &o, &mut dirty)?;
                 served += 1;
                 continue;
             }
             Err(e @ EngineError::Inference(_)) => {
                 let msg = e.to_string();
-                channel.worker_respond(seq, &Outcome::error(StatusCode::EngineFailed, &msg))?;
+                channel.worker_respond_tracked(
+                    seq,
+                    &Outcome::error(StatusCode::EngineFailed, &msg),
+                    &mut dirty,
+                )?;
                 served += 1;
                 continue;
             }
         };
-        channel.worker_respond(seq, &outcome)?;
+        channel.worker_respond_tracked(seq, &outcome, &mut dirty)?;
         served += 1;
     }
 }
