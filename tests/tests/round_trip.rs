@@ -173,3 +173,13 @@ fn worker_binary_errors_are_typed() {
     }
     assert!(own_entries().is_empty(), "{:?}", own_entries());
 }
+
+#[test]
+fn echo_test_mode_prints_system_newline_user() {
+    let out = std::process::Command::new(worker_path())
+        .args(["--engine", "echo", "--test", "--system", "S", "--user", "U"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "S\nU\n");
+}
