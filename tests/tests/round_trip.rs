@@ -180,6 +180,11 @@ fn echo_test_mode_prints_system_newline_user() {
         .args(["--engine", "echo", "--test", "--system", "S", "--user", "U"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "S\nU\n");
 }
