@@ -50,12 +50,22 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
         .attach(&prefix)
         .unwrap();
     assert_eq!(right.send_request("hello", "s").unwrap().text, "s\nhello");
-    // Shutdown without the token is refused too; with it the worker exits.
-    let mut none = Client::builder().request_timeout(T).attach(&prefix).unwrap();
-    let _ = none.send_request("x", "");
-    none.detach();
-    right.detach();
-    assert_eq!(terminate(worker), Some(0));
+    // A shutdown without the token is refused: the worker keeps serving.
+    let none = Client::builder()
+        .request_timeout(T)
+        .shutdown_timeout(std::time::Duration::from_millis(300))
+        .attach(&prefix)
+        .unwrap();
+    let _ = none.shutdown();
+    assert!(
+        llama_shm_tests::alive(worker.id()),
+        "a shutdown without the token stopped the worker"
+    );
+    assert_eq!(right.send_request("still", "s").unwrap().text, "s\nstill");
+    // With the token the worker exits 0 and removes its names.
+    right.shutdown().unwrap();
+    let mut worker = worker.take();
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
     std::fs::remove_file(&file).unwrap();
     assert!(shm_entries(&prefix).is_empty());
 }

@@ -135,7 +135,7 @@ fn empty_and_whitespace_prompts_are_answered() {
 }
 
 #[test]
-fn requests_after_shutdown_are_refused_and_drop_cleans_up() {
+fn drop_shuts_the_worker_down_and_leaves_nothing() {
     let c = echo().spawn().unwrap();
     let pid = c.worker_pid().unwrap();
     drop(c); // Drop shuts down like shutdown() does.

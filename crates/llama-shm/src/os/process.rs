@@ -202,11 +202,6 @@ impl Watcher {
             thread: Some(thread),
         })
     }
-
-    /// Whether the watcher thread has ended (it fired, or failed).
-    pub fn finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
 }
 
 impl Drop for Watcher {

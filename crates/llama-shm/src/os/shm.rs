@@ -372,23 +372,3 @@ pub fn unlink(name: &CStr) -> Result<bool, ShmError> {
         }),
     }
 }
-
-/// Owner, mode and size of an existing object, without mapping it (for listing and for
-/// stale-object checks).
-///
-/// # Errors
-/// As [`SharedMemory::open`] for `NotFound` and `Os`.
-pub fn inspect(name: &CStr) -> Result<(u32, u32, u64), ShmError> {
-    let os = |op, source| ShmError::Os {
-        op,
-        name: display(name),
-        source,
-    };
-    let fd =
-        mman::shm_open(name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
-            Errno::ENOENT => ShmError::NotFound { name: display(name) },
-            e => os("shm_open", e),
-        })?;
-    let st = stat::fstat(fd.as_raw_fd()).map_err(|e| os("fstat", e))?;
-    Ok((st.st_uid, st.st_mode & 0o7777, st.st_size.max(0) as u64))
-}
