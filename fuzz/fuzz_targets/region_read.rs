@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use llama_shm::protocol::{response_checksum, Channel, Outcome, Region, Usage, WaitError};
+use llama_shm::protocol::{response_checksum, text_hash, Channel, Outcome, Region, Usage, WaitError};
 use llama_shm::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
     RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
@@ -123,44 +123,51 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
     } else {
         input.seq
     };
-    // What the response's checksum covers: seq, status, flags, the bytes of the answer and
-    // of the error as far as their lengths say, the error's numbers.
-    let len = (ne32(&input.bytes, Word32::ResponseLen.offset()) as usize).min(RESPONSE_LEN - 1);
-    let field = &input.field(Field::Response)[..len];
+    // What the client reads in extended mode: the ring's bytes [0, stream_written) when
+    // `stream_seq` names the request (more than the ring holds is garbled), else nothing.
+    let ours = ne64(&input.bytes, Word64::StreamSeq.offset()) == seq;
+    let written = ne64(&input.bytes, Word64::StreamWritten.offset());
+    let garbled = ours && written > RESPONSE_LEN as u64;
+    let field: &[u8] = if ours && !garbled {
+        &input.field(Field::Response)[..written as usize]
+    } else {
+        &[]
+    };
     let elen = (ne32(&input.bytes, Word32::ErrorLen.offset()) as usize).min(ERROR_MESSAGE_LEN - 1);
     let efield = &input.field(Field::ErrorMessage)[..elen];
     let args = (
         ne64(&input.bytes, Word64::ErrorArg0.offset()),
         ne64(&input.bytes, Word64::ErrorArg1.offset()),
     );
+    // What the response's checksum covers: seq, status, flags, the answer's length and hash,
+    // the error's bytes as far as its length says, the error's numbers.
     let check = response_checksum(
         seq,
         ne32(&input.bytes, Word32::Status.offset()),
         ne32(&input.bytes, Word32::ResponseFlags.offset()),
-        field,
+        field.len() as u64,
+        text_hash(field),
         efield,
         args,
     );
     if input.ctrl & 32 != 0 {
         region.store64(Word64::ResponseChecksum, check);
     }
-    let intact = region.load64(Word64::ResponseChecksum) == check;
-    let ch = Channel {
-        ready: NoopSemaphore,
-        prompts_written: NoopSemaphore,
-        response_written: NoopSemaphore,
-        region,
-    };
+    let intact = region.load64(Word64::ResponseChecksum) == check
+        && u64::from(ne32(&input.bytes, Word32::ResponseLen.offset())) == field.len() as u64;
+    let ch = Channel::new(NoopSemaphore, NoopSemaphore, NoopSemaphore, region);
     let calls = Cell::new(0u32);
     let alive = || {
         calls.set(calls.get() + 1);
         calls.get() == 1
     };
     match ch.client_await(seq, None, Duration::from_millis(1), &alive) {
+        Err(WaitError::Garbled(_)) => assert!(extended && garbled),
         Ok(resp) => {
             assert!(!resp.text.contains('\0') && !resp.error.contains('\0'));
             if extended {
                 assert_eq!(seq, response_seq);
+                assert!(!garbled);
                 assert_eq!(resp.intact, intact);
                 let kept = check_decoded(field, &resp.text, resp.decode.with_missing_nul(field));
                 assert!(kept < RESPONSE_LEN);
@@ -212,7 +219,7 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
                 }
             }
         }
-        Err(WaitError::PeerGone) => assert!(extended && seq != response_seq && calls.get() == 2),
+        Err(WaitError::PeerGone) => assert!(extended && seq != response_seq && !garbled && calls.get() == 2),
         Err(e) => panic!("client_await on NoopSemaphores failed: {e}"),
     }
 }
@@ -235,12 +242,14 @@ impl WithMissingNul for text::DecodeFlags {
 fn round_trip(input: &RegionInput, kind: ObjectKind) {
     let extended = kind == ObjectKind::Extended;
     let b = &input.bytes;
-    let ch = Channel {
-        ready: NoopSemaphore,
-        prompts_written: NoopSemaphore,
-        response_written: NoopSemaphore,
-        region: MemRegion::from_bytes(b, kind),
-    };
+    let ch = Channel::new(
+        NoopSemaphore,
+        NoopSemaphore,
+        NoopSemaphore,
+        MemRegion::from_bytes(b, kind),
+    );
+    // What client_write does before the worker answers: the ring starts empty.
+    ch.region.store64(Word64::StreamRead, 0);
     // The answer: the decoded response field (up to 96 KiB after replacement), so the
     // worker has to cut it; the error: the decoded system prompt. Numbers: the input's words.
     let answer = text::decode(input.field(Field::Response)).text;
@@ -262,16 +271,21 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
         },
         finish: WireFinish::from_u32(ne32(b, Word32::FinishReason.offset())),
     };
-    let seq = if extended { input.seq } else { 0 };
+    // An extended client always sends a non-zero seq (0 marks a seed-mode client, which
+    // reads the region as a seed one).
+    let seq = if extended { input.seq.max(1) } else { 0 };
     ch.worker_respond(seq, &outcome).unwrap();
     let resp = ch
         .client_await(seq, None, Duration::from_millis(1), &|| true)
         .unwrap();
-    let kept = kept_prefix(&answer, RESPONSE_LEN - 1);
+    // Through the ring (an extended request) the whole area is usable; the seed's C string
+    // keeps one byte for its NUL.
+    let room = if seq != 0 { RESPONSE_LEN } else { RESPONSE_LEN - 1 };
+    let kept = kept_prefix(&answer, room);
     assert_eq!(resp.text, kept);
     assert!(!resp.decode.any(), "{:?}", resp.decode);
     assert!(resp.intact, "a response read as written failed its checksum");
-    if extended {
+    if seq != 0 {
         let cut = if kept.len() < answer.len() {
             RESPONSE_TRUNCATED
         } else {

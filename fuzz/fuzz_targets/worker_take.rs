@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use llama_shm::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region};
-use llama_shm::wire::layout::{Field, ObjectKind, Word64, TOKEN_LEN, USER_PROMPT_LEN};
+use llama_shm::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams};
+use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64, TOKEN_LEN, USER_PROMPT_LEN};
 use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
 use llama_shm::wire::status::StatusCode;
 use llama_shm::wire::text::{self, DecodeFlags, Policy};
@@ -22,12 +22,7 @@ use llama_shm_fuzz::{check_decoded, kept_prefix, payload, RegionInput};
 type MemChannel = Channel<NoopSemaphore, MemRegion>;
 
 fn channel(region: MemRegion) -> MemChannel {
-    Channel {
-        ready: NoopSemaphore,
-        prompts_written: NoopSemaphore,
-        response_written: NoopSemaphore,
-        region,
-    }
+    Channel::new(NoopSemaphore, NoopSemaphore, NoopSemaphore, region)
 }
 
 fn take(ch: &MemChannel, expected: Option<&[u8; TOKEN_LEN]>) -> (Incoming, String, String) {
@@ -69,7 +64,16 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
         ),
         _ => (&[][..], &[][..]),
     };
-    let want_check = request_checksum(seq_word, &region_token, shutdown, system_raw, user_raw);
+    let params = if seq_word != 0 {
+        RequestParams {
+            flags: region.load32(Word32::RequestFlags),
+            max_tokens: region.load32(Word32::MaxTokens),
+            deadline_us: region.load64(Word64::DeadlineMicros),
+        }
+    } else {
+        RequestParams::default()
+    };
+    let want_check = request_checksum(seq_word, &region_token, shutdown, params, system_raw, user_raw);
     if input.ctrl & 16 != 0 {
         region.store64(Word64::RequestChecksum, want_check);
     }
@@ -98,8 +102,10 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             seq,
             system: system_flags,
             user: user_flags,
+            params: got_params,
         } => {
             assert!(authorised && shutdown == 0 && intact);
+            assert_eq!(got_params, params);
             assert_eq!(seq, seq_word);
             for (field, text, flags) in [
                 (Field::SystemPrompt, &system, system_flags),
@@ -166,7 +172,8 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
         Incoming::Request {
             seq,
             system: DecodeFlags::default(),
-            user: DecodeFlags::default()
+            user: DecodeFlags::default(),
+            params: RequestParams::default(),
         }
     );
     assert_eq!(system, kept_prefix(&system_text, USER_PROMPT_LEN - 1));

@@ -1,9 +1,10 @@
 //! The `llama-shm` command line: answers on stdout, one clear line on stderr and a non-zero
-//! exit on failure, JSON output with usage.
+//! exit on failure, JSON output with usage; `ls` and `clean` over the objects in /dev/shm.
 
 use std::process::Command;
 
-use llama_shm_tests::{cli_path, own_entries};
+use llama_shm::names::Prefix;
+use llama_shm_tests::{cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix};
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(cli_path()).args(args).output().unwrap();
@@ -61,4 +62,214 @@ fn attach_to_a_missing_prefix_fails_clearly() {
     let (code, _, err) = run(&["ask", "--attach", "lst_no_such_prefix", "hi"]);
     assert_eq!(code, Some(3));
     assert!(err.contains("does not exist"), "{err}");
+}
+
+// --- `ls` and `clean` ---------------------------------------------------------------------------
+
+/// Removes the names of a prefix when dropped (for objects a test leaves on purpose).
+struct UnlinkOnDrop(Prefix);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = llama_shm::objects::unlink_prefix(&self.0);
+    }
+}
+
+/// `ls --json` restricted to `prefix`: its one entry, if listed.
+fn ls_entry(prefix: &Prefix) -> Option<serde_json::Value> {
+    let (code, out, err) = run(&["ls", "--json", "--prefix", prefix.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let list = v.as_array().expect("ls --json prints an array");
+    assert!(list.len() <= 1, "{out}");
+    list.first().cloned()
+}
+
+/// The table line of `ls` for `prefix`.
+fn ls_line(prefix: &Prefix) -> String {
+    let (code, out, err) = run(&["ls"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !out.contains('\x1b'),
+        "colour codes while stdout is not a terminal: {out}"
+    );
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{prefix} not listed:\n{out}"))
+        .to_string()
+}
+
+/// Lines of `out` that say `verb` about a name of `prefix`.
+fn said(out: &str, verb: &str, prefix: &Prefix) -> Vec<String> {
+    out.lines()
+        .filter(|l| {
+            l.starts_with(verb)
+                && (l.contains(&format!("/{prefix}_")) || l.contains(&format!("/sem.{prefix}_")))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn ls_shows_a_running_standalone_worker_as_live() {
+    let prefix = unique_prefix("lslive");
+    let worker = standalone_echo(&prefix, &[]);
+    let pid = worker.id();
+
+    let line = ls_line(&prefix);
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1], "live", "{line}");
+    assert_eq!(cols[2], pid.to_string(), "{line}");
+    assert!(line.contains("shm ready prompts response"), "{line}");
+
+    let e = ls_entry(&prefix).expect("listed");
+    assert_eq!(e["prefix"], prefix.as_str());
+    assert_eq!(e["state"], "live");
+    assert_eq!(e["kind"], "extended");
+    assert_eq!(e["creator_pid"], pid);
+    assert_eq!(e["creator_alive"], true);
+    assert_eq!(e["complete"], true);
+    assert_eq!(e["mode"], "0600");
+    assert_eq!(e["owner_uid"], nix::unistd::geteuid().as_raw());
+    assert_eq!(e["size"], 49152);
+    assert!(e["mapped_by"].as_array().unwrap().contains(&pid.into()), "{e}");
+
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+    assert_eq!(ls_entry(&prefix), None);
+}
+
+#[test]
+fn killed_worker_is_dead_and_clean_removes_exactly_its_objects() {
+    let live = unique_prefix("cllive");
+    let dead = unique_prefix("cldead");
+    let live_worker = standalone_echo(&live, &[]);
+    let dead_worker = standalone_echo(&dead, &[]);
+    let _cleanup = UnlinkOnDrop(dead.clone());
+    let dead_pid = dead_worker.id();
+    let mut child = dead_worker.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(shm_entries(&dead).len(), 4, "a SIGKILLed worker leaves its names");
+
+    let line = ls_line(&dead);
+    assert_eq!(line.split_whitespace().nth(1), Some("dead"), "{line}");
+    let e = ls_entry(&dead).expect("listed");
+    assert_eq!(e["state"], "dead");
+    assert_eq!(e["creator_pid"], dead_pid);
+    assert_eq!(e["creator_alive"], false);
+    assert_eq!(e["mapped_by"], serde_json::json!([]));
+    assert_eq!(ls_entry(&live).expect("listed")["state"], "live");
+
+    // A dry run over everything names the dead set's four objects, not the live one's, and
+    // removes nothing.
+    let (code, out, err) = run(&["clean", "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(said(&out, "would remove", &dead).len(), 4, "{out}");
+    assert!(said(&out, "would remove", &live).is_empty(), "{out}");
+    assert_eq!(shm_entries(&dead).len(), 4);
+
+    // The live set is never removed.
+    let (code, out, err) = run(&["clean", "--prefix", live.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("kept {live}: in use")), "{out}");
+    assert_eq!(shm_entries(&live).len(), 4);
+
+    let (code, out, err) = run(&["clean", "--prefix", dead.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    let removed = said(&out, "removed", &dead);
+    assert_eq!(removed.len(), 4, "{out}");
+    for name in [
+        format!("removed /dev/shm/{dead}_shared_mem"),
+        format!("removed /dev/shm/sem.{dead}_sem_ready"),
+        format!("removed /dev/shm/sem.{dead}_sem_prompts_written"),
+        format!("removed /dev/shm/sem.{dead}_sem_response_written"),
+    ] {
+        assert!(removed.contains(&name), "{name} not in {out}");
+    }
+    assert!(shm_entries(&dead).is_empty(), "{:?}", shm_entries(&dead));
+    assert_eq!(ls_entry(&dead), None);
+
+    // The live worker is untouched and still answers.
+    assert_eq!(shm_entries(&live).len(), 4);
+    let (code, out, err) = run(&["ask", "--attach", live.as_str(), "--system", "S", "still here"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "S\nstill here\n");
+    assert_eq!(terminate(live_worker), Some(0));
+    assert!(shm_entries(&live).is_empty());
+}
+
+#[test]
+fn seed_era_objects_are_listed_as_seed_and_removed_only_when_unmapped_and_asked() {
+    use llama_shm_tests::seed::SeedPeer;
+    // Mapped by this process (a seed-style worker): listed as seed, mapped by us, kept.
+    let mapped = unique_prefix("lsseedm");
+    let peer = SeedPeer::create(mapped.as_str());
+    let e = ls_entry(&mapped).expect("listed");
+    assert_eq!(e["state"], "seed", "{e}");
+    assert_eq!(e["kind"], "seed", "{e}");
+    assert_eq!(e["creator_pid"], serde_json::Value::Null);
+    assert_eq!(e["size"], 40961);
+    assert!(
+        e["mapped_by"]
+            .as_array()
+            .unwrap()
+            .contains(&std::process::id().into()),
+        "{e}"
+    );
+    let (code, out, err) = run(&["clean", "--include-seed", "--prefix", mapped.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(said(&out, "removed", &mapped).is_empty(), "{out}");
+    assert_eq!(shm_entries(&mapped).len(), 4);
+    drop(peer);
+    assert!(shm_entries(&mapped).is_empty());
+
+    // Created and left behind by a seed-style process (nothing maps it any more).
+    let left = unique_prefix("lsseedl");
+    let _cleanup = UnlinkOnDrop(left.clone());
+    create_unmapped_seed_objects(&left);
+    let e = ls_entry(&left).expect("listed");
+    assert_eq!(e["state"], "seed", "{e}");
+    assert_eq!(e["mapped_by"], serde_json::json!([]));
+    assert!(e["detail"].as_str().unwrap().contains("not mapped"), "{e}");
+    let (code, out, err) = run(&["clean", "--prefix", left.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("--include-seed"), "{out}");
+    assert_eq!(shm_entries(&left).len(), 4);
+    let (code, out, err) = run(&["clean", "--include-seed", "--prefix", left.as_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(said(&out, "removed", &left).len(), 4, "{out}");
+    assert!(shm_entries(&left).is_empty());
+}
+
+/// The seed's four objects (a 40961-byte object without extension page), created and then
+/// closed, as a crashed seed-era chatbot leaves them.
+fn create_unmapped_seed_objects(prefix: &Prefix) {
+    let shm = prefix.shm();
+    // SAFETY: valid C string; creating a new object.
+    let fd = unsafe { libc::shm_open(shm.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) };
+    assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
+    // SAFETY: our fd.
+    assert_eq!(unsafe { libc::ftruncate(fd, 40961) }, 0);
+    // SAFETY: our fd, closed once.
+    unsafe { libc::close(fd) };
+    for name in prefix.sems() {
+        // SAFETY: valid C string; O_CREAT reads mode and value.
+        let s = unsafe {
+            libc::sem_open(
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL,
+                0o600 as libc::c_uint,
+                0,
+            )
+        };
+        assert_ne!(
+            s,
+            libc::SEM_FAILED,
+            "sem_open: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: from sem_open, closed once (this unmaps it).
+        unsafe { libc::sem_close(s) };
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use llama_shm::client::{Client, ClientBuilder, PromptField, RequestError};
+use llama_shm::client::{Client, ClientBuilder, Mode, PromptField, RequestError};
 use llama_shm::wire::layout::ObjectKind;
 use llama_shm::wire::text::{EncodeError, Policy};
 use llama_shm_tests::{own_entries, worker_path};
@@ -110,12 +110,26 @@ fn response_at_the_32k_limit_is_cut_on_a_char_boundary_and_flagged() {
     // "€€…\n€€…" repeated until it passes 32767 bytes.
     let system = "€".repeat(1000); // 3000 bytes
     let user = "é".repeat(1000); // 2000 bytes
+    let full = format!("{system}\n{user}").repeat(10);
+    // A seed-mode client gets the seed's C string: cut on a char boundary.
+    let prefix = llama_shm_tests::unique_prefix("cut32k");
+    let worker = llama_shm_tests::standalone_echo(&prefix, &["--echo-repeat", "10"]);
+    let mut c = Client::builder().mode(Mode::Seed).attach(&prefix).unwrap();
+    let r = c.send_request(&user, &system).unwrap();
+    assert!(
+        r.text.len() <= 32767 && r.text.len() > 32767 - 4,
+        "{}",
+        r.text.len()
+    );
+    assert!(full.starts_with(&r.text));
+    c.detach();
+    assert_eq!(llama_shm_tests::terminate(worker), Some(0));
+    // An extended client gets all of it through the ring, not flagged.
     let mut c = echo().arg("--echo-repeat").arg("10").spawn().unwrap();
     let r = c.send_request(&user, &system).unwrap();
-    assert!(r.truncated, "answer of {} bytes not flagged", r.text.len());
-    assert!(r.text.len() <= 32767 && r.text.len() > 32767 - 4);
-    let full = format!("{system}\n{user}").repeat(10);
-    assert!(full.starts_with(&r.text));
+    assert!(!r.truncated);
+    assert_eq!(r.text.len(), full.len());
+    assert!(r.text == full, "extended answer differs from the echo");
     c.shutdown().unwrap();
 
     // Exactly at the limit is not truncated.

@@ -92,11 +92,10 @@ impl Semaphore for LoomSemaphore {
     }
 }
 
-const N_WORD32: usize = 14;
-const N_WORD64: usize = 8;
-const _: () = assert!(
-    Word32::FinishReason as usize + 1 == N_WORD32 && Word64::RequestChecksum as usize + 1 == N_WORD64
-);
+const N_WORD32: usize = 17;
+const N_WORD64: usize = 13;
+const _: () =
+    assert!(Word32::ClientCpu as usize + 1 == N_WORD32 && Word64::DeadlineMicros as usize + 1 == N_WORD64);
 
 /// The wire's fields in loom cells.
 #[derive(Debug)]
@@ -178,12 +177,16 @@ pub type LoomChannel = Channel<LoomSemaphore, LoomRegion>;
 
 /// A fresh channel over a zeroed region of `kind`.
 pub fn channel(kind: ObjectKind) -> LoomChannel {
-    Channel {
-        ready: LoomSemaphore::new(),
-        prompts_written: LoomSemaphore::new(),
-        response_written: LoomSemaphore::new(),
-        region: LoomRegion::new(kind),
-    }
+    let mut ch = Channel::new(
+        LoomSemaphore::new(),
+        LoomSemaphore::new(),
+        LoomSemaphore::new(),
+        LoomRegion::new(kind),
+    );
+    // Spinning is a performance path over the same semaphores; loom explores the blocking
+    // protocol (a spin that takes the semaphore is the same step as a wait that does).
+    ch.spin = llama_shm::protocol::Spinner::off();
+    ch
 }
 
 /// The slice the protocol's waits use between liveness checks (irrelevant to loom, whose

@@ -1,6 +1,7 @@
 //! `llama-shm`: the command-line front end. `llama-shm ask "question"` spawns a worker on the
 //! default model (or attaches to a running one), prints the answer on stdout and exits 0; any
-//! failure is one line on stderr and a non-zero exit.
+//! failure is one line on stderr and a non-zero exit. `llama-shm ls` lists the objects in
+//! `/dev/shm` and whether they are in use; `llama-shm clean` removes the leftovers.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,9 +12,11 @@ use clap::{Parser, Subcommand};
 use llama_shm::client::{Client, RequestError, Response, SpawnError};
 use llama_shm::names::Prefix;
 
+mod inventory;
+
 /// Exit codes (documented in `--help`).
 mod exit {
-    /// The request failed (worker error, timeout, worker died).
+    /// The request failed (worker error, timeout, worker died), or `ls`/`clean` failed.
     pub const REQUEST: u8 = 1;
     /// Bad command line (clap's own code).
     #[allow(dead_code)]
@@ -27,9 +30,24 @@ mod exit {
 #[command(
     name = "llama-shm",
     version,
-    about,
+    about = "Talk to a local llama.cpp model through POSIX shared memory",
+    long_about = "Talk to a local llama.cpp model through POSIX shared memory and named semaphores, \
+                  on the seed's wire (/P_shared_mem, /P_sem_ready, /P_sem_prompts_written, \
+                  /P_sem_response_written; the seed's prefix P is llama_cpp).\n\n\
+                  `ask` spawns a worker on the model (or, with --attach, uses a running one), asks one \
+                  question and prints the answer. `ls` shows which objects in /dev/shm are in use \
+                  and which are leftovers of dead processes; `clean` removes the leftovers. \
+                  `llama-shm help <command>` explains each command.",
     after_help = "Exit codes: 0 success, 1 the request failed, 2 bad usage, 3 the worker could not be started.\n\
-                  Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by ci/setup)."
+                  Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by ci/setup).",
+    after_long_help = "Exit codes:\n  \
+                       0  success\n  \
+                       1  the request failed (worker error, timeout, worker died), or ls/clean failed\n  \
+                       2  bad usage (unknown option, missing argument)\n  \
+                       3  the worker could not be started or attached (missing model, binary, objects)\n\n\
+                       Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf \
+                       (fetched by ci/setup).\n\
+                       Worker: --worker, else $LLAMA_SHM_WORKER, else llama-shm-worker next to this program."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +58,17 @@ struct Cli {
 enum Command {
     /// Ask one question and print the answer.
     Ask(AskArgs),
+    /// List the objects in /dev/shm per prefix, with their creator and whether they are in use.
+    ///
+    /// States: live (the creator recorded in the extension page is running, or some process
+    /// maps an object), dead (leftovers of a process that is gone; `clean` removes them), seed
+    /// (a seed-era object without extension page: the listing says whether a process maps it),
+    /// unknown (unreadable, e.g. another user's).
+    Ls(inventory::LsArgs),
+    /// Remove the objects of dead sets (never of a set in use), printing each name removed.
+    ///
+    /// A set is re-checked right before it is removed. Exit status 0, or 1 if a removal failed.
+    Clean(inventory::CleanArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,14 +117,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli.command {
-        Command::Ask(args) => match ask(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err((code, msg)) => {
-                eprintln!("llama-shm: {msg}");
-                ExitCode::from(code)
-            }
+    let result = match cli.command {
+        Command::Ask(args) => ask(&args),
+        Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
+        Command::Clean(args) => match inventory::clean(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err((exit::REQUEST, "some objects could not be removed".to_string())),
+            Err(e) => Err((exit::REQUEST, e)),
         },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("llama-shm: {msg}");
+            ExitCode::from(code)
+        }
     }
 }
 

@@ -29,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     opts.sampling.greedy = true;
     opts.sampling.max_tokens = Some(TOKENS);
     opts.sampling.ignore_eog = true;
+    // Every round sends the same prompt: without this the second round would evaluate one
+    // token. (The prefix cache has its own benchmark.)
+    opts.prefix_cache = false;
     let t = Instant::now();
     let mut engine = LlamaEngine::load(&opts)?;
     let load_inproc = t.elapsed();
@@ -46,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &TOKENS.to_string(),
         ])
         .arg("--ignore-eog")
+        .arg("--no-prefix-cache")
         .spawn()?;
     let spawn_to_ready = t.elapsed();
     let pid = client.worker_pid().ok_or("no worker pid")?;
@@ -59,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &EngineRequest {
                 system: SYSTEM,
                 user: USER,
+                max_tokens: None,
             },
             &mut sink,
             &Cancel::new(),

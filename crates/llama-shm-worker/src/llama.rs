@@ -76,6 +76,9 @@ pub struct LlamaOptions {
     pub threads: Option<i32>,
     /// How tokens are chosen (defaults: min-p 0.05 → temperature 0.7 → seeded distribution).
     pub sampling: Sampling,
+    /// Keep the KV cache of the previous request and evaluate only the tokens after the
+    /// longest common prefix (default on).
+    pub prefix_cache: bool,
 }
 
 impl LlamaOptions {
@@ -87,6 +90,7 @@ impl LlamaOptions {
             ctx: 2048,
             threads: None,
             sampling: Sampling::default(),
+            prefix_cache: true,
         }
     }
 }
@@ -324,6 +328,10 @@ pub struct LlamaEngine {
     without_system: Layout,
     sampling: Sampling,
     load_time: Duration,
+    prefix_cache: bool,
+    /// The tokens whose KV entries sit in sequence 0 at positions `0..len` (empty after an
+    /// error or a cancelled prompt: the cache is then cleared before the next request).
+    cached: Vec<LlamaToken>,
 }
 
 impl std::fmt::Debug for LlamaEngine {
@@ -428,6 +436,8 @@ impl LlamaEngine {
             without_system,
             sampling: options.sampling,
             load_time,
+            prefix_cache: options.prefix_cache,
+            cached: Vec::new(),
         })
     }
 
@@ -552,14 +562,17 @@ impl LlamaEngine {
 
     /// Evaluates `tokens` from position 0, in batches of at most `n_batch` tokens; the logits
     /// of the last token are kept. Returns that token's index in the last batch.
+    /// Evaluates `tokens` at positions from `start` on; returns the batch index of the last
+    /// token's logits, or `None` when cancelled.
     fn eval_prompt(
         &mut self,
         tokens: &[LlamaToken],
+        start: usize,
         batch: &mut LlamaBatch<'_>,
         cancel: &Cancel,
     ) -> Result<Option<i32>, EngineError> {
         let n_batch = usize::try_from(self.ctx.n_batch()).unwrap_or(usize::MAX).max(1);
-        let last = tokens.len().saturating_sub(1);
+        let last = start + tokens.len().saturating_sub(1);
         let mut last_index = 0;
         for (chunk_no, chunk) in tokens.chunks(n_batch).enumerate() {
             if cancel.is_cancelled() {
@@ -567,7 +580,7 @@ impl LlamaEngine {
             }
             batch.clear();
             for (i, &token) in chunk.iter().enumerate() {
-                let pos = chunk_no * n_batch + i;
+                let pos = start + chunk_no * n_batch + i;
                 batch
                     .add(token, to_pos(pos)?, &[0], pos == last)
                     .map_err(|e| EngineError::Inference(format!("prompt batch: {e}")))?;
@@ -670,18 +683,43 @@ impl Engine for LlamaEngine {
             prompt_time: Duration::ZERO,
             generation_time: Duration::ZERO,
         };
-        self.ctx.clear_kv_cache();
+        // What the KV cache holds is known only when this request ends well: until then the
+        // engine's record is empty (an error or a cancel below leaves it so).
+        let mut cached = std::mem::take(&mut self.cached);
+        let mut common = if self.prefix_cache {
+            cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count()
+        } else {
+            0
+        };
+        // The last prompt token is always evaluated again: its logits start the answer.
+        common = common.min(prompt.len() - 1);
+        let kept = common > 0
+            && u32::try_from(common)
+                .ok()
+                .and_then(|p0| self.ctx.clear_kv_cache_seq(Some(0), Some(p0), None).ok())
+                .unwrap_or(false);
+        if !kept {
+            common = 0;
+            self.ctx.clear_kv_cache();
+        }
+        cached.truncate(common);
         self.ctx.reset_timings();
         let mut sampler = self.sampler();
         let batch_size = usize::try_from(self.ctx.n_batch()).unwrap_or(1).max(1);
         let mut batch = LlamaBatch::new(batch_size, 1);
 
         let prompt_started = Instant::now();
-        let evaluated = self.eval_prompt(&prompt, &mut batch, cancel)?;
+        let evaluated = self.eval_prompt(&prompt[common..], common, &mut batch, cancel)?;
         generation.prompt_time = prompt_started.elapsed();
         let Some(mut logits_index) = evaluated else {
             return Ok(generation);
         };
+        cached.extend_from_slice(&prompt[common..]);
+        tracing::debug!(
+            reused = common,
+            evaluated = prompt.len() - common,
+            "prompt evaluated"
+        );
 
         let sampling = self.sampling;
         let vocab = self.model.vocab();
@@ -690,8 +728,13 @@ impl Engine for LlamaEngine {
         let mut pos = prompt.len();
         let ctx_len = usize::try_from(self.n_ctx).unwrap_or(usize::MAX);
         let started = Instant::now();
-        if sampling.max_tokens == Some(0) {
+        let max_tokens = match (sampling.max_tokens, request.max_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if max_tokens == Some(0) {
             generation.finish = FinishReason::Length;
+            self.cached = cached;
             return Ok(generation);
         }
         let finish = loop {
@@ -709,11 +752,7 @@ impl Engine for LlamaEngine {
             if !chunk.is_empty() && !out.push(&chunk) {
                 break FinishReason::Length;
             }
-            if sampling
-                .max_tokens
-                .is_some_and(|max| generation.generated_tokens >= max)
-                || pos >= ctx_len
-            {
+            if max_tokens.is_some_and(|max| generation.generated_tokens >= max) || pos >= ctx_len {
                 break FinishReason::Length;
             }
             if cancel.is_cancelled() {
@@ -726,9 +765,11 @@ impl Engine for LlamaEngine {
             self.ctx
                 .decode(&mut batch)
                 .map_err(|e| EngineError::Inference(format!("decode at position {pos}: {e}")))?;
+            cached.push(token);
             pos += 1;
             logits_index = 0;
         };
+        self.cached = cached;
         if text.finish() {
             tracing::debug!("generation ended inside a character; its partial bytes were dropped");
         }

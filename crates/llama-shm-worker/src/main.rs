@@ -21,7 +21,7 @@ use llama_shm::names::Prefix;
 use llama_shm::objects::{self, ExtInit, PosixChannel, Trust};
 use llama_shm::os::process::{Watch, Watcher};
 use llama_shm::protocol::Region;
-use llama_shm::wire::layout::{Word32, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
+use llama_shm::wire::layout::{Word32, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
 use llama_shm::worker::{serve, LimitedSink, ServeEnd, ServeOptions};
 
 /// Exit code for a failure before serving started (objects, model, token).
@@ -96,12 +96,20 @@ struct Args {
     /// System prompt for --test.
     #[arg(long, default_value = "", requires = "test")]
     system: String,
+    /// Evaluate every prompt from scratch instead of reusing the KV cache of the previous
+    /// request's common prefix.
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Echo engine: repeat the answer N times (to reach the response limit).
     #[arg(long, default_value_t = 1)]
     echo_repeat: u32,
     /// Echo engine: wait N ms before answering (cancellable), for failure tests.
     #[arg(long, default_value_t = 0)]
     echo_delay_ms: u64,
+    /// Echo engine: answer in pieces of at most 4 bytes, pausing N µs before each (a model's
+    /// pace, for streaming and cancellation tests).
+    #[arg(long, default_value_t = 0)]
+    echo_piece_us: u64,
     /// Require this auth token on every request: a file holding 64 hex digits.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -189,6 +197,7 @@ fn load_engine(args: &Args) -> Result<Box<dyn Engine>, WorkerError> {
         EngineKind::Echo => Ok(Box::new(EchoEngine {
             repeat: args.echo_repeat,
             delay: Duration::from_millis(args.echo_delay_ms),
+            piece_delay: Duration::from_micros(args.echo_piece_us),
         })),
         #[cfg(feature = "llama")]
         EngineKind::Llama => {
@@ -220,6 +229,7 @@ fn llama_options(args: &Args) -> llama::LlamaOptions {
         max_tokens: args.max_tokens,
         ignore_eog: args.ignore_eog,
     };
+    opts.prefix_cache = !args.no_prefix_cache;
     opts
 }
 
@@ -239,6 +249,7 @@ fn run_test(args: &Args) -> Result<(), WorkerError> {
             &EngineRequest {
                 system: &args.system,
                 user,
+                max_tokens: None,
             },
             &mut sink,
             &Cancel::new(),
@@ -261,6 +272,7 @@ fn dump_tokens(args: &Args, user: &str) -> Result<(), WorkerError> {
         .prompt_tokens(&EngineRequest {
             system: &args.system,
             user,
+            max_tokens: None,
         })
         .map_err(|e| WorkerError::Runtime(e.to_string()))?;
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
@@ -337,6 +349,10 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         (channel, None, token)
     };
     channel.region.store32(Word32::WorkerPid, me);
+    let features = channel.region.load32(Word32::Features);
+    channel
+        .region
+        .store32(Word32::Features, features | FEATURE_STREAMING);
     if let Some(sock) = control_sock.as_mut() {
         // The client unlinks the names once it reads this.
         control::send(sock, &ControlMsg::Attached).map_err(|e| startup(&format!("control socket: {e}")))?;

@@ -32,8 +32,10 @@ use crate::control::{self, ControlMsg};
 use crate::names::Prefix;
 use crate::objects::{self, ExtInit, ObjectsError, PosixChannel, Trust};
 use crate::os::process::{self, ExitInfo, Watch, Watcher};
-use crate::protocol::{PreparedRequest, Region, Usage, WaitError};
-use crate::wire::layout::{ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, TOKEN_LEN};
+use crate::protocol::{PreparedRequest, Region, RequestParams, Usage, WaitError};
+use crate::wire::layout::{
+    ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, REQUEST_STREAM, RESPONSE_TRUNCATED, TOKEN_LEN,
+};
 use crate::wire::status::{StatusCode, WireFinish};
 use crate::wire::text::{EncodeError, Policy};
 
@@ -307,6 +309,69 @@ pub struct Response {
     pub finish: WireFinish,
 }
 
+/// What a request asks beyond its prompts. Honoured by workers that advertise streaming
+/// (this project's worker); a seed-mode worker answers in its own way and only the client's
+/// request timeout applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Generation budget, counted by the worker from when it takes the request: when it
+    /// passes, generation stops within one token and the answer so far comes back with
+    /// [`WireFinish::Deadline`]. The client's request timeout still bounds the whole wait.
+    pub deadline: Option<Duration>,
+    /// Most tokens to generate (the worker's own limit applies too).
+    pub max_tokens: Option<u32>,
+}
+
+impl RequestOptions {
+    /// Sets the deadline.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+    /// Sets the token budget.
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+}
+
+/// Cancels the request a [`Client`] is running, from any thread. Get one with
+/// [`Client::canceller`]; it stays valid for the client's life, across restarts of its worker.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<CancelSlot>);
+
+#[derive(Debug)]
+struct CancelSlot {
+    /// Sequence number of the request in flight, 0 when none.
+    in_flight: std::sync::atomic::AtomicU64,
+    /// The channel of the current worker (replaced on restart).
+    channel: Mutex<Arc<PosixChannel>>,
+}
+
+impl CancelSlot {
+    fn new(channel: &Arc<PosixChannel>) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: 0.into(),
+            channel: Mutex::new(Arc::clone(channel)),
+        })
+    }
+}
+
+impl Canceller {
+    /// Asks the worker to stop the request in flight: generation stops within one token and
+    /// the request returns what was produced, with [`WireFinish::Cancelled`]. Returns whether
+    /// a request was in flight. A seed-mode worker cannot be told, and this returns `false`.
+    pub fn cancel(&self) -> bool {
+        let channel = self.0.channel.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.0.in_flight.load(Ordering::SeqCst);
+        if seq == 0 || channel.region.kind() != ObjectKind::Extended {
+            return false;
+        }
+        channel.client_cancel(seq);
+        true
+    }
+}
+
 /// Builds a [`Client`]: `Client::builder().worker(path).arg(..).spawn()`.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -519,6 +584,7 @@ impl ClientBuilder {
         let worker_pid = proc.child.id();
         let watcher = start_watcher(worker_pid, &channel, &dead);
         let mut client = Client {
+            cancel_slot: CancelSlot::new(&channel),
             channel,
             kind: ObjectKind::Extended,
             child: Some(proc),
@@ -532,6 +598,7 @@ impl ClientBuilder {
             closed: None,
             restartable: false,
             restart_attempts: 0,
+            scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
             cfg: self,
         };
         let alive = client.alive_fn();
@@ -549,7 +616,7 @@ impl ClientBuilder {
                 client.closed = Some("worker died during start-up".into());
                 Err(fail(&mut proc, None))
             }
-            Err(WaitError::TimedOut) => {
+            Err(WaitError::TimedOut | WaitError::Garbled(_)) => {
                 client.closed = Some("start-up timed out".into());
                 if let Some(mut p) = client.child.take() {
                     p.kill();
@@ -587,6 +654,7 @@ impl ClientBuilder {
         let dead = Arc::new(AtomicBool::new(false));
         let watcher = worker_pid.and_then(|pid| start_watcher(pid, &channel, &dead));
         Ok(Client {
+            cancel_slot: CancelSlot::new(&channel),
             channel,
             kind,
             child: None,
@@ -600,6 +668,7 @@ impl ClientBuilder {
             closed: None,
             restartable: false,
             restart_attempts: 0,
+            scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
             cfg: self,
         })
     }
@@ -784,6 +853,10 @@ pub struct Client {
     restartable: bool,
     /// Failed spawn attempts in the current outage.
     restart_attempts: u32,
+    /// The request in flight and the current channel, for [`Canceller`].
+    cancel_slot: Arc<CancelSlot>,
+    /// Reused for copies out of the response area.
+    scratch: Vec<u8>,
     cfg: ClientBuilder,
 }
 
@@ -835,6 +908,10 @@ impl Client {
 
     /// Sends one request and waits for its answer.
     ///
+    /// With a worker of this project the answer is not capped at the 32 KiB response area (it
+    /// arrives through the area used as a ring); a seed-mode worker's answer is at most
+    /// 32 767 bytes.
+    ///
     /// # Errors
     /// [`RequestError`]: a prompt the [`Policy`] rejects (nothing is sent), a timeout, the
     /// worker's death (with its exit status), or an error the worker reports (auth, prompt
@@ -842,6 +919,86 @@ impl Client {
     /// be replaced under the [`RestartPolicy`]. After a timeout the client stays usable: a late answer is
     /// recognised by its sequence number and skipped.
     pub fn send_request(&mut self, user: &str, system: &str) -> Result<Response, RequestError> {
+        self.request(user, system, &RequestOptions::default())
+    }
+
+    /// [`Client::send_request`] with [`RequestOptions`] (deadline, token budget).
+    ///
+    /// # Errors
+    /// As [`Client::send_request`].
+    pub fn request(
+        &mut self,
+        user: &str,
+        system: &str,
+        opts: &RequestOptions,
+    ) -> Result<Response, RequestError> {
+        let mut text = String::new();
+        let mut r = self.exchange(user, system, opts, false, &mut |chunk| text.push_str(chunk))?;
+        r.text = text;
+        Ok(r)
+    }
+
+    /// Sends one request and hands the answer to `on_chunk` piece by piece as the worker
+    /// generates it (time to first chunk ≈ prompt time + one token). The returned
+    /// [`Response`] carries the whole text too. A seed-mode worker cannot stream: its answer
+    /// arrives as one chunk.
+    ///
+    /// Chunks are handed over as they arrive, before the final checksum is known: if the
+    /// region was corrupted in transit the call still ends in [`RequestError::Corrupt`].
+    ///
+    /// # Errors
+    /// As [`Client::send_request`].
+    pub fn stream(
+        &mut self,
+        user: &str,
+        system: &str,
+        opts: &RequestOptions,
+        mut on_chunk: impl FnMut(&str),
+    ) -> Result<Response, RequestError> {
+        let mut text = String::new();
+        let mut r = self.exchange(user, system, opts, true, &mut |chunk| {
+            text.push_str(chunk);
+            on_chunk(chunk);
+        })?;
+        r.text = text;
+        Ok(r)
+    }
+
+    /// [`Client::request`] that appends the answer to `out` (cleared first) and returns a
+    /// [`Response`] with an empty `text`: with a reused `out`, a request allocates nothing.
+    ///
+    /// # Errors
+    /// As [`Client::send_request`].
+    pub fn request_into(
+        &mut self,
+        user: &str,
+        system: &str,
+        opts: &RequestOptions,
+        out: &mut String,
+    ) -> Result<Response, RequestError> {
+        out.clear();
+        self.exchange(user, system, opts, false, &mut |chunk| out.push_str(chunk))
+    }
+
+    /// A handle that cancels this client's request in flight from another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.cancel_slot))
+    }
+
+    /// Whether the worker streams, honours cancel, deadlines and token budgets (this
+    /// project's worker does; a seed-mode worker does not).
+    pub fn supports_streaming(&self) -> bool {
+        self.channel.streaming_supported()
+    }
+
+    fn exchange(
+        &mut self,
+        user: &str,
+        system: &str,
+        opts: &RequestOptions,
+        stream: bool,
+        on_chunk: &mut dyn FnMut(&str),
+    ) -> Result<Response, RequestError> {
         if self.restartable {
             self.respawn()?;
         }
@@ -875,7 +1032,7 @@ impl Client {
             match r {
                 Ok(()) => {}
                 Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingReady)),
-                Err(WaitError::TimedOut) => {
+                Err(WaitError::TimedOut | WaitError::Garbled(_)) => {
                     return Err(RequestError::Timeout {
                         phase: Phase::WaitingReady,
                         waited: started.elapsed(),
@@ -892,12 +1049,20 @@ impl Client {
         self.holding_turn = false;
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        let extended = self.kind == ObjectKind::Extended;
         let req = PreparedRequest {
             system: sys,
             user: usr,
-            seq: if self.kind == ObjectKind::Extended { seq } else { 0 },
+            seq: if extended { seq } else { 0 },
             token: self.token.as_ref(),
             client_pid: std::process::id(),
+            params: RequestParams {
+                flags: if stream { REQUEST_STREAM } else { 0 },
+                max_tokens: opts.max_tokens.unwrap_or(0),
+                deadline_us: opts
+                    .deadline
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
+            },
         };
         self.channel
             .client_write(&req)
@@ -905,14 +1070,37 @@ impl Client {
                 phase: Phase::WaitingResponse,
                 source,
             })?;
-        let alive = self.alive_fn();
-        let r = self.channel.client_await(req.seq, Some(deadline), slice, &alive);
-        drop(alive);
+        self.cancel_slot.in_flight.store(req.seq, Ordering::SeqCst);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut bad_utf8 = false;
+        let r = {
+            let alive = self.alive_fn();
+            self.channel.client_receive(
+                req.seq,
+                Some(deadline),
+                slice,
+                &alive,
+                &mut scratch,
+                &mut |bytes: &[u8]| match std::str::from_utf8(bytes) {
+                    Ok(s) => on_chunk(s),
+                    Err(_) => {
+                        // Only a scribbled region does this; the checksum will say so.
+                        bad_utf8 = true;
+                        on_chunk(&String::from_utf8_lossy(bytes));
+                    }
+                },
+            )
+        };
+        self.scratch = scratch;
+        self.cancel_slot.in_flight.store(0, Ordering::SeqCst);
         let raw = match r {
             Ok(raw) => raw,
             Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
             Err(WaitError::TimedOut) => {
-                if self.kind == ObjectKind::Seed {
+                if extended {
+                    // Nobody will read the rest: let the worker stop at once.
+                    self.channel.client_cancel(req.seq);
+                } else {
                     // Without sequence numbers a late answer would be taken for the next one.
                     self.closed =
                         Some("a seed-mode request timed out; the late answer would be misread".into());
@@ -922,6 +1110,7 @@ impl Client {
                     waited: started.elapsed(),
                 });
             }
+            Err(WaitError::Garbled(_)) => return Err(RequestError::Corrupt),
             Err(WaitError::Os(source)) => {
                 return Err(RequestError::Os {
                     phase: Phase::WaitingResponse,
@@ -929,14 +1118,14 @@ impl Client {
                 })
             }
         };
-        if !raw.intact {
+        if !raw.intact || (extended && bad_utf8) {
             return Err(RequestError::Corrupt);
         }
-        let message = raw.error.clone();
+        let message = raw.error;
         match raw.status {
             StatusCode::Ok => Ok(Response {
-                truncated: raw.truncated(),
-                text: raw.text,
+                truncated: raw.flags & RESPONSE_TRUNCATED != 0,
+                text: String::new(),
                 system_truncated: sys.truncated,
                 user_truncated: usr.truncated,
                 seq: req.seq,
@@ -1008,8 +1197,12 @@ impl Client {
             }
             self.restart_attempts += 1;
             match self.cfg.clone().spawn() {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
                     tracing::info!(attempt = self.restart_attempts, "worker restarted");
+                    // Cancellers handed out earlier follow the new worker.
+                    *self.cancel_slot.channel.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Arc::clone(&fresh.channel);
+                    fresh.cancel_slot = Arc::clone(&self.cancel_slot);
                     // The old client (its dead child reaped, its handles closed) drops here.
                     drop(std::mem::replace(self, fresh));
                     return Ok(());

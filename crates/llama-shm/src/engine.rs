@@ -15,6 +15,8 @@ pub struct EngineRequest<'a> {
     pub system: &'a str,
     /// The user prompt.
     pub user: &'a str,
+    /// Most tokens to generate for this request (the engine's own limit applies too).
+    pub max_tokens: Option<u32>,
 }
 
 /// Where an engine writes its answer.
@@ -66,16 +68,27 @@ pub enum EngineError {
     Inference(String),
 }
 
-/// A cancellation flag shared between the worker's watcher and the running engine.
+/// A cancellation flag shared between the worker's watcher and the running engine, with the
+/// running request's deadline.
 ///
 /// Engines check [`Cancel::is_cancelled`] between tokens (or sleep with
-/// [`Cancel::sleep`]), so a dead client or a shutdown signal stops work within one step.
+/// [`Cancel::sleep`]), so a dead client, a shutdown signal, a client's cancel or the request's
+/// deadline stops work within one step.
 #[derive(Debug, Clone)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug)]
+struct CancelInner {
+    flag: AtomicBool,
+    deadline: std::sync::Mutex<Option<Instant>>,
+}
 
 impl Default for Cancel {
     fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(false)))
+        Self(Arc::new(CancelInner {
+            flag: AtomicBool::new(false),
+            deadline: std::sync::Mutex::new(None),
+        }))
     }
 }
 
@@ -86,15 +99,28 @@ impl Cancel {
     }
     /// Sets the flag; every clone sees it.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.flag.store(true, Ordering::SeqCst);
     }
-    /// Clears the flag (the worker does this before each request).
+    /// Clears the flag and the deadline (the worker does this before each request).
     pub fn reset(&self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.set_deadline(None);
+        self.0.flag.store(false, Ordering::SeqCst);
     }
-    /// Whether the flag is set.
+    /// Sets the running request's deadline (`None`: none).
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.0.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+    /// Whether the running request's deadline has passed.
+    pub fn deadline_passed(&self) -> bool {
+        self.0
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|d| Instant::now() >= d)
+    }
+    /// Whether the flag is set or the deadline passed.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.flag.load(Ordering::SeqCst) || self.deadline_passed()
     }
     /// Sleeps for `total`, waking early (within 1 ms) if the flag is set. Returns `false`
     /// when it was cancelled.
@@ -128,15 +154,21 @@ pub trait Engine {
     ) -> Result<Generation, EngineError>;
 }
 
-/// The `echo` engine: answers exactly `{system}\n{user}`, optionally repeated and delayed.
+/// The `echo` engine: answers exactly `{system}\n{user}`, optionally repeated, delayed and
+/// paced.
 ///
 /// It exists so the whole request cycle, its failures and its tests run without a model.
+/// With `piece_delay` it behaves like a model generating tokens: the answer goes out in pieces
+/// of at most 4 bytes (cut on char boundaries, each piece counted as one token against
+/// `max_tokens`) with a cancellable pause before each.
 #[derive(Debug, Clone, Default)]
 pub struct EchoEngine {
     /// How many times the answer is repeated (0 and 1 both mean once).
     pub repeat: u32,
     /// How long to wait before answering (cancellable), for failure tests.
     pub delay: Duration,
+    /// Pause before each piece; zero answers in whole parts at once.
+    pub piece_delay: Duration,
 }
 
 impl Engine for EchoEngine {
@@ -147,28 +179,55 @@ impl Engine for EchoEngine {
         cancel: &Cancel,
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
+        let cancelled = |generated| Generation {
+            finish: FinishReason::Cancelled,
+            prompt_tokens: 0,
+            generated_tokens: generated,
+            prompt_time: Duration::ZERO,
+            generation_time: started.elapsed(),
+        };
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
-            return Ok(Generation {
-                finish: FinishReason::Cancelled,
-                prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_time: Duration::ZERO,
-                generation_time: started.elapsed(),
-            });
+            return Ok(cancelled(0));
         }
         let mut finish = FinishReason::Stop;
+        let mut pieces = 0u32;
+        let budget = request.max_tokens.unwrap_or(u32::MAX);
         'outer: for _ in 0..self.repeat.max(1) {
-            for piece in [request.system, "\n", request.user] {
-                if !out.push(piece) {
-                    finish = FinishReason::Length;
-                    break 'outer;
+            for part in [request.system, "\n", request.user] {
+                if self.piece_delay.is_zero() {
+                    if !out.push(part) {
+                        finish = FinishReason::Length;
+                        break 'outer;
+                    }
+                    continue;
+                }
+                let mut rest = part;
+                while !rest.is_empty() {
+                    if pieces >= budget {
+                        finish = FinishReason::Length;
+                        break 'outer;
+                    }
+                    if !cancel.sleep(self.piece_delay) {
+                        return Ok(cancelled(pieces));
+                    }
+                    let mut cut = rest.len().min(4);
+                    while !rest.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    let (piece, tail) = rest.split_at(cut);
+                    rest = tail;
+                    pieces += 1;
+                    if !out.push(piece) {
+                        finish = FinishReason::Length;
+                        break 'outer;
+                    }
                 }
             }
         }
         Ok(Generation {
             finish,
             prompt_tokens: 0,
-            generated_tokens: 0,
+            generated_tokens: pieces,
             prompt_time: Duration::ZERO,
             generation_time: started.elapsed(),
         })

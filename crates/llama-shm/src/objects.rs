@@ -97,6 +97,9 @@ impl Region for ShmRegion {
             a.store(value, Ordering::Release);
         }
     }
+    fn current_cpu(&self) -> u32 {
+        crate::os::process::current_cpu()
+    }
 }
 
 impl Semaphore for NamedSemaphore {
@@ -181,12 +184,7 @@ pub fn create(prefix: &Prefix, mode: u32, init: ExtInit) -> Result<PosixChannel,
     let ready = NamedSemaphore::create(&r, mode, 0)?;
     let prompts_written = NamedSemaphore::create(&p, mode, 0)?;
     let response_written = NamedSemaphore::create(&w, mode, 0)?;
-    Ok(Channel {
-        ready,
-        prompts_written,
-        response_written,
-        region,
-    })
+    Ok(Channel::new(ready, prompts_written, response_written, region))
 }
 
 /// Opens the four objects of `prefix` after vetting owner and mode (see [`Trust`]) and size,
@@ -213,12 +211,12 @@ pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError>
     let kind = ObjectKind::classify(shm.object_size(), has_page.then_some(magic), version)?;
     let region = ShmRegion { shm, kind };
     let [r, p, w] = prefix.sems();
-    Ok(Channel {
-        ready: NamedSemaphore::open(&r, trust.max_mode)?,
-        prompts_written: NamedSemaphore::open(&p, trust.max_mode)?,
-        response_written: NamedSemaphore::open(&w, trust.max_mode)?,
+    Ok(Channel::new(
+        NamedSemaphore::open(&r, trust.max_mode)?,
+        NamedSemaphore::open(&p, trust.max_mode)?,
+        NamedSemaphore::open(&w, trust.max_mode)?,
         region,
-    })
+    ))
 }
 
 /// Removes the four names of `channel` (the objects live on while handles exist).

@@ -23,11 +23,15 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::wire::layout::{
-    Field, ObjectKind, Word32, Word64, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
+    Field, ObjectKind, Word32, Word64, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, REQUEST_STREAM,
+    RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
 };
 use crate::wire::status::{StatusCode, WireFinish};
 use crate::wire::text::{self, DecodeFlags, Encoded, Policy};
+use xxhash_rust::xxh3::Xxh3;
 
 /// A counting semaphore the protocol can post and wait on.
 pub trait Semaphore {
@@ -70,6 +74,103 @@ pub trait Region {
     fn load64(&self, word: Word64) -> u64;
     /// Stores a 64-bit word (release).
     fn store64(&self, word: Word64, value: u64);
+    /// Capacity of the response area when it is used as the streaming ring. Both peers of a
+    /// real object use [`RESPONSE_LEN`]; a model checker may shrink it to explore wrap-around
+    /// and a full ring with a few bytes.
+    fn ring_capacity(&self) -> usize {
+        RESPONSE_LEN
+    }
+    /// The CPU this thread runs on, plus one; 0 when unknown (the adaptive wait then never
+    /// spins).
+    fn current_cpu(&self) -> u32 {
+        0
+    }
+}
+
+/// The adaptive wait's state: how long a waiter spins (polling the semaphore without
+/// blocking) before it blocks, tuned by the outcomes of earlier spins.
+///
+/// A waiter spins only while the peer advertises that it runs a request on *another* CPU
+/// (`worker_cpu` / `client_cpu` in the extension page): on one CPU a spin only delays the
+/// peer it waits for. A spin that succeeds doubles the budget (up to the maximum), one that
+/// expires halves it; at zero, one wait in 64 probes with the minimum budget, so a placement
+/// that changes is noticed. The semaphores are posted on every step whatever the waiter does,
+/// so a seed-mode peer (which never spins) is served exactly as before.
+#[derive(Debug)]
+pub struct Spinner {
+    max_ns: u32,
+    budget_ns: AtomicU32,
+    calls: AtomicU32,
+}
+
+impl Spinner {
+    /// The smallest budget a probe uses.
+    pub const MIN_NS: u32 = 1_000;
+    /// The default maximum budget (50 µs).
+    pub const DEFAULT_MAX_NS: u32 = 50_000;
+
+    /// A spinner whose budget never exceeds `max`; `Duration::ZERO` never spins.
+    pub fn new(max: Duration) -> Self {
+        let max_ns = u32::try_from(max.as_nanos()).unwrap_or(u32::MAX);
+        Self {
+            max_ns,
+            budget_ns: AtomicU32::new(max_ns / 2),
+            calls: AtomicU32::new(0),
+        }
+    }
+
+    /// A spinner that never spins (every wait blocks at once).
+    pub fn off() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    /// The current budget.
+    pub fn budget(&self) -> Duration {
+        Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Spins on `sem` (non-blocking takes) while the budget lasts and `peer_running` says the
+    /// peer runs elsewhere. Returns whether the semaphore was taken.
+    fn spin<S: Semaphore>(&self, sem: &S, peer_running: &dyn Fn() -> bool) -> io::Result<bool> {
+        if self.max_ns == 0 || !peer_running() {
+            return Ok(false);
+        }
+        let mut budget = self.budget_ns.load(Ordering::Relaxed);
+        if budget == 0 {
+            if self.calls.fetch_add(1, Ordering::Relaxed) % 64 != 0 {
+                return Ok(false);
+            }
+            budget = Self::MIN_NS.min(self.max_ns);
+        }
+        let start = Instant::now();
+        let mut i = 0u32;
+        loop {
+            if sem.try_wait()? {
+                let next = budget
+                    .saturating_mul(2)
+                    .clamp(Self::MIN_NS.min(self.max_ns), self.max_ns);
+                self.budget_ns.store(next, Ordering::Relaxed);
+                return Ok(true);
+            }
+            i = i.wrapping_add(1);
+            if i % 64 == 0 {
+                let spent = start.elapsed().as_nanos();
+                if spent >= u128::from(budget) || !peer_running() {
+                    let next = if budget <= Self::MIN_NS { 0 } else { budget / 2 };
+                    self.budget_ns.store(next, Ordering::Relaxed);
+                    return Ok(false);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Default for Spinner {
+    /// Spins up to [`Spinner::DEFAULT_MAX_NS`].
+    fn default() -> Self {
+        Self::new(Duration::from_nanos(u64::from(Self::DEFAULT_MAX_NS)))
+    }
 }
 
 /// The three semaphores and the region of one worker.
@@ -83,6 +184,8 @@ pub struct Channel<S, R> {
     pub response_written: S,
     /// The shared fields.
     pub region: R,
+    /// This side's adaptive wait (see [`Spinner`]); [`Spinner::off`] blocks at once.
+    pub spin: Spinner,
 }
 
 /// Why a wait on the peer ended without the expected post.
@@ -97,6 +200,21 @@ pub enum WaitError {
     /// The semaphore call failed.
     #[error("semaphore wait failed: {0}")]
     Os(#[from] io::Error),
+    /// The peer's stream words make no sense (a cursor moved backwards or past the ring):
+    /// the region was changed by someone else.
+    #[error("stream garbled: {0}")]
+    Garbled(&'static str),
+}
+
+/// What a request asks of the worker beyond its prompts (extended mode only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestParams {
+    /// `REQUEST_*` bits.
+    pub flags: u32,
+    /// Most tokens to generate, 0 = the worker's limit.
+    pub max_tokens: u32,
+    /// Generation budget in µs from when the worker takes the request, 0 = none.
+    pub deadline_us: u64,
 }
 
 /// Resource use of one request, as the worker reports it.
@@ -125,6 +243,8 @@ pub struct PreparedRequest<'a> {
     pub token: Option<&'a [u8; TOKEN_LEN]>,
     /// The client's pid, for diagnostics.
     pub client_pid: u32,
+    /// Streaming, token budget and deadline.
+    pub params: RequestParams,
 }
 
 impl<'a> PreparedRequest<'a> {
@@ -139,6 +259,7 @@ impl<'a> PreparedRequest<'a> {
             seq: 0,
             token: None,
             client_pid: 0,
+            params: RequestParams::default(),
         })
     }
 }
@@ -184,6 +305,8 @@ pub enum Incoming {
         system: DecodeFlags,
         /// What decoding the user prompt noticed.
         user: DecodeFlags,
+        /// Streaming, token budget and deadline (zeros from a seed-mode client).
+        params: RequestParams,
     },
     /// The client asked the worker to exit.
     Shutdown,
@@ -264,13 +387,17 @@ pub fn wait_for<S: Semaphore>(
 }
 
 /// Checksum of a request as the client wrote it: sequence number, token, shutdown byte and,
-/// for a request (shutdown byte 0), both prompts' payloads. The worker recomputes it over its
-/// private copies; a mismatch means the bytes changed in shared memory.
-pub fn request_checksum(seq: u64, token: &[u8; TOKEN_LEN], shutdown: u8, system: &[u8], user: &[u8]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&seq.to_le_bytes());
-    h.update(token);
-    h.update(&[shutdown]);
+/// for a request (shutdown byte 0), its parameters and both prompts' payloads. The worker
+/// recomputes it over its private copies; a mismatch means the bytes changed in shared memory.
+pub fn request_checksum(
+    seq: u64,
+    token: &[u8; TOKEN_LEN],
+    shutdown: u8,
+    params: RequestParams,
+    system: &[u8],
+    user: &[u8],
+) -> u64 {
+    let mut h = request_hasher(seq, token, shutdown, params);
     if shutdown == 0 {
         for field in [system, user] {
             h.update(&(field.len() as u64).to_le_bytes());
@@ -280,27 +407,107 @@ pub fn request_checksum(seq: u64, token: &[u8; TOKEN_LEN], shutdown: u8, system:
     h.digest()
 }
 
-/// Checksum of a response: sequence number, status, flags, the answer and the error text and
-/// arguments. The client recomputes it over its private copies.
+fn request_hasher(seq: u64, token: &[u8; TOKEN_LEN], shutdown: u8, params: RequestParams) -> Xxh3 {
+    let mut h = Xxh3::new();
+    h.update(&seq.to_le_bytes());
+    h.update(token);
+    h.update(&[shutdown]);
+    if shutdown == 0 {
+        h.update(&params.flags.to_le_bytes());
+        h.update(&params.max_tokens.to_le_bytes());
+        h.update(&params.deadline_us.to_le_bytes());
+    }
+    h
+}
+
+/// The hash of an answer's bytes that [`response_checksum`] covers (xxh3-64; streamed answers
+/// are hashed incrementally with the same result).
+pub fn text_hash(text: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text)
+}
+
+/// Checksum of a response: sequence number, status, flags, the answer's length and
+/// [`text_hash`], the error text and its arguments. The client recomputes it over what it
+/// received.
 pub fn response_checksum(
     seq: u64,
     status: u32,
     flags: u32,
-    text: &[u8],
+    text_len: u64,
+    text_hash: u64,
     error: &[u8],
     args: (u64, u64),
 ) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut h = Xxh3::new();
     h.update(&seq.to_le_bytes());
     h.update(&status.to_le_bytes());
     h.update(&flags.to_le_bytes());
-    for part in [text, error] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
+    h.update(&text_len.to_le_bytes());
+    h.update(&text_hash.to_le_bytes());
+    h.update(&(error.len() as u64).to_le_bytes());
+    h.update(error);
     h.update(&args.0.to_le_bytes());
     h.update(&args.1.to_le_bytes());
     h.digest()
+}
+
+/// The worker's side of one answer in flight: how much it wrote, what it published, and the
+/// running hash. Start one with [`Channel::worker_stream_begin`].
+pub struct StreamState {
+    seq: u64,
+    /// Ring mode (an extended client): the response area is a ring of
+    /// [`Region::ring_capacity`] bytes. Otherwise the seed's single C string.
+    ring: bool,
+    stream: bool,
+    written: u64,
+    published: u64,
+    read_seen: u64,
+    hasher: Xxh3,
+}
+
+impl StreamState {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+    /// Whether the answer goes through the ring (an extended client), so its length is not
+    /// capped at the response area.
+    pub fn is_ring(&self) -> bool {
+        self.ring
+    }
+    /// Whether the client asked for each piece to be published as it comes.
+    pub fn is_streaming(&self) -> bool {
+        self.stream
+    }
+}
+
+/// Why the worker cannot write more of an answer right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// This many bytes fit now.
+    Free(usize),
+    /// The client's read cursor is impossible (behind its previous value or past what was
+    /// written): the region was changed by someone else.
+    Garbled,
+}
+
+/// The client's side of one answer in flight.
+struct Receiver {
+    read: u64,
+    hasher: Xxh3,
+}
+
+impl std::fmt::Debug for StreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamState")
+            .field("seq", &self.seq)
+            .field("ring", &self.ring)
+            .field("stream", &self.stream)
+            .field("written", &self.written)
+            .field("published", &self.published)
+            .field("read_seen", &self.read_seen)
+            .finish_non_exhaustive()
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -313,8 +520,63 @@ fn token_eq(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
 }
 
 impl<S: Semaphore, R: Region> Channel<S, R> {
+    /// A channel over three semaphores and a region, with the default adaptive wait.
+    pub fn new(ready: S, prompts_written: S, response_written: S, region: R) -> Self {
+        Self {
+            ready,
+            prompts_written,
+            response_written,
+            region,
+            spin: Spinner::default(),
+        }
+    }
+
     fn extended(&self) -> bool {
         self.region.kind() == ObjectKind::Extended
+    }
+
+    /// Whether the peer advertising itself in `peer` runs on a CPU other than ours.
+    fn peer_elsewhere(&self, peer: Word32) -> bool {
+        let p = self.region.load32(peer);
+        if p == 0 {
+            return false;
+        }
+        let me = self.region.current_cpu();
+        me != 0 && me != p
+    }
+
+    /// The adaptive wait: spin while the peer runs elsewhere (see [`Spinner`]), then block in
+    /// [`wait_for`] with our own "running" word cleared, and set it again once woken.
+    fn wait_adaptive(
+        &self,
+        sem: &S,
+        me: Word32,
+        peer: Word32,
+        deadline: Option<Instant>,
+        slice: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<(), WaitError> {
+        if !self.extended() {
+            return wait_for(sem, deadline, slice, alive);
+        }
+        if self.spin.spin(sem, &|| self.peer_elsewhere(peer))? {
+            return Ok(());
+        }
+        self.region.store32(me, 0);
+        let r = wait_for(sem, deadline, slice, alive);
+        self.region.store32(me, self.region.current_cpu());
+        r
+    }
+
+    /// The client's adaptive wait on `sem` (its peer is the worker).
+    fn client_wait(
+        &self,
+        sem: &S,
+        deadline: Option<Instant>,
+        slice: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<(), WaitError> {
+        self.wait_adaptive(sem, Word32::ClientCpu, Word32::WorkerCpu, deadline, slice, alive)
     }
 
     /// Writes `encoded` into `field`, NUL-terminates it and zero-fills the rest.
@@ -341,25 +603,44 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
 
     /// Worker: waits for `prompts_written`, in slices of `slice`, until it is posted or
     /// `stop` returns true. Returns `true` when woken by the client, `false` when stopped.
+    /// Spins first while the client runs on another CPU (see [`Spinner`]).
     ///
     /// # Errors
     /// The wait's OS error.
     pub fn worker_wait(&self, slice: Duration, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        if stop() {
+            return Ok(false);
+        }
+        if self.extended()
+            && self
+                .spin
+                .spin(&self.prompts_written, &|| self.peer_elsewhere(Word32::ClientCpu))?
+        {
+            return Ok(!stop());
+        }
+        if self.extended() {
+            self.region.store32(Word32::WorkerCpu, 0);
+        }
         loop {
             if stop() {
                 return Ok(false);
             }
             if self.prompts_written.wait_until(Some(Instant::now() + slice))? {
-                // A watcher posts to wake us when it wants us to stop: check again.
-                return Ok(!stop());
+                // A watcher posts to wake us when it wants us to stop: check again (and then
+                // touch nothing: a stopping worker leaves the region alone).
+                let go = !stop();
+                if go && self.extended() {
+                    self.region.store32(Word32::WorkerCpu, self.region.current_cpu());
+                }
+                return Ok(go);
             }
         }
     }
 
     /// Worker: reads and validates what the client wrote: the shutdown byte, the auth token
     /// (`expected` is `Some` when the worker requires one), the sequence number, the request
-    /// checksum (extended clients), and both prompts into `system` and `user` (repaired
-    /// copies; flags say what was repaired).
+    /// checksum (extended clients), the parameters, and both prompts into `system` and `user`
+    /// (repaired copies; flags say what was repaired).
     pub fn worker_take(
         &self,
         expected: Option<&[u8; TOKEN_LEN]>,
@@ -379,8 +660,14 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             (0, 0)
         };
         let mut token = [0u8; TOKEN_LEN];
+        let mut params = RequestParams::default();
         if seq != 0 {
             self.region.read(Field::AuthToken, 0, &mut token);
+            params = RequestParams {
+                flags: self.region.load32(Word32::RequestFlags),
+                max_tokens: self.region.load32(Word32::MaxTokens),
+                deadline_us: self.region.load64(Word64::DeadlineMicros),
+            };
         }
         let refuse = |status, message: String| {
             // A refused shutdown flag must not linger into the next request.
@@ -405,7 +692,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         };
         match shutdown {
             0 => {}
-            1 if seq != 0 && request_checksum(seq, &token, 1, &[], &[]) != stored_check => {
+            1 if seq != 0 && request_checksum(seq, &token, 1, params, &[], &[]) != stored_check => {
                 return corrupted()
             }
             1 => return Incoming::Shutdown,
@@ -417,10 +704,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             }
         }
         // Each prompt is copied once; the checksum and the decoding both use that copy.
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(&seq.to_le_bytes());
-        hasher.update(&token);
-        hasher.update(&[0]);
+        let mut hasher = request_hasher(seq, &token, 0, params);
         let mut take = |field: Field, out: &mut String| {
             let cap = field.span().len;
             debug_assert!(cap <= scratch.len());
@@ -440,12 +724,138 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             seq,
             system: system_flags,
             user: user_flags,
+            params,
         }
     }
 
-    /// Worker: writes the response for request `seq` and posts `response_written`. In the
-    /// extension page the status, lengths, flags, error and usage are written first and
-    /// `response_seq` last, so a client that sees its `seq` sees the rest.
+    /// Whether the client asked to cancel request `seq` (extended mode).
+    pub fn worker_cancel_requested(&self, seq: u64) -> bool {
+        seq != 0 && self.extended() && self.region.load64(Word64::CancelSeq) == seq
+    }
+
+    /// Worker: starts the answer to request `seq`. For an extended client (`seq != 0`) the
+    /// response area becomes a ring: the cursor is reset before `stream_seq` names the
+    /// request, so a client that sees its `seq` there never sees an older cursor.
+    pub fn worker_stream_begin(&self, seq: u64, params: RequestParams) -> StreamState {
+        let ring = self.extended() && seq != 0;
+        if ring {
+            self.region.store64(Word64::StreamWritten, 0);
+            self.region.store64(Word64::StreamSeq, seq);
+        }
+        StreamState {
+            seq,
+            ring,
+            stream: ring && params.flags & REQUEST_STREAM != 0,
+            written: 0,
+            published: 0,
+            read_seen: 0,
+            hasher: Xxh3::new(),
+        }
+    }
+
+    /// Worker: how many bytes of the answer fit now. In ring mode that is the ring's free
+    /// space (the client's read cursor is validated); otherwise what is left of the seed's
+    /// 32 767-byte C string.
+    pub fn worker_stream_room(&self, st: &mut StreamState) -> Room {
+        if !st.ring {
+            return Room::Free((RESPONSE_LEN - 1).saturating_sub(st.written as usize));
+        }
+        let r = self.region.load64(Word64::StreamRead);
+        if r < st.read_seen || r > st.published {
+            return Room::Garbled;
+        }
+        st.read_seen = r;
+        let cap = self.region.ring_capacity() as u64;
+        Room::Free((cap - (st.written - r)) as usize)
+    }
+
+    /// Worker: appends `bytes` (at most what [`Channel::worker_stream_room`] said fits) to the
+    /// answer. Nothing is visible to the client until [`Channel::worker_stream_publish`].
+    pub fn worker_stream_write(&self, st: &mut StreamState, bytes: &[u8]) {
+        if st.ring {
+            let cap = self.region.ring_capacity();
+            let pos = (st.written % cap as u64) as usize;
+            let first = bytes.len().min(cap - pos);
+            self.region.write(Field::Response, pos, &bytes[..first]);
+            if first < bytes.len() {
+                self.region.write(Field::Response, 0, &bytes[first..]);
+            }
+        } else {
+            self.region.write(Field::Response, st.written as usize, bytes);
+        }
+        st.hasher.update(bytes);
+        st.written += bytes.len() as u64;
+    }
+
+    /// Worker: publishes what was written since the last publication and wakes the client
+    /// (ring mode only; a seed-mode answer is published whole by [`Channel::worker_finish`]).
+    ///
+    /// # Errors
+    /// The post's OS error.
+    pub fn worker_stream_publish(&self, st: &mut StreamState) -> io::Result<()> {
+        if st.ring && st.written > st.published {
+            self.region.store64(Word64::StreamWritten, st.written);
+            st.published = st.written;
+            self.response_written.post()?;
+        }
+        Ok(())
+    }
+
+    /// Worker: ends the answer begun with [`Channel::worker_stream_begin`]: for a seed-mode
+    /// client the NUL and the zero tail (only `[len, dirty)` is zeroed, `dirty` tracking what
+    /// earlier answers left; start it at `RESPONSE_LEN`); in the extension page the status,
+    /// lengths, flags, error, usage and checksum, the final cursor, and `response_seq` last,
+    /// so a client that sees its `seq` sees the rest. Then posts `response_written`.
+    /// `outcome.text` is ignored: the text is what was written to `st`.
+    ///
+    /// # Errors
+    /// The post's OS error.
+    pub fn worker_finish(&self, outcome: &Outcome<'_>, st: StreamState, dirty: &mut usize) -> io::Result<()> {
+        let n = st.written as usize;
+        if st.ring {
+            // The ring leaves bytes up to where it wrote (the whole area once it wrapped).
+            *dirty = (*dirty).max(n.min(self.region.ring_capacity()).min(RESPONSE_LEN));
+        } else {
+            let end = (*dirty).clamp(n + 1, RESPONSE_LEN);
+            self.region.fill(Field::Response, n, end - n, 0);
+            *dirty = n + 1;
+        }
+        if self.extended() {
+            let r = &self.region;
+            let err = text::encode(outcome.error, Field::ErrorMessage.span().len, Policy::Truncate)
+                .expect("Truncate never fails");
+            self.write_text(Field::ErrorMessage, err.bytes);
+            r.store32(Word32::ErrorLen, err.bytes.len() as u32);
+            r.store32(Word32::Status, outcome.status.to_u32());
+            r.store32(Word32::ResponseLen, u32::try_from(n).unwrap_or(u32::MAX));
+            r.store32(Word32::ResponseFlags, outcome.flags);
+            r.store64(Word64::ErrorArg0, outcome.error_args.0);
+            r.store64(Word64::ErrorArg1, outcome.error_args.1);
+            r.store32(Word32::PromptTokens, outcome.usage.prompt_tokens);
+            r.store32(Word32::GeneratedTokens, outcome.usage.generated_tokens);
+            r.store64(Word64::PromptMicros, micros(outcome.usage.prompt_time));
+            r.store64(Word64::GenerationMicros, micros(outcome.usage.generation_time));
+            r.store32(Word32::FinishReason, outcome.finish.to_u32());
+            let check = response_checksum(
+                st.seq,
+                outcome.status.to_u32(),
+                outcome.flags,
+                st.written,
+                st.hasher.digest(),
+                err.bytes,
+                outcome.error_args,
+            );
+            r.store64(Word64::ResponseChecksum, check);
+            if st.ring {
+                r.store64(Word64::StreamWritten, st.written);
+            }
+            r.store64(Word64::ResponseSeq, st.seq);
+        }
+        self.response_written.post()
+    }
+
+    /// Writes the response for request `seq` in one piece and posts `response_written` (the
+    /// path for refusals and errors, and for callers that hold the whole text).
     ///
     /// # Errors
     /// The post's OS error.
@@ -453,10 +863,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.worker_respond_tracked(seq, outcome, &mut { RESPONSE_LEN })
     }
 
-    /// [`Channel::worker_respond`] for a worker that remembers, in `dirty`, how many bytes of
-    /// the response field its previous answers may have left non-zero (start with
-    /// `RESPONSE_LEN`: unknown). Only `[len, dirty)` is zeroed instead of the whole 32 KiB, and
-    /// the field still reads as the seed's NUL-terminated, zero-filled string.
+    /// [`Channel::worker_respond`] with the response area's dirty length tracked (see
+    /// [`Channel::worker_finish`]). A text longer than the area is cut on a char boundary and
+    /// flagged [`RESPONSE_TRUNCATED`].
     ///
     /// # Errors
     /// The post's OS error.
@@ -466,41 +875,19 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         outcome: &Outcome<'_>,
         dirty: &mut usize,
     ) -> io::Result<()> {
-        let kept = text::encode(outcome.text, RESPONSE_LEN, Policy::Truncate).expect("Truncate never fails");
-        let n = kept.bytes.len();
-        self.region.write(Field::Response, 0, kept.bytes);
-        let end = (*dirty).clamp(n + 1, RESPONSE_LEN);
-        self.region.fill(Field::Response, n, end - n, 0);
-        *dirty = n + 1;
-        if self.extended() {
-            let r = &self.region;
-            let flags = outcome.flags | if kept.truncated { RESPONSE_TRUNCATED } else { 0 };
-            let err = text::encode(outcome.error, Field::ErrorMessage.span().len, Policy::Truncate)
-                .expect("Truncate never fails");
-            self.write_text(Field::ErrorMessage, err.bytes);
-            r.store32(Word32::ErrorLen, err.bytes.len() as u32);
-            r.store32(Word32::Status, outcome.status.to_u32());
-            r.store32(Word32::ResponseLen, kept.bytes.len() as u32);
-            r.store32(Word32::ResponseFlags, flags);
-            r.store64(Word64::ErrorArg0, outcome.error_args.0);
-            r.store64(Word64::ErrorArg1, outcome.error_args.1);
-            r.store32(Word32::PromptTokens, outcome.usage.prompt_tokens);
-            r.store32(Word32::GeneratedTokens, outcome.usage.generated_tokens);
-            r.store64(Word64::PromptMicros, micros(outcome.usage.prompt_time));
-            r.store64(Word64::GenerationMicros, micros(outcome.usage.generation_time));
-            r.store32(Word32::FinishReason, outcome.finish.to_u32());
-            let check = response_checksum(
-                seq,
-                outcome.status.to_u32(),
-                flags,
-                kept.bytes,
-                err.bytes,
-                outcome.error_args,
-            );
-            r.store64(Word64::ResponseChecksum, check);
-            r.store64(Word64::ResponseSeq, seq);
+        let mut st = self.worker_stream_begin(seq, RequestParams::default());
+        let room = match self.worker_stream_room(&mut st) {
+            Room::Free(n) => n,
+            Room::Garbled => 0,
+        };
+        let cap = if st.ring { room } else { room.min(RESPONSE_LEN - 1) };
+        let kept = text::encode(outcome.text, cap + 1, Policy::Truncate).expect("Truncate never fails");
+        self.worker_stream_write(&mut st, kept.bytes);
+        let mut o = *outcome;
+        if kept.truncated {
+            o.flags |= RESPONSE_TRUNCATED;
         }
-        self.response_written.post()
+        self.worker_finish(&o, st, dirty)
     }
 
     // ----- client side --------------------------------------------------------------------
@@ -516,14 +903,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         slice: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<(), WaitError> {
-        wait_for(&self.ready, deadline, slice, alive)?;
+        self.client_wait(&self.ready, deadline, slice, alive)?;
         if !alive() {
             return Err(WaitError::PeerGone);
         }
-        // The worker posts `ready` only after the `response_written` of the previous request,
-        // and posts nothing more until we write: any `response_written` still counted now was
-        // left by a request whose client stopped waiting (timed out, or died). Drop them, so
-        // the count is exact again and our own post is the one we wait for.
+        // The worker posts `ready` only after the final `response_written` of the previous
+        // request, and posts nothing more until we write: any `response_written` still counted
+        // now was left by a request whose client stopped waiting (timed out, or died), or by
+        // stream publications the client consumed in bulk. Drop them, so the count is exact
+        // again and our own posts are the ones we wait for.
         while self.response_written.try_wait()? {}
         // A watcher that saw the worker die marks it dead *before* posting its wake-ups, so
         // if the drain just swallowed one of them, this check sees the death.
@@ -541,12 +929,18 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// The post's OS error.
     pub fn client_write(&self, req: &PreparedRequest<'_>) -> io::Result<()> {
         if self.extended() {
+            let r = &self.region;
             let token = req.token.copied().unwrap_or([0; TOKEN_LEN]);
-            self.region.write(Field::AuthToken, 0, &token);
-            self.region.store32(Word32::ClientPid, req.client_pid);
-            let check = request_checksum(req.seq, &token, 0, req.system.bytes, req.user.bytes);
-            self.region.store64(Word64::RequestChecksum, check);
-            self.region.store64(Word64::RequestSeq, req.seq);
+            r.write(Field::AuthToken, 0, &token);
+            r.store32(Word32::ClientPid, req.client_pid);
+            r.store32(Word32::RequestFlags, req.params.flags);
+            r.store32(Word32::MaxTokens, req.params.max_tokens);
+            r.store64(Word64::DeadlineMicros, req.params.deadline_us);
+            r.store64(Word64::StreamRead, 0);
+            r.store32(Word32::ClientCpu, r.current_cpu());
+            let check = request_checksum(req.seq, &token, 0, req.params, req.system.bytes, req.user.bytes);
+            r.store64(Word64::RequestChecksum, check);
+            r.store64(Word64::RequestSeq, req.seq);
         }
         self.write_text(Field::SystemPrompt, req.system.bytes);
         self.write_text(Field::UserPrompt, req.user.bytes);
@@ -554,12 +948,21 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.prompts_written.post()
     }
 
-    /// Client: waits for the response to request `seq` and reads it. In extended mode a
-    /// `response_written` whose `response_seq` is not `seq` is stale (left by an earlier
-    /// request that timed out or whose client died) and is skipped.
+    /// Client: asks the worker to stop generating request `seq` (extended mode; a no-op in
+    /// seed mode). Safe at any time and from any thread: the worker checks it between
+    /// pieces, and a later request has another `seq`.
+    pub fn client_cancel(&self, seq: u64) {
+        if self.extended() && seq != 0 {
+            self.region.store64(Word64::CancelSeq, seq);
+        }
+    }
+
+    /// Client: waits for the response to request `seq` and reads it, text included. In
+    /// extended mode a `response_written` whose `response_seq` is not `seq` is stale (left by
+    /// an earlier request that timed out or whose client died) and is skipped.
     ///
     /// # Errors
-    /// As [`wait_for`]; [`WaitError::PeerGone`] when the worker died before answering.
+    /// As [`Channel::client_receive`].
     pub fn client_await(
         &self,
         seq: u64,
@@ -567,31 +970,119 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         slice: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<RawResponse, WaitError> {
+        let mut text_bytes = Vec::new();
+        let mut scratch = Vec::new();
+        let mut raw = self.client_receive(seq, deadline, slice, alive, &mut scratch, &mut |b: &[u8]| {
+            text_bytes.extend_from_slice(b)
+        })?;
+        if self.extended() {
+            let decoded = text::decode(&text_bytes);
+            raw.decode = decoded.flags;
+            raw.decode.missing_nul = false;
+            raw.text = decoded.text.into_owned();
+        } else {
+            // The seed path decoded already and handed over valid UTF-8.
+            raw.text = String::from_utf8(text_bytes).unwrap_or_default();
+        }
+        Ok(raw)
+    }
+
+    /// Client: waits for the answer to request `seq`, handing each published piece to
+    /// `on_bytes` as it arrives (extended mode: whatever the worker published since the last
+    /// wake-up, valid UTF-8 unless the region was scribbled on, which the final checksum then
+    /// reports; seed mode: the whole decoded answer once). `scratch` is reused for the
+    /// copies. The returned [`RawResponse`] has an empty `text`.
+    ///
+    /// # Errors
+    /// As [`wait_for`]; [`WaitError::PeerGone`] when the worker died before answering;
+    /// [`WaitError::Garbled`] when the stream cursor makes no sense (the request is then
+    /// cancelled so the worker stops).
+    pub fn client_receive(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        slice: Duration,
+        alive: &dyn Fn() -> bool,
+        scratch: &mut Vec<u8>,
+        on_bytes: &mut dyn FnMut(&[u8]),
+    ) -> Result<RawResponse, WaitError> {
+        let mut rx = Receiver {
+            read: 0,
+            hasher: Xxh3::new(),
+        };
         loop {
-            wait_for(&self.response_written, deadline, slice, alive)?;
+            self.client_wait(&self.response_written, deadline, slice, alive)?;
             if !self.extended() {
                 if !alive() {
                     return Err(WaitError::PeerGone);
                 }
-                return Ok(self.read_seed_response());
+                return Ok(self.read_seed_response(scratch, on_bytes));
             }
-            if self.region.load64(Word64::ResponseSeq) == seq {
-                return Ok(self.read_extended_response(seq));
+            // `response_seq` first: once it names us, the final cursor is visible too.
+            let done = self.region.load64(Word64::ResponseSeq) == seq;
+            let ours = self.region.load64(Word64::StreamSeq) == seq;
+            if ours {
+                if let Err(e) = self.consume(&mut rx, scratch, on_bytes) {
+                    self.client_cancel(seq);
+                    return Err(e);
+                }
+            }
+            if done {
+                return Ok(self.read_extended_meta(seq, &rx));
             }
             if !alive() {
                 return Err(WaitError::PeerGone);
             }
-            // Stale post: keep waiting for ours.
+            // A stale post, or a piece of ours: keep waiting for the end.
         }
     }
 
-    fn read_seed_response(&self) -> RawResponse {
-        let mut buf = vec![0u8; RESPONSE_LEN];
-        self.region.read(Field::Response, 0, &mut buf);
-        let decoded = text::decode(&buf);
+    /// Copies what the worker published since the last call out of the ring, hands it over,
+    /// and moves the read cursor so the worker may reuse the space.
+    fn consume(
+        &self,
+        rx: &mut Receiver,
+        scratch: &mut Vec<u8>,
+        on_bytes: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), WaitError> {
+        let r = &self.region;
+        let cap = r.ring_capacity();
+        let w = r.load64(Word64::StreamWritten);
+        if w < rx.read || w - rx.read > cap as u64 {
+            return Err(WaitError::Garbled(
+                "the worker's write cursor moved backwards or past the ring",
+            ));
+        }
+        let n = (w - rx.read) as usize;
+        if n == 0 {
+            return Ok(());
+        }
+        scratch.clear();
+        scratch.resize(n, 0);
+        let pos = (rx.read % cap as u64) as usize;
+        let first = n.min(cap - pos);
+        r.read(Field::Response, pos, &mut scratch[..first]);
+        if first < n {
+            r.read(Field::Response, 0, &mut scratch[first..]);
+        }
+        rx.read = w;
+        r.store64(Word64::StreamRead, w);
+        rx.hasher.update(scratch);
+        on_bytes(scratch);
+        Ok(())
+    }
+
+    fn read_seed_response(&self, scratch: &mut Vec<u8>, on_bytes: &mut dyn FnMut(&[u8])) -> RawResponse {
+        scratch.clear();
+        scratch.resize(RESPONSE_LEN, 0);
+        self.region.read(Field::Response, 0, scratch);
+        let decoded = text::decode(scratch);
+        if !decoded.text.is_empty() {
+            on_bytes(decoded.text.as_bytes());
+        }
         RawResponse {
             status: StatusCode::Ok,
-            text: decoded.text.into_owned(),
+            text: String::new(),
             decode: decoded.flags,
             flags: 0,
             error: String::new(),
@@ -602,30 +1093,26 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         }
     }
 
-    fn read_extended_response(&self, seq: u64) -> RawResponse {
+    fn read_extended_meta(&self, seq: u64, rx: &Receiver) -> RawResponse {
         let r = &self.region;
         // Everything is copied once, then checked and decoded from the private copies.
         let status = r.load32(Word32::Status);
         let flags = r.load32(Word32::ResponseFlags);
         let stored_check = r.load64(Word64::ResponseChecksum);
         let args = (r.load64(Word64::ErrorArg0), r.load64(Word64::ErrorArg1));
-        let len = (r.load32(Word32::ResponseLen) as usize).min(RESPONSE_LEN - 1);
-        let mut buf = vec![0u8; len];
-        r.read(Field::Response, 0, &mut buf);
+        let len = u64::from(r.load32(Word32::ResponseLen));
         let err_len = (r.load32(Word32::ErrorLen) as usize).min(Field::ErrorMessage.span().len - 1);
-        let mut ebuf = vec![0u8; err_len];
-        r.read(Field::ErrorMessage, 0, &mut ebuf);
-        let intact = response_checksum(seq, status, flags, &buf, &ebuf, args) == stored_check;
-        let decoded = text::decode(&buf);
-        let mut decode = decoded.flags;
-        // `response_len` bytes without a NUL is the normal case here, not a defect.
-        decode.missing_nul = false;
+        let mut ebuf = [0u8; crate::wire::layout::ERROR_MESSAGE_LEN];
+        let ebuf = &mut ebuf[..err_len];
+        r.read(Field::ErrorMessage, 0, ebuf);
+        let intact = len == rx.read.min(u64::from(u32::MAX))
+            && response_checksum(seq, status, flags, rx.read, rx.hasher.digest(), ebuf, args) == stored_check;
         RawResponse {
             status: StatusCode::from_u32(status),
-            text: decoded.text.into_owned(),
-            decode,
+            text: String::new(),
+            decode: DecodeFlags::default(),
             flags,
-            error: text::decode(&ebuf).text.into_owned(),
+            error: text::decode(ebuf).text.into_owned(),
             error_args: args,
             usage: Usage {
                 prompt_tokens: r.load32(Word32::PromptTokens),
@@ -649,7 +1136,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.region.write(Field::AuthToken, 0, &token);
             self.region.store64(
                 Word64::RequestChecksum,
-                request_checksum(seq, &token, 1, &[], &[]),
+                request_checksum(seq, &token, 1, RequestParams::default(), &[], &[]),
             );
             self.region.store64(Word64::RequestSeq, seq);
         }
@@ -661,6 +1148,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     pub fn token_required(&self) -> bool {
         self.extended() && self.region.load32(Word32::Features) & FEATURE_TOKEN_REQUIRED != 0
     }
+
+    /// Whether the worker streams through the ring and honours cancel, deadline and token
+    /// budget ([`FEATURE_STREAMING`]).
+    pub fn streaming_supported(&self) -> bool {
+        self.extended() && self.region.load32(Word32::Features) & FEATURE_STREAMING != 0
+    }
 }
 
 #[cfg(test)]
@@ -669,12 +1162,12 @@ mod tests {
     use crate::wire::mem::{MemRegion, NoopSemaphore};
 
     fn channel(kind: ObjectKind) -> Channel<NoopSemaphore, MemRegion> {
-        Channel {
-            ready: NoopSemaphore,
-            prompts_written: NoopSemaphore,
-            response_written: NoopSemaphore,
-            region: MemRegion::initialised(kind, 0),
-        }
+        Channel::new(
+            NoopSemaphore,
+            NoopSemaphore,
+            NoopSemaphore,
+            MemRegion::initialised(kind, 0),
+        )
     }
 
     fn ok(text: &str) -> Outcome<'_> {
@@ -686,7 +1179,8 @@ mod tests {
 
     /// A short answer after a long one: the tracked write zeroes only what the long one left,
     /// and the whole field still reads as the short answer, NUL, zeros (what a seed client that
-    /// reads all 32 KiB sees). Also when the field starts out dirty (unknown contents).
+    /// reads all 32 KiB sees). Also when the field starts out dirty (unknown contents), and on
+    /// an extended object serving a seed-mode client (request seq 0).
     #[test]
     fn tracked_response_writes_leave_the_field_zero_filled() {
         for kind in [ObjectKind::Seed, ObjectKind::Extended] {
@@ -699,7 +1193,7 @@ mod tests {
                 "é".repeat(100),
                 String::new(),
             ] {
-                ch.worker_respond_tracked(1, &ok(&text), &mut dirty).unwrap();
+                ch.worker_respond_tracked(0, &ok(&text), &mut dirty).unwrap();
                 let mut field = vec![0u8; RESPONSE_LEN];
                 ch.region.read(Field::Response, 0, &mut field);
                 assert_eq!(&field[..text.len()], text.as_bytes());
@@ -711,5 +1205,65 @@ mod tests {
                 assert_eq!(dirty, text.len() + 1);
             }
         }
+    }
+
+    /// An extended answer written piece by piece and published in parts reads back whole,
+    /// with its checksum intact; a second request's answer is not confused with the first.
+    #[test]
+    fn ring_answers_read_back_whole_and_intact() {
+        let ch = channel(ObjectKind::Extended);
+        let mut dirty = RESPONSE_LEN;
+        for (seq, pieces) in [(5u64, vec!["héllo", " ", "wörld"]), (6, vec!["日本", "語"])] {
+            // What client_write does for each request.
+            ch.region.store64(Word64::StreamRead, 0);
+            let mut st = ch.worker_stream_begin(
+                seq,
+                RequestParams {
+                    flags: REQUEST_STREAM,
+                    ..RequestParams::default()
+                },
+            );
+            for p in &pieces {
+                assert!(matches!(ch.worker_stream_room(&mut st), Room::Free(n) if n >= p.len()));
+                ch.worker_stream_write(&mut st, p.as_bytes());
+                ch.worker_stream_publish(&mut st).unwrap();
+            }
+            ch.worker_finish(&ok(""), st, &mut dirty).unwrap();
+            let r = ch
+                .client_await(seq, None, Duration::from_millis(1), &|| true)
+                .unwrap();
+            assert!(r.intact);
+            assert_eq!(r.text, pieces.concat());
+            assert_eq!(r.finish, WireFinish::Unknown);
+        }
+        // A scribbled byte in the answer is caught by the checksum.
+        ch.region.store64(Word64::StreamRead, 0);
+        let mut st = ch.worker_stream_begin(7, RequestParams::default());
+        ch.worker_stream_write(&mut st, b"abc");
+        ch.worker_finish(&ok(""), st, &mut dirty).unwrap();
+        ch.region.write(Field::Response, 1, b"X");
+        let r = ch
+            .client_await(7, None, Duration::from_millis(1), &|| true)
+            .unwrap();
+        assert!(!r.intact);
+    }
+
+    /// A read cursor the client could not have written (past what was published) is refused
+    /// as garbled, and so is a write cursor past the ring on the client's side.
+    #[test]
+    fn impossible_cursors_are_garbled() {
+        let ch = channel(ObjectKind::Extended);
+        let mut st = ch.worker_stream_begin(3, RequestParams::default());
+        ch.worker_stream_write(&mut st, b"abcd");
+        ch.region.store64(Word64::StreamRead, 2);
+        assert_eq!(ch.worker_stream_room(&mut st), Room::Garbled);
+        ch.region.store64(Word64::StreamRead, 0);
+        assert_eq!(ch.worker_stream_room(&mut st), Room::Free(RESPONSE_LEN - 4));
+        ch.region.store64(Word64::StreamWritten, RESPONSE_LEN as u64 + 1);
+        ch.region.store64(Word64::ResponseSeq, 3);
+        let r = ch.client_await(3, None, Duration::from_millis(1), &|| true);
+        assert!(matches!(r, Err(WaitError::Garbled(_))), "{r:?}");
+        // The client cancels a request whose stream it cannot read.
+        assert_eq!(ch.region.load64(Word64::CancelSeq), 3);
     }
 }

@@ -6,8 +6,8 @@
 use std::io;
 use std::time::Duration;
 
-use crate::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, ResponseSink};
-use crate::protocol::{Channel, Incoming, Outcome, Region, Semaphore, Usage};
+use crate::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink};
+use crate::protocol::{Channel, Incoming, Outcome, Region, Room, Semaphore, StreamState, Usage};
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
@@ -75,6 +75,22 @@ pub struct ServeOptions {
     pub token: Option<[u8; TOKEN_LEN]>,
     /// How often an idle worker re-checks its stop condition even without a wake-up post.
     pub idle_slice: Duration,
+    /// How long the worker waits for a client that stopped reading a full ring before it
+    /// gives the request up (finish `Error`).
+    pub stall_limit: Duration,
+    /// How the worker pauses while the ring is full (`attempt` counts from 0). The default
+    /// spins briefly, then sleeps up to 1 ms; a model checker yields instead.
+    pub pause: fn(attempt: u32),
+}
+
+fn default_pause(attempt: u32) {
+    if attempt < 64 {
+        std::hint::spin_loop();
+    } else if attempt < 128 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(u64::from(attempt - 127).min(1000)));
+    }
 }
 
 impl Default for ServeOptions {
@@ -82,6 +98,8 @@ impl Default for ServeOptions {
         Self {
             token: None,
             idle_slice: Duration::from_millis(250),
+            stall_limit: Duration::from_secs(30),
+            pause: default_pause,
         }
     }
 }
@@ -95,9 +113,142 @@ pub enum ServeEnd {
     Stopped,
 }
 
+/// Why the sink refused more text before the engine finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The seed's 32 767 bytes are full.
+    Full,
+    /// The client cancelled the request.
+    Cancelled,
+    /// The request's deadline passed.
+    Deadline,
+    /// The worker is stopping.
+    Stopping,
+    /// The client did not read a full ring within the stall limit.
+    Stalled,
+    /// The client's read cursor is impossible.
+    Garbled,
+}
+
+/// The [`ResponseSink`] of a request: writes pieces straight into the response area (the ring
+/// of an extended client, or the seed's C string), publishes them (each piece when the client
+/// streams; otherwise only when the ring is full), and refuses more once the request is
+/// cancelled, past its deadline, or the worker is stopping — setting `cancel`, so an engine
+/// that checks it between tokens stops within one token.
+struct WireSink<'a, S, R> {
+    channel: &'a Channel<S, R>,
+    st: StreamState,
+    seq: u64,
+    cancel: &'a Cancel,
+    stop: &'a dyn Fn() -> bool,
+    opts: &'a ServeOptions,
+    refused: Option<Refusal>,
+    error: Option<io::Error>,
+}
+
+impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
+    fn check(&mut self) -> Option<Refusal> {
+        if self.refused.is_some() {
+            return self.refused;
+        }
+        let why = if (self.stop)() {
+            Some(Refusal::Stopping)
+        } else if self.channel.worker_cancel_requested(self.seq) {
+            Some(Refusal::Cancelled)
+        } else if self.cancel.deadline_passed() {
+            Some(Refusal::Deadline)
+        } else {
+            None
+        };
+        if why.is_some() {
+            self.refuse(why);
+        }
+        why
+    }
+
+    fn refuse(&mut self, why: Option<Refusal>) {
+        self.refused = why;
+        self.cancel.cancel();
+    }
+
+    /// Appends `s` (NUL-free), waiting for ring space as needed.
+    fn append(&mut self, mut s: &str) -> bool {
+        let mut attempt = 0u32;
+        let mut stalled_since: Option<std::time::Instant> = None;
+        while !s.is_empty() {
+            let room = match self.channel.worker_stream_room(&mut self.st) {
+                Room::Free(n) => n,
+                Room::Garbled => {
+                    self.refuse(Some(Refusal::Garbled));
+                    return false;
+                }
+            };
+            let cut = floor_char_boundary(s, room.min(s.len()));
+            if cut > 0 {
+                self.channel
+                    .worker_stream_write(&mut self.st, &s.as_bytes()[..cut]);
+                s = &s[cut..];
+                attempt = 0;
+                stalled_since = None;
+                continue;
+            }
+            if !self.st.is_ring() {
+                self.refuse(Some(Refusal::Full));
+                return false;
+            }
+            // The ring is full: let the client see what is there, then wait for it to read.
+            if let Err(e) = self.channel.worker_stream_publish(&mut self.st) {
+                self.error = Some(e);
+                self.refuse(Some(Refusal::Stopping));
+                return false;
+            }
+            if self.check().is_some() {
+                return false;
+            }
+            let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= self.opts.stall_limit {
+                self.refuse(Some(Refusal::Stalled));
+                return false;
+            }
+            (self.opts.pause)(attempt);
+            attempt = attempt.saturating_add(1);
+        }
+        true
+    }
+}
+
+impl<S: Semaphore, R: Region> ResponseSink for WireSink<'_, S, R> {
+    fn push(&mut self, piece: &str) -> bool {
+        if self.check().is_some() {
+            return false;
+        }
+        // The wire is a C string for seed clients: a NUL would end the answer early.
+        let mut ok = true;
+        for part in piece.split('\0') {
+            if !self.append(part) {
+                ok = false;
+                break;
+            }
+        }
+        if ok && self.st.is_streaming() {
+            if let Err(e) = self.channel.worker_stream_publish(&mut self.st) {
+                self.error = Some(e);
+                self.refuse(Some(Refusal::Stopping));
+                return false;
+            }
+        }
+        ok
+    }
+}
+
 /// Serves requests on `channel` with `engine` until a client asks for shutdown or `stop`
 /// returns true. `cancel` is handed to the engine; whoever makes `stop` true should also set
 /// it, so a running generation ends within one step. Returns the number of requests answered.
+///
+/// Each answer is written straight into the response area as the engine produces it: for an
+/// extended client through the ring (no length cap; published piece by piece when it
+/// streams), for a seed client as one C string of at most 32 767 bytes. A client's cancel, the
+/// request's deadline and `stop` end generation within one piece, with the finish reason said.
 ///
 /// # Errors
 /// Only semaphore failures; engine errors are answered to the client and serving goes on.
@@ -115,7 +266,6 @@ where
 {
     let mut system = String::with_capacity(4096);
     let mut user = String::with_capacity(4096);
-    let mut answer = String::with_capacity(RESPONSE_LEN);
     let mut scratch = Box::new([0u8; 4096]);
     let mut served = 0u64;
     // Bytes of the response field earlier answers may have left non-zero (unknown at first).
@@ -130,15 +280,22 @@ where
         if !channel.worker_wait(opts.idle_slice, stop)? {
             return Ok((ServeEnd::Stopped, served));
         }
-        let (seq, sys_flags, user_flags) =
+        let (seq, sys_flags, user_flags, params) =
             match channel.worker_take(opts.token.as_ref(), &mut system, &mut user, &mut scratch) {
                 Incoming::Shutdown => return Ok((ServeEnd::ShutdownRequested, served)),
                 Incoming::Refused { seq, status, message } => {
                     tracing::warn!(seq, ?status, "refusing request: {message}");
-                    channel.worker_respond_tracked(seq, &Outcome::error(status, &message), &mut dirty)?;
+                    let mut o = Outcome::error(status, &message);
+                    o.finish = WireFinish::Error;
+                    channel.worker_respond_tracked(seq, &o, &mut dirty)?;
                     continue;
                 }
-                Incoming::Request { seq, system, user } => (seq, system, user),
+                Incoming::Request {
+                    seq,
+                    system,
+                    user,
+                    params,
+                } => (seq, system, user, params),
             };
         let mut repaired = 0;
         if sys_flags.any() {
@@ -147,61 +304,131 @@ where
         if user_flags.any() {
             repaired |= RESPONSE_USER_REPAIRED;
         }
-        let mut sink = LimitedSink::new(&mut answer, RESPONSE_LEN - 1);
-        let result = engine.generate(
-            &EngineRequest {
-                system: &system,
-                user: &user,
-            },
-            &mut sink,
+        // A fresh flag for this request, unless a stop arrived meanwhile.
+        cancel.reset();
+        if stop() {
+            cancel.cancel();
+        }
+        if params.deadline_us != 0 {
+            cancel.set_deadline(
+                std::time::Instant::now().checked_add(Duration::from_micros(params.deadline_us)),
+            );
+        }
+        let mut sink = WireSink {
+            channel,
+            st: channel.worker_stream_begin(seq, params),
+            seq,
             cancel,
-        );
-        let full = sink.is_full();
-        let outcome = match &result {
-            Ok(g) if g.finish == FinishReason::Cancelled && stop() => Outcome::error(
-                StatusCode::ShuttingDown,
-                "the worker is shutting down; request not finished",
+            stop,
+            opts,
+            refused: None,
+            error: None,
+        };
+        // Cancelled before it started (the client gave up while we were busy): no work.
+        let result = match sink.check() {
+            Some(_) => Ok(Generation {
+                finish: FinishReason::Cancelled,
+                prompt_tokens: 0,
+                generated_tokens: 0,
+                prompt_time: Duration::ZERO,
+                generation_time: Duration::ZERO,
+            }),
+            None => engine.generate(
+                &EngineRequest {
+                    system: &system,
+                    user: &user,
+                    max_tokens: (params.max_tokens != 0).then_some(params.max_tokens),
+                },
+                &mut sink,
+                cancel,
             ),
-            Ok(g) => Outcome {
+        };
+        // The engine may have stopped on the flag without pushing again: say why.
+        if sink.refused.is_none() && cancel.is_cancelled() {
+            let why = sink.check().or(Some(if cancel.deadline_passed() {
+                Refusal::Deadline
+            } else {
+                Refusal::Stopping
+            }));
+            sink.refused = why;
+        }
+        let WireSink {
+            st, refused, error, ..
+        } = sink;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let usage = |g: &Generation| Usage {
+            prompt_tokens: g.prompt_tokens,
+            generated_tokens: g.generated_tokens,
+            prompt_time: g.prompt_time,
+            generation_time: g.generation_time,
+        };
+        let message;
+        let outcome = match (&result, refused) {
+            (_, Some(Refusal::Stopping)) => {
+                let mut o = Outcome::error(
+                    StatusCode::ShuttingDown,
+                    "the worker is shutting down; request not finished",
+                );
+                o.finish = WireFinish::Cancelled;
+                o
+            }
+            (_, Some(Refusal::Stalled)) => {
+                let mut o = Outcome::error(
+                    StatusCode::EngineFailed,
+                    "the client stopped reading the answer; request given up",
+                );
+                o.finish = WireFinish::Error;
+                o
+            }
+            (_, Some(Refusal::Garbled)) => {
+                let mut o = Outcome::error(
+                    StatusCode::BadRequest,
+                    "the stream's read cursor is impossible: the region was changed in transit",
+                );
+                o.finish = WireFinish::Error;
+                o
+            }
+            (Ok(g), refused) => Outcome {
                 status: StatusCode::Ok,
-                text: &answer,
-                flags: repaired | if full { RESPONSE_TRUNCATED } else { 0 },
+                text: "",
+                flags: repaired
+                    | if refused == Some(Refusal::Full) {
+                        RESPONSE_TRUNCATED
+                    } else {
+                        0
+                    },
                 error: "",
                 error_args: (0, 0),
-                usage: Usage {
-                    prompt_tokens: g.prompt_tokens,
-                    generated_tokens: g.generated_tokens,
-                    prompt_time: g.prompt_time,
-                    generation_time: g.generation_time,
-                },
-                finish: match g.finish {
-                    FinishReason::Stop => WireFinish::Stop,
-                    FinishReason::Length => WireFinish::Length,
-                    FinishReason::Cancelled => WireFinish::Cancelled,
+                usage: usage(g),
+                finish: match (refused, g.finish) {
+                    (Some(Refusal::Cancelled), _) => WireFinish::Cancelled,
+                    (Some(Refusal::Deadline), _) => WireFinish::Deadline,
+                    (Some(Refusal::Full), _) | (_, FinishReason::Length) => WireFinish::Length,
+                    (_, FinishReason::Stop) => WireFinish::Stop,
+                    (_, FinishReason::Cancelled) => WireFinish::Cancelled,
                 },
             },
-            Err(e @ EngineError::PromptTooLong { tokens, ctx }) => {
-                let msg = e.to_string();
-                let mut o = Outcome::error(StatusCode::PromptTooLong, "");
+            (Err(e @ EngineError::PromptTooLong { tokens, ctx }), _) => {
+                message = e.to_string();
+                let mut o = Outcome::error(StatusCode::PromptTooLong, &message);
                 o.error_args = (u64::from(*tokens), u64::from(*ctx));
-                // The message must outlive `o`: answer right here.
-                o.error = &msg;
-                channel.worker_respond_tracked(seq, &o, &mut dirty)?;
-                served += 1;
-                continue;
+                o.finish = WireFinish::Error;
+                o
             }
-            Err(e @ EngineError::Inference(_)) => {
-                let msg = e.to_string();
-                channel.worker_respond_tracked(
-                    seq,
-                    &Outcome::error(StatusCode::EngineFailed, &msg),
-                    &mut dirty,
-                )?;
-                served += 1;
-                continue;
+            (Err(e @ EngineError::Inference(_)), _) => {
+                message = e.to_string();
+                let mut o = Outcome::error(StatusCode::EngineFailed, &message);
+                o.finish = WireFinish::Error;
+                o
             }
         };
-        channel.worker_respond_tracked(seq, &outcome, &mut dirty)?;
+        channel.worker_finish(&outcome, st, &mut dirty)?;
+        cancel.reset();
+        if stop() {
+            cancel.cancel();
+        }
         served += 1;
     }
 }

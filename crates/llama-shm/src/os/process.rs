@@ -45,6 +45,14 @@ impl fmt::Display for ExitInfo {
     }
 }
 
+/// The CPU the calling thread runs on, plus one (0 when the kernel cannot tell). Served by
+/// the vDSO / rseq area: no system call on the hot path.
+pub fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).map_or(0, |c| c.saturating_add(1))
+}
+
 /// Whether `pid` names a live process (a zombie counts as dead).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {

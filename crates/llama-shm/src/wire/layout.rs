@@ -68,6 +68,14 @@ pub const TOKEN_LEN: usize = 32;
 
 /// Feature bit: the worker refuses requests that do not carry its auth token.
 pub const FEATURE_TOKEN_REQUIRED: u32 = 1 << 0;
+/// Feature bit: the worker streams answers through the response area used as a ring
+/// (`stream_*` words), honours `cancel_seq`, `deadline_us` and `max_tokens`. A worker
+/// without it answers in one piece of at most 32 767 bytes.
+pub const FEATURE_STREAMING: u32 = 1 << 1;
+
+/// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
+/// publishes only when the ring is full or the answer is complete).
+pub const REQUEST_STREAM: u32 = 1 << 0;
 
 /// Response flag: the answer was cut at the response limit.
 pub const RESPONSE_TRUNCATED: u32 = 1 << 0;
@@ -145,9 +153,27 @@ pub struct ExtensionPage {
     pub reserved2: [u8; 88],
     /// A short, human-readable error for the last request: UTF-8, NUL-terminated.
     pub error_message: [u8; ERROR_MESSAGE_LEN],
-    /// Reserved for streaming (cursor, chunk sequence), cancellation, the turn lock and the
-    /// adaptive wait's "peer is running" word. Zero until a version uses it.
-    pub reserved_future: [u8; 3584],
+    /// `request_seq` of the request whose answer the ring holds (worker, before any byte).
+    pub stream_seq: u64,
+    /// Bytes of the answer published so far (worker; release after the bytes).
+    pub stream_written: u64,
+    /// Bytes of the answer the client has consumed (client; release after reading).
+    pub stream_read: u64,
+    /// `request_seq` of a request the client wants cancelled (client, any time).
+    pub cancel_seq: u64,
+    /// Generation budget of the request in µs from when the worker takes it, 0 = none.
+    pub deadline_us: u64,
+    /// Most tokens the request may generate, 0 = the worker's limit.
+    pub max_tokens: u32,
+    /// CPU the worker last ran on, plus one (0 = not running a request): the adaptive wait
+    /// spins only on a peer that runs on another CPU.
+    pub worker_cpu: u32,
+    /// CPU the client last ran on, plus one (0 = not in a request).
+    pub client_cpu: u32,
+    /// Reserved, zero.
+    pub reserved3: u32,
+    /// Reserved for later fields, zero.
+    pub reserved_future: [u8; 3528],
 }
 
 const_assert_eq!(offset_of!(ExtensionPage, magic), 0);
@@ -175,12 +201,21 @@ const_assert_eq!(offset_of!(ExtensionPage, finish_reason), 144);
 const_assert_eq!(offset_of!(ExtensionPage, response_checksum), 152);
 const_assert_eq!(offset_of!(ExtensionPage, request_checksum), 160);
 const_assert_eq!(offset_of!(ExtensionPage, error_message), 256);
-const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 512);
+const_assert_eq!(offset_of!(ExtensionPage, stream_seq), 512);
+const_assert_eq!(offset_of!(ExtensionPage, stream_written), 520);
+const_assert_eq!(offset_of!(ExtensionPage, stream_read), 528);
+const_assert_eq!(offset_of!(ExtensionPage, cancel_seq), 536);
+const_assert_eq!(offset_of!(ExtensionPage, deadline_us), 544);
+const_assert_eq!(offset_of!(ExtensionPage, max_tokens), 552);
+const_assert_eq!(offset_of!(ExtensionPage, worker_cpu), 556);
+const_assert_eq!(offset_of!(ExtensionPage, client_cpu), 560);
+const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 568);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
 const_assert_eq!(align_of::<ExtensionPage>(), 8);
 // Atomically accessed words must be naturally aligned in the mapping.
 const_assert_eq!((EXT_OFFSET + offset_of!(ExtensionPage, request_seq)) % 8, 0);
 const_assert_eq!((EXT_OFFSET + offset_of!(ExtensionPage, response_seq)) % 8, 0);
+const_assert_eq!((EXT_OFFSET + offset_of!(ExtensionPage, stream_seq)) % 8, 0);
 
 /// The whole object this crate creates: the seed region, a gap, the extension page.
 #[repr(C)]
@@ -313,6 +348,12 @@ pub enum Word32 {
     GeneratedTokens,
     /// [`ExtensionPage::finish_reason`].
     FinishReason,
+    /// [`ExtensionPage::max_tokens`].
+    MaxTokens,
+    /// [`ExtensionPage::worker_cpu`].
+    WorkerCpu,
+    /// [`ExtensionPage::client_cpu`].
+    ClientCpu,
 }
 
 impl Word32 {
@@ -334,6 +375,9 @@ impl Word32 {
                 Word32::PromptTokens => offset_of!(ExtensionPage, prompt_tokens),
                 Word32::GeneratedTokens => offset_of!(ExtensionPage, generated_tokens),
                 Word32::FinishReason => offset_of!(ExtensionPage, finish_reason),
+                Word32::MaxTokens => offset_of!(ExtensionPage, max_tokens),
+                Word32::WorkerCpu => offset_of!(ExtensionPage, worker_cpu),
+                Word32::ClientCpu => offset_of!(ExtensionPage, client_cpu),
             }
     }
 }
@@ -357,6 +401,16 @@ pub enum Word64 {
     ResponseChecksum,
     /// [`ExtensionPage::request_checksum`].
     RequestChecksum,
+    /// [`ExtensionPage::stream_seq`].
+    StreamSeq,
+    /// [`ExtensionPage::stream_written`].
+    StreamWritten,
+    /// [`ExtensionPage::stream_read`].
+    StreamRead,
+    /// [`ExtensionPage::cancel_seq`].
+    CancelSeq,
+    /// [`ExtensionPage::deadline_us`].
+    DeadlineMicros,
 }
 
 impl Word64 {
@@ -372,6 +426,11 @@ impl Word64 {
                 Word64::GenerationMicros => offset_of!(ExtensionPage, generation_us),
                 Word64::ResponseChecksum => offset_of!(ExtensionPage, response_checksum),
                 Word64::RequestChecksum => offset_of!(ExtensionPage, request_checksum),
+                Word64::StreamSeq => offset_of!(ExtensionPage, stream_seq),
+                Word64::StreamWritten => offset_of!(ExtensionPage, stream_written),
+                Word64::StreamRead => offset_of!(ExtensionPage, stream_read),
+                Word64::CancelSeq => offset_of!(ExtensionPage, cancel_seq),
+                Word64::DeadlineMicros => offset_of!(ExtensionPage, deadline_us),
             }
     }
 }
@@ -492,6 +551,9 @@ mod tests {
             W::PromptTokens,
             W::GeneratedTokens,
             W::FinishReason,
+            W::MaxTokens,
+            W::WorkerCpu,
+            W::ClientCpu,
         ] {
             assert_eq!(w.offset() % 4, 0);
             ranges.push((w.offset(), w.offset() + 4, format!("{w:?}")));
@@ -506,6 +568,11 @@ mod tests {
             D::GenerationMicros,
             D::ResponseChecksum,
             D::RequestChecksum,
+            D::StreamSeq,
+            D::StreamWritten,
+            D::StreamRead,
+            D::CancelSeq,
+            D::DeadlineMicros,
         ] {
             assert_eq!(w.offset() % 8, 0);
             ranges.push((w.offset(), w.offset() + 8, format!("{w:?}")));

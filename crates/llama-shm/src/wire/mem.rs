@@ -198,12 +198,7 @@ mod tests {
     use crate::wire::text::{DecodeFlags, Policy};
 
     fn channel(region: MemRegion) -> Channel<NoopSemaphore, MemRegion> {
-        Channel {
-            ready: NoopSemaphore,
-            prompts_written: NoopSemaphore,
-            response_written: NoopSemaphore,
-            region,
-        }
+        Channel::new(NoopSemaphore, NoopSemaphore, NoopSemaphore, region)
     }
 
     fn take(
@@ -333,7 +328,8 @@ mod tests {
             Incoming::Request {
                 seq: 7,
                 system: DecodeFlags::default(),
-                user: DecodeFlags::default()
+                user: DecodeFlags::default(),
+                params: crate::protocol::RequestParams::default(),
             }
         );
         assert_eq!((system.as_str(), user.as_str()), ("be brief", "héllo"));
@@ -398,7 +394,8 @@ mod tests {
             Incoming::Request {
                 seq: 0,
                 system: DecodeFlags::default(),
-                user: DecodeFlags::default()
+                user: DecodeFlags::default(),
+                params: crate::protocol::RequestParams::default(),
             }
         );
         assert_eq!((system.as_str(), user.as_str()), ("sys", "€uro"));

@@ -56,8 +56,12 @@ pub enum WireFinish {
     Stop,
     /// A length limit ended the answer.
     Length,
-    /// The request was cancelled.
+    /// The request was cancelled (by the client, or the worker is shutting down).
     Cancelled,
+    /// The request's deadline passed.
+    Deadline,
+    /// The engine failed part-way (the status says how).
+    Error,
 }
 
 impl WireFinish {
@@ -68,6 +72,8 @@ impl WireFinish {
             WireFinish::Stop => 1,
             WireFinish::Length => 2,
             WireFinish::Cancelled => 3,
+            WireFinish::Deadline => 4,
+            WireFinish::Error => 5,
         }
     }
 
@@ -77,6 +83,8 @@ impl WireFinish {
             1 => WireFinish::Stop,
             2 => WireFinish::Length,
             3 => WireFinish::Cancelled,
+            4 => WireFinish::Deadline,
+            5 => WireFinish::Error,
             _ => WireFinish::Unknown,
         }
     }
@@ -101,6 +109,8 @@ mod tests {
             WireFinish::Stop,
             WireFinish::Length,
             WireFinish::Cancelled,
+            WireFinish::Deadline,
+            WireFinish::Error,
         ] {
             assert_eq!(WireFinish::from_u32(f.to_u32()), f);
         }

@@ -1,0 +1,166 @@
+/*
+ * llama_shm.h — C ABI of llama-shm (libllama_shm_ffi.so / libllama_shm_ffi.a).
+ *
+ * Spawns a llama-shm worker and exchanges prompts with it over POSIX shared memory.
+ *
+ *   lshm_client *c = NULL;
+ *   const char *argv[] = {"--engine", "echo"};
+ *   if (lshm_client_new(NULL, argv, 2, 0, &c, NULL) == LSHM_OK) {
+ *       lshm_response r;
+ *       if (lshm_request(c, "Hi", "Be terse.", 0, 0, &r, NULL) == LSHM_OK) puts(r.text);
+ *       lshm_response_free(&r);
+ *       lshm_client_shutdown(c, NULL);
+ *   }
+ *
+ * Conventions:
+ *  - Every function that can fail returns an lshm_status (0 = LSHM_OK). A NULL where a
+ *    pointer is required gives LSHM_E_INVALID_ARGUMENT, never a crash; a string that is not
+ *    UTF-8 gives LSHM_E_INVALID_UTF8; an internal panic gives LSHM_E_PANIC.
+ *  - `out_error` parameters are optional (may be NULL). On failure they receive a message the
+ *    caller owns (free it with lshm_string_free); on success they are set to NULL.
+ *  - Every string this library returns is malloc'ed and owned by the caller: release it with
+ *    lshm_string_free (plain free() works too). lshm_version and lshm_status_message return
+ *    static strings that must not be freed.
+ *  - A client may be used from several threads; its calls then run one after the other. Only
+ *    an lshm_canceller acts while a request is running.
+ *
+ * Build: cargo build --release -p llama-shm-ffi; link with -lllama_shm_ffi -lpthread.
+ */
+#ifndef LLAMA_SHM_H
+#define LLAMA_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes: 0 is success. */
+typedef int32_t lshm_status;
+enum {
+    LSHM_OK = 0,
+    LSHM_E_INVALID_ARGUMENT = 1, /* a required pointer was NULL, or a bad value */
+    LSHM_E_INVALID_UTF8 = 2,     /* a string argument is not valid UTF-8 */
+    LSHM_E_PANIC = 3,            /* internal error (a bug in the library) */
+    LSHM_E_NO_MEMORY = 4,        /* allocating a returned string failed */
+    LSHM_E_WORKER_NOT_FOUND = 5, /* worker binary missing, not found, or not executable */
+    LSHM_E_STARTUP = 6,          /* the worker could not start (exited, not ready in time) */
+    LSHM_E_ENCODE = 7,           /* a prompt could not be encoded */
+    LSHM_E_TIMEOUT = 8,          /* the request timeout passed */
+    LSHM_E_WORKER_DIED = 9,      /* the worker died during the request */
+    LSHM_E_UNAUTHORIZED = 10,    /* the worker refused the request's token */
+    LSHM_E_PROMPT_TOO_LONG = 11, /* the prompt does not fit in the model's context */
+    LSHM_E_ENGINE = 12,          /* the worker's engine failed */
+    LSHM_E_BAD_REQUEST = 13,     /* the worker judged the request malformed */
+    LSHM_E_SHUTTING_DOWN = 14,   /* the worker is shutting down */
+    LSHM_E_UNKNOWN_STATUS = 15,  /* the worker answered with an unknown status */
+    LSHM_E_RESTART_FAILED = 16,  /* a dead worker could not be restarted */
+    LSHM_E_CORRUPT = 17,         /* the response was corrupted in shared memory (retry) */
+    LSHM_E_CLOSED = 18,          /* the client is closed (e.g. after its worker died) */
+    LSHM_E_OS = 19,              /* an OS call failed */
+    LSHM_E_SHUTDOWN = 20         /* shutdown was not clean (worker killed or failed) */
+};
+
+/* Why an answer ended: lshm_response.finish. */
+enum {
+    LSHM_FINISH_UNKNOWN = 0,   /* not reported (seed-mode worker) */
+    LSHM_FINISH_STOP = 1,      /* the engine finished its answer */
+    LSHM_FINISH_LENGTH = 2,    /* a length limit ended it (max_tokens) */
+    LSHM_FINISH_CANCELLED = 3, /* lshm_cancel (or the worker is shutting down) */
+    LSHM_FINISH_DEADLINE = 4,  /* the request's deadline_ms passed */
+    LSHM_FINISH_ERROR = 5      /* the engine failed part-way */
+};
+
+/* Opaque handles. */
+typedef struct lshm_client lshm_client;
+typedef struct lshm_canceller lshm_canceller;
+
+/* The result of a request. `text` is the caller's: release it with lshm_response_free (or
+ * lshm_string_free). After a failed call `text` is NULL and every field is 0. */
+typedef struct lshm_response {
+    char *text;                  /* the answer: UTF-8, NUL-terminated */
+    size_t text_len;             /* its length in bytes, without the NUL */
+    uint32_t finish;             /* an LSHM_FINISH_* value */
+    uint32_t truncated;          /* 1 if cut at the response limit */
+    uint64_t seq;                /* the request's sequence number */
+    uint32_t prompt_tokens;      /* tokens in the evaluated prompt */
+    uint32_t generated_tokens;   /* tokens generated */
+    uint64_t prompt_time_us;     /* time spent on the prompt */
+    uint64_t generation_time_us; /* time spent generating */
+} lshm_response;
+
+/* Streaming callback: `chunk` is `len` bytes of UTF-8 followed by a NUL, valid only during the
+ * call. Called on the thread that called lshm_stream. It must return normally (no C++
+ * exception, no longjmp) and must not call into the same client (lshm_cancel is fine). */
+typedef void (*lshm_chunk_fn)(const char *chunk, size_t len, void *user_data);
+
+/* The library version, e.g. "0.1.0" (static; do not free). */
+const char *lshm_version(void);
+
+/* A short description of `code` (static; do not free). */
+const char *lshm_status_message(lshm_status code);
+
+/* Spawns a worker and waits until it is ready (start-up timeout 120 s).
+ *   worker: path of llama-shm-worker, or NULL for the default ($LLAMA_SHM_WORKER, else next
+ *           to this library, else next to the executable).
+ *   argv, argc: extra worker arguments, e.g. {"--engine", "echo"}; argv may be NULL if argc is 0.
+ *   request_timeout_ms: bound on each request; 0 = default (600 s).
+ *   out_client: receives the new handle (NULL on failure); release it with
+ *               lshm_client_shutdown or lshm_client_free.
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_INVALID_UTF8, LSHM_E_WORKER_NOT_FOUND, LSHM_E_STARTUP. */
+lshm_status lshm_client_new(const char *worker, const char *const *argv, size_t argc,
+                            uint64_t request_timeout_ms, lshm_client **out_client,
+                            char **out_error);
+
+/* The worker's process id. Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_CLOSED. */
+lshm_status lshm_client_worker_pid(const lshm_client *client, uint32_t *out_pid);
+
+/* Sends one request (UTF-8 user and system prompts) and waits for the whole answer.
+ *   deadline_ms: generation budget; 0 = none. When it passes, the answer so far comes back
+ *                with finish == LSHM_FINISH_DEADLINE (status LSHM_OK).
+ *   max_tokens: most tokens to generate; 0 = the worker's own limit.
+ *   out_response: receives the answer; free it with lshm_response_free.
+ * A cancelled request returns LSHM_OK with finish == LSHM_FINISH_CANCELLED and the partial text.
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_INVALID_UTF8, LSHM_E_TIMEOUT .. LSHM_E_OS. */
+lshm_status lshm_request(lshm_client *client, const char *user, const char *system,
+                         uint64_t deadline_ms, uint32_t max_tokens, lshm_response *out_response,
+                         char **out_error);
+
+/* lshm_request that also passes the answer to `on_chunk` piece by piece as it is generated
+ * (the chunks concatenate to out_response->text). A NULL on_chunk is LSHM_E_INVALID_ARGUMENT. */
+lshm_status lshm_stream(lshm_client *client, const char *user, const char *system,
+                        uint64_t deadline_ms, uint32_t max_tokens, lshm_chunk_fn on_chunk,
+                        void *user_data, lshm_response *out_response, char **out_error);
+
+/* Frees response->text and zeroes *response. NULL is a no-op. */
+void lshm_response_free(lshm_response *response);
+
+/* A cancel handle for `client`, usable from any thread; it may outlive the client (it then
+ * cancels nothing). Release it with lshm_canceller_free. Errors: LSHM_E_INVALID_ARGUMENT. */
+lshm_status lshm_canceller_new(const lshm_client *client, lshm_canceller **out_canceller);
+
+/* Cancels the client's request in flight: generation stops within a token and that request
+ * returns LSHM_OK with finish == LSHM_FINISH_CANCELLED. *out_in_flight (may be NULL) is set to
+ * 1 if a request was in flight, else 0. Errors: LSHM_E_INVALID_ARGUMENT. */
+lshm_status lshm_cancel(const lshm_canceller *canceller, int32_t *out_in_flight);
+
+/* Releases a cancel handle. NULL is a no-op. */
+void lshm_canceller_free(lshm_canceller *canceller);
+
+/* Shuts the worker down in order (5 s bound, then it is killed) and frees `client`, which is
+ * invalid afterwards whatever the result. No other thread may be using it.
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_SHUTDOWN (worker killed or exited with a failure). */
+lshm_status lshm_client_shutdown(lshm_client *client, char **out_error);
+
+/* Frees `client` without reporting (the worker is still shut down). NULL is a no-op. */
+void lshm_client_free(lshm_client *client);
+
+/* Frees a string returned by this library. NULL is a no-op. */
+void lshm_string_free(char *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LLAMA_SHM_H */
