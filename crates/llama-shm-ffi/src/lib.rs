@@ -395,52 +395,51 @@ pub unsafe extern "C" fn lshm_client_new(
     out_client: *mut *mut LshmClient,
     out_error: *mut *mut c_char,
 ) -> Status {
+    let body = || {
+        if out_client.is_null() {
+            return Err(Failure::null("out_client"));
+        }
+        // SAFETY: not NULL and writable per the contract.
+        unsafe { put(out_client, std::ptr::null_mut()) };
+        if argv.is_null() && argc > 0 {
+            return Err(Failure::null("argv (with argc > 0)"));
+        }
+        let mut args = Vec::with_capacity(argc);
+        for i in 0..argc {
+            // SAFETY: `argv` is not NULL here (argc > 0) and holds `argc` pointers.
+            let arg = unsafe { *argv.add(i) };
+            // SAFETY: each entry is NULL or a NUL-terminated string (the contract).
+            args.push(unsafe { input_str(arg, &format!("argv[{i}]")) }?.to_owned());
+        }
+        let path = if worker.is_null() {
+            default_worker().ok_or_else(|| {
+                Failure::new(
+                    LSHM_E_WORKER_NOT_FOUND,
+                    "no worker path given and llama-shm-worker not found \
+                     ($LLAMA_SHM_WORKER, next to the library, next to the executable)",
+                )
+            })?
+        } else {
+            // SAFETY: not NULL, NUL-terminated per the contract.
+            PathBuf::from(unsafe { input_str(worker, "worker") }?)
+        };
+        let mut builder = Client::builder().worker(path).args(args);
+        if request_timeout_ms > 0 {
+            builder = builder.request_timeout(Duration::from_millis(request_timeout_ms));
+        }
+        let client = builder
+            .spawn()
+            .map_err(|e| Failure::new(spawn_status(&e), e.to_string()))?;
+        let handle = Box::new(LshmClient {
+            canceller: client.canceller(),
+            client: Mutex::new(client),
+        });
+        // SAFETY: not NULL and writable (checked above).
+        unsafe { put(out_client, Box::into_raw(handle)) };
+        Ok(())
+    };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
-    unsafe {
-        run(out_error, || {
-            if out_client.is_null() {
-                return Err(Failure::null("out_client"));
-            }
-            // SAFETY: not NULL and writable per the contract.
-            unsafe { put(out_client, std::ptr::null_mut()) };
-            if argv.is_null() && argc > 0 {
-                return Err(Failure::null("argv (with argc > 0)"));
-            }
-            let mut args = Vec::with_capacity(argc);
-            for i in 0..argc {
-                // SAFETY: `argv` is not NULL here (argc > 0) and holds `argc` pointers.
-                let arg = unsafe { *argv.add(i) };
-                // SAFETY: each entry is NULL or a NUL-terminated string (the contract).
-                args.push(unsafe { input_str(arg, &format!("argv[{i}]")) }?.to_owned());
-            }
-            let path = if worker.is_null() {
-                default_worker().ok_or_else(|| {
-                    Failure::new(
-                        LSHM_E_WORKER_NOT_FOUND,
-                        "no worker path given and llama-shm-worker not found \
-                         ($LLAMA_SHM_WORKER, next to the library, next to the executable)",
-                    )
-                })?
-            } else {
-                // SAFETY: not NULL, NUL-terminated per the contract.
-                PathBuf::from(unsafe { input_str(worker, "worker") }?)
-            };
-            let mut builder = Client::builder().worker(path).args(args);
-            if request_timeout_ms > 0 {
-                builder = builder.request_timeout(Duration::from_millis(request_timeout_ms));
-            }
-            let client = builder
-                .spawn()
-                .map_err(|e| Failure::new(spawn_status(&e), e.to_string()))?;
-            let handle = Box::new(LshmClient {
-                canceller: client.canceller(),
-                client: Mutex::new(client),
-            });
-            // SAFETY: not NULL and writable (checked above).
-            unsafe { put(out_client, Box::into_raw(handle)) };
-            Ok(())
-        })
-    }
+    unsafe { run(out_error, body) }
 }
 
 /// The worker's process id, in `*out_pid`.
@@ -452,23 +451,22 @@ pub unsafe extern "C" fn lshm_client_new(
 /// `client` is NULL or a live handle from [`lshm_client_new`]; `out_pid` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lshm_client_worker_pid(client: *const LshmClient, out_pid: *mut u32) -> Status {
+    let body = || {
+        if out_pid.is_null() {
+            return Err(Failure::null("out_pid"));
+        }
+        // SAFETY: NULL or a live handle (the contract); shared access only.
+        let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
+        let pid = client
+            .lock()
+            .worker_pid()
+            .ok_or_else(|| Failure::new(LSHM_E_CLOSED, "worker pid unknown"))?;
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { put(out_pid, pid) };
+        Ok(())
+    };
     // SAFETY: NULL is allowed for out_error.
-    unsafe {
-        run(std::ptr::null_mut(), || {
-            if out_pid.is_null() {
-                return Err(Failure::null("out_pid"));
-            }
-            // SAFETY: NULL or a live handle (the contract); shared access only.
-            let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
-            let pid = client
-                .lock()
-                .worker_pid()
-                .ok_or_else(|| Failure::new(LSHM_E_CLOSED, "worker pid unknown"))?;
-            // SAFETY: not NULL, writable per the contract.
-            unsafe { put(out_pid, pid) };
-            Ok(())
-        })
-    }
+    unsafe { run(std::ptr::null_mut(), body) }
 }
 
 /// Shared body of [`lshm_request`] and [`lshm_stream`].
@@ -541,19 +539,13 @@ pub unsafe extern "C" fn lshm_request(
     out_response: *mut LshmResponse,
     out_error: *mut *mut c_char,
 ) -> Status {
-    // SAFETY: the pointers satisfy `exchange`'s and `run`'s contracts (this function's).
-    unsafe {
-        run(out_error, || {
-            exchange(
-                client,
-                user,
-                system,
-                options(deadline_ms, max_tokens),
-                None,
-                out_response,
-            )
-        })
-    }
+    let body = || {
+        let opts = options(deadline_ms, max_tokens);
+        // SAFETY: the pointers satisfy `exchange`'s contract (this function's).
+        unsafe { exchange(client, user, system, opts, None, out_response) }
+    };
+    // SAFETY: `out_error` is NULL or writable (this function's contract).
+    unsafe { run(out_error, body) }
 }
 
 /// [`lshm_request`] that also hands the answer to `on_chunk` piece by piece as the worker
@@ -581,28 +573,23 @@ pub unsafe extern "C" fn lshm_stream(
     out_response: *mut LshmResponse,
     out_error: *mut *mut c_char,
 ) -> Status {
-    // SAFETY: the pointers satisfy `exchange`'s and `run`'s contracts (this function's).
-    unsafe {
-        run(out_error, || {
-            if out_response.is_null() {
-                return Err(Failure::null("out_response"));
-            }
-            let Some(callback) = on_chunk else {
-                // SAFETY: not NULL, writable per the contract.
-                unsafe { put(out_response, LshmResponse::EMPTY) };
-                return Err(Failure::null("on_chunk"));
-            };
-            let opts = options(deadline_ms, max_tokens);
-            exchange(
-                client,
-                user,
-                system,
-                opts,
-                Some((callback, user_data)),
-                out_response,
-            )
-        })
-    }
+    let body = || {
+        if out_response.is_null() {
+            return Err(Failure::null("out_response"));
+        }
+        let Some(callback) = on_chunk else {
+            // SAFETY: not NULL, writable per the contract.
+            unsafe { put(out_response, LshmResponse::EMPTY) };
+            return Err(Failure::null("on_chunk"));
+        };
+        let opts = options(deadline_ms, max_tokens);
+        let on_chunk = Some((callback, user_data));
+        // SAFETY: the pointers and the callback satisfy `exchange`'s contract (this
+        // function's).
+        unsafe { exchange(client, user, system, opts, on_chunk, out_response) }
+    };
+    // SAFETY: `out_error` is NULL or writable (this function's contract).
+    unsafe { run(out_error, body) }
 }
 
 /// Frees `response->text` and resets `*response` to zeros. NULL is a no-op.
@@ -637,22 +624,21 @@ pub unsafe extern "C" fn lshm_canceller_new(
     client: *const LshmClient,
     out_canceller: *mut *mut LshmCanceller,
 ) -> Status {
+    let body = || {
+        if out_canceller.is_null() {
+            return Err(Failure::null("out_canceller"));
+        }
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { put(out_canceller, std::ptr::null_mut()) };
+        // SAFETY: NULL or a live handle (the contract); the canceller is read only.
+        let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
+        let handle = Box::into_raw(Box::new(LshmCanceller(client.canceller.clone())));
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { put(out_canceller, handle) };
+        Ok(())
+    };
     // SAFETY: NULL is allowed for out_error.
-    unsafe {
-        run(std::ptr::null_mut(), || {
-            if out_canceller.is_null() {
-                return Err(Failure::null("out_canceller"));
-            }
-            // SAFETY: not NULL, writable per the contract.
-            unsafe { put(out_canceller, std::ptr::null_mut()) };
-            // SAFETY: NULL or a live handle (the contract); the canceller is read only.
-            let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
-            let handle = Box::into_raw(Box::new(LshmCanceller(client.canceller.clone())));
-            // SAFETY: not NULL, writable per the contract.
-            unsafe { put(out_canceller, handle) };
-            Ok(())
-        })
-    }
+    unsafe { run(std::ptr::null_mut(), body) }
 }
 
 /// Cancels the client's request in flight, if any: generation stops within a token and that
@@ -667,17 +653,16 @@ pub unsafe extern "C" fn lshm_canceller_new(
 /// or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lshm_cancel(canceller: *const LshmCanceller, out_in_flight: *mut i32) -> Status {
+    let body = || {
+        // SAFETY: NULL or a live handle (the contract); `Canceller` is Sync.
+        let c = unsafe { canceller.as_ref() }.ok_or_else(|| Failure::null("canceller"))?;
+        let in_flight = c.0.cancel();
+        // SAFETY: NULL or writable per the contract.
+        unsafe { put(out_in_flight, i32::from(in_flight)) };
+        Ok(())
+    };
     // SAFETY: NULL is allowed for out_error.
-    unsafe {
-        run(std::ptr::null_mut(), || {
-            // SAFETY: NULL or a live handle (the contract); `Canceller` is Sync.
-            let c = unsafe { canceller.as_ref() }.ok_or_else(|| Failure::null("canceller"))?;
-            let in_flight = c.0.cancel();
-            // SAFETY: NULL or writable per the contract.
-            unsafe { put(out_in_flight, i32::from(in_flight)) };
-            Ok(())
-        })
-    }
+    unsafe { run(std::ptr::null_mut(), body) }
 }
 
 /// Releases a cancel handle. NULL is a no-op.
@@ -711,21 +696,20 @@ pub unsafe extern "C" fn lshm_client_shutdown(
     client: *mut LshmClient,
     out_error: *mut *mut c_char,
 ) -> Status {
+    let body = || {
+        if client.is_null() {
+            return Err(Failure::null("client"));
+        }
+        // SAFETY: a live handle made by `Box::into_raw`, given back exactly once (the
+        // contract).
+        let handle = unsafe { Box::from_raw(client) };
+        let client = handle.client.into_inner().unwrap_or_else(|e| e.into_inner());
+        client
+            .shutdown()
+            .map_err(|e: ShutdownError| Failure::new(LSHM_E_SHUTDOWN, e.to_string()))
+    };
     // SAFETY: `out_error` is NULL or writable (the contract).
-    unsafe {
-        run(out_error, || {
-            if client.is_null() {
-                return Err(Failure::null("client"));
-            }
-            // SAFETY: a live handle made by `Box::into_raw`, given back exactly once (the
-            // contract).
-            let handle = unsafe { Box::from_raw(client) };
-            let client = handle.client.into_inner().unwrap_or_else(|e| e.into_inner());
-            client
-                .shutdown()
-                .map_err(|e: ShutdownError| Failure::new(LSHM_E_SHUTDOWN, e.to_string()))
-        })
-    }
+    unsafe { run(out_error, body) }
 }
 
 /// Frees `client` without reporting: the worker is still shut down (as by

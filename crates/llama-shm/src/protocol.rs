@@ -90,9 +90,9 @@ pub trait Region {
 /// The adaptive wait's state: how long a waiter spins (polling the semaphore without
 /// blocking) before it blocks, tuned by the outcomes of earlier spins.
 ///
-/// A waiter spins only while the peer advertises that it runs a request on *another* CPU
-/// (`worker_cpu` / `client_cpu` in the extension page): on one CPU a spin only delays the
-/// peer it waits for. A spin that succeeds doubles the budget (up to the maximum), one that
+/// A waiter spins only while the peer's advertised CPU (`worker_cpu` / `client_cpu` in the
+/// extension page, updated by each side after every wait) is *another* CPU than its own: on
+/// one CPU a spin only delays the peer it waits for. A spin that succeeds doubles the budget (up to the maximum), one that
 /// expires halves it; at zero, one wait in 64 probes with the minimum budget, so a placement
 /// that changes is noticed. The semaphores are posted on every step whatever the waiter does,
 /// so a seed-mode peer (which never spins) is served exactly as before.
@@ -535,7 +535,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.region.kind() == ObjectKind::Extended
     }
 
-    /// Whether the peer advertising itself in `peer` runs on a CPU other than ours.
+    /// Whether the peer, by the CPU it last advertised in `peer`, runs on a CPU other than ours
+    /// (0: not known yet).
     fn peer_elsewhere(&self, peer: Word32) -> bool {
         let p = self.region.load32(peer);
         if p == 0 {
@@ -545,8 +546,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         me != 0 && me != p
     }
 
-    /// The adaptive wait: spin while the peer runs elsewhere (see [`Spinner`]), then block in
-    /// [`wait_for`] with our own "running" word cleared, and set it again once woken.
+    /// The adaptive wait: spin while the peer's CPU is another than ours (see [`Spinner`]),
+    /// then block in [`wait_for`]; either way, advertise the CPU we run on afterwards.
     fn wait_adaptive(
         &self,
         sem: &S,
@@ -559,13 +560,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if !self.extended() {
             return wait_for(sem, deadline, slice, alive);
         }
-        if self.spin.spin(sem, &|| self.peer_elsewhere(peer))? {
-            return Ok(());
+        if !self.spin.spin(sem, &|| self.peer_elsewhere(peer))? {
+            wait_for(sem, deadline, slice, alive)?;
         }
-        self.region.store32(me, 0);
-        let r = wait_for(sem, deadline, slice, alive);
         self.region.store32(me, self.region.current_cpu());
-        r
+        Ok(())
     }
 
     /// The client's adaptive wait on `sem` (its peer is the worker).
@@ -611,30 +610,23 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if stop() {
             return Ok(false);
         }
-        if self.extended()
+        let mut taken = self.extended()
             && self
                 .spin
-                .spin(&self.prompts_written, &|| self.peer_elsewhere(Word32::ClientCpu))?
-        {
-            return Ok(!stop());
-        }
-        if self.extended() {
-            self.region.store32(Word32::WorkerCpu, 0);
-        }
-        loop {
+                .spin(&self.prompts_written, &|| self.peer_elsewhere(Word32::ClientCpu))?;
+        while !taken {
             if stop() {
                 return Ok(false);
             }
-            if self.prompts_written.wait_until(Some(Instant::now() + slice))? {
-                // A watcher posts to wake us when it wants us to stop: check again (and then
-                // touch nothing: a stopping worker leaves the region alone).
-                let go = !stop();
-                if go && self.extended() {
-                    self.region.store32(Word32::WorkerCpu, self.region.current_cpu());
-                }
-                return Ok(go);
-            }
+            taken = self.prompts_written.wait_until(Some(Instant::now() + slice))?;
         }
+        // A watcher posts to wake us when it wants us to stop: check again (and then touch
+        // nothing: a stopping worker leaves the region alone).
+        let go = !stop();
+        if go && self.extended() {
+            self.region.store32(Word32::WorkerCpu, self.region.current_cpu());
+        }
+        Ok(go)
     }
 
     /// Worker: reads and validates what the client wrote: the shutdown byte, the auth token
@@ -705,8 +697,24 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         }
         // Each prompt is copied once; the checksum and the decoding both use that copy.
         let mut hasher = request_hasher(seq, &token, 0, params);
-        let mut take = |field: Field, out: &mut String| {
-            let cap = field.span().len;
+        // An extended client says how long each prompt is: copy that and its NUL, not the
+        // whole field (a length past the field is refused below, through the checksum).
+        let lens = if seq != 0 {
+            let cap = |f: Field| f.span().len;
+            let s = self.region.load32(Word32::SystemLen) as usize;
+            let u = self.region.load32(Word32::UserLen) as usize;
+            if s >= cap(Field::SystemPrompt) || u >= cap(Field::UserPrompt) {
+                return refuse(
+                    StatusCode::BadRequest,
+                    format!("prompt length words ({s}, {u}) exceed the fields"),
+                );
+            }
+            Some((s, u))
+        } else {
+            None
+        };
+        let mut take = |field: Field, len: Option<usize>, out: &mut String| {
+            let cap = len.map_or(field.span().len, |n| n + 1);
             debug_assert!(cap <= scratch.len());
             let buf = &mut scratch[..cap];
             self.region.read(field, 0, buf);
@@ -715,8 +723,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             hasher.update(payload);
             text::decode_into(buf, out)
         };
-        let system_flags = take(Field::SystemPrompt, system);
-        let user_flags = take(Field::UserPrompt, user);
+        let system_flags = take(Field::SystemPrompt, lens.map(|l| l.0), system);
+        let user_flags = take(Field::UserPrompt, lens.map(|l| l.1), user);
         if seq != 0 && hasher.digest() != stored_check {
             return corrupted();
         }
@@ -824,7 +832,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let r = &self.region;
             let err = text::encode(outcome.error, Field::ErrorMessage.span().len, Policy::Truncate)
                 .expect("Truncate never fails");
-            self.write_text(Field::ErrorMessage, err.bytes);
+            // `error_len` says how much is valid: the text and a NUL, no zero tail.
+            r.write(Field::ErrorMessage, 0, err.bytes);
+            r.write(Field::ErrorMessage, err.bytes.len(), &[0]);
             r.store32(Word32::ErrorLen, err.bytes.len() as u32);
             r.store32(Word32::Status, outcome.status.to_u32());
             r.store32(Word32::ResponseLen, u32::try_from(n).unwrap_or(u32::MAX));
@@ -941,9 +951,20 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let check = request_checksum(req.seq, &token, 0, req.params, req.system.bytes, req.user.bytes);
             r.store64(Word64::RequestChecksum, check);
             r.store64(Word64::RequestSeq, req.seq);
+            // The worker reads the lengths: payload and NUL are enough, no zero tail.
+            for (field, word, bytes) in [
+                (Field::SystemPrompt, Word32::SystemLen, req.system.bytes),
+                (Field::UserPrompt, Word32::UserLen, req.user.bytes),
+            ] {
+                let n = bytes.len().min(field.span().len - 1);
+                r.store32(word, n as u32);
+                r.write(field, 0, &bytes[..n]);
+                r.write(field, n, &[0]);
+            }
+        } else {
+            self.write_text(Field::SystemPrompt, req.system.bytes);
+            self.write_text(Field::UserPrompt, req.user.bytes);
         }
-        self.write_text(Field::SystemPrompt, req.system.bytes);
-        self.write_text(Field::UserPrompt, req.user.bytes);
         self.region.write(Field::Shutdown, 0, &[0]);
         self.prompts_written.post()
     }

@@ -165,15 +165,20 @@ pub struct ExtensionPage {
     pub deadline_us: u64,
     /// Most tokens the request may generate, 0 = the worker's limit.
     pub max_tokens: u32,
-    /// CPU the worker last ran on, plus one (0 = not running a request): the adaptive wait
-    /// spins only on a peer that runs on another CPU.
+    /// CPU the worker last ran on, plus one (0 = not known yet), updated after each wait:
+    /// the adaptive wait spins only on a peer that runs on another CPU.
     pub worker_cpu: u32,
-    /// CPU the client last ran on, plus one (0 = not in a request).
+    /// CPU the client last ran on, plus one (0 = not known yet).
     pub client_cpu: u32,
     /// Reserved, zero.
     pub reserved3: u32,
+    /// Length of the system prompt's payload in bytes, NUL excluded (extended client): the
+    /// worker copies only that much instead of the whole field.
+    pub system_len: u32,
+    /// Length of the user prompt's payload in bytes, NUL excluded (extended client).
+    pub user_len: u32,
     /// Reserved for later fields, zero.
-    pub reserved_future: [u8; 3528],
+    pub reserved_future: [u8; 3520],
 }
 
 const_assert_eq!(offset_of!(ExtensionPage, magic), 0);
@@ -209,7 +214,9 @@ const_assert_eq!(offset_of!(ExtensionPage, deadline_us), 544);
 const_assert_eq!(offset_of!(ExtensionPage, max_tokens), 552);
 const_assert_eq!(offset_of!(ExtensionPage, worker_cpu), 556);
 const_assert_eq!(offset_of!(ExtensionPage, client_cpu), 560);
-const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 568);
+const_assert_eq!(offset_of!(ExtensionPage, system_len), 568);
+const_assert_eq!(offset_of!(ExtensionPage, user_len), 572);
+const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 576);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
 const_assert_eq!(align_of::<ExtensionPage>(), 8);
 // Atomically accessed words must be naturally aligned in the mapping.
@@ -354,6 +361,10 @@ pub enum Word32 {
     WorkerCpu,
     /// [`ExtensionPage::client_cpu`].
     ClientCpu,
+    /// [`ExtensionPage::system_len`].
+    SystemLen,
+    /// [`ExtensionPage::user_len`].
+    UserLen,
 }
 
 impl Word32 {
@@ -378,6 +389,8 @@ impl Word32 {
                 Word32::MaxTokens => offset_of!(ExtensionPage, max_tokens),
                 Word32::WorkerCpu => offset_of!(ExtensionPage, worker_cpu),
                 Word32::ClientCpu => offset_of!(ExtensionPage, client_cpu),
+                Word32::SystemLen => offset_of!(ExtensionPage, system_len),
+                Word32::UserLen => offset_of!(ExtensionPage, user_len),
             }
     }
 }
@@ -554,6 +567,8 @@ mod tests {
             W::MaxTokens,
             W::WorkerCpu,
             W::ClientCpu,
+            W::SystemLen,
+            W::UserLen,
         ] {
             assert_eq!(w.offset() % 4, 0);
             ranges.push((w.offset(), w.offset() + 4, format!("{w:?}")));
