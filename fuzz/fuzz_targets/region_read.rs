@@ -268,6 +268,7 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
             generated_tokens: ne32(b, Word32::GeneratedTokens.offset()),
             prompt_time: Duration::from_micros(ne64(b, Word64::PromptMicros.offset())),
             generation_time: Duration::from_micros(ne64(b, Word64::GenerationMicros.offset())),
+            cached_tokens: ne32(b, Word32::CachedTokens.offset()),
         },
         finish: WireFinish::from_u32(ne32(b, Word32::FinishReason.offset())),
     };

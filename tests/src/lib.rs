@@ -256,3 +256,28 @@ pub fn terminate(child: ChildGuard) -> Option<i32> {
     .unwrap();
     child.wait().unwrap().code()
 }
+
+/// The directory holding the C ABI library `libllama_shm_ffi.so` (crate `llama-shm-ffi`):
+/// `$LLAMA_SHM_FFI_DIR` if set, else the worker binary's directory (`target/release`).
+pub fn ffi_lib_dir() -> PathBuf {
+    match std::env::var_os("LLAMA_SHM_FFI_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => worker_path()
+            .parent()
+            .expect("the worker path has a directory")
+            .to_path_buf(),
+    }
+}
+
+/// `libllama_shm_ffi.so` in [`ffi_lib_dir`]; panics (failing the test, never skipping it)
+/// with the command that builds it when it is missing.
+pub fn ffi_lib() -> PathBuf {
+    let lib = ffi_lib_dir().join("libllama_shm_ffi.so");
+    assert!(
+        lib.exists(),
+        "{} not found: build it with `cargo build --release -p llama-shm-ffi` \
+         (or point LLAMA_SHM_FFI_DIR at the directory holding it)",
+        lib.display()
+    );
+    lib
+}

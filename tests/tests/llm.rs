@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, RequestError, SpawnError};
+use llama_shm::client::{Client, RequestError, RequestOptions, SpawnError};
 use llama_shm::os::process::ExitInfo;
 use llama_shm_tests::{own_entries, worker_path};
 
@@ -303,5 +303,121 @@ fn worker_killed_during_model_load_is_a_typed_startup_error() {
         .spawn()
         .unwrap();
     assert!(!c.send_request("Hi", "").unwrap().text.is_empty());
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn streamed_answer_arrives_in_pieces_that_join_to_the_text() {
+    let mut c = shared();
+    let mut chunks = Vec::new();
+    let started = Instant::now();
+    let mut first = None;
+    let r = c
+        .stream(PARIS_Q, SYSTEM, &RequestOptions::default(), |chunk| {
+            first.get_or_insert_with(|| started.elapsed());
+            chunks.push(chunk.to_owned());
+        })
+        .unwrap();
+    let total = started.elapsed();
+    assert_eq!(chunks.concat(), r.text);
+    assert!(r.text.contains("Paris"), "{:?}", r.text);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    eprintln!(
+        "SmolLM2 stream: {} chunks, first after {:?}, complete after {total:?}",
+        chunks.len(),
+        first.unwrap()
+    );
+}
+
+/// The prefix cache must not change greedy answers: the same sequence of requests through a
+/// worker with the cache and one without gives identical texts, and the cache was used.
+#[test]
+fn prefix_cache_gives_the_same_greedy_answers_as_no_cache() {
+    let system = "You are a helpful assistant. You answer questions about geography and \
+                  history briefly and accurately, in one or two sentences.";
+    let asks = [
+        "What is the capital of France?",
+        "What is the capital of Italy?",
+        "What is the capital of France?",
+        "Name a river in Germany.",
+    ];
+    let args = ["--engine", "llama", "--greedy", "--max-tokens", "48"];
+    let mut cached = builder().args(args).spawn().unwrap();
+    let mut fresh = builder().args(args).arg("--no-prefix-cache").spawn().unwrap();
+    for (i, ask) in asks.iter().enumerate() {
+        let a = cached.send_request(ask, system).unwrap();
+        let b = fresh.send_request(ask, system).unwrap();
+        assert_eq!(a.text, b.text, "request {i} ({ask}) differs with the cache");
+        assert_eq!(a.usage.prompt_tokens, b.usage.prompt_tokens);
+        assert_eq!(b.usage.cached_tokens, 0);
+        if i > 0 {
+            assert!(
+                a.usage.cached_tokens > 20,
+                "request {i} reused only {} tokens",
+                a.usage.cached_tokens
+            );
+        }
+    }
+    cached.shutdown().unwrap();
+    fresh.shutdown().unwrap();
+}
+
+#[test]
+fn cancel_and_deadline_stop_generation_within_a_token() {
+    let mut c = builder()
+        .args([
+            "--engine",
+            "llama",
+            "--greedy",
+            "--max-tokens",
+            "2000",
+            "--ignore-eog",
+        ])
+        .spawn()
+        .unwrap();
+    let canceller = c.canceller();
+    let mut cancelled_at = None;
+    let mut after_cancel = 0;
+    let r = c
+        .stream(
+            "Tell me a very long story.",
+            SYSTEM,
+            &RequestOptions::default(),
+            |_| {
+                if cancelled_at.is_none() {
+                    assert!(canceller.cancel());
+                    cancelled_at = Some(Instant::now());
+                } else {
+                    after_cancel += 1;
+                }
+            },
+        )
+        .unwrap();
+    let latency = cancelled_at.unwrap().elapsed();
+    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Cancelled);
+    assert!(
+        r.usage.generated_tokens < 10,
+        "{} tokens",
+        r.usage.generated_tokens
+    );
+    assert!(after_cancel <= 2, "{after_cancel} chunks after the cancel");
+    eprintln!(
+        "SmolLM2 cancel: returned {latency:?} after cancel(), {} tokens generated",
+        r.usage.generated_tokens
+    );
+    let r = c
+        .request(
+            "Tell me a very long story.",
+            SYSTEM,
+            &RequestOptions::default().deadline(Duration::from_millis(300)),
+        )
+        .unwrap();
+    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Deadline);
+    assert!(r.usage.generated_tokens > 0 && r.usage.generated_tokens < 2000);
+    let r = c
+        .request(PARIS_Q, SYSTEM, &RequestOptions::default().max_tokens(5))
+        .unwrap();
+    assert_eq!(r.usage.generated_tokens, 5);
+    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Length);
     c.shutdown().unwrap();
 }

@@ -92,7 +92,7 @@ impl Semaphore for LoomSemaphore {
     }
 }
 
-const N_WORD32: usize = 19;
+const N_WORD32: usize = 20;
 const N_WORD64: usize = 13;
 const _: () =
     assert!(Word32::UserLen as usize + 1 == N_WORD32 && Word64::DeadlineMicros as usize + 1 == N_WORD64);

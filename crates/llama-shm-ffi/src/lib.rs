@@ -168,6 +168,9 @@ impl Failure {
 pub struct LshmClient {
     client: Mutex<Client>,
     canceller: Canceller,
+    /// Fixed for the handle's life (the FFI never restarts a worker), so reading it does not
+    /// wait for a request in flight.
+    worker_pid: Option<u32>,
 }
 
 impl LshmClient {
@@ -432,6 +435,7 @@ pub unsafe extern "C" fn lshm_client_new(
             .map_err(|e| Failure::new(spawn_status(&e), e.to_string()))?;
         let handle = Box::new(LshmClient {
             canceller: client.canceller(),
+            worker_pid: client.worker_pid(),
             client: Mutex::new(client),
         });
         // SAFETY: not NULL and writable (checked above).
@@ -442,7 +446,7 @@ pub unsafe extern "C" fn lshm_client_new(
     unsafe { run(out_error, body) }
 }
 
-/// The worker's process id, in `*out_pid`.
+/// The worker's process id, in `*out_pid` (it does not wait for a request in flight).
 ///
 /// # Errors
 /// [`LSHM_E_INVALID_ARGUMENT`] for a NULL pointer, [`LSHM_E_CLOSED`] when the pid is unknown.
@@ -458,8 +462,7 @@ pub unsafe extern "C" fn lshm_client_worker_pid(client: *const LshmClient, out_p
         // SAFETY: NULL or a live handle (the contract); shared access only.
         let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
         let pid = client
-            .lock()
-            .worker_pid()
+            .worker_pid
             .ok_or_else(|| Failure::new(LSHM_E_CLOSED, "worker pid unknown"))?;
         // SAFETY: not NULL, writable per the contract.
         unsafe { put(out_pid, pid) };

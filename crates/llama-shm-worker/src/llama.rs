@@ -682,6 +682,7 @@ impl Engine for LlamaEngine {
             generated_tokens: 0,
             prompt_time: Duration::ZERO,
             generation_time: Duration::ZERO,
+            cached_tokens: 0,
         };
         // What the KV cache holds is known only when this request ends well: until then the
         // engine's record is empty (an error or a cancel below leaves it so).
@@ -715,6 +716,7 @@ impl Engine for LlamaEngine {
             return Ok(generation);
         };
         cached.extend_from_slice(&prompt[common..]);
+        generation.cached_tokens = u32::try_from(common).unwrap_or(u32::MAX);
         tracing::debug!(
             reused = common,
             evaluated = prompt.len() - common,

@@ -50,6 +50,8 @@ pub struct Generation {
     pub prompt_time: Duration,
     /// Time spent generating.
     pub generation_time: Duration,
+    /// Prompt tokens whose KV cache was reused from the previous request (0 without a cache).
+    pub cached_tokens: u32,
 }
 
 /// A failed request. The worker reports it to the client and stays up for the next one.
@@ -185,6 +187,7 @@ impl Engine for EchoEngine {
             generated_tokens: generated,
             prompt_time: Duration::ZERO,
             generation_time: started.elapsed(),
+            cached_tokens: 0,
         };
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
             return Ok(cancelled(0));
@@ -230,6 +233,7 @@ impl Engine for EchoEngine {
             generated_tokens: pieces,
             prompt_time: Duration::ZERO,
             generation_time: started.elapsed(),
+            cached_tokens: 0,
         })
     }
 }

@@ -228,6 +228,8 @@ pub struct Usage {
     pub prompt_time: Duration,
     /// Time spent generating.
     pub generation_time: Duration,
+    /// Prompt tokens whose KV cache was reused (counted in `prompt_tokens`, not evaluated).
+    pub cached_tokens: u32,
 }
 
 /// A request, encoded for the fields and ready to write.
@@ -845,6 +847,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             r.store32(Word32::GeneratedTokens, outcome.usage.generated_tokens);
             r.store64(Word64::PromptMicros, micros(outcome.usage.prompt_time));
             r.store64(Word64::GenerationMicros, micros(outcome.usage.generation_time));
+            r.store32(Word32::CachedTokens, outcome.usage.cached_tokens);
             r.store32(Word32::FinishReason, outcome.finish.to_u32());
             let check = response_checksum(
                 st.seq,
@@ -1140,6 +1143,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 generated_tokens: r.load32(Word32::GeneratedTokens),
                 prompt_time: Duration::from_micros(r.load64(Word64::PromptMicros)),
                 generation_time: Duration::from_micros(r.load64(Word64::GenerationMicros)),
+                cached_tokens: r.load32(Word32::CachedTokens),
             },
             finish: WireFinish::from_u32(r.load32(Word32::FinishReason)),
             intact,

@@ -332,6 +332,7 @@ where
                 generated_tokens: 0,
                 prompt_time: Duration::ZERO,
                 generation_time: Duration::ZERO,
+                cached_tokens: 0,
             }),
             None => engine.generate(
                 &EngineRequest {
@@ -363,6 +364,7 @@ where
             generated_tokens: g.generated_tokens,
             prompt_time: g.prompt_time,
             generation_time: g.generation_time,
+            cached_tokens: g.cached_tokens,
         };
         let message;
         let outcome = match (&result, refused) {

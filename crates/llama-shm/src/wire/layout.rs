@@ -170,8 +170,9 @@ pub struct ExtensionPage {
     pub worker_cpu: u32,
     /// CPU the client last ran on, plus one (0 = not known yet).
     pub client_cpu: u32,
-    /// Reserved, zero.
-    pub reserved3: u32,
+    /// Usage: prompt tokens whose KV cache was reused from the previous request (not
+    /// evaluated again).
+    pub cached_tokens: u32,
     /// Length of the system prompt's payload in bytes, NUL excluded (extended client): the
     /// worker copies only that much instead of the whole field.
     pub system_len: u32,
@@ -361,6 +362,8 @@ pub enum Word32 {
     WorkerCpu,
     /// [`ExtensionPage::client_cpu`].
     ClientCpu,
+    /// [`ExtensionPage::cached_tokens`].
+    CachedTokens,
     /// [`ExtensionPage::system_len`].
     SystemLen,
     /// [`ExtensionPage::user_len`].
@@ -389,6 +392,7 @@ impl Word32 {
                 Word32::MaxTokens => offset_of!(ExtensionPage, max_tokens),
                 Word32::WorkerCpu => offset_of!(ExtensionPage, worker_cpu),
                 Word32::ClientCpu => offset_of!(ExtensionPage, client_cpu),
+                Word32::CachedTokens => offset_of!(ExtensionPage, cached_tokens),
                 Word32::SystemLen => offset_of!(ExtensionPage, system_len),
                 Word32::UserLen => offset_of!(ExtensionPage, user_len),
             }
@@ -567,6 +571,7 @@ mod tests {
             W::MaxTokens,
             W::WorkerCpu,
             W::ClientCpu,
+            W::CachedTokens,
             W::SystemLen,
             W::UserLen,
         ] {

@@ -355,6 +355,7 @@ mod tests {
                 generated_tokens: 4,
                 prompt_time: Duration::from_micros(5),
                 generation_time: Duration::from_micros(6),
+                cached_tokens: 7,
             },
             finish: WireFinish::Stop,
         };
