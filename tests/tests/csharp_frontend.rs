@@ -144,3 +144,76 @@ fn csharp_client_gets_an_answer_from_the_default_model() {
         Duration::from_secs(10),
     );
 }
+
+/// Compiles `LlamaCppLinuxClient.cs` (the seed's API over the C ABI) and `FfiClientTest.cs`,
+/// runs `FfiClientTest.exe <worker> <client_args>` under Mono with the C library on
+/// `LD_LIBRARY_PATH`, and checks that it exits 0 and that nothing of its workers is left in
+/// `/dev/shm` (they are named after the Mono process's pid).
+fn run_ffi_client(tag: &str, client_args: &[&str], limit: Duration) {
+    let lib = llama_shm_tests::ffi_lib();
+    let dir = TempDir(std::env::temp_dir().join(format!("lst_csharp_{tag}_{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let exe = dir.0.join("FfiClientTest.exe");
+    let out = Command::new("mcs")
+        .current_dir(csharp_dir())
+        .arg("-langversion:7")
+        .arg(format!("-out:{}", exe.display()))
+        .args(["LlamaCppLinuxClient.cs", "FfiClientTest.cs"])
+        .output()
+        .expect("running mcs");
+    assert!(
+        out.status.success(),
+        "mcs failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = dir.0.join("output.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new("mono")
+        .env("MONO_DISABLE_SHARED_AREA", "1")
+        .env("LD_LIBRARY_PATH", lib.parent().unwrap())
+        .arg(&exe)
+        .arg(worker_path())
+        .args(client_args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("running mono (is mono-runtime installed? ci/setup --extra)");
+    let pid = child.id();
+    let mut status = None;
+    let finished = eventually(limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    println!(
+        "--- mono FfiClientTest.exe {}\n{output}---",
+        client_args.join(" ")
+    );
+    assert!(finished, "FfiClientTest.exe did not finish within {limit:?}");
+    assert!(status.unwrap().success(), "the C# FFI client failed:\n{output}");
+    assert!(output.contains("checks passed"), "{output}");
+    let left = llama_shm_tests::entries_of(pid);
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn csharp_ffi_client_gets_exact_echo_answers() {
+    if !mono_available("csharp_ffi_client_gets_exact_echo_answers") {
+        return;
+    }
+    run_ffi_client("csffi", &[], Duration::from_secs(60));
+}
+
+#[test]
+fn csharp_ffi_client_gets_paris_from_the_default_model() {
+    if !mono_available("csharp_ffi_client_gets_paris_from_the_default_model") {
+        return;
+    }
+    run_ffi_client("csffillm", &["--llm"], Duration::from_secs(180));
+}

@@ -6,12 +6,17 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llama_shm::client::{Client, RequestError, Response, SpawnError};
+use llama_shm::client::{Client, RequestError, RequestOptions, Response, SpawnError};
 use llama_shm::names::Prefix;
+use llama_shm::wire::status::WireFinish;
 
+mod bench;
+mod chat;
 mod inventory;
 
 /// Exit codes (documented in `--help`).
@@ -23,6 +28,8 @@ mod exit {
     pub const USAGE: u8 = 2;
     /// The worker could not be started or attached (missing model, binary, objects).
     pub const STARTUP: u8 = 3;
+    /// Interrupted by Ctrl-C (the partial answer was printed).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Talk to a local llama.cpp model through POSIX shared memory.
@@ -38,13 +45,14 @@ mod exit {
                   question and prints the answer. `ls` shows which objects in /dev/shm are in use \
                   and which are leftovers of dead processes; `clean` removes the leftovers. \
                   `llama-shm help <command>` explains each command.",
-    after_help = "Exit codes: 0 success, 1 the request failed, 2 bad usage, 3 the worker could not be started.\n\
+    after_help = "Exit codes: 0 success, 1 the request failed, 2 bad usage, 3 the worker could not be started, 130 interrupted.\n\
                   Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by ci/setup).",
     after_long_help = "Exit codes:\n  \
                        0  success\n  \
                        1  the request failed (worker error, timeout, worker died), or ls/clean failed\n  \
                        2  bad usage (unknown option, missing argument)\n  \
-                       3  the worker could not be started or attached (missing model, binary, objects)\n\n\
+                       3  the worker could not be started or attached (missing model, binary, objects)\n  \
+                       130  interrupted by Ctrl-C (the partial answer was printed)\n\n\
                        Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf \
                        (fetched by ci/setup).\n\
                        Worker: --worker, else $LLAMA_SHM_WORKER, else llama-shm-worker next to this program."
@@ -56,8 +64,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Ask one question and print the answer.
+    /// Ask one question and print the answer as it is generated (Ctrl-C stops it).
     Ask(AskArgs),
+    /// Talk with the model, one line per turn (Ctrl-C stops an answer, Ctrl-D or /exit quits).
+    ///
+    /// The wire has one system and one user field of 4 KiB each, so the conversation travels in
+    /// the system field after your system prompt; when it no longer fits, the oldest turns are
+    /// dropped (and a note on stderr says so). /reset forgets the conversation.
+    Chat(ChatArgs),
+    /// Measure: round trips against a Unix socket, a pipe, TCP and HTTP; start-up, shutdown,
+    /// death detection; LLM tokens/s through the worker versus in-process; the prefix cache.
+    Bench(bench::BenchArgs),
     /// List the objects in /dev/shm per prefix, with their creator and whether they are in use.
     ///
     /// States: live (the creator recorded in the extension page is running, or some process
@@ -71,28 +88,18 @@ enum Command {
     Clean(inventory::CleanArgs),
 }
 
+/// How to reach a worker: spawn one (engine, model, sampling) or attach to a running one.
 #[derive(Debug, clap::Args)]
-struct AskArgs {
-    /// The question (the user prompt).
-    prompt: String,
-    /// System prompt.
-    #[arg(long, default_value = "You are a helpful assistant.")]
-    system: String,
+struct ConnArgs {
     /// GGUF model to load.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Stop after N generated tokens.
-    #[arg(long)]
-    max_tokens: Option<u32>,
     /// Deterministic output (greedy sampling).
     #[arg(long)]
     greedy: bool,
     /// Sampling seed.
     #[arg(long)]
     seed: Option<u32>,
-    /// Give up after SECS seconds (start-up and answer each).
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
     /// Engine: llama (default) or echo (no model; for trying the plumbing).
     #[arg(long, default_value = "llama")]
     engine: String,
@@ -102,9 +109,44 @@ struct AskArgs {
     /// Worker binary (default: llama-shm-worker next to this program, or $LLAMA_SHM_WORKER).
     #[arg(long)]
     worker: Option<PathBuf>,
-    /// Print the response and its usage as one JSON object.
+}
+
+#[derive(Debug, clap::Args)]
+struct AskArgs {
+    /// The question (the user prompt).
+    prompt: String,
+    /// System prompt.
+    #[arg(long, default_value = "You are a helpful assistant.")]
+    system: String,
+    /// Stop after N generated tokens.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Stop generating after SECS seconds and keep the answer so far.
+    #[arg(long, value_name = "SECS")]
+    deadline: Option<f64>,
+    /// Give up after SECS seconds (start-up and answer each).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Print the response and its usage as one JSON object (when it is complete).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ChatArgs {
+    /// System prompt (the conversation so far is appended to it).
+    #[arg(long, default_value = "You are a helpful assistant.")]
+    system: String,
+    /// Stop each answer after N generated tokens.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Give up after SECS seconds (start-up and each answer).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +161,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Ask(args) => ask(&args),
+        Command::Chat(args) => chat::run(&args),
+        Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Clean(args) => match inventory::clean(&args) {
             Ok(true) => Ok(()),
@@ -135,27 +179,173 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ctrl-C handling: the first SIGINT sets a flag (the request in flight is cancelled and its
+/// partial answer kept); a second one while the flag is still set exits at once with 130.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let sig = signal_hook::consts::SIGINT;
+    // Registration fails only for forbidden signals; SIGINT is not one.
+    let _ =
+        signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED.into(), Arc::clone(&flag));
+    let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+    flag
+}
+
+/// Watches `flag` while a request runs and cancels it when set. Dropping the guard stops the
+/// watcher.
+struct CancelOnInterrupt {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CancelOnInterrupt {
+    fn start(flag: &Arc<AtomicBool>, canceller: llama_shm::Canceller) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, stop) = (Arc::clone(flag), Arc::clone(&done));
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if flag.load(Ordering::SeqCst) {
+                    canceller.cancel();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CancelOnInterrupt {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Prints streamed text as it arrives, holding back trailing whitespace so the answer ends
+/// with exactly one newline.
+struct Printer<W: Write> {
+    out: W,
+    held: String,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Printer<W> {
+    fn new(out: W) -> Self {
+        Self {
+            out,
+            held: String::new(),
+            error: None,
+        }
+    }
+    fn chunk(&mut self, chunk: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let body = chunk.trim_end();
+        let result = if body.is_empty() {
+            self.held.push_str(chunk);
+            Ok(())
+        } else {
+            let r = write!(self.out, "{}{}", self.held, body).and_then(|()| self.out.flush());
+            self.held.clear();
+            self.held.push_str(&chunk[body.len()..]);
+            r
+        };
+        if let Err(e) = result {
+            self.error = Some(e);
+        }
+    }
+    fn finish(mut self) -> std::io::Result<()> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        writeln!(self.out)?;
+        self.out.flush()
+    }
+}
+
+fn request_options(max_tokens: Option<u32>, deadline: Option<f64>) -> RequestOptions {
+    RequestOptions {
+        deadline: deadline.map(Duration::from_secs_f64),
+        max_tokens,
+    }
+}
+
 fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
     let timeout = Duration::from_secs(args.timeout);
-    let mut client = match &args.attach {
+    let interrupted = interrupt_flag();
+    let mut client = connect(&args.conn, timeout)?;
+    let opts = request_options(args.max_tokens, args.deadline);
+    let result = {
+        let _watch = CancelOnInterrupt::start(&interrupted, client.canceller());
+        if args.json {
+            client.request(&args.prompt, &args.system, &opts)
+        } else {
+            let mut printer = Printer::new(std::io::stdout().lock());
+            let r = client.stream(&args.prompt, &args.system, &opts, |c| printer.chunk(c));
+            let printed = printer.finish();
+            r.and_then(|r| {
+                printed
+                    .map_err(|e| RequestError::Closed {
+                        reason: format!("writing the answer: {e}"),
+                    })
+                    .map(|()| r)
+            })
+        }
+    };
+    disconnect(client, args.conn.attach.is_some());
+    let response = result.map_err(|e| (exit::REQUEST, describe(&e)))?;
+    if args.json {
+        print_json(&response).map_err(|e| (exit::REQUEST, format!("writing the answer: {e}")))?;
+    }
+    finish_note(&response)
+}
+
+/// A line on stderr when the answer did not end by itself; exit 130 after Ctrl-C.
+fn finish_note(r: &Response) -> Result<(), (u8, String)> {
+    match r.finish {
+        WireFinish::Cancelled => Err((
+            exit::INTERRUPTED,
+            "interrupted: the answer above is partial".into(),
+        )),
+        WireFinish::Deadline => {
+            eprintln!("llama-shm: the deadline passed: the answer above is partial");
+            Ok(())
+        }
+        WireFinish::Length => {
+            eprintln!("llama-shm: the answer reached its token limit");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn connect(conn: &ConnArgs, timeout: Duration) -> Result<Client, (u8, String)> {
+    match &conn.attach {
         Some(prefix) => Client::builder()
             .request_timeout(timeout)
             .attach(prefix)
-            .map_err(|e| (exit::STARTUP, format!("cannot attach to {prefix}: {e}")))?,
-        None => spawn(args, timeout).map_err(|e| (exit::STARTUP, e.to_string()))?,
-    };
-    let result = client.send_request(&args.prompt, &args.system);
-    if args.attach.is_some() {
+            .map_err(|e| (exit::STARTUP, format!("cannot attach to {prefix}: {e}"))),
+        None => spawn(conn, timeout).map_err(|e| (exit::STARTUP, e.to_string())),
+    }
+}
+
+fn disconnect(client: Client, attached: bool) {
+    if attached {
         client.detach();
     } else if let Err(e) = client.shutdown() {
         tracing::warn!("worker shutdown: {e}");
     }
-    let response = result.map_err(|e| (exit::REQUEST, describe(&e)))?;
-    print(args, &response).map_err(|e| (exit::REQUEST, format!("writing the answer: {e}")))
 }
 
-fn spawn(args: &AskArgs, timeout: Duration) -> Result<Client, SpawnError> {
-    let worker = args
+fn spawn(conn: &ConnArgs, timeout: Duration) -> Result<Client, SpawnError> {
+    let worker = conn
         .worker
         .clone()
         .or_else(llama_shm::client::default_worker_path)
@@ -164,17 +354,14 @@ fn spawn(args: &AskArgs, timeout: Duration) -> Result<Client, SpawnError> {
         .worker(worker)
         .startup_timeout(timeout)
         .request_timeout(timeout)
-        .args(["--engine", &args.engine]);
-    if let Some(m) = &args.model {
+        .args(["--engine", &conn.engine]);
+    if let Some(m) = &conn.model {
         b = b.arg("--model").arg(m);
     }
-    if let Some(n) = args.max_tokens {
-        b = b.arg("--max-tokens").arg(n.to_string());
-    }
-    if args.greedy {
+    if conn.greedy {
         b = b.arg("--greedy");
     }
-    if let Some(s) = args.seed {
+    if let Some(s) = conn.seed {
         b = b.arg("--seed").arg(s.to_string());
     }
     let spinner = std::io::stderr().is_terminal().then(|| {
@@ -193,25 +380,22 @@ fn describe(e: &RequestError) -> String {
     format!("request failed: {e}")
 }
 
-fn print(args: &AskArgs, r: &Response) -> std::io::Result<()> {
+fn print_json(r: &Response) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        let v = serde_json::json!({
-            "text": r.text,
-            "truncated": r.truncated,
-            "system_truncated": r.system_truncated,
-            "user_truncated": r.user_truncated,
-            "finish": format!("{:?}", r.finish).to_lowercase(),
-            "usage": {
-                "prompt_tokens": r.usage.prompt_tokens,
-                "generated_tokens": r.usage.generated_tokens,
-                "prompt_ms": r.usage.prompt_time.as_secs_f64() * 1e3,
-                "generation_ms": r.usage.generation_time.as_secs_f64() * 1e3,
-            },
-        });
-        writeln!(out, "{v}")?;
-    } else {
-        writeln!(out, "{}", r.text.trim_end())?;
-    }
+    let v = serde_json::json!({
+        "text": r.text,
+        "truncated": r.truncated,
+        "system_truncated": r.system_truncated,
+        "user_truncated": r.user_truncated,
+        "finish": format!("{:?}", r.finish).to_lowercase(),
+        "usage": {
+            "prompt_tokens": r.usage.prompt_tokens,
+            "cached_tokens": r.usage.cached_tokens,
+            "generated_tokens": r.usage.generated_tokens,
+            "prompt_ms": r.usage.prompt_time.as_secs_f64() * 1e3,
+            "generation_ms": r.usage.generation_time.as_secs_f64() * 1e3,
+        },
+    });
+    writeln!(out, "{v}")?;
     out.flush()
 }

@@ -110,6 +110,13 @@ struct Args {
     /// pace, for streaming and cancellation tests).
     #[arg(long, default_value_t = 0)]
     echo_piece_us: u64,
+    /// Echo engine: answer exactly N bytes (the echo repeated and cut), for benchmarks.
+    #[arg(long)]
+    echo_bytes: Option<usize>,
+    /// Adaptive wait: spin at most N µs on a peer running on another CPU before blocking
+    /// (0 blocks at once).
+    #[arg(long, default_value_t = 50)]
+    spin_us: u64,
     /// Require this auth token on every request: a file holding 64 hex digits.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -198,6 +205,7 @@ fn load_engine(args: &Args) -> Result<Box<dyn Engine>, WorkerError> {
             repeat: args.echo_repeat,
             delay: Duration::from_millis(args.echo_delay_ms),
             piece_delay: Duration::from_micros(args.echo_piece_us),
+            answer_bytes: args.echo_bytes,
         })),
         #[cfg(feature = "llama")]
         EngineKind::Llama => {
@@ -357,6 +365,8 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         // The client unlinks the names once it reads this.
         control::send(sock, &ControlMsg::Attached).map_err(|e| startup(&format!("control socket: {e}")))?;
     }
+    let mut channel = channel;
+    channel.spin = llama_shm::protocol::Spinner::new(Duration::from_micros(args.spin_us));
     let channel = Arc::new(channel);
     // Names are unlinked on every exit path below (created handles unlink on drop; a
     // spawned worker removes them too, in case its client died before it could).

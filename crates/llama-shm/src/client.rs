@@ -389,6 +389,7 @@ pub struct ClientBuilder {
     poll_slice: Duration,
     token: Option<[u8; TOKEN_LEN]>,
     restart: RestartPolicy,
+    spin: Duration,
 }
 
 impl Default for ClientBuilder {
@@ -408,6 +409,7 @@ impl Default for ClientBuilder {
             poll_slice: Duration::from_millis(50),
             token: None,
             restart: RestartPolicy::NEVER,
+            spin: Duration::from_nanos(u64::from(crate::protocol::Spinner::DEFAULT_MAX_NS)),
         }
     }
 }
@@ -472,6 +474,18 @@ impl ClientBuilder {
     /// How long shutdown waits for the worker to exit before killing it (default 5 s).
     pub fn shutdown_timeout(mut self, t: Duration) -> Self {
         self.shutdown_timeout = t;
+        self
+    }
+
+    /// The request timeout this builder gives its clients.
+    pub(crate) fn request_timeout_value(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The adaptive wait's longest spin before blocking (default 50 µs; zero blocks at once).
+    /// It spins only while the worker runs on another CPU; see [`crate::protocol::Spinner`].
+    pub fn spin(mut self, max: Duration) -> Self {
+        self.spin = max;
         self
     }
 
@@ -579,6 +593,8 @@ impl ClientBuilder {
         }
         // Both sides hold every object now: from here nothing can leak.
         objects::unlink(&channel)?;
+        let mut channel = channel;
+        channel.spin = crate::protocol::Spinner::new(self.spin);
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let worker_pid = proc.child.id();
@@ -650,6 +666,8 @@ impl ClientBuilder {
                 .first()
                 .copied()
         });
+        let mut channel = channel;
+        channel.spin = crate::protocol::Spinner::new(self.spin);
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let watcher = worker_pid.and_then(|pid| start_watcher(pid, &channel, &dead));

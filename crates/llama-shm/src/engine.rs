@@ -171,6 +171,9 @@ pub struct EchoEngine {
     pub delay: Duration,
     /// Pause before each piece; zero answers in whole parts at once.
     pub piece_delay: Duration,
+    /// Answer exactly this many bytes (the echo text repeated and cut on a char boundary)
+    /// instead of `repeat` copies, for benchmarks that need a given response size.
+    pub answer_bytes: Option<usize>,
 }
 
 impl Engine for EchoEngine {
@@ -191,6 +194,35 @@ impl Engine for EchoEngine {
         };
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
             return Ok(cancelled(0));
+        }
+        if let Some(n) = self.answer_bytes {
+            let unit_len = request.system.len() + 1 + request.user.len();
+            let mut left = n;
+            while left > 0 {
+                for part in [request.system, "\n", request.user] {
+                    let cut = crate::wire::text::floor_char_boundary(part, left);
+                    if cut == 0 && !part.is_empty() {
+                        left = 0;
+                        break;
+                    }
+                    if !out.push(&part[..cut]) {
+                        left = 0;
+                        break;
+                    }
+                    left -= cut;
+                }
+                if unit_len == 0 {
+                    break;
+                }
+            }
+            return Ok(Generation {
+                finish: FinishReason::Stop,
+                prompt_tokens: 0,
+                generated_tokens: 0,
+                prompt_time: Duration::ZERO,
+                generation_time: started.elapsed(),
+                cached_tokens: 0,
+            });
         }
         let mut finish = FinishReason::Stop;
         let mut pieces = 0u32;

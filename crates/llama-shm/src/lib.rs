@@ -15,12 +15,16 @@ pub mod engine;
 pub mod names;
 pub mod objects;
 pub mod os;
+pub mod pool;
 pub mod protocol;
 mod sync;
 pub mod wire;
 pub mod worker;
 
-pub use client::{Client, ClientBuilder, Mode, RequestError, Response, SpawnError};
+pub use client::{
+    Canceller, Client, ClientBuilder, Mode, RequestError, RequestOptions, Response, SpawnError,
+};
 pub use engine::{EchoEngine, Engine};
 pub use names::Prefix;
+pub use pool::Pool;
 pub use wire::text::Policy;

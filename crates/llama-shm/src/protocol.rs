@@ -88,33 +88,38 @@ pub trait Region {
 }
 
 /// The adaptive wait's state: how long a waiter spins (polling the semaphore without
-/// blocking) before it blocks, tuned by the outcomes of earlier spins.
+/// blocking) before it blocks, and whether it spins at all, judged by how long its recent
+/// waits lasted.
 ///
 /// A waiter spins only while the peer's advertised CPU (`worker_cpu` / `client_cpu` in the
 /// extension page, updated by each side after every wait) is *another* CPU than its own: on
-/// one CPU a spin only delays the peer it waits for. A spin that succeeds doubles the budget (up to the maximum), one that
-/// expires halves it; at zero, one wait in 64 probes with the minimum budget, so a placement
-/// that changes is noticed. The semaphores are posted on every step whatever the waiter does,
-/// so a seed-mode peer (which never spins) is served exactly as before.
+/// one CPU a spin only delays the peer it waits for. A spin lasts at most the maximum budget
+/// (about what blocking costs: a cross-CPU wake-up is tens of µs on a VM, so spinning that
+/// long at most doubles the cost of a wait that blocks anyway). Whether to spin follows the
+/// recent waits: while a running average of their lengths (each counted as at most twice the
+/// maximum) stays under the maximum, the waiter spins; past it (a model generating for
+/// seconds, a client idle between questions) it blocks at once, and one wait in 16 probes with
+/// a spin, so a burst of short requests is noticed. The
+/// semaphores are posted on every step whatever the waiter does, so a seed-mode peer (which
+/// never spins) is served exactly as before.
 #[derive(Debug)]
 pub struct Spinner {
     max_ns: u32,
-    budget_ns: AtomicU32,
+    /// Running average of recent wait lengths (ns, each clamped to twice `max_ns`).
+    avg_ns: AtomicU32,
     calls: AtomicU32,
 }
 
 impl Spinner {
-    /// The smallest budget a probe uses.
-    pub const MIN_NS: u32 = 1_000;
     /// The default maximum budget (50 µs).
     pub const DEFAULT_MAX_NS: u32 = 50_000;
 
     /// A spinner whose budget never exceeds `max`; `Duration::ZERO` never spins.
     pub fn new(max: Duration) -> Self {
-        let max_ns = u32::try_from(max.as_nanos()).unwrap_or(u32::MAX);
+        let max_ns = u32::try_from(max.as_nanos()).unwrap_or(u32::MAX / 4);
         Self {
             max_ns,
-            budget_ns: AtomicU32::new(max_ns / 2),
+            avg_ns: AtomicU32::new(max_ns / 4),
             calls: AtomicU32::new(0),
         }
     }
@@ -124,9 +129,27 @@ impl Spinner {
         Self::new(Duration::ZERO)
     }
 
-    /// The current budget.
+    /// The budget the next wait would spin for (zero: it blocks at once, unless it probes).
     pub fn budget(&self) -> Duration {
-        Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)))
+        let avg = self.avg_ns.load(Ordering::Relaxed);
+        if self.max_ns == 0 || avg > self.max_ns {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(u64::from(self.max_ns))
+    }
+
+    /// Counts a finished wait of `waited` (spun or blocked) into the average.
+    fn record(&self, waited: Duration) {
+        if self.max_ns == 0 {
+            return;
+        }
+        let sample = u64::try_from(waited.as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(u64::from(self.max_ns) * 2);
+        let avg = u64::from(self.avg_ns.load(Ordering::Relaxed));
+        let next = (avg * 7 + sample) / 8;
+        self.avg_ns
+            .store(u32::try_from(next).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Spins on `sem` (non-blocking takes) while the budget lasts and `peer_running` says the
@@ -135,31 +158,22 @@ impl Spinner {
         if self.max_ns == 0 || !peer_running() {
             return Ok(false);
         }
-        let mut budget = self.budget_ns.load(Ordering::Relaxed);
-        if budget == 0 {
-            if self.calls.fetch_add(1, Ordering::Relaxed) % 64 != 0 {
+        let mut budget = self.budget();
+        if budget.is_zero() {
+            if self.calls.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
                 return Ok(false);
             }
-            budget = Self::MIN_NS.min(self.max_ns);
+            budget = Duration::from_nanos(u64::from(self.max_ns));
         }
         let start = Instant::now();
         let mut i = 0u32;
         loop {
             if sem.try_wait()? {
-                let next = budget
-                    .saturating_mul(2)
-                    .clamp(Self::MIN_NS.min(self.max_ns), self.max_ns);
-                self.budget_ns.store(next, Ordering::Relaxed);
                 return Ok(true);
             }
             i = i.wrapping_add(1);
-            if i % 64 == 0 {
-                let spent = start.elapsed().as_nanos();
-                if spent >= u128::from(budget) || !peer_running() {
-                    let next = if budget <= Self::MIN_NS { 0 } else { budget / 2 };
-                    self.budget_ns.store(next, Ordering::Relaxed);
-                    return Ok(false);
-                }
+            if i % 64 == 0 && (start.elapsed() >= budget || !peer_running()) {
+                return Ok(false);
             }
             std::hint::spin_loop();
         }
@@ -562,10 +576,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if !self.extended() {
             return wait_for(sem, deadline, slice, alive);
         }
+        let started = Instant::now();
         if !self.spin.spin(sem, &|| self.peer_elsewhere(peer))? {
             wait_for(sem, deadline, slice, alive)?;
         }
-        self.region.store32(me, self.region.current_cpu());
+        self.spin.record(started.elapsed());
+        self.set32(me, self.region.current_cpu());
         Ok(())
     }
 
@@ -578,6 +594,30 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         alive: &dyn Fn() -> bool,
     ) -> Result<(), WaitError> {
         self.wait_adaptive(sem, Word32::ClientCpu, Word32::WorkerCpu, deadline, slice, alive)
+    }
+
+    /// Stores `value` unless the word already holds it (no cache-line transfer then).
+    fn set32(&self, word: Word32, value: u32) {
+        if self.region.load32(word) != value {
+            self.region.store32(word, value);
+        }
+    }
+
+    /// [`Channel::set32`] for a 64-bit word.
+    fn set64(&self, word: Word64, value: u64) {
+        if self.region.load64(word) != value {
+            self.region.store64(word, value);
+        }
+    }
+
+    /// Writes `src` (at most 64 bytes) into `field` at `at` unless it already holds it.
+    fn set_bytes(&self, field: Field, at: usize, src: &[u8]) {
+        let mut cur = [0u8; 64];
+        let cur = &mut cur[..src.len().min(64)];
+        self.region.read(field, at, cur);
+        if cur != src {
+            self.region.write(field, at, src);
+        }
     }
 
     /// Writes `encoded` into `field`, NUL-terminates it and zero-fills the rest.
@@ -612,6 +652,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if stop() {
             return Ok(false);
         }
+        let started = Instant::now();
         let mut taken = self.extended()
             && self
                 .spin
@@ -622,11 +663,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             }
             taken = self.prompts_written.wait_until(Some(Instant::now() + slice))?;
         }
+        self.spin.record(started.elapsed());
         // A watcher posts to wake us when it wants us to stop: check again (and then touch
         // nothing: a stopping worker leaves the region alone).
         let go = !stop();
         if go && self.extended() {
-            self.region.store32(Word32::WorkerCpu, self.region.current_cpu());
+            self.set32(Word32::WorkerCpu, self.region.current_cpu());
         }
         Ok(go)
     }
@@ -835,8 +877,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let err = text::encode(outcome.error, Field::ErrorMessage.span().len, Policy::Truncate)
                 .expect("Truncate never fails");
             // `error_len` says how much is valid: the text and a NUL, no zero tail.
-            r.write(Field::ErrorMessage, 0, err.bytes);
-            r.write(Field::ErrorMessage, err.bytes.len(), &[0]);
+            if err.bytes.is_empty() {
+                self.set_bytes(Field::ErrorMessage, 0, &[0]);
+            } else {
+                r.write(Field::ErrorMessage, 0, err.bytes);
+                r.write(Field::ErrorMessage, err.bytes.len(), &[0]);
+            }
             r.store32(Word32::ErrorLen, err.bytes.len() as u32);
             r.store32(Word32::Status, outcome.status.to_u32());
             r.store32(Word32::ResponseLen, u32::try_from(n).unwrap_or(u32::MAX));
@@ -944,13 +990,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if self.extended() {
             let r = &self.region;
             let token = req.token.copied().unwrap_or([0; TOKEN_LEN]);
-            r.write(Field::AuthToken, 0, &token);
-            r.store32(Word32::ClientPid, req.client_pid);
-            r.store32(Word32::RequestFlags, req.params.flags);
-            r.store32(Word32::MaxTokens, req.params.max_tokens);
-            r.store64(Word64::DeadlineMicros, req.params.deadline_us);
+            // What rarely changes is written only when it does: a store to a cache line the
+            // worker holds costs a transfer of that line.
+            self.set_bytes(Field::AuthToken, 0, &token);
+            self.set32(Word32::ClientPid, req.client_pid);
+            self.set32(Word32::RequestFlags, req.params.flags);
+            self.set32(Word32::MaxTokens, req.params.max_tokens);
+            self.set64(Word64::DeadlineMicros, req.params.deadline_us);
             r.store64(Word64::StreamRead, 0);
-            r.store32(Word32::ClientCpu, r.current_cpu());
+            self.set32(Word32::ClientCpu, r.current_cpu());
             let check = request_checksum(req.seq, &token, 0, req.params, req.system.bytes, req.user.bytes);
             r.store64(Word64::RequestChecksum, check);
             r.store64(Word64::RequestSeq, req.seq);
@@ -968,7 +1016,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.write_text(Field::SystemPrompt, req.system.bytes);
             self.write_text(Field::UserPrompt, req.user.bytes);
         }
-        self.region.write(Field::Shutdown, 0, &[0]);
+        self.set_bytes(Field::Shutdown, 0, &[0]);
         self.prompts_written.post()
     }
 

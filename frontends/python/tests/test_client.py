@@ -20,10 +20,10 @@ import llama_shm  # noqa: E402
 from llama_shm import Client  # noqa: E402
 
 ECHO = ["--engine", "echo"]
-# With a pause before each ≤4-byte piece, a 2000-byte answer takes about 1 s: long enough to
+# With a pause before each ≤4-byte piece, a 4000-byte answer takes about 2 s: long enough to
 # cancel in the middle, short enough for a test.
 SLOW = ["--engine", "echo", "--echo-piece-us", "2000"]
-LONG_USER = "a" * 2000
+LONG_USER = "a" * 4000  # fits the 4095-byte prompt field
 
 
 def own_shm_entries():
@@ -146,7 +146,7 @@ def test_cancel_from_another_thread_during_ask():
         r = c.ask(LONG_USER)
         assert r.finish == "cancelled"
         assert ("\n" + LONG_USER).startswith(r.text) and len(r.text) < len(LONG_USER)
-        assert time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 < 1.5
 
 
 def test_leaving_a_stream_early_cancels_it():
@@ -156,7 +156,7 @@ def test_leaving_a_stream_early_cancels_it():
             for _ in s:
                 break
         assert s.response is not None and s.response.finish == "cancelled"
-        assert time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 < 1.5
         assert c.ask("next").text == "\nnext"
 
 

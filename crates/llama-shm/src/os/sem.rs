@@ -230,11 +230,11 @@ impl NamedSemaphore {
             if unsafe { libc::sem_trywait(self.sem.as_ptr()) } == 0 {
                 return Ok(true);
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                _ => return Err(e),
+            // errno read directly: this is the spinning hot path.
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EINTR => continue,
+                nix::errno::Errno::EAGAIN => return Ok(false),
+                e => return Err(e.into()),
             }
         }
     }

@@ -249,6 +249,11 @@ fn is_incomplete(bad: &[u8]) -> bool {
 
 /// Appends `bytes` to `out` as `decode` reads them, setting the UTF-8 flags.
 fn push_lossy(bytes: &[u8], out: &mut String, flags: &mut DecodeFlags) {
+    // The common case, valid UTF-8, in one validating pass.
+    if let Ok(valid) = std::str::from_utf8(bytes) {
+        out.push_str(valid);
+        return;
+    }
     let mut chunks = bytes.utf8_chunks().peekable();
     while let Some(chunk) = chunks.next() {
         out.push_str(chunk.valid());

@@ -1,0 +1,165 @@
+//! The C ABI (`crates/llama-shm-ffi`) through its frontends, against the real worker:
+//! - `tests/c/smoke.c`, compiled with `cc -Wall -Wextra -Werror` against the header and the
+//!   cdylib: exact echo answers, streaming, a cancel from a second pthread, NULL arguments;
+//! - the Python package `frontends/python` (ctypes), through its pytest suite.
+//!
+//! Both need `libllama_shm_ffi.so` (`cargo build --release -p llama-shm-ffi`; found through
+//! `LLAMA_SHM_FFI_DIR`, else next to the worker): without it they fail, saying so. The Python
+//! test needs `pytest` (apt `python3-pytest`, installed by `ci/setup`); without it it prints why
+//! and passes, unless `LLAMA_SHM_REQUIRE_FRONTENDS` is set (as `ci/test` does): then it fails.
+//! Each checks that the process it ran left nothing in `/dev/shm` and exited 0.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use llama_shm_tests::{entries_of, eventually, ffi_lib, ffi_lib_dir, worker_path};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A scratch directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lst_ffi_{tag}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a finished child did.
+struct Ran {
+    code: Option<i32>,
+    pid: u32,
+    out: String,
+}
+
+/// Runs `cmd` with stdout and stderr into files of `dir`, killing it after `limit`.
+fn run_bounded(mut cmd: Command, dir: &Path, limit: Duration) -> Ran {
+    let log = dir.join("output.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let mut status = None;
+    let finished = eventually(limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        finished,
+        "{cmd:?} did not finish within {limit:?}; output:\n{out}"
+    );
+    Ran {
+        code: status.unwrap().code(),
+        pid,
+        out,
+    }
+}
+
+#[test]
+fn c_smoke_program_passes_against_the_echo_worker() {
+    let lib = ffi_lib();
+    let dir = TempDir::new("c");
+    let ffi = repo_root().join("crates/llama-shm-ffi");
+    let exe = dir.0.join("smoke");
+    let lib_dir = ffi_lib_dir();
+    let cc = Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-std=c11"])
+        .arg(ffi.join("tests/c/smoke.c"))
+        .arg("-I")
+        .arg(ffi.join("include"))
+        .arg(format!("-L{}", lib_dir.display()))
+        .args(["-lllama_shm_ffi", "-lpthread"])
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("running cc (gcc)");
+    assert!(
+        cc.status.success(),
+        "compiling smoke.c against {} failed:\n{}{}",
+        lib.display(),
+        String::from_utf8_lossy(&cc.stdout),
+        String::from_utf8_lossy(&cc.stderr)
+    );
+
+    let mut cmd = Command::new(&exe);
+    cmd.arg(worker_path());
+    let ran = run_bounded(cmd, &dir.0, Duration::from_secs(60));
+    println!("--- smoke\n{}---", ran.out);
+    assert_eq!(ran.code, Some(0), "smoke.c failed:\n{}", ran.out);
+    assert!(ran.out.contains("smoke: all checks passed"), "{}", ran.out);
+    let left = entries_of(ran.pid);
+    assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
+}
+
+/// A Python interpreter that can import pytest: `$LLAMA_SHM_PYTHON`, else `python3` on the
+/// PATH, else the system's `/usr/bin/python3` (where apt's python3-pytest lives, also when a
+/// version manager shadows `python3`).
+fn python_with_pytest() -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("LLAMA_SHM_PYTHON") {
+        Some(p) => vec![p.into()],
+        None => vec!["python3".into(), "/usr/bin/python3".into()],
+    };
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import pytest"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[test]
+fn python_client_passes_its_pytest_suite() {
+    let test = "python_client_passes_its_pytest_suite";
+    let Some(python) = python_with_pytest() else {
+        if std::env::var_os("LLAMA_SHM_REQUIRE_FRONTENDS").is_some() {
+            panic!("{test}: no python3 with pytest but LLAMA_SHM_REQUIRE_FRONTENDS is set; run ci/setup (python3-pytest)");
+        }
+        eprintln!("{test}: SKIPPED: no python3 with pytest; install python3-pytest (ci/setup)");
+        return;
+    };
+    let lib = ffi_lib();
+    let dir = TempDir::new("py");
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(repo_root().join("frontends/python"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .env("LLAMA_SHM_FFI_LIB", &lib)
+        .env("LLAMA_SHM_WORKER", worker_path())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let ran = run_bounded(cmd, &dir.0, Duration::from_secs(300));
+    println!(
+        "--- {} -m pytest frontends/python/tests\n{}---",
+        python.display(),
+        ran.out
+    );
+    assert_eq!(ran.code, Some(0), "the Python suite failed:\n{}", ran.out);
+    assert!(ran.out.contains(" passed"), "{}", ran.out);
+    let left = entries_of(ran.pid);
+    assert!(left.is_empty(), "left in /dev/shm by the Python suite: {left:?}");
+}
