@@ -18,7 +18,9 @@ iterations() { grep -aoE 'Completed in [0-9]+ iterations' "$1" | grep -oE '[0-9]
 
 fail=0
 for t in one_client_two_cycles_then_shutdown deadline_then_next_request_gets_its_own_answer \
-         stop_signal_at_any_point_ends_every_wait two_clients_with_a_turn_lock_are_clean; do
+         stop_signal_at_any_point_ends_every_wait two_clients_with_a_turn_lock_are_clean \
+         streamed_answer_through_a_small_ring_arrives_whole \
+         cancel_at_any_point_ends_the_request_and_the_next_one_is_whole; do
   log=$(mktemp)
   start=$(date +%s.%N)
   # The stop model has four threads: one preemption less keeps it under a minute.
@@ -47,7 +49,8 @@ expect_caught() {
 }
 expect_caught "$protocol" two_clients_without_a_turn_lock_race
 for t in planted_read_response_before_waiting_is_caught planted_post_response_before_writing_is_caught \
-         planted_forgotten_shutdown_post_is_caught planted_double_ready_post_is_caught; do
+         planted_forgotten_shutdown_post_is_caught planted_double_ready_post_is_caught \
+         planted_ring_released_before_copy_is_caught; do
   expect_caught "$planted" "$t"
 done
 if LOOM_MAX_PREEMPTIONS=$PREEMPTIONS "$planted" --test-threads=1 >/dev/null 2>&1; then

@@ -10,13 +10,12 @@
 
 using System;
 using System.IO;
+using static LlamaShm.TestChecks;
 
 namespace LlamaShm
 {
     public static class FfiClientTest
     {
-        private static int checks;
-
         public static int Main(string[] args)
         {
             if (args.Length < 1 || args.Length > 2 || (args.Length == 2 && args[1] != "--llm"))
@@ -25,37 +24,14 @@ namespace LlamaShm
                 return 2;
             }
             string worker = args[0];
-            try
+            return Run("FfiClientTest", () =>
             {
                 if (args.Length == 2)
                     RunLlm(worker);
                 else
                     RunEcho(worker);
-                Console.WriteLine("FfiClientTest: {0} checks passed", checks);
-                return 0;
-            }
-            catch (CheckFailed e)
-            {
-                Console.Error.WriteLine("FfiClientTest: FAILED: " + e.Message);
-                return 1;
-            }
-            catch (Exception e)
-            {
-                Console.Error.WriteLine("FfiClientTest: FAILED with an exception: " + e);
-                return 1;
-            }
-        }
-
-        private sealed class CheckFailed : Exception
-        {
-            public CheckFailed(string message) : base(message) { }
-        }
-
-        private static void Check(bool ok, string what)
-        {
-            if (!ok)
-                throw new CheckFailed(what);
-            checks++;
+                Console.WriteLine("FfiClientTest: {0} checks passed", Passed);
+            }, e => "FAILED with an exception: " + e);
         }
 
         private static void Expect(LlamaCppLinuxClient client, string user, string system, string expected)
@@ -97,7 +73,7 @@ namespace LlamaShm
                 }
                 catch (InvalidOperationException)
                 {
-                    checks++;
+                    Pass();
                 }
                 client.Initialize(worker, "--engine", "echo");
                 pid = client.WorkerPid;
@@ -117,7 +93,7 @@ namespace LlamaShm
                 }
                 catch (ArgumentException)
                 {
-                    checks++;
+                    Pass();
                 }
                 Expect(client, "still fine", "", "\nstill fine");
 
@@ -131,7 +107,7 @@ namespace LlamaShm
                 }
                 catch (InvalidOperationException)
                 {
-                    checks++;
+                    Pass();
                 }
             }
 

@@ -9,13 +9,12 @@
 
 using System;
 using System.Text;
+using static LlamaShm.TestChecks;
 
 namespace LlamaShm
 {
     public static class WireClientTest
     {
-        private static int checks;
-
         public static int Main(string[] args)
         {
             string prefix = null;
@@ -36,7 +35,7 @@ namespace LlamaShm
                 timeoutSecs = llm ? 120 : 10;
             TimeSpan timeout = TimeSpan.FromSeconds(timeoutSecs);
 
-            try
+            return Run("WireClientTest", () =>
             {
                 using (var client = new SeedWireClient(prefix ?? "llama_cpp"))
                 {
@@ -47,20 +46,9 @@ namespace LlamaShm
                     else
                         RunEcho(client, timeout);
                     client.Shutdown(timeout);
-                    Console.WriteLine("shutdown requested; {0} checks passed", checks);
+                    Console.WriteLine("shutdown requested; {0} checks passed", Passed);
                 }
-                return 0;
-            }
-            catch (CheckFailed e)
-            {
-                Console.Error.WriteLine("WireClientTest: FAILED: " + e.Message);
-                return 1;
-            }
-            catch (Exception e)
-            {
-                Console.Error.WriteLine("WireClientTest: ERROR: " + e.GetType().Name + ": " + e.Message);
-                return 1;
-            }
+            }, e => "ERROR: " + e.GetType().Name + ": " + e.Message);
         }
 
         private static int Usage(string problem)
@@ -68,18 +56,6 @@ namespace LlamaShm
             Console.Error.WriteLine("WireClientTest: " + problem);
             Console.Error.WriteLine("usage: mono WireClientTest.exe [PREFIX] [--llm] [--timeout SECS]");
             return 2;
-        }
-
-        private sealed class CheckFailed : Exception
-        {
-            public CheckFailed(string message) : base(message) { }
-        }
-
-        private static void Check(bool ok, string what)
-        {
-            if (!ok)
-                throw new CheckFailed(what);
-            checks++;
         }
 
         private static string Show(string s)

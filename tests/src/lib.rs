@@ -1,10 +1,13 @@
 //! Shared helpers for the integration suites: where the worker binary is, unique prefixes,
 //! leak checks on `/dev/shm`, and a raw seed-style client and worker written against the
 //! seed's offsets (no llama-shm code on the wire side), for the compatibility suite.
+//! Also scratch directories, bounded runs of child processes and the C# (Mono) compiler for
+//! the frontend suites.
 
 pub mod seed;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use llama_shm::names::Prefix;
@@ -280,4 +283,96 @@ pub fn ffi_lib() -> PathBuf {
         lib.display()
     );
     lib
+}
+
+/// The repository's root directory (the parent of this crate's).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A scratch directory `<temp>/lst_<name>_<pid>`, created empty and removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `<temp>/lst_<name>_<pid>`, first removing whatever an earlier run left there.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lst_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles the C# files `sources` of `frontends/csharp` with Mono's `mcs` (C# 7) into
+/// `dir/<exe_name>` and returns that path; panics with the compiler's output if it fails.
+pub fn mcs(dir: &Path, sources: &[&str], exe_name: &str) -> PathBuf {
+    let exe = dir.join(exe_name);
+    let out = Command::new("mcs")
+        .current_dir(repo_root().join("frontends/csharp"))
+        .arg("-langversion:7")
+        .arg(format!("-out:{}", exe.display()))
+        .args(sources)
+        .output()
+        .expect("running mcs");
+    assert!(
+        out.status.success(),
+        "mcs failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// What a child run by [`run_bounded`] did.
+pub struct Ran {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its pid (to look for the objects it left in `/dev/shm`).
+    pub pid: u32,
+    /// Its stdout and stderr, interleaved.
+    pub out: String,
+}
+
+/// Runs `cmd` with stdin closed and stdout and stderr into `dir/output.log`; if it has not
+/// finished after `limit`, kills it and fails the test with its output.
+pub fn run_bounded(mut cmd: Command, dir: &Path, limit: Duration) -> Ran {
+    let log = dir.join("output.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let status = wait_or_kill(&mut child, limit);
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let Some(status) = status else {
+        panic!("{cmd:?} did not finish within {limit:?}; output:\n{out}");
+    };
+    Ran { status, pid, out }
+}
+
+/// Waits up to `limit` for `child` to exit and returns how it did; if it has not exited by
+/// then, kills and reaps it and returns `None`.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    let finished = eventually(limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }

@@ -6,19 +6,14 @@
 //! Needs `mcs` and `mono` (`ci/setup --extra`). Without `mcs` the tests print why and pass,
 //! unless `LLAMA_SHM_REQUIRE_MONO` is set (as `ci/test` does): then they fail.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use llama_shm::names::Prefix;
-use llama_shm_tests::{eventually, shm_entries, unique_prefix, worker_path, ChildGuard};
-
-fn csharp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("frontends/csharp")
-}
+use llama_shm_tests::{
+    entries_of, ffi_lib, mcs, run_bounded, shm_entries, unique_prefix, wait_or_kill, worker_path, ChildGuard,
+    TempDir,
+};
 
 /// Whether the Mono tools are usable; `false` (after saying why) means skip the test.
 fn mono_available(test: &str) -> bool {
@@ -38,41 +33,17 @@ fn mono_available(test: &str) -> bool {
     false
 }
 
-/// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Compiles `SeedWireClient.cs` and `WireClientTest.cs` into `<tmp>/WireClientTest.exe`.
-fn compile(tag: &str) -> (TempDir, PathBuf) {
-    let dir = TempDir(std::env::temp_dir().join(format!("lst_csharp_{tag}_{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let exe = dir.0.join("WireClientTest.exe");
-    let out = Command::new("mcs")
-        .current_dir(csharp_dir())
-        .arg("-langversion:7")
-        .arg(format!("-out:{}", exe.display()))
-        .args(["SeedWireClient.cs", "WireClientTest.cs"])
-        .output()
-        .expect("running mcs");
-    assert!(
-        out.status.success(),
-        "mcs failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (dir, exe)
-}
-
-/// Starts a standalone worker on `prefix` (it creates the names; the C# client attaches),
-/// runs the C# client against it with `client_args`, and checks that the client and then the
-/// worker exit 0 and that no name of `prefix` is left.
+/// Compiles `SeedWireClient.cs` and `WireClientTest.cs` (with `TestChecks.cs`) into
+/// `WireClientTest.exe`, starts a standalone worker on `prefix` (it creates the names; the C#
+/// client attaches), runs the C# client against it with `client_args`, and checks that the
+/// client and then the worker exit 0 and that no name of `prefix` is left.
 fn run_against_standalone(tag: &str, worker_args: &[&str], client_args: &[&str], worker_exit: Duration) {
-    let (_dir, exe) = compile(tag);
+    let dir = TempDir::new(&format!("csharp_{tag}"));
+    let exe = mcs(
+        &dir.0,
+        &["TestChecks.cs", "SeedWireClient.cs", "WireClientTest.cs"],
+        "WireClientTest.exe",
+    );
     let prefix: Prefix = unique_prefix(tag);
     // No waiting for the objects here: the client retries opening them until its deadline.
     let worker = ChildGuard::worker(
@@ -106,21 +77,13 @@ fn run_against_standalone(tag: &str, worker_args: &[&str], client_args: &[&str],
     );
     assert!(stdout.contains("shutdown requested"), "{stdout}");
 
-    let mut worker = worker.take();
-    let mut status = None;
-    let exited = eventually(worker_exit, || {
-        status = worker.try_wait().unwrap();
-        status.is_some()
-    });
-    if !exited {
-        let _ = worker.kill();
-        let _ = worker.wait();
+    let Some(status) = wait_or_kill(&mut worker.take(), worker_exit) else {
         let _ = llama_shm::objects::unlink_prefix(&prefix);
         panic!("the worker did not exit within {worker_exit:?} of the C# client's shutdown");
-    }
+    };
     let left = shm_entries(&prefix);
     let _ = llama_shm::objects::unlink_prefix(&prefix);
-    assert_eq!(status.unwrap().code(), Some(0), "worker exit status");
+    assert_eq!(status.code(), Some(0), "worker exit status");
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 
@@ -145,60 +108,33 @@ fn csharp_client_gets_an_answer_from_the_default_model() {
     );
 }
 
-/// Compiles `LlamaCppLinuxClient.cs` (the seed's API over the C ABI) and `FfiClientTest.cs`,
-/// runs `FfiClientTest.exe <worker> <client_args>` under Mono with the C library on
-/// `LD_LIBRARY_PATH`, and checks that it exits 0 and that nothing of its workers is left in
-/// `/dev/shm` (they are named after the Mono process's pid).
+/// Compiles `LlamaCppLinuxClient.cs` (the seed's API over the C ABI) and `FfiClientTest.cs` (with
+/// `TestChecks.cs`), runs `FfiClientTest.exe <worker> <client_args>` under Mono with the C
+/// library on `LD_LIBRARY_PATH`, and checks that it exits 0 and that nothing of its workers is
+/// left in `/dev/shm` (they are named after the Mono process's pid).
 fn run_ffi_client(tag: &str, client_args: &[&str], limit: Duration) {
-    let lib = llama_shm_tests::ffi_lib();
-    let dir = TempDir(std::env::temp_dir().join(format!("lst_csharp_{tag}_{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let exe = dir.0.join("FfiClientTest.exe");
-    let out = Command::new("mcs")
-        .current_dir(csharp_dir())
-        .arg("-langversion:7")
-        .arg(format!("-out:{}", exe.display()))
-        .args(["LlamaCppLinuxClient.cs", "FfiClientTest.cs"])
-        .output()
-        .expect("running mcs");
-    assert!(
-        out.status.success(),
-        "mcs failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let lib = ffi_lib();
+    let dir = TempDir::new(&format!("csharp_{tag}"));
+    let exe = mcs(
+        &dir.0,
+        &["TestChecks.cs", "LlamaCppLinuxClient.cs", "FfiClientTest.cs"],
+        "FfiClientTest.exe",
     );
-    let log = dir.0.join("output.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new("mono")
-        .env("MONO_DISABLE_SHARED_AREA", "1")
+    let mut cmd = Command::new("mono");
+    cmd.env("MONO_DISABLE_SHARED_AREA", "1")
         .env("LD_LIBRARY_PATH", lib.parent().unwrap())
         .arg(&exe)
         .arg(worker_path())
-        .args(client_args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("running mono (is mono-runtime installed? ci/setup --extra)");
-    let pid = child.id();
-    let mut status = None;
-    let finished = eventually(limit, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
+        .args(client_args);
+    let ran = run_bounded(cmd, &dir.0, limit);
     println!(
-        "--- mono FfiClientTest.exe {}\n{output}---",
-        client_args.join(" ")
+        "--- mono FfiClientTest.exe {}\n{}---",
+        client_args.join(" "),
+        ran.out
     );
-    assert!(finished, "FfiClientTest.exe did not finish within {limit:?}");
-    assert!(status.unwrap().success(), "the C# FFI client failed:\n{output}");
-    assert!(output.contains("checks passed"), "{output}");
-    let left = llama_shm_tests::entries_of(pid);
+    assert!(ran.status.success(), "the C# FFI client failed:\n{}", ran.out);
+    assert!(ran.out.contains("checks passed"), "{}", ran.out);
+    let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 

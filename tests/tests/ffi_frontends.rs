@@ -9,80 +9,16 @@
 //! and passes, unless `LLAMA_SHM_REQUIRE_FRONTENDS` is set (as `ci/test` does): then it fails.
 //! Each checks that the process it ran left nothing in `/dev/shm` and exited 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use llama_shm_tests::{entries_of, eventually, ffi_lib, ffi_lib_dir, worker_path};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lst_ffi_{tag}_{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What a finished child did.
-struct Ran {
-    code: Option<i32>,
-    pid: u32,
-    out: String,
-}
-
-/// Runs `cmd` with stdout and stderr into files of `dir`, killing it after `limit`.
-fn run_bounded(mut cmd: Command, dir: &Path, limit: Duration) -> Ran {
-    let log = dir.join("output.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    let pid = child.id();
-    let mut status = None;
-    let finished = eventually(limit, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        finished,
-        "{cmd:?} did not finish within {limit:?}; output:\n{out}"
-    );
-    Ran {
-        code: status.unwrap().code(),
-        pid,
-        out,
-    }
-}
+use llama_shm_tests::{entries_of, ffi_lib, ffi_lib_dir, repo_root, run_bounded, worker_path, TempDir};
 
 #[test]
 fn c_smoke_program_passes_against_the_echo_worker() {
     let lib = ffi_lib();
-    let dir = TempDir::new("c");
+    let dir = TempDir::new("ffi_c");
     let ffi = repo_root().join("crates/llama-shm-ffi");
     let exe = dir.0.join("smoke");
     let lib_dir = ffi_lib_dir();
@@ -110,7 +46,7 @@ fn c_smoke_program_passes_against_the_echo_worker() {
     cmd.arg(worker_path());
     let ran = run_bounded(cmd, &dir.0, Duration::from_secs(60));
     println!("--- smoke\n{}---", ran.out);
-    assert_eq!(ran.code, Some(0), "smoke.c failed:\n{}", ran.out);
+    assert_eq!(ran.status.code(), Some(0), "smoke.c failed:\n{}", ran.out);
     assert!(ran.out.contains("smoke: all checks passed"), "{}", ran.out);
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
@@ -145,7 +81,7 @@ fn python_client_passes_its_pytest_suite() {
         return;
     };
     let lib = ffi_lib();
-    let dir = TempDir::new("py");
+    let dir = TempDir::new("ffi_py");
     let mut cmd = Command::new(&python);
     cmd.current_dir(repo_root().join("frontends/python"))
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
@@ -158,7 +94,12 @@ fn python_client_passes_its_pytest_suite() {
         python.display(),
         ran.out
     );
-    assert_eq!(ran.code, Some(0), "the Python suite failed:\n{}", ran.out);
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "the Python suite failed:\n{}",
+        ran.out
+    );
     assert!(ran.out.contains(" passed"), "{}", ran.out);
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the Python suite: {left:?}");

@@ -16,8 +16,10 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use llama_shm::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink};
 use llama_shm::protocol::{Channel, Region, Semaphore};
 use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64};
+use llama_shm::worker::{serve, ServeEnd, ServeOptions};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use loom::sync::{Condvar, Mutex};
@@ -97,11 +99,23 @@ const N_WORD64: usize = 13;
 const _: () =
     assert!(Word32::UserLen as usize + 1 == N_WORD32 && Word64::DeadlineMicros as usize + 1 == N_WORD64);
 
+/// Capacity of the response area used as a ring in the models: small, so a few bytes of
+/// answer wrap around and fill it (production uses the whole 32 KiB area).
+pub const LOOM_RING: usize = 4;
+
+/// Bytes at the start of the response area that get a loom cell each (the ring lives there;
+/// the worker writes one part while the client reads another, which loom must see as the
+/// disjoint accesses they are). The rest of the area is one cell.
+const RESPONSE_CELLS: usize = 64;
+
 /// The wire's fields in loom cells.
 #[derive(Debug)]
 pub struct LoomRegion {
     kind: ObjectKind,
     fields: Vec<UnsafeCell<Vec<u8>>>,
+    /// The response area: one cell per byte for the first [`RESPONSE_CELLS`] bytes, then one
+    /// cell for the tail.
+    response: Vec<UnsafeCell<Vec<u8>>>,
     words32: Vec<AtomicU32>,
     words64: Vec<AtomicU64>,
 }
@@ -117,10 +131,50 @@ impl LoomRegion {
             kind,
             fields: Field::ALL
                 .iter()
-                .map(|f| UnsafeCell::new(vec![0u8; f.span().len]))
+                .map(|f| UnsafeCell::new(vec![0u8; if *f == Field::Response { 0 } else { f.span().len }]))
+                .collect(),
+            response: (0..RESPONSE_CELLS)
+                .map(|_| UnsafeCell::new(vec![0u8]))
+                .chain(std::iter::once(UnsafeCell::new(vec![
+                    0u8;
+                    Field::Response.span().len
+                        - RESPONSE_CELLS
+                ])))
                 .collect(),
             words32: (0..N_WORD32).map(|_| AtomicU32::new(0)).collect(),
             words64: (0..N_WORD64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LoomRegion {
+    /// Calls `f(cell, offset into the caller's buffer, range within the cell)` for every cell
+    /// the response bytes `[at, at + len)` touch; out of the area: nothing (reads of it are
+    /// never issued by the protocol).
+    fn response_access(
+        &self,
+        at: usize,
+        len: usize,
+        f: &mut dyn FnMut(&UnsafeCell<Vec<u8>>, usize, std::ops::Range<usize>),
+    ) {
+        let end = at + len;
+        if end > Field::Response.span().len {
+            return;
+        }
+        let mut pos = at;
+        while pos < end {
+            if pos < RESPONSE_CELLS {
+                f(&self.response[pos], pos - at, 0..1);
+                pos += 1;
+            } else {
+                let start = pos - RESPONSE_CELLS;
+                f(
+                    &self.response[RESPONSE_CELLS],
+                    pos - at,
+                    start..end - RESPONSE_CELLS,
+                );
+                pos = end;
+            }
         }
     }
 }
@@ -130,6 +184,16 @@ impl Region for LoomRegion {
         self.kind
     }
     fn read(&self, field: Field, at: usize, dst: &mut [u8]) {
+        if field == Field::Response {
+            return self.response_access(at, dst.len(), &mut |cell, off, range| {
+                cell.with(|p| {
+                    // SAFETY: loom grants shared access here and reports a race if a write to
+                    // this byte (or the tail) is not ordered before it.
+                    let v = unsafe { &*p };
+                    dst[off..off + range.len()].copy_from_slice(&v[range]);
+                })
+            });
+        }
         self.fields[field as usize].with(|p| {
             // SAFETY: loom grants shared access here and reports a race if a write to this
             // field is not ordered before it.
@@ -141,6 +205,15 @@ impl Region for LoomRegion {
         });
     }
     fn write(&self, field: Field, at: usize, src: &[u8]) {
+        if field == Field::Response {
+            return self.response_access(at, src.len(), &mut |cell, off, range| {
+                cell.with_mut(|p| {
+                    // SAFETY: loom grants exclusive access here and reports any unordered access.
+                    let v = unsafe { &mut *p };
+                    v[range.clone()].copy_from_slice(&src[off..off + range.len()]);
+                })
+            });
+        }
         self.fields[field as usize].with_mut(|p| {
             // SAFETY: loom grants exclusive access here and reports any unordered access.
             let v = unsafe { &mut *p };
@@ -150,6 +223,15 @@ impl Region for LoomRegion {
         });
     }
     fn fill(&self, field: Field, at: usize, len: usize, byte: u8) {
+        if field == Field::Response {
+            return self.response_access(at, len, &mut |cell, _, range| {
+                cell.with_mut(|p| {
+                    // SAFETY: as in `write`.
+                    let v = unsafe { &mut *p };
+                    v[range].fill(byte);
+                })
+            });
+        }
         self.fields[field as usize].with_mut(|p| {
             // SAFETY: as in `write`.
             let v = unsafe { &mut *p };
@@ -157,6 +239,9 @@ impl Region for LoomRegion {
                 dst.fill(byte);
             }
         });
+    }
+    fn ring_capacity(&self) -> usize {
+        LOOM_RING
     }
     fn load32(&self, word: Word32) -> u32 {
         self.words32[word as usize].load(Ordering::Acquire)
@@ -205,4 +290,56 @@ pub fn assert_idle(ch: &LoomChannel) {
         (0, 0, 0),
         "semaphores (ready, prompts_written, response_written) not idle at the end"
     );
+}
+
+/// An engine that answers with fixed pieces, one per "token": it stops when the sink refuses
+/// more or the cancel flag is set, as the llama engine does between tokens.
+#[derive(Debug)]
+pub struct Pieces(pub &'static [&'static str]);
+
+impl Engine for Pieces {
+    fn generate(
+        &mut self,
+        _request: &EngineRequest<'_>,
+        out: &mut dyn ResponseSink,
+        cancel: &Cancel,
+    ) -> Result<Generation, EngineError> {
+        let mut finish = FinishReason::Stop;
+        for p in self.0 {
+            if cancel.is_cancelled() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if !out.push(p) {
+                finish = FinishReason::Length;
+                break;
+            }
+        }
+        Ok(Generation {
+            finish,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_time: Duration::ZERO,
+            generation_time: Duration::ZERO,
+            cached_tokens: 0,
+        })
+    }
+}
+
+/// Starts `serve` with [`Pieces`] on `ch` in a loom thread.
+pub fn spawn_pieces_worker(
+    ch: &loom::sync::Arc<LoomChannel>,
+    pieces: &'static [&'static str],
+) -> loom::thread::JoinHandle<(ServeEnd, u64)> {
+    let ch = loom::sync::Arc::clone(ch);
+    loom::thread::spawn(move || {
+        serve(
+            &*ch,
+            &mut Pieces(pieces),
+            &ServeOptions::default(),
+            &|| false,
+            &Cancel::new(),
+        )
+        .unwrap()
+    })
 }

@@ -119,3 +119,46 @@ fn unplanted_control_passes() {
         shutdown(ch);
     });
 }
+
+/// A streaming reader that hands the ring back (stores `stream_read`) *before* copying the
+/// bytes out: the worker may overwrite them while they are read. Against the shipped worker and
+/// a 4-byte ring, loom must report the unordered access (or the garbled text).
+#[test]
+#[ignore = "planted bug: this model must FAIL; ci/loom.sh runs it and requires the failure"]
+fn planted_ring_released_before_copy_is_caught() {
+    use llama_shm::protocol::{Region, Semaphore};
+    use llama_shm::wire::layout::{Field, Word64, REQUEST_STREAM};
+    use llama_shm_verification::{spawn_pieces_worker, LOOM_RING};
+    loom::model(|| {
+        let ch = Arc::new(channel(ObjectKind::Extended));
+        let worker = spawn_pieces_worker(&ch, &["ab", "cde", "f"]);
+        ch.client_acquire(None, SLICE, &always).unwrap();
+        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+        req.seq = 1;
+        req.params.flags = REQUEST_STREAM;
+        ch.client_write(&req).unwrap();
+        let (mut text, mut read) = (Vec::new(), 0u64);
+        loop {
+            assert!(ch.response_written.wait_until(None).unwrap());
+            let done = ch.region.load64(Word64::ResponseSeq) == 1;
+            if ch.region.load64(Word64::StreamSeq) == 1 {
+                let w = ch.region.load64(Word64::StreamWritten);
+                ch.region.store64(Word64::StreamRead, w); // the planted defect
+                for i in read..w {
+                    let mut b = [0u8];
+                    ch.region
+                        .read(Field::Response, (i % LOOM_RING as u64) as usize, &mut b);
+                    text.push(b[0]);
+                }
+                read = w;
+            }
+            if done {
+                break;
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&text), "abcdef");
+        ch.client_acquire(None, SLICE, &always).unwrap();
+        ch.client_request_shutdown(None, 2).unwrap();
+        worker.join().unwrap();
+    });
+}

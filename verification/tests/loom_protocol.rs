@@ -5,11 +5,11 @@
 
 use llama_shm::engine::{Cancel, EchoEngine};
 use llama_shm::protocol::{PreparedRequest, RawResponse, WaitError};
-use llama_shm::wire::layout::ObjectKind;
-use llama_shm::wire::status::StatusCode;
+use llama_shm::wire::layout::{ObjectKind, REQUEST_STREAM};
+use llama_shm::wire::status::{StatusCode, WireFinish};
 use llama_shm::wire::text::Policy;
 use llama_shm::worker::{serve, ServeEnd, ServeOptions};
-use llama_shm_verification::{assert_idle, channel, LoomChannel, SLICE};
+use llama_shm_verification::{assert_idle, channel, spawn_pieces_worker, LoomChannel, SLICE};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
@@ -229,6 +229,65 @@ fn two_clients_with_a_turn_lock_are_clean() {
             let _held = turn.lock().unwrap();
             shutdown(&ch, 3);
         }
+        assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 2));
+        assert_idle(&ch);
+    });
+}
+
+/// A streamed answer of 6 bytes through a ring of 4: the worker publishes each piece, fills
+/// the ring, waits for the reader and wraps around; the reader copies whatever was published
+/// at each wake-up. The answer arrives whole and intact, no byte of the ring is read while
+/// being written (each byte is its own loom cell), and the semaphores end idle (stream posts
+/// the reader did not need are drained by the next turn).
+#[test]
+fn streamed_answer_through_a_small_ring_arrives_whole() {
+    loom::model(|| {
+        let ch = Arc::new(channel(ObjectKind::Extended));
+        let worker = spawn_pieces_worker(&ch, &["ab", "cde", "f"]);
+        ch.client_acquire(None, SLICE, &always).unwrap();
+        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+        req.seq = 1;
+        req.params.flags = REQUEST_STREAM;
+        ch.client_write(&req).unwrap();
+        let mut text = Vec::new();
+        let mut scratch = Vec::new();
+        let r = ch
+            .client_receive(1, None, SLICE, &always, &mut scratch, &mut |b| {
+                text.extend_from_slice(b)
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), "abcdef");
+        assert!(r.intact);
+        assert_eq!((r.status, r.finish), (StatusCode::Ok, WireFinish::Stop));
+        shutdown(&ch, 2);
+        assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 1));
+        assert_idle(&ch);
+    });
+}
+
+/// The client's cancel lands at any point of a request (before the worker takes it, between
+/// pieces, after the answer): the request ends Ok with the whole answer (`Stop`) or a prefix
+/// of it (`Cancelled`), the next request is answered whole, and the semaphores end idle.
+#[test]
+fn cancel_at_any_point_ends_the_request_and_the_next_one_is_whole() {
+    loom::model(|| {
+        let ch = Arc::new(channel(ObjectKind::Extended));
+        let worker = spawn_pieces_worker(&ch, &["ab", "cd"]);
+        let canceller = {
+            let ch = Arc::clone(&ch);
+            thread::spawn(move || ch.client_cancel(1))
+        };
+        let first = request(&ch, 1, "u").unwrap();
+        assert_eq!(first.status, StatusCode::Ok);
+        match first.finish {
+            WireFinish::Stop => assert_eq!(first.text, "abcd"),
+            WireFinish::Cancelled => assert!("abcd".starts_with(&first.text) && first.text.len() < 4),
+            other => panic!("finish {other:?}"),
+        }
+        canceller.join().unwrap();
+        let second = request(&ch, 2, "v").unwrap();
+        assert_eq!((second.text.as_str(), second.finish), ("abcd", WireFinish::Stop));
+        shutdown(&ch, 3);
         assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 2));
         assert_idle(&ch);
     });

@@ -1115,10 +1115,8 @@ impl Client {
             Ok(raw) => raw,
             Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
             Err(WaitError::TimedOut) => {
-                if extended {
-                    // Nobody will read the rest: let the worker stop at once.
-                    self.channel.client_cancel(req.seq);
-                } else {
+                // (client_receive cancelled the request, so the worker stops at once.)
+                if !extended {
                     // Without sequence numbers a late answer would be taken for the next one.
                     self.closed =
                         Some("a seed-mode request timed out; the late answer would be misread".into());

@@ -1066,9 +1066,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// copies. The returned [`RawResponse`] has an empty `text`.
     ///
     /// # Errors
-    /// As [`wait_for`]; [`WaitError::PeerGone`] when the worker died before answering;
-    /// [`WaitError::Garbled`] when the stream cursor makes no sense (the request is then
-    /// cancelled so the worker stops).
+    /// As [`wait_for`] (the request is then cancelled, so the worker stops generating an
+    /// answer nobody reads); [`WaitError::PeerGone`] when the worker died before answering;
+    /// [`WaitError::Garbled`] when the stream cursor makes no sense (also cancelled).
     pub fn client_receive(
         &self,
         seq: u64,
@@ -1083,7 +1083,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             hasher: Xxh3::new(),
         };
         loop {
-            self.client_wait(&self.response_written, deadline, slice, alive)?;
+            if let Err(e) = self.client_wait(&self.response_written, deadline, slice, alive) {
+                // Nobody will read the rest: let the worker stop at once (it would otherwise
+                // wait for ring space until its stall limit).
+                self.client_cancel(seq);
+                return Err(e);
+            }
             if !self.extended() {
                 if !alive() {
                     return Err(WaitError::PeerGone);

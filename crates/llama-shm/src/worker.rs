@@ -79,10 +79,17 @@ pub struct ServeOptions {
     /// gives the request up (finish `Error`).
     pub stall_limit: Duration,
     /// How the worker pauses while the ring is full (`attempt` counts from 0). The default
-    /// spins briefly, then sleeps up to 1 ms; a model checker yields instead.
+    /// spins briefly, then sleeps up to 1 ms (under loom it yields to the model checker).
     pub pause: fn(attempt: u32),
 }
 
+#[cfg(loom)]
+fn default_pause(_attempt: u32) {
+    // Under the model checker a pause is a yield it knows about, so it runs the reader.
+    loom::thread::yield_now();
+}
+
+#[cfg(not(loom))]
 fn default_pause(attempt: u32) {
     if attempt < 64 {
         std::hint::spin_loop();
