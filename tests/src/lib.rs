@@ -376,3 +376,28 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
     status
 }
+
+/// Pids of this process's children whose command name is `name` (cut to the kernel's 15
+/// characters), from `/proc/*/stat`.
+pub fn children_named(name: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let comm: String = name.chars().take(15).collect();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if stat[open + 1..close] == comm && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

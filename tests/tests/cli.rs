@@ -273,3 +273,127 @@ fn create_unmapped_seed_objects(prefix: &Prefix) {
         unsafe { libc::sem_close(s) };
     }
 }
+
+// --- `chat`, Ctrl-C, `bench` ---------------------------------------------------------------------
+
+fn run_with_stdin(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(cli_path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The echo engine answers `system\nuser`, so each answer shows the conversation the worker
+/// received in its system field.
+#[test]
+fn chat_carries_the_conversation_and_drops_the_oldest_turns_when_full() {
+    let (code, out, err) = run_with_stdin(
+        &["chat", "--engine", "echo", "--system", "S"],
+        "hello\nsecond\n/reset\nthird\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let turns: Vec<&str> = out.split("S\n").filter(|s| !s.is_empty()).collect();
+    // Turn 1: no history. Turn 2: turn 1 in the system field. After /reset: none again.
+    assert_eq!(out.matches("The conversation so far:").count(), 1, "{out}");
+    assert!(out.starts_with("S\nhello\n"), "{out}");
+    assert!(out.contains("User: hello\nAssistant: S\nhello\n"), "{out}");
+    assert!(out.ends_with("S\nthird\n"), "{out}");
+    assert!(turns.len() >= 3, "{out}");
+    assert!(err.contains("forgotten"), "{err}");
+    // Long turns: the history must be cut to fit the 4 KiB system field, oldest first.
+    let long = "x".repeat(1500);
+    let input = format!("{long}\n{long}\n{long}\nlast\n");
+    let (code, out, err) = run_with_stdin(&["chat", "--engine", "echo", "--system", "S"], &input);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("dropped the"), "no note about dropped turns: {err}");
+    let last = out.rsplit("S\n\nThe conversation so far:").next().unwrap();
+    assert!(
+        last.len() < 4096 + 10,
+        "last answer carries {} bytes of history",
+        last.len()
+    );
+    assert!(
+        out.ends_with("last\n"),
+        "{}",
+        &out[out.len().saturating_sub(40)..]
+    );
+}
+
+/// Ctrl-C (SIGINT) during an answer cancels it: the partial answer is printed, exit 130, and
+/// nothing is left behind.
+#[test]
+fn ctrl_c_cancels_the_answer_and_exits_130() {
+    // 400 bytes in ≤4-byte pieces, 20 ms each: about 2 s unless interrupted.
+    let prompt = "z".repeat(400);
+    let child = Command::new(cli_path())
+        .args([
+            "ask",
+            "--engine",
+            "echo",
+            "--system",
+            "",
+            "--worker-arg=--echo-piece-us=20000",
+        ])
+        .arg(&prompt)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    let partial = stdout.trim_end();
+    assert!(
+        !partial.is_empty() && partial.len() < prompt.len(),
+        "{} bytes",
+        partial.len()
+    );
+    assert!(prompt.starts_with(partial.trim_start()), "{partial:?}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(own_entries().is_empty());
+}
+
+#[test]
+fn bench_runs_every_transport_section_and_prints_tables() {
+    let (code, out, err) = run(&["bench", "--iters", "200", "--kills", "3", "--no-llm"]);
+    assert_eq!(code, Some(0), "{err}");
+    for needle in [
+        "shm, adaptive wait",
+        "shm, blocking wait",
+        "unix socket",
+        "pipe pair",
+        "tcp loopback",
+        "http+json",
+        "spawn to ready",
+        "worker SIGKILLed mid-request",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+    assert!(own_entries().is_empty());
+}

@@ -109,6 +109,10 @@ struct ConnArgs {
     /// Worker binary (default: llama-shm-worker next to this program, or $LLAMA_SHM_WORKER).
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// Extra argument for the spawned worker, e.g. --worker-arg=--ctx=4096 (repeatable; see
+    /// `llama-shm-worker --help`).
+    #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
+    worker_args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -364,6 +368,7 @@ fn spawn(conn: &ConnArgs, timeout: Duration) -> Result<Client, SpawnError> {
     if let Some(s) = conn.seed {
         b = b.arg("--seed").arg(s.to_string());
     }
+    b = b.args(&conn.worker_args);
     let spinner = std::io::stderr().is_terminal().then(|| {
         let s = indicatif::ProgressBar::new_spinner().with_message("loading the model…");
         s.enable_steady_tick(Duration::from_millis(100));
