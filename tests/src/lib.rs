@@ -401,3 +401,39 @@ pub fn children_named(name: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// A Python interpreter that can `import module`: `$LLAMA_SHM_PYTHON`, else `python3` on the
+/// PATH, else the system's `/usr/bin/python3` (also when a version manager shadows `python3`).
+pub fn python_that_imports(module: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("LLAMA_SHM_PYTHON") {
+        Some(p) => vec![p.into()],
+        None => vec!["python3".into(), "/usr/bin/python3".into()],
+    };
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Whether Mono's C# compiler `mcs` is usable; `false` (after printing why) means skip `test`.
+/// Panics instead when `LLAMA_SHM_REQUIRE_MONO` is set (as `ci/test` does).
+pub fn mono_available(test: &str) -> bool {
+    let mcs = Command::new("mcs")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mcs {
+        return true;
+    }
+    if std::env::var_os("LLAMA_SHM_REQUIRE_MONO").is_some() {
+        panic!("{test}: `mcs` (Mono C# compiler) not found but LLAMA_SHM_REQUIRE_MONO is set; run ci/setup --extra");
+    }
+    eprintln!("{test}: SKIPPED: `mcs` (Mono C# compiler) not found; install it with ci/setup --extra");
+    false
+}

@@ -312,6 +312,13 @@ pub struct Response {
 /// What a request asks beyond its prompts. Honoured by workers that advertise streaming
 /// (this project's worker); a seed-mode worker answers in its own way and only the client's
 /// request timeout applies.
+///
+/// ```
+/// use std::time::Duration;
+/// use llama_shm::RequestOptions;
+/// let opts = RequestOptions::default().deadline(Duration::from_secs(5)).max_tokens(64);
+/// assert_eq!(opts.max_tokens, Some(64));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestOptions {
     /// Generation budget, counted by the worker from when it takes the request: when it
@@ -337,6 +344,20 @@ impl RequestOptions {
 
 /// Cancels the request a [`Client`] is running, from any thread. Get one with
 /// [`Client::canceller`]; it stays valid for the client's life, across restarts of its worker.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use llama_shm::{Client, RequestOptions};
+/// let mut client = Client::builder().worker("target/release/llama-shm-worker").spawn()?;
+/// let canceller = client.canceller();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_secs(2));
+///     canceller.cancel(); // the request below returns its partial answer, finish Cancelled
+/// });
+/// let r = client.stream("Tell me a long story.", "", &RequestOptions::default(), |c| print!("{c}"))?;
+/// println!("\n{:?}", r.finish);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Canceller(Arc<CancelSlot>);
 
@@ -615,6 +636,7 @@ impl ClientBuilder {
             restartable: false,
             restart_attempts: 0,
             scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
+            pid: std::process::id(),
             cfg: self,
         };
         let alive = client.alive_fn();
@@ -687,6 +709,7 @@ impl ClientBuilder {
             restartable: false,
             restart_attempts: 0,
             scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
+            pid: std::process::id(),
             cfg: self,
         })
     }
@@ -875,6 +898,8 @@ pub struct Client {
     cancel_slot: Arc<CancelSlot>,
     /// Reused for copies out of the response area.
     scratch: Vec<u8>,
+    /// This process's pid, read once (`getpid` is a system call on every request otherwise).
+    pid: u32,
     cfg: ClientBuilder,
 }
 
@@ -960,6 +985,18 @@ impl Client {
     /// generates it (time to first chunk ≈ prompt time + one token). The returned
     /// [`Response`] carries the whole text too. A seed-mode worker cannot stream: its answer
     /// arrives as one chunk.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// use llama_shm::{Client, RequestOptions};
+    /// let mut client = Client::builder().worker("target/release/llama-shm-worker").spawn()?;
+    /// let r = client.stream("Why is the sky blue?", "Be brief.", &RequestOptions::default(), |chunk| {
+    ///     print!("{chunk}");
+    ///     let _ = std::io::stdout().flush();
+    /// })?;
+    /// println!("\n{} tokens, finish {:?}", r.usage.generated_tokens, r.finish);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// Chunks are handed over as they arrive, before the final checksum is known: if the
     /// region was corrupted in transit the call still ends in [`RequestError::Corrupt`].
@@ -1073,7 +1110,7 @@ impl Client {
             user: usr,
             seq: if extended { seq } else { 0 },
             token: self.token.as_ref(),
-            client_pid: std::process::id(),
+            client_pid: self.pid,
             params: RequestParams {
                 flags: if stream { REQUEST_STREAM } else { 0 },
                 max_tokens: opts.max_tokens.unwrap_or(0),
