@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use llama_shm::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams};
-use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64, TOKEN_LEN, USER_PROMPT_LEN};
+use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN};
 use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
 use llama_shm::wire::status::StatusCode;
 use llama_shm::wire::text::{self, DecodeFlags, Policy};
@@ -56,12 +56,27 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
         0
     };
     let authorised = expected.is_none_or(|t| seq_word != 0 && t == region_token);
+    // An extended request says how long its prompts are: the worker reads that many bytes
+    // and the NUL after them (lengths past a field are refused); a seed request, whole fields.
+    let lens = (seq_word != 0).then(|| {
+        (
+            region.load32(Word32::SystemLen) as usize,
+            region.load32(Word32::UserLen) as usize,
+        )
+    });
+    let bad_lens = lens.is_some_and(|(s, u)| s >= SYSTEM_PROMPT_LEN || u >= USER_PROMPT_LEN);
+    let span = |field: Field, len: Option<usize>| -> &[u8] {
+        let raw = input.field(field);
+        match len {
+            Some(n) if n < raw.len() => &raw[..n + 1],
+            _ => raw,
+        }
+    };
+    let system_span = span(Field::SystemPrompt, lens.map(|l| l.0));
+    let user_span = span(Field::UserPrompt, lens.map(|l| l.1));
     // The checksum the worker must find for the request to be intact (seed mode: none).
     let (system_raw, user_raw) = match shutdown {
-        0 => (
-            payload(input.field(Field::SystemPrompt)),
-            payload(input.field(Field::UserPrompt)),
-        ),
+        0 => (payload(system_span), payload(user_span)),
         _ => (&[][..], &[][..]),
     };
     let params = if seq_word != 0 {
@@ -104,14 +119,13 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             user: user_flags,
             params: got_params,
         } => {
-            assert!(authorised && shutdown == 0 && intact);
+            assert!(authorised && shutdown == 0 && intact && !bad_lens);
             assert_eq!(got_params, params);
             assert_eq!(seq, seq_word);
-            for (field, text, flags) in [
-                (Field::SystemPrompt, &system, system_flags),
-                (Field::UserPrompt, &user, user_flags),
+            for (field, raw, text, flags) in [
+                (Field::SystemPrompt, system_span, &system, system_flags),
+                (Field::UserPrompt, user_span, &user, user_flags),
             ] {
-                let raw = input.field(field);
                 check_decoded(raw, text, flags);
                 // A clean field (NUL-terminated, valid UTF-8) yields at most 4095 bytes. A
                 // field without NUL yields 4096, and replacement up to 3 bytes per byte.
@@ -129,8 +143,9 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
                 assert_eq!(status, StatusCode::Unauthorized);
             } else {
                 assert_eq!(status, StatusCode::BadRequest);
-                // A bad shutdown byte, or a checksum that does not match.
-                assert!(shutdown > 1 || !intact, "{message}");
+                // A bad shutdown byte, prompt lengths past the fields, or a checksum that does
+                // not match.
+                assert!(shutdown > 1 || !intact || (shutdown == 0 && bad_lens), "{message}");
             }
             // A refusal clears the shutdown byte, so the next request is not refused too.
             assert_eq!(after[shutdown_off], 0);

@@ -28,3 +28,8 @@ pub use engine::{EchoEngine, Engine};
 pub use names::Prefix;
 pub use pool::Pool;
 pub use wire::text::Policy;
+
+/// The README's Rust examples, compiled as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
