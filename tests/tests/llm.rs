@@ -412,8 +412,14 @@ fn cancel_and_deadline_stop_generation_within_a_token() {
             &RequestOptions::default().deadline(Duration::from_millis(300)),
         )
         .unwrap();
+    // On a loaded machine the deadline may pass while the prompt is evaluated: then nothing
+    // was generated, which is still a deadline finish.
     assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Deadline);
-    assert!(r.usage.generated_tokens > 0 && r.usage.generated_tokens < 2000);
+    assert!(
+        r.usage.generated_tokens < 2000,
+        "{} tokens",
+        r.usage.generated_tokens
+    );
     let r = c
         .request(PARIS_Q, SYSTEM, &RequestOptions::default().max_tokens(5))
         .unwrap();

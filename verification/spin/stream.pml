@@ -50,6 +50,12 @@
  *    not modelled (they end generation like a cancel, without any other party involved).
  */
 
+#ifdef NOFAULTS
+#define NO_WORKER_FAULT
+#define NO_CLIENT_FAULT
+#define NO_SIGTERM
+#endif
+
 #ifndef NREQ
 #define NREQ 2
 #endif
@@ -131,22 +137,25 @@ byte in_flight = 0;       /* client.rs CancelSlot::in_flight */
 /* Ghosts. */
 byte wgen = 0;            /* the request the worker is generating (stream_begin .. finish) */
 byte w_done = 0;          /* the last request the worker finished (posted its final answer) */
-bool c_writing = 0;       /* client writes the request fields */
-bool w_taking = 0;        /* worker reads them (worker_take) */
-bool w_meta = 0;          /* worker writes status, lengths, finish (worker_finish) */
-bool c_meta = 0;          /* client reads them (read_extended_meta) */
+byte meta_seq = 0;        /* the request whose metadata worker_finish wrote last */
 
-/* client_cancel(s) (and Canceller::cancel's store): store64(CancelSeq, s). */
+/* client_cancel(s) (and Canceller::cancel's store): store64(CancelSeq, s). With -DCANCEL_KEPT,
+   claim that the store does not withdraw the cancel of a request the worker has not finished
+   (cancel_seq moving from it to another value). */
 #ifdef CANCEL_KEPT
-#define CANCEL_CLAIM(s) assert(wgone || cancel_seq <= w_done || (s) >= cancel_seq)
+#define CANCEL_CLAIM  assert(wgone || cancel_before <= w_done || cancel_seq == cancel_before)
 #else
-#define CANCEL_CLAIM(s) skip
+#define CANCEL_CLAIM  skip
 #endif
 #ifdef FIX_CANCEL_MAX
-#define STORE_CANCEL(s) atomic { CANCEL_CLAIM(s); if :: (s) > cancel_seq -> cancel_seq = (s) :: else -> skip fi }
+#define STORE_CANCEL(s) atomic { cancel_before = cancel_seq;                   \
+	if :: (s) > cancel_seq -> cancel_seq = (s) :: else -> skip fi;          \
+	CANCEL_CLAIM; cancel_before = 0 }
 #else
-#define STORE_CANCEL(s) atomic { CANCEL_CLAIM(s); cancel_seq = (s) }
+#define STORE_CANCEL(s) atomic { cancel_before = cancel_seq; cancel_seq = (s); \
+	CANCEL_CLAIM; cancel_before = 0 }
 #endif
+byte cancel_before = 0;   /* ghost: cancel_seq just before a store */
 
 /* ---------------------------------------------------------------------------------------- */
 /* Client-side waits: as protocol.pml                                                       */
@@ -170,13 +179,13 @@ inline client_acquire(r)
 	fi;
 	if
 	:: r == OK ->
-		do                                   /* while response_written.try_wait()? {}: the stale */
-		:: atomic { response_written > 0 -> response_written-- }   /* posts of earlier answers */
-		:: response_written == 0 -> break
+		do                                   /* while response_written.try_wait()? {}: the */
+		:: atomic { response_written > 0 -> response_written-- }   /* posts left by earlier */
+		:: response_written == 0 -> break    /* answers (pieces consumed in bulk, timeouts) */
 		od;
 		if
 		:: dead -> r = GONE                  /* if alive() { Ok } else { PeerGone } */
-		:: else -> assert(response_written == 0 || dead)
+		:: else -> assert(response_written == 0 || dead)   /* the count is exact again */
 		fi
 	:: else -> skip
 	fi
@@ -185,30 +194,39 @@ inline client_acquire(r)
 /* protocol.rs Channel::consume: copy [rx, StreamWritten) out of the ring, then release it. */
 inline consume()
 {
-	w = sw;                                  /* let w = load64(StreamWritten) */
-	/* `w < rx.read || w - rx.read > cap` is WaitError::Garbled: only a foreign writer could
-	   cause it, so claim it unreachable. */
-	assert(w >= rx && w - rx <= CAP);
+	atomic {
+		w = sw;                              /* let w = load64(StreamWritten) */
+		/* `w < rx.read || w - rx.read > cap` is WaitError::Garbled: only a foreign writer
+		   could cause it; claim it unreachable. */
+		assert(w >= rx && w - rx <= CAP)
+	};
 #ifdef MUTANT_EARLY_RELEASE
-	sr = w;                                  /* MUTANT: store64(StreamRead, w) before the copy */
+	if
+	:: w > rx -> sr = w                      /* MUTANT: store64(StreamRead, w) before the copy */
+	:: else -> skip
+	fi;
 #endif
 	do                                       /* r.read(Field::Response, pos, ..) (and the wrap) */
 	:: rx < w ->
-		/* the unit at ring position rx is the worker's unit rx of this request */
-		atomic { assert(ring[rx % CAP] == VAL(seq, rx)); rx++ }
-	:: else -> break
-	od;
+		atomic {
+			/* the unit at ring position rx must be the worker's unit rx of this request */
+			assert(ring[rx % CAP] == VAL(seq, rx));
+			rx++;
 #ifndef MUTANT_EARLY_RELEASE
-	sr = w                                   /* rx.read = w; store64(StreamRead, w) */
-#else
-	skip
+			if                               /* rx.read = w; store64(StreamRead, w) */
+			:: rx == w -> sr = w
+			:: else -> skip
+			fi
 #endif
+		}
+	:: else -> break                         /* (n == 0: nothing to copy, no store) */
+	od;
+	w = 0
 }
 
 /* protocol.rs Channel::client_receive(seq, ..) */
 inline client_receive(r)
 {
-	rx = 0;
 	do
 	:: wait_for(response_written, r);        /* client_wait(&self.response_written, ..) */
 		if
@@ -217,16 +235,20 @@ inline client_receive(r)
 			break
 		:: else -> skip
 		fi;
-		done = (response_seq == seq);        /* load64(ResponseSeq) == seq (first) */
+		/* load64(ResponseSeq) == seq first, then load64(StreamSeq) == seq. (stream_seq
+		   cannot change between the two loads: it changes only in the worker's
+		   stream_begin, before any post of this request.) */
+		atomic { done = (response_seq == seq); ours = (stream_seq == seq) };
 		if
-		:: stream_seq == seq -> consume()    /* load64(StreamSeq) == seq: self.consume(..) */
+		:: ours -> consume()                 /* self.consume(..) */
 		:: else -> skip
 		fi;
 		if
-		:: done ->                           /* read_extended_meta: `intact` needs len == rx.read */
-			atomic { c_meta = true; assert(resp_len == rx);
-			         assert(resp_fin != FIN_STOP || rx == ANS) };
-			c_meta = false;
+		:: done ->                           /* read_extended_meta: `intact` needs the answer's */
+			/* length to equal what was received (and the checksum over seq, status, text) */
+			atomic { assert(meta_seq == seq && resp_len == rx);
+			         assert(resp_fin != FIN_STOP || rx == ANS);
+			         done = 0; ours = 0; rx = 0 };
 			break
 		:: else -> skip
 		fi;
@@ -234,7 +256,8 @@ inline client_receive(r)
 		:: dead -> r = GONE; break           /* if !alive() { PeerGone } */
 		:: else -> skip                      /* a piece of ours: keep waiting for the end */
 		fi
-	od
+	od;
+	atomic { done = 0; ours = 0; rx = 0 }
 }
 
 inline stop_watcher()
@@ -251,18 +274,16 @@ inline stop_watcher()
 /* Worker: worker.rs serve, WireSink                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
-/* WireSink::check: stop, then the cancel word (then the deadline, not modelled). */
+/* WireSink::check: stop, then the cancel word (then the deadline, not modelled). One step:
+   both words only ever become true for a given request (see README for cancel_seq). */
 inline check()
 {
 	if
 	:: refused == RF_NONE ->
 		if
 		:: stop -> refused = RF_STOPPING     /* (self.stop)(): Stopping */
-		:: else ->
-			if
-			:: cancel_seq == seq -> refused = RF_CANCELLED   /* worker_cancel_requested(seq) */
-			:: else -> skip
-			fi
+		:: !stop && cancel_seq == seq -> refused = RF_CANCELLED   /* worker_cancel_requested */
+		:: else -> skip
 		fi
 	:: else -> skip                          /* if self.refused.is_some() { return } */
 	fi
@@ -291,13 +312,12 @@ active proctype Worker()
 	byte k = 0;          /* pieces the engine produced */
 	{
 	do
-	::
+	:: /* serve: if stop() { return Stopped }; worker_ready: store64(RequestSeq, 0);
+	      ready.post(). (Nothing but this worker reads request_seq before the post.) */
 		if
-		:: stop -> break                     /* serve: if stop() { return Stopped } */
-		:: else -> skip
+		:: atomic { stop -> skip }; break
+		:: atomic { !stop -> request_seq = 0; ready++ }
 		fi;
-		request_seq = 0;                     /* worker_ready: store64(RequestSeq, 0) */
-		ready++;                             /* ready.post() */
 		if                                   /* worker_wait(idle_slice, stop) */
 		:: stop -> break
 		:: atomic { prompts_written > 0 -> prompts_written-- };
@@ -306,23 +326,27 @@ active proctype Worker()
 			:: else -> skip
 			fi
 		fi;
-		/* worker_take */
-		w_taking = true;
-		atomic { sd = shutdown_flag; seq = request_seq; strm = req_stream };
-		assert(seq != 0);                    /* the token refusal never fires for our client */
+		/* worker_take: the request words, copied once. (The client writes them in one step
+		   too: a take that could overlap a write would read request_seq == 0.) */
+		atomic {
+			sd = shutdown_flag; seq = request_seq; strm = req_stream;
+			assert(seq != 0)                 /* the token refusal never fires for our client */
+		};
 		if
-		:: sd -> w_taking = false; break     /* Incoming::Shutdown */
+		:: sd -> break                       /* Incoming::Shutdown */
 		:: else -> skip
 		fi;
-		w_taking = false;
-		/* worker_stream_begin(seq, params): the cursor is reset before stream_seq names us */
-		atomic { sw = 0; written = 0; published = 0; read_seen = 0; refused = RF_NONE; k = 0 };
-		atomic { stream_seq = seq; wgen = seq };
-		check();                             /* "Cancelled before it started": no work */
+		/* worker_stream_begin(seq, params): the cursor is reset before stream_seq names us;
+		   then "cancelled before it started" (sink.check()): no work. */
+		atomic {
+			sw = 0; written = 0; published = 0; read_seen = 0; refused = RF_NONE; k = 0;
+			stream_seq = seq; wgen = seq;
+			check()
+		};
 		do                                   /* engine.generate: push(piece) per piece */
 		:: refused != RF_NONE || k == ANS -> break
 		:: else ->
-			check();                         /* WireSink::push: if self.check().is_some() */
+			atomic { check() };              /* WireSink::push: if self.check().is_some() */
 			if
 			:: refused != RF_NONE -> break
 			:: else -> skip
@@ -331,8 +355,9 @@ active proctype Worker()
 			do
 			:: atomic { written - sr < CAP ->            /* worker_stream_room: Free(n > 0) */
 				assert(sr >= read_seen && sr <= published);   /* Room::Garbled unreachable */
-				read_seen = sr };
-				atomic { ring[written % CAP] = VAL(seq, written); written++ };  /* worker_stream_write */
+				read_seen = sr;
+				ring[written % CAP] = VAL(seq, written);      /* worker_stream_write */
+				written++; k++ };
 				break
 			:: atomic { written - sr >= CAP ->           /* Free(0): the ring is full */
 				assert(sr >= read_seen && sr <= published);
@@ -350,13 +375,12 @@ active proctype Worker()
 			if
 			:: refused == RF_NONE && strm -> publish()   /* is_streaming(): publish each piece */
 			:: else -> skip
-			fi;
-			k++
+			fi
 		od;
-		/* worker_finish: status, lengths, finish reason, checksum; the final cursor, then
-		   response_seq last; post. */
-		w_meta = true;
+		/* worker_finish: status, lengths, finish reason, checksum (nobody reads them before
+		   response_seq names this request) and the final cursor; then response_seq; post. */
 		atomic {
+			meta_seq = seq;
 			resp_len = written;
 			if
 			:: refused == RF_NONE -> resp_fin = FIN_STOP
@@ -364,14 +388,17 @@ active proctype Worker()
 			:: refused == RF_STOPPING -> resp_fin = FIN_SHUTDOWN
 			:: refused == RF_STALLED -> resp_fin = FIN_STALLED
 			fi;
-			w_meta = false
+			sw = written                     /* store64(StreamWritten, st.written) */
 		};
-		sw = written;                        /* store64(StreamWritten, st.written) */
-		response_seq = seq;                  /* store64(ResponseSeq, st.seq) */
-		atomic { response_written++; w_done = seq; wgen = 0 }   /* response_written.post() */
+		response_seq = seq;                  /* store64(ResponseSeq, st.seq): last */
+		atomic {
+			response_written++;              /* response_written.post() */
+			w_done = seq; wgen = 0;
+			written = 0; published = 0; read_seen = 0; refused = RF_NONE; k = 0; strm = 0
+		}
 	od;
 	wgone = true
-	} unless { atomic { wkill -> wgone = true; w_taking = false; w_meta = false } }
+	} unless { atomic { wkill -> wgone = true } }
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -390,6 +417,7 @@ active proctype Client()
 	byte rx = 0;          /* Receiver::read */
 	byte w = 0;
 	bool done = 0;
+	bool ours = 0;
 	{
 	client_acquire(r);                       /* ClientBuilder::spawn */
 	if
@@ -400,8 +428,7 @@ active proctype Client()
 
 	do
 	:: i < NREQ ->
-		i++;
-		req = R_OPEN;                        /* Client::exchange */
+		atomic { i++; req = R_OPEN };        /* Client::exchange */
 		if
 		:: closed -> req = R_ERRORED; goto next_req
 		:: else -> skip
@@ -416,23 +443,21 @@ active proctype Client()
 			fi
 		:: else -> skip
 		fi;
-		holding = false;
-		seq = next_seq;
-		next_seq++;
-		/* protocol.rs Channel::client_write */
-		c_writing = true;
+		/* protocol.rs Channel::client_write: StreamRead := 0, RequestFlags (request 1
+		   streams, request 2 does not: both publication patterns), RequestSeq, prompts,
+		   shutdown := 0. */
 		atomic {
-			sr = 0;                          /* store64(StreamRead, 0) */
-			if                               /* RequestFlags: REQUEST_STREAM or not */
-			:: req_stream = 1
-			:: req_stream = 0
-			fi;
-			request_seq = seq;               /* store64(RequestSeq, seq) */
+			holding = false;
+			seq = next_seq;
+			next_seq++;
+			sr = 0;
+			req_stream = (seq == 1);
+			request_seq = seq;
 			shutdown_flag = 0
 		};
-		c_writing = false;
-		prompts_written++;                   /* prompts_written.post() */
-		in_flight = seq;                     /* cancel_slot.in_flight.store(seq) */
+		/* prompts_written.post(); then cancel_slot.in_flight.store(seq) (a Canceller that
+		   looks in between sees 0, as before the post) */
+		atomic { prompts_written++; in_flight = seq };
 		client_receive(r);
 		in_flight = 0;                       /* cancel_slot.in_flight.store(0) */
 		if
@@ -446,8 +471,7 @@ next_req:
 	od;
 
 	/* client.rs Client::shutdown_inner */
-	was_dead = dead;
-	closed = true;
+	atomic { was_dead = dead; closed = true };
 	if
 	:: !was_dead ->
 		if
@@ -459,11 +483,12 @@ next_req:
 		holding = false;
 		if
 		:: turn ->
-			seq = next_seq;
-			next_seq++;
-			c_writing = true;                /* client_request_shutdown */
-			atomic { request_seq = seq; shutdown_flag = 1 };
-			c_writing = false;
+			atomic {                         /* client_request_shutdown */
+				seq = next_seq;
+				next_seq++;
+				request_seq = seq;
+				shutdown_flag = 1
+			};
 			prompts_written++
 		:: else ->
 			sigterm = true                   /* no turn: kill(worker, SIGTERM) */
@@ -480,7 +505,7 @@ spawn_failed:
 	stop_watcher();
 client_exit:
 	cgone = true
-	} unless { atomic { ckill -> cgone = true; c_writing = false; c_meta = false } }
+	} unless { atomic { ckill -> cgone = true } }
 }
 
 #ifndef NOCANCELLER
@@ -489,14 +514,12 @@ client_exit:
 active proctype Canceller()
 {
 	byte s = 0;
+end_cancel:
 	{
 	if
-	:: s = in_flight;                        /* self.0.in_flight.load(SeqCst) */
-		if
-		:: s != 0 -> STORE_CANCEL(s)         /* channel.client_cancel(seq) */
-		:: else -> skip
-		fi
-	:: skip
+	:: atomic { in_flight != 0 -> s = in_flight };   /* self.0.in_flight.load(SeqCst) */
+		STORE_CANCEL(s)                      /* channel.client_cancel(seq) */
+	:: skip                                  /* never called (or while nothing was in flight) */
 	fi
 	} unless { cgone }
 }
@@ -524,47 +547,27 @@ end_stop:
 	fi
 }
 
-#ifdef NOFAULTS
-#define NO_WORKER_FAULT
-#define NO_CLIENT_FAULT
-#endif
 
+/* The environment: at most one event per run, at any moment (or none): the worker dies
+   (SIGKILL, OOM, a crash), the client dies (its threads with it), or the worker gets
+   SIGINT/SIGTERM from outside. (protocol.pml combines independent faults on the plain cycle;
+   here a second event after the first adds nothing the survivor has to handle: a second death
+   removes a process whose waits then end trivially, and a death after a SIGTERM meets a
+   worker that is leaving anyway. See README.) */
+active proctype Env()
+{
+	if
 #ifndef NO_WORKER_FAULT
-active proctype WorkerFault()
-{
-	if
 	:: atomic { !wgone -> wkill = true }
-	:: skip
-	fi
-}
 #endif
-
-#ifndef NO_SIGTERM
-active proctype Signal()
-{
-	if
-	:: atomic { !wgone -> sigterm = true }
-	:: skip
-	fi
-}
-#endif
-
 #ifndef NO_CLIENT_FAULT
-active proctype ClientFault()
-{
-	if
 	:: atomic { !cgone -> ckill = true }
+#endif
+#ifndef NO_SIGTERM
+	:: atomic { !wgone -> sigterm = true }
+#endif
 	:: skip
 	fi
-}
-#endif
-
-/* No data race on the request fields or on the response's metadata. (The ring's units are
-   checked by value in consume.) */
-active proctype Monitor()
-{
-end_monitor:
-	atomic { (c_writing && w_taking) || (w_meta && c_meta) -> assert(false) }
 }
 
 #define requested     (req == R_OPEN)
