@@ -13,10 +13,25 @@
 #    without the alive() re-check (the watcher's wake-up is swallowed), and a worker that
 #    does not watch the control socket (it outlives its client).
 #
+# The streamed answer (verification/spin/stream.pml: the response ring, the cancel word,
+# deaths):
+#  - the model must pass safety (every unit arrives whole, in order, never read before it was
+#    written nor after it was overwritten; cursors never garbled; the drain exact; no wait
+#    left hanging), three LTL properties under weak fairness, and have no cycle;
+#  - without the stall limit it still passes safety (cancel and stop end a full-ring wait);
+#  - mutants: a client that releases ring space before copying must fail (a unit is
+#    overwritten before it is read); a full-ring wait that checks neither stop nor cancel
+#    passes only thanks to the stall limit, and without it must fail (a worker whose client
+#    died waits on the ring forever);
+#  - finding: a Canceller that read `in_flight` before its request ended can store the old
+#    seq over a newer request's cancel (-DCANCEL_KEPT must fail), and a cancel word that only
+#    grows (-DFIX_CANCEL_MAX) passes.
+#
 # Installs nothing: needs `spin` and a C compiler. Runs in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$PWD/verification/spin/protocol.pml"
+smodel="$PWD/verification/spin/stream.pml"
 
 if ! command -v spin >/dev/null 2>&1; then
   echo "ci/spin.sh: 'spin' not found (Debian/Ubuntu: apt-get install spin)" >&2
@@ -27,21 +42,31 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   echo "ci/spin.sh: C compiler '$CC' not found (needed to build pan)" >&2
   exit 2
 fi
-[ -f "$model" ] || { echo "ci/spin.sh: $model missing" >&2; exit 2; }
+for f in "$model" "$smodel"; do
+  [ -f "$f" ] || { echo "ci/spin.sh: $f missing" >&2; exit 2; }
+done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spin.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 NICE=(nice -n 10)
 HASH=-w20 # 2^20 slots (8 MB): the largest run stores ~230k states
+SHASH=-w22 # stream.pml: 2^22 slots (32 MB): the largest run stores ~4.2M states
 failed=0
 
-# build NAME SPIN-DEFINES...: pan.c for this variant (the verifiers are compiled on first use).
+# build NAME SPIN-DEFINES...: pan.c for this variant of protocol.pml (the verifiers are
+# compiled on first use). sbuild: the same for stream.pml; with OPT=-O2 its verifiers are
+# built optimised (worth it for runs of millions of states).
 build() {
   local name=$1
   shift
   mkdir -p "$work/$name"
-  (cd "$work/$name" && spin "$@" -a "$model" >spin.log 2>&1) ||
+  cp "${MODEL:-$model}" "$work/$name/"
+  (cd "$work/$name" && spin "$@" -a "$(basename "${MODEL:-$model}")" >spin.log 2>&1) ||
     { cat "$work/$name/spin.log" >&2; echo "ci/spin.sh: spin -a failed for '$name'" >&2; exit 1; }
+}
+sbuild() {
+  MODEL=$smodel build "$@"
+  echo "${OPT:-}" >"$work/$1/cflags"
 }
 
 # pan NAME BINARY: compile pan.c of variant NAME as ./pan_safety (no never claim: assertions
@@ -54,8 +79,19 @@ pan() {
     ./pan_live) flags=-DNFAIR=3 ;;
     ./pan_np) flags=-DNP ;;
   esac
-  [ -x "$dir/$bin" ] || (cd "$dir" && "${NICE[@]}" "$CC" $flags -o "$bin" pan.c) ||
+  [ -f "$dir/cflags" ] && flags="$flags $(cat "$dir/cflags")"
+  [ -x "$dir/$bin" ] || (cd "$dir" && "${NICE[@]}" "$CC" $flags -o "$bin.tmp" pan.c && mv "$bin.tmp" "$bin") ||
     { echo "ci/spin.sh: compiling $bin for '$1' failed" >&2; exit 1; }
+}
+
+# precompile NAME BINARY...: compile in the background (while other checks run); `wait`
+# before using them. A failed background compile is retried, and reported, by pan().
+precompile() {
+  local name=$1 bin
+  shift
+  for bin in "$@"; do
+    (pan "$name" "$bin" 2>/dev/null || true) &
+  done
 }
 
 # check LABEL EXPECT NAME PAN-ARGS...: EXPECT is "pass" (errors: 0) or a string that pan's
@@ -99,6 +135,20 @@ build nodrain -DNO_DRAIN
 build watcher_only -DNODEADLINE -DMUTANT_NO_SLICE_ALIVE
 build mut_recheck -DNODEADLINE -DMUTANT_NO_SLICE_ALIVE -DMUTANT_NO_RECHECK
 build mut_hangup -DMUTANT_NO_HANGUP
+OPT=-O2 sbuild stream
+OPT=-O2 sbuild stream_nostall -DNOSTALL
+sbuild stream_np -DNOCANCELLER
+sbuild smut_early -DMUTANT_EARLY_RELEASE
+sbuild smut_fullwait -DMUTANT_FULL_NO_CHECK -DNOCANCELLER
+sbuild smut_fullwait_nostall -DMUTANT_FULL_NO_CHECK -DNOSTALL
+sbuild sfinding_cancel -DCANCEL_KEPT
+sbuild sfix_cancel -DCANCEL_KEPT -DFIX_CANCEL_MAX -DNOFAULTS
+# The stream verifiers compile in the background while the protocol.pml checks run.
+precompile stream ./pan_safety ./pan_live
+precompile stream_nostall ./pan_safety
+precompile stream_np ./pan_np
+precompile smut_fullwait ./pan_safety
+precompile sfix_cancel ./pan_safety
 
 check "seed: safety must fail (hang on a dead peer)" "invalid end state" seed ./pan_safety $HASH
 check "seed, worker deaths only: must fail (client hangs)" "invalid end state" seed_wdeath ./pan_safety $HASH
@@ -119,6 +169,20 @@ check "mutant drain w/o alive() re-check, watcher only: safety must fail" "inval
 check "mutant drain w/o alive() re-check, watcher only: ltl must fail" "acceptance cycle" mut_recheck ./pan_live $HASH -a -f -N every_request_ends
 check "mutant no hang-up watch: safety must fail" "invalid end state" mut_hangup ./pan_safety $HASH
 check "mutant no hang-up watch: ltl worker_follows_client must fail" "acceptance cycle" mut_hangup ./pan_live $HASH -a -f -N worker_follows_client
+
+wait # the background compiles
+check "stream: safety (units whole, in order; cursors; drain; end states)" pass stream ./pan_safety $SHASH
+check "stream: ltl every_request_ends, weak fairness" pass stream ./pan_live $SHASH -a -f -N every_request_ends
+check "stream: ltl worker_follows_client, weak fairness" pass stream ./pan_live $SHASH -a -f -N worker_follows_client
+check "stream: ltl worker_ends_requests, weak fairness" pass stream ./pan_live $SHASH -a -f -N worker_ends_requests
+check "stream, no Canceller thread: no cycle at all (-DNP)" pass stream_np ./pan_np $SHASH -l
+check "stream, no stall limit: safety" pass stream_nostall ./pan_safety $SHASH
+check "stream mutant stream_read stored before the copy: safety must fail" "assertion violated" smut_early ./pan_safety $SHASH
+check "stream mutant full-ring wait w/o stop/cancel: passes (stall limit)" pass smut_fullwait ./pan_safety $SHASH
+check "stream mutant full-ring wait w/o stop/cancel, no stall: must fail" "invalid end state" smut_fullwait_nostall ./pan_safety $SHASH
+check "stream mutant ditto: ltl worker_follows_client must fail" "acceptance cycle" smut_fullwait_nostall ./pan_live $SHASH -a -f -N worker_follows_client
+check "stream finding: stale Canceller store withdraws a cancel (fails)" "assertion violated" sfinding_cancel ./pan_safety $SHASH
+check "stream finding fixed (cancel_seq only grows), no deaths: passes" pass sfix_cancel ./pan_safety $SHASH
 
 if [ $failed != 0 ]; then
   echo "ci/spin.sh: FAILED" >&2

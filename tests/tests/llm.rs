@@ -427,3 +427,34 @@ fn cancel_and_deadline_stop_generation_within_a_token() {
     assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Length);
     c.shutdown().unwrap();
 }
+
+fn environ_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// The llama worker runs with a short OpenMP spin (it executes itself again with
+/// GOMP_SPINCOUNT=1000: see `reexec_with_short_openmp_spin`), unless the user chose a value.
+#[test]
+fn the_llama_worker_shortens_the_openmp_spin_unless_told_otherwise() {
+    let c = builder().args(["--engine", "llama"]).spawn().unwrap();
+    let env = environ_of(c.worker_pid().unwrap());
+    assert!(env.iter().any(|v| v == "GOMP_SPINCOUNT=1000"), "{env:?}");
+    c.shutdown().unwrap();
+    let c = builder()
+        .args(["--engine", "llama"])
+        .env("GOMP_SPINCOUNT", "77")
+        .spawn()
+        .unwrap();
+    let env = environ_of(c.worker_pid().unwrap());
+    assert!(env.iter().any(|v| v == "GOMP_SPINCOUNT=77"), "{env:?}");
+    c.shutdown().unwrap();
+    // The echo engine does not load libgomp's pool: no re-execution, no variable.
+    let c = builder().args(["--engine", "echo"]).spawn().unwrap();
+    let env = environ_of(c.worker_pid().unwrap());
+    assert!(!env.iter().any(|v| v.starts_with("GOMP_SPINCOUNT=")), "{env:?}");
+    c.shutdown().unwrap();
+}

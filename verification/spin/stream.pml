@@ -1,7 +1,8 @@
 /*
  * llama-shm: the streamed answer through the response ring, the client's cancel word, and
  * process death. Companion to protocol.pml (which has the plain three-semaphore cycle); this
- * file models what crates/llama-shm does at commit c9bb174 for an extended client:
+ * file models what crates/llama-shm does for an extended client (the protocol code of commit
+ * c9bb174, unchanged at fd50d70):
  *
  *   worker.rs serve + WireSink (check / append / push), protocol.rs worker_stream_begin,
  *   worker_stream_room, worker_stream_write, worker_stream_publish, worker_finish,
@@ -11,8 +12,9 @@
  * One client, one spawned worker. The client sends NREQ requests (default 2, seq 1 and 2),
  * then shuts the worker down (seq 3). Each answer is ANS units (default 3) through a ring of
  * CAP slots (default 2), so the ring fills, the worker waits for the reader, and the ring
- * wraps. Each request asks for streaming (every piece published) or not (published only when
- * the ring is full, and at the end): the client chooses, per request.
+ * wraps. Request 1 asks for streaming (every piece published as it comes), request 2 does not
+ * (published only when the ring is full, and at the end): both publication patterns, and the
+ * posts a streamed answer leaves behind for the next client_acquire to drain.
  *
  * Switches (all optional):
  *   -DNODEADLINE   no client deadline (requests never time out, shutdown never kills): only
@@ -25,7 +27,7 @@
  *   -DCANCEL_KEPT  adds the assertion "a cancel asked for a request the worker has not
  *                  finished is never withdrawn" (a later store of another seq). It FAILS on
  *                  the code as it is (a Canceller that read in_flight before the request ended
- *                  stores the old seq over the newer one); see README.
+ *                  stores the old seq over the newer one); see ../README.md.
  *   -DFIX_CANCEL_MAX  the fix for that: cancel_seq only grows (a fetch_max). With it,
  *                  -DCANCEL_KEPT passes.
  * Mutants (ci/spin.sh checks what each one does):
@@ -35,7 +37,7 @@
  *                  passes with the stall limit (the limit is the last resort); with -DNOSTALL a
  *                  worker whose client died mid-stream waits on the ring forever.
  *
- * Abstractions (as in protocol.pml, argued in README.md and ../README.md):
+ * Abstractions (as in protocol.pml; see ../README.md):
  *  - Time: a deadline, and the stall limit, are branches that are always available in the
  *    wait they end. A poll loop (the full-ring wait: room? publish, check, stall?, pause) is
  *    one blocking `if` whose guards are what the loop re-checks.
@@ -274,8 +276,9 @@ inline stop_watcher()
 /* Worker: worker.rs serve, WireSink                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
-/* WireSink::check: stop, then the cancel word (then the deadline, not modelled). One step:
-   both words only ever become true for a given request (see README for cancel_seq). */
+/* WireSink::check: stop, then the cancel word (then the deadline, not modelled), read in one
+   step. Reading them apart only changes which of two early finishes (ShuttingDown or
+   Cancelled) a request gets, which no property here distinguishes. */
 inline check()
 {
 	if
@@ -394,7 +397,7 @@ active proctype Worker()
 		atomic {
 			response_written++;              /* response_written.post() */
 			w_done = seq; wgen = 0;
-			written = 0; published = 0; read_seen = 0; refused = RF_NONE; k = 0; strm = 0
+			seq = 0; written = 0; published = 0; read_seen = 0; refused = RF_NONE; k = 0; strm = 0
 		}
 	od;
 	wgone = true
@@ -553,7 +556,7 @@ end_stop:
    SIGINT/SIGTERM from outside. (protocol.pml combines independent faults on the plain cycle;
    here a second event after the first adds nothing the survivor has to handle: a second death
    removes a process whose waits then end trivially, and a death after a SIGTERM meets a
-   worker that is leaving anyway. See README.) */
+   worker that is leaving anyway. See ../README.md.) */
 active proctype Env()
 {
 	if

@@ -155,6 +155,10 @@ struct ChatArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The benchmark runs llama.cpp in this process too: with the worker's OpenMP settings.
+    if matches!(&cli.command, Command::Bench(b) if b.runs_llm()) {
+        llama_shm_worker::llama::reexec_with_short_openmp_spin();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -143,8 +143,19 @@ enum WorkerError {
     Runtime(String),
 }
 
+#[cfg(feature = "llama")]
+fn tune_openmp(args: &Args) {
+    if args.engine == EngineKind::Llama {
+        llama_shm_worker::llama::reexec_with_short_openmp_spin();
+    }
+}
+
+#[cfg(not(feature = "llama"))]
+fn tune_openmp(_: &Args) {}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    tune_openmp(&args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -48,6 +48,13 @@ pub struct BenchArgs {
     worker: Option<PathBuf>,
 }
 
+impl BenchArgs {
+    /// Whether the LLM sections run (llama.cpp in this process).
+    pub fn runs_llm(&self) -> bool {
+        !self.no_llm
+    }
+}
+
 type BenchResult<T> = Result<T, String>;
 
 fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
