@@ -2,7 +2,7 @@
  * llama-shm: the streamed answer through the response ring, the client's cancel word, and
  * process death. Companion to protocol.pml (which has the plain three-semaphore cycle); this
  * file models what crates/llama-shm does for an extended client (the protocol code of commit
- * c9bb174, unchanged at fd50d70):
+ * c9bb174, unchanged up to 3ddc9b1):
  *
  *   worker.rs serve + WireSink (check / append / push), protocol.rs worker_stream_begin,
  *   worker_stream_room, worker_stream_write, worker_stream_publish, worker_finish,
@@ -24,12 +24,12 @@
  *   -DNOCANCELLER  no Canceller thread (only the client's own timeout cancels).
  *   -DNO_SIGTERM / -DNO_WORKER_FAULT / -DNO_CLIENT_FAULT / -DNOFAULTS   as in protocol.pml.
  *   -DNREQ=n -DANS=n -DCAP=n
- *   -DCANCEL_KEPT  adds the assertion "a cancel asked for a request the worker has not
- *                  finished is never withdrawn" (a later store of another seq). It FAILS on
- *                  the code as it is (a Canceller that read in_flight before the request ended
- *                  stores the old seq over the newer one); see ../README.md.
- *   -DFIX_CANCEL_MAX  the fix for that: cancel_seq only grows (a fetch_max). With it,
- *                  -DCANCEL_KEPT passes.
+ *   Always checked: "a cancel asked for a request the worker has not finished is never
+ *   withdrawn" (by a later store of another seq). The Canceller reads in_flight and stores
+ *   cancel_seq under the CancelSlot lock, which the client also holds to set and clear
+ *   in_flight: a Canceller can no longer store the seq of a request that already ended.
+ *   -DCANCEL_UNLOCKED  the code before that fix (found by this model): read and store are two
+ *                  steps, and a stale store withdraws a newer request's cancel (assertion).
  * Mutants (ci/spin.sh checks what each one does):
  *   -DMUTANT_EARLY_RELEASE  consume stores stream_read before copying the units out: the
  *                  worker may overwrite a slot the client has not read yet (assertion).
@@ -141,22 +141,12 @@ byte wgen = 0;            /* the request the worker is generating (stream_begin 
 byte w_done = 0;          /* the last request the worker finished (posted its final answer) */
 byte meta_seq = 0;        /* the request whose metadata worker_finish wrote last */
 
-/* client_cancel(s) (and Canceller::cancel's store): store64(CancelSeq, s). With -DCANCEL_KEPT,
+/* client_cancel(s) (and Canceller::cancel's store): store64(CancelSeq, s), with the
    claim that the store does not withdraw the cancel of a request the worker has not finished
    (cancel_seq moving from it to another value). */
-#ifdef CANCEL_KEPT
 #define CANCEL_CLAIM  assert(wgone || cancel_before <= w_done || cancel_seq == cancel_before)
-#else
-#define CANCEL_CLAIM  skip
-#endif
-#ifdef FIX_CANCEL_MAX
-#define STORE_CANCEL(s) atomic { cancel_before = cancel_seq;                   \
-	if :: (s) > cancel_seq -> cancel_seq = (s) :: else -> skip fi;          \
-	CANCEL_CLAIM; cancel_before = 0 }
-#else
 #define STORE_CANCEL(s) atomic { cancel_before = cancel_seq; cancel_seq = (s); \
 	CANCEL_CLAIM; cancel_before = 0 }
-#endif
 byte cancel_before = 0;   /* ghost: cancel_seq just before a store */
 
 /* ---------------------------------------------------------------------------------------- */
@@ -520,8 +510,14 @@ active proctype Canceller()
 end_cancel:
 	{
 	if
-	:: atomic { in_flight != 0 -> s = in_flight };   /* self.0.in_flight.load(SeqCst) */
-		STORE_CANCEL(s)                      /* channel.client_cancel(seq) */
+#ifdef CANCEL_UNLOCKED
+	:: atomic { in_flight != 0 -> s = in_flight };   /* in_flight.load(SeqCst) */
+		STORE_CANCEL(s)                      /* channel.client_cancel(seq), later */
+#else
+	/* under the CancelSlot lock: load in_flight and store cancel_seq in one step with
+	   respect to the client's updates of in_flight (also under the lock) */
+	:: atomic { in_flight != 0 -> s = in_flight; STORE_CANCEL(s) }
+#endif
 	:: skip                                  /* never called (or while nothing was in flight) */
 	fi
 	} unless { cgone }

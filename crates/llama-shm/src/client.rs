@@ -376,6 +376,13 @@ impl CancelSlot {
             channel: Mutex::new(Arc::clone(channel)),
         })
     }
+
+    /// Sets the request in flight, under the lock [`Canceller::cancel`] holds while it reads
+    /// it and stores the cancel.
+    fn set_in_flight(&self, seq: u64) {
+        let _held = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        self.in_flight.store(seq, Ordering::SeqCst);
+    }
 }
 
 impl Canceller {
@@ -383,6 +390,9 @@ impl Canceller {
     /// the request returns what was produced, with [`WireFinish::Cancelled`]. Returns whether
     /// a request was in flight. A seed-mode worker cannot be told, and this returns `false`.
     pub fn cancel(&self) -> bool {
+        // The client sets and clears `in_flight` under this lock too: a cancel can never store
+        // the sequence number of a request that already ended over a newer request's cancel
+        // (found by the spin model, verification/spin/stream.pml).
         let channel = self.0.channel.lock().unwrap_or_else(|e| e.into_inner());
         let seq = self.0.in_flight.load(Ordering::SeqCst);
         if seq == 0 || channel.region.kind() != ObjectKind::Extended {
@@ -1125,7 +1135,7 @@ impl Client {
                 phase: Phase::WaitingResponse,
                 source,
             })?;
-        self.cancel_slot.in_flight.store(req.seq, Ordering::SeqCst);
+        self.cancel_slot.set_in_flight(req.seq);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut bad_utf8 = false;
         let r = {
@@ -1147,7 +1157,7 @@ impl Client {
             )
         };
         self.scratch = scratch;
-        self.cancel_slot.in_flight.store(0, Ordering::SeqCst);
+        self.cancel_slot.set_in_flight(0);
         let raw = match r {
             Ok(raw) => raw,
             Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
