@@ -42,8 +42,10 @@ mod exit {
                   on the seed's wire (/P_shared_mem, /P_sem_ready, /P_sem_prompts_written, \
                   /P_sem_response_written; the seed's prefix P is llama_cpp).\n\n\
                   `ask` spawns a worker on the model (or, with --attach, uses a running one), asks one \
-                  question and prints the answer. `ls` shows which objects in /dev/shm are in use \
-                  and which are leftovers of dead processes; `clean` removes the leftovers. \
+                  question and prints the answer as it is generated; `chat` holds a conversation. \
+                  `ls` shows which objects in /dev/shm are in use and which are leftovers of dead \
+                  processes; `clean` removes the leftovers. `bench` measures the transport, the \
+                  worker's life cycle and the model against ordinary IPC and in-process use. \
                   `llama-shm help <command>` explains each command.",
     after_help = "Exit codes: 0 success, 1 the request failed, 2 bad usage, 3 the worker could not be started, 130 interrupted.\n\
                   Model: --model, else $LLAMA_SHM_MODEL, else ./models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by ci/setup).",
