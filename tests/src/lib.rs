@@ -437,3 +437,32 @@ pub fn mono_available(test: &str) -> bool {
     eprintln!("{test}: SKIPPED: `mcs` (Mono C# compiler) not found; install it with ci/setup --extra");
     false
 }
+
+/// Compiles the C program `source` (a path below the repository root) against the C ABI
+/// (`llama_shm.h`, `libllama_shm_ffi`) with warnings as errors into `dir/<exe>`; panics with
+/// the compiler's output when it fails. Returns the executable's path.
+pub fn compile_c_against_ffi(source: &str, dir: &Path, exe: &str) -> PathBuf {
+    let lib = ffi_lib();
+    let lib_dir = ffi_lib_dir();
+    let out = dir.join(exe);
+    let cc = Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-std=c11"])
+        .arg(repo_root().join(source))
+        .arg("-I")
+        .arg(repo_root().join("crates/llama-shm-ffi/include"))
+        .arg(format!("-L{}", lib_dir.display()))
+        .args(["-lllama_shm_ffi", "-lpthread"])
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running cc (gcc)");
+    assert!(
+        cc.status.success(),
+        "compiling {source} against {} failed:\n{}{}",
+        lib.display(),
+        String::from_utf8_lossy(&cc.stdout),
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    out
+}

@@ -11,27 +11,9 @@ use std::time::Duration;
 
 use llama_shm::names::Prefix;
 use llama_shm_tests::{
-    entries_of, ffi_lib, mcs, run_bounded, shm_entries, unique_prefix, wait_or_kill, worker_path, ChildGuard,
-    TempDir,
+    entries_of, ffi_lib, mcs, mono_available, run_bounded, shm_entries, unique_prefix, wait_or_kill,
+    worker_path, ChildGuard, TempDir,
 };
-
-/// Whether the Mono tools are usable; `false` (after saying why) means skip the test.
-fn mono_available(test: &str) -> bool {
-    let mcs = Command::new("mcs")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if mcs {
-        return true;
-    }
-    if std::env::var_os("LLAMA_SHM_REQUIRE_MONO").is_some() {
-        panic!("{test}: `mcs` (Mono C# compiler) not found but LLAMA_SHM_REQUIRE_MONO is set; run ci/setup --extra");
-    }
-    eprintln!("{test}: SKIPPED: `mcs` (Mono C# compiler) not found; install it with ci/setup --extra");
-    false
-}
 
 /// Compiles `SeedWireClient.cs` and `WireClientTest.cs` (with `TestChecks.cs`) into
 /// `WireClientTest.exe`, starts a standalone worker on `prefix` (it creates the names; the C#

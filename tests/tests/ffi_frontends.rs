@@ -9,38 +9,18 @@
 //! and passes, unless `LLAMA_SHM_REQUIRE_FRONTENDS` is set (as `ci/test` does): then it fails.
 //! Each checks that the process it ran left nothing in `/dev/shm` and exited 0.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use llama_shm_tests::{entries_of, ffi_lib, ffi_lib_dir, repo_root, run_bounded, worker_path, TempDir};
+use llama_shm_tests::{
+    compile_c_against_ffi, entries_of, ffi_lib, python_that_imports, repo_root, run_bounded, worker_path,
+    TempDir,
+};
 
 #[test]
 fn c_smoke_program_passes_against_the_echo_worker() {
-    let lib = ffi_lib();
     let dir = TempDir::new("ffi_c");
-    let ffi = repo_root().join("crates/llama-shm-ffi");
-    let exe = dir.0.join("smoke");
-    let lib_dir = ffi_lib_dir();
-    let cc = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror", "-std=c11"])
-        .arg(ffi.join("tests/c/smoke.c"))
-        .arg("-I")
-        .arg(ffi.join("include"))
-        .arg(format!("-L{}", lib_dir.display()))
-        .args(["-lllama_shm_ffi", "-lpthread"])
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("running cc (gcc)");
-    assert!(
-        cc.status.success(),
-        "compiling smoke.c against {} failed:\n{}{}",
-        lib.display(),
-        String::from_utf8_lossy(&cc.stdout),
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let exe = compile_c_against_ffi("crates/llama-shm-ffi/tests/c/smoke.c", &dir.0, "smoke");
 
     let mut cmd = Command::new(&exe);
     cmd.arg(worker_path());
@@ -52,28 +32,10 @@ fn c_smoke_program_passes_against_the_echo_worker() {
     assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
 }
 
-/// A Python interpreter that can import pytest: `$LLAMA_SHM_PYTHON`, else `python3` on the
-/// PATH, else the system's `/usr/bin/python3` (where apt's python3-pytest lives, also when a
-/// version manager shadows `python3`).
-fn python_with_pytest() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("LLAMA_SHM_PYTHON") {
-        Some(p) => vec![p.into()],
-        None => vec!["python3".into(), "/usr/bin/python3".into()],
-    };
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import pytest"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 #[test]
 fn python_client_passes_its_pytest_suite() {
     let test = "python_client_passes_its_pytest_suite";
-    let Some(python) = python_with_pytest() else {
+    let Some(python) = python_that_imports("pytest") else {
         if std::env::var_os("LLAMA_SHM_REQUIRE_FRONTENDS").is_some() {
             panic!("{test}: no python3 with pytest but LLAMA_SHM_REQUIRE_FRONTENDS is set; run ci/setup (python3-pytest)");
         }

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use llama_shm_tests::{
-    entries_of, ffi_lib, ffi_lib_dir, mcs, mono_available, python_that_imports, repo_root, run_bounded,
-    worker_path, Ran, TempDir,
+    compile_c_against_ffi, entries_of, ffi_lib, mcs, mono_available, python_that_imports, repo_root,
+    run_bounded, worker_path, Ran, TempDir,
 };
 
 /// An example program: its file in `frontends/examples`, its comment leader, and the
@@ -226,29 +226,8 @@ fn check_ran(what: &str, ran: &Ran) {
 
 #[test]
 fn c_example_runs_against_the_echo_worker() {
-    let lib = ffi_lib();
-    let lib_dir = ffi_lib_dir();
     let dir = TempDir::new("readme_c");
-    let exe = dir.0.join("hello");
-    let cc = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror", "-std=c11"])
-        .arg(repo_root().join("frontends/examples/hello.c"))
-        .arg("-I")
-        .arg(repo_root().join("crates/llama-shm-ffi/include"))
-        .arg(format!("-L{}", lib_dir.display()))
-        .args(["-lllama_shm_ffi", "-lpthread"])
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("running cc (gcc)");
-    assert!(
-        cc.status.success(),
-        "compiling frontends/examples/hello.c against {} failed:\n{}{}",
-        lib.display(),
-        String::from_utf8_lossy(&cc.stdout),
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let exe = compile_c_against_ffi("frontends/examples/hello.c", &dir.0, "hello");
     let mut cmd = Command::new(&exe);
     cmd.arg(worker_path());
     let ran = run_bounded(cmd, &dir.0, Duration::from_secs(60));

@@ -202,18 +202,23 @@ fn row(label: &str, s: &Summary, ours: Option<&Summary>) {
     );
 }
 
+/// Warm-up and measured round trips for `payload`: the large payload runs a quarter as many.
+fn counts(args: &BenchArgs, payload: Payload) -> (usize, usize) {
+    let iters = if payload == Payload::SMALL {
+        args.iters
+    } else {
+        (args.iters / 4).max(1)
+    };
+    ((iters / 10).clamp(1, 1000), iters)
+}
+
 fn round_trips(args: &BenchArgs, worker: &std::path::Path) -> BenchResult<()> {
     println!("## Round trips (echo engine; request system+user bytes, answer bytes)\n");
     println!("Ratio: that row's p50 over the shm (adaptive) p50 of the same placement and payload.\n");
     // The comparison transports first, while this process has one thread (they fork).
     let mut base = Vec::new();
     for payload in [Payload::SMALL, Payload::LARGE] {
-        let iters = if payload == Payload::SMALL {
-            args.iters
-        } else {
-            (args.iters / 4).max(1)
-        };
-        let warmup = (iters / 10).clamp(1, 1000);
+        let (warmup, iters) = counts(args, payload);
         for placement in Placement::ALL {
             for transport in Transport::ALL {
                 // SAFETY: no thread has been started yet in this process: the round trips
@@ -225,12 +230,7 @@ fn round_trips(args: &BenchArgs, worker: &std::path::Path) -> BenchResult<()> {
         }
     }
     for payload in [Payload::SMALL, Payload::LARGE] {
-        let iters = if payload == Payload::SMALL {
-            args.iters
-        } else {
-            (args.iters / 4).max(1)
-        };
-        let warmup = (iters / 10).clamp(1, 1000);
+        let (warmup, iters) = counts(args, payload);
         for placement in Placement::ALL {
             println!(
                 "### {}/{}/{} bytes, {}\n",
