@@ -250,14 +250,25 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
 }
 
 /// Sends SIGTERM to a standalone worker and returns its exit code.
+///
+/// A worker that exits 0 removed its names itself (the callers check that nothing is left);
+/// one that does not, had no chance to: its names are removed here, so a failing test does not
+/// leave them behind for the next one.
 pub fn terminate(child: ChildGuard) -> Option<i32> {
+    let prefix = child.1.clone();
     let mut child = child.take();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    child.wait().unwrap().code()
+    let code = child.wait().unwrap().code();
+    if code != Some(0) {
+        if let Some(prefix) = prefix {
+            let _ = llama_shm::objects::unlink_prefix(&prefix);
+        }
+    }
+    code
 }
 
 /// The directory holding the C ABI library `libllama_shm_ffi.so` (crate `llama-shm-ffi`):

@@ -136,6 +136,14 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
 fn a_truncated_object_is_refused_before_mapping() {
     let prefix = unique_prefix("trunc");
     let worker = standalone_echo(&prefix, &[]);
+    // Wait until the worker is idle (it posted `ready`): from then on it touches the region only
+    // after a client's post. Truncating it during its start-up writes would fault it, which is
+    // the documented limit (SECURITY.md), not what this test is about.
+    let ready = llama_shm::os::sem::NamedSemaphore::open(&prefix.sem_ready(), 0o600).unwrap();
+    assert!(llama_shm_tests::eventually(Duration::from_secs(10), || ready
+        .value()
+        .is_ok_and(|v| v == 1)));
+    drop(ready);
     for size in [0u64, 1000, SEED_SIZE as u64 - 1] {
         let f = std::fs::OpenOptions::new()
             .write(true)

@@ -104,6 +104,9 @@ pub trait Region {
 /// never spins) is served exactly as before.
 #[derive(Debug)]
 pub struct Spinner {
+    /// The worker's snapshot of the client's advertised CPU, taken before it posts `ready`
+    /// (after that post an idle worker leaves the region alone).
+    peer_cpu: AtomicU32,
     max_ns: u32,
     /// Running average of recent wait lengths (ns, each clamped to twice `max_ns`).
     avg_ns: AtomicU32,
@@ -118,6 +121,7 @@ impl Spinner {
     pub fn new(max: Duration) -> Self {
         let max_ns = u32::try_from(max.as_nanos()).unwrap_or(u32::MAX / 4);
         Self {
+            peer_cpu: AtomicU32::new(0),
             max_ns,
             avg_ns: AtomicU32::new(max_ns / 4),
             calls: AtomicU32::new(0),
@@ -638,13 +642,19 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if self.extended() {
             // A seed-mode client never writes request_seq: 0 tells the worker it was one.
             self.region.store64(Word64::RequestSeq, 0);
+            // What `worker_wait`'s spin needs, read now: once `ready` is posted an idle
+            // worker touches nothing in the region until a client wakes it.
+            self.spin
+                .peer_cpu
+                .store(self.region.load32(Word32::ClientCpu), Ordering::Relaxed);
         }
         self.ready.post()
     }
 
     /// Worker: waits for `prompts_written`, in slices of `slice`, until it is posted or
     /// `stop` returns true. Returns `true` when woken by the client, `false` when stopped.
-    /// Spins first while the client runs on another CPU (see [`Spinner`]).
+    /// Spins first while the client ran on another CPU when `worker_ready` looked (see
+    /// [`Spinner`]). Touches the region only once woken by a client.
     ///
     /// # Errors
     /// The wait's OS error.
@@ -653,10 +663,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             return Ok(false);
         }
         let started = Instant::now();
-        let mut taken = self.extended()
-            && self
-                .spin
-                .spin(&self.prompts_written, &|| self.peer_elsewhere(Word32::ClientCpu))?;
+        // The client's CPU as `worker_ready` saw it (no access to the region while idle).
+        let peer = self.spin.peer_cpu.load(Ordering::Relaxed);
+        let me = self.region.current_cpu();
+        let elsewhere = peer != 0 && me != 0 && me != peer;
+        let mut taken = self.extended() && self.spin.spin(&self.prompts_written, &|| elsewhere)?;
         while !taken {
             if stop() {
                 return Ok(false);
