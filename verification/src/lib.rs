@@ -315,14 +315,7 @@ impl Engine for Pieces {
                 break;
             }
         }
-        Ok(Generation {
-            finish,
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            prompt_time: Duration::ZERO,
-            generation_time: Duration::ZERO,
-            cached_tokens: 0,
-        })
+        Ok(Generation::new(finish))
     }
 }
 
@@ -342,4 +335,15 @@ pub fn spawn_pieces_worker(
         )
         .unwrap()
     })
+}
+
+/// Takes the turn and writes streamed request `seq` ("s" / "u") with the shipped client calls.
+pub fn write_stream_request(ch: &LoomChannel, seq: u64) {
+    ch.client_acquire(None, SLICE, &|| true).unwrap();
+    let mut req =
+        llama_shm::protocol::PreparedRequest::encode("s", "u", llama_shm::wire::text::Policy::Truncate)
+            .unwrap();
+    req.seq = seq;
+    req.params.flags = llama_shm::wire::layout::REQUEST_STREAM;
+    ch.client_write(&req).unwrap();
 }

@@ -127,16 +127,12 @@ fn unplanted_control_passes() {
 #[ignore = "planted bug: this model must FAIL; ci/loom.sh runs it and requires the failure"]
 fn planted_ring_released_before_copy_is_caught() {
     use llama_shm::protocol::{Region, Semaphore};
-    use llama_shm::wire::layout::{Field, Word64, REQUEST_STREAM};
-    use llama_shm_verification::{spawn_pieces_worker, LOOM_RING};
+    use llama_shm::wire::layout::{Field, Word64};
+    use llama_shm_verification::{spawn_pieces_worker, write_stream_request, LOOM_RING};
     loom::model(|| {
         let ch = Arc::new(channel(ObjectKind::Extended));
         let worker = spawn_pieces_worker(&ch, &["ab", "cde", "f"]);
-        ch.client_acquire(None, SLICE, &always).unwrap();
-        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
-        req.seq = 1;
-        req.params.flags = REQUEST_STREAM;
-        ch.client_write(&req).unwrap();
+        write_stream_request(&ch, 1);
         let (mut text, mut read) = (Vec::new(), 0u64);
         loop {
             assert!(ch.response_written.wait_until(None).unwrap());

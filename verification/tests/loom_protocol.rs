@@ -5,11 +5,13 @@
 
 use llama_shm::engine::{Cancel, EchoEngine};
 use llama_shm::protocol::{PreparedRequest, RawResponse, WaitError};
-use llama_shm::wire::layout::{ObjectKind, REQUEST_STREAM};
+use llama_shm::wire::layout::ObjectKind;
 use llama_shm::wire::status::{StatusCode, WireFinish};
 use llama_shm::wire::text::Policy;
 use llama_shm::worker::{serve, ServeEnd, ServeOptions};
-use llama_shm_verification::{assert_idle, channel, spawn_pieces_worker, LoomChannel, SLICE};
+use llama_shm_verification::{
+    assert_idle, channel, spawn_pieces_worker, write_stream_request, LoomChannel, SLICE,
+};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
@@ -244,11 +246,7 @@ fn streamed_answer_through_a_small_ring_arrives_whole() {
     loom::model(|| {
         let ch = Arc::new(channel(ObjectKind::Extended));
         let worker = spawn_pieces_worker(&ch, &["ab", "cde", "f"]);
-        ch.client_acquire(None, SLICE, &always).unwrap();
-        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
-        req.seq = 1;
-        req.params.flags = REQUEST_STREAM;
-        ch.client_write(&req).unwrap();
+        write_stream_request(&ch, 1);
         let mut text = Vec::new();
         let mut scratch = Vec::new();
         let r = ch

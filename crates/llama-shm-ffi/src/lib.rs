@@ -771,6 +771,25 @@ mod tests {
         assert_eq!(WireFinish::Error.to_u32(), LSHM_FINISH_ERROR);
     }
 
+    /// Every entry point runs its body through `run`: a panic there comes back as
+    /// `LSHM_E_PANIC` with its message, and unwinds no further.
+    #[test]
+    fn a_panic_becomes_a_status_not_an_unwind() {
+        let mut err: *mut c_char = std::ptr::null_mut();
+        // SAFETY: `err` is a live out-pointer.
+        let status = unsafe { run(&mut err, || panic!("planted for the test")) };
+        assert_eq!(status, LSHM_E_PANIC);
+        // SAFETY: `run` set `err` to a NUL-terminated string of ours.
+        let msg = unsafe { CStr::from_ptr(err) }.to_str().unwrap().to_owned();
+        assert!(msg.contains("planted for the test"), "{msg}");
+        // SAFETY: a string returned by the library, freed once.
+        unsafe { lshm_string_free(err) };
+        // A body that succeeds reports OK and leaves no message.
+        // SAFETY: as above.
+        assert_eq!(unsafe { run(&mut err, || Ok(())) }, LSHM_OK);
+        assert!(err.is_null());
+    }
+
     #[test]
     fn null_arguments_are_invalid_argument_not_a_crash() {
         let mut err: *mut c_char = std::ptr::null_mut();

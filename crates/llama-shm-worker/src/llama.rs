@@ -677,12 +677,8 @@ impl Engine for LlamaEngine {
             });
         }
         let mut generation = Generation {
-            finish: FinishReason::Cancelled,
             prompt_tokens: n_prompt,
-            generated_tokens: 0,
-            prompt_time: Duration::ZERO,
-            generation_time: Duration::ZERO,
-            cached_tokens: 0,
+            ..Generation::new(FinishReason::Cancelled)
         };
         // What the KV cache holds is known only when this request ends well: until then the
         // engine's record is empty (an error or a cancel below leaves it so).

@@ -33,9 +33,7 @@ use crate::names::Prefix;
 use crate::objects::{self, ExtInit, ObjectsError, PosixChannel, Trust};
 use crate::os::process::{self, ExitInfo, Watch, Watcher};
 use crate::protocol::{PreparedRequest, Region, RequestParams, Usage, WaitError};
-use crate::wire::layout::{
-    ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, REQUEST_STREAM, RESPONSE_TRUNCATED, TOKEN_LEN,
-};
+use crate::wire::layout::{ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, REQUEST_STREAM, TOKEN_LEN};
 use crate::wire::status::{StatusCode, WireFinish};
 use crate::wire::text::{EncodeError, Policy};
 
@@ -361,27 +359,31 @@ impl RequestOptions {
 #[derive(Debug, Clone)]
 pub struct Canceller(Arc<CancelSlot>);
 
+/// What a [`Canceller`] needs, under one lock: the client sets and clears `in_flight` under
+/// it, and `cancel` holds it while it reads `in_flight` and stores the cancel, so a cancel can
+/// never store the sequence number of a request that already ended over a newer request's
+/// cancel (found by the spin model, verification/spin/stream.pml).
 #[derive(Debug)]
-struct CancelSlot {
+struct CancelSlot(Mutex<InFlight>);
+
+#[derive(Debug)]
+struct InFlight {
     /// Sequence number of the request in flight, 0 when none.
-    in_flight: std::sync::atomic::AtomicU64,
+    seq: u64,
     /// The channel of the current worker (replaced on restart).
-    channel: Mutex<Arc<PosixChannel>>,
+    channel: Arc<PosixChannel>,
 }
 
 impl CancelSlot {
     fn new(channel: &Arc<PosixChannel>) -> Arc<Self> {
-        Arc::new(Self {
-            in_flight: 0.into(),
-            channel: Mutex::new(Arc::clone(channel)),
-        })
+        Arc::new(Self(Mutex::new(InFlight {
+            seq: 0,
+            channel: Arc::clone(channel),
+        })))
     }
 
-    /// Sets the request in flight, under the lock [`Canceller::cancel`] holds while it reads
-    /// it and stores the cancel.
-    fn set_in_flight(&self, seq: u64) {
-        let _held = self.channel.lock().unwrap_or_else(|e| e.into_inner());
-        self.in_flight.store(seq, Ordering::SeqCst);
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -390,15 +392,11 @@ impl Canceller {
     /// the request returns what was produced, with [`WireFinish::Cancelled`]. Returns whether
     /// a request was in flight. A seed-mode worker cannot be told, and this returns `false`.
     pub fn cancel(&self) -> bool {
-        // The client sets and clears `in_flight` under this lock too: a cancel can never store
-        // the sequence number of a request that already ended over a newer request's cancel
-        // (found by the spin model, verification/spin/stream.pml).
-        let channel = self.0.channel.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.0.in_flight.load(Ordering::SeqCst);
-        if seq == 0 || channel.region.kind() != ObjectKind::Extended {
+        let slot = self.0.lock();
+        if slot.seq == 0 || slot.channel.region.kind() != ObjectKind::Extended {
             return false;
         }
-        channel.client_cancel(seq);
+        slot.channel.client_cancel(slot.seq);
         true
     }
 }
@@ -1135,7 +1133,7 @@ impl Client {
                 phase: Phase::WaitingResponse,
                 source,
             })?;
-        self.cancel_slot.set_in_flight(req.seq);
+        self.cancel_slot.lock().seq = req.seq;
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut bad_utf8 = false;
         let r = {
@@ -1157,7 +1155,7 @@ impl Client {
             )
         };
         self.scratch = scratch;
-        self.cancel_slot.set_in_flight(0);
+        self.cancel_slot.lock().seq = 0;
         let raw = match r {
             Ok(raw) => raw,
             Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
@@ -1181,13 +1179,15 @@ impl Client {
                 })
             }
         };
-        if !raw.intact || (extended && bad_utf8) {
+        // (Seed-mode text arrives decoded: only the ring can hand over invalid UTF-8.)
+        if !raw.intact || bad_utf8 {
             return Err(RequestError::Corrupt);
         }
+        let truncated = raw.truncated();
         let message = raw.error;
         match raw.status {
             StatusCode::Ok => Ok(Response {
-                truncated: raw.flags & RESPONSE_TRUNCATED != 0,
+                truncated,
                 text: String::new(),
                 system_truncated: sys.truncated,
                 user_truncated: usr.truncated,
@@ -1263,8 +1263,7 @@ impl Client {
                 Ok(mut fresh) => {
                     tracing::info!(attempt = self.restart_attempts, "worker restarted");
                     // Cancellers handed out earlier follow the new worker.
-                    *self.cancel_slot.channel.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Arc::clone(&fresh.channel);
+                    self.cancel_slot.lock().channel = Arc::clone(&fresh.channel);
                     fresh.cancel_slot = Arc::clone(&self.cancel_slot);
                     // The old client (its dead child reaped, its handles closed) drops here.
                     drop(std::mem::replace(self, fresh));

@@ -54,6 +54,21 @@ pub struct Generation {
     pub cached_tokens: u32,
 }
 
+impl Generation {
+    /// A generation that ended with `finish` having done nothing yet (all counts zero);
+    /// engines fill in what they did with struct update syntax.
+    pub fn new(finish: FinishReason) -> Self {
+        Self {
+            finish,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_time: Duration::ZERO,
+            generation_time: Duration::ZERO,
+            cached_tokens: 0,
+        }
+    }
+}
+
 /// A failed request. The worker reports it to the client and stays up for the next one.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -184,45 +199,28 @@ impl Engine for EchoEngine {
         cancel: &Cancel,
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
-        let cancelled = |generated| Generation {
-            finish: FinishReason::Cancelled,
-            prompt_tokens: 0,
-            generated_tokens: generated,
-            prompt_time: Duration::ZERO,
+        let ended = |finish, generated_tokens| Generation {
+            generated_tokens,
             generation_time: started.elapsed(),
-            cached_tokens: 0,
+            ..Generation::new(finish)
         };
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
-            return Ok(cancelled(0));
+            return Ok(ended(FinishReason::Cancelled, 0));
         }
         if let Some(n) = self.answer_bytes {
-            let unit_len = request.system.len() + 1 + request.user.len();
+            // The echo repeated (its "\n" makes every round at least one byte) until `n` bytes,
+            // or until a character no longer fits.
             let mut left = n;
-            while left > 0 {
+            'fill: while left > 0 {
                 for part in [request.system, "\n", request.user] {
                     let cut = crate::wire::text::floor_char_boundary(part, left);
-                    if cut == 0 && !part.is_empty() {
-                        left = 0;
-                        break;
-                    }
-                    if !out.push(&part[..cut]) {
-                        left = 0;
-                        break;
+                    if (cut == 0 && !part.is_empty()) || !out.push(&part[..cut]) {
+                        break 'fill;
                     }
                     left -= cut;
                 }
-                if unit_len == 0 {
-                    break;
-                }
             }
-            return Ok(Generation {
-                finish: FinishReason::Stop,
-                prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_time: Duration::ZERO,
-                generation_time: started.elapsed(),
-                cached_tokens: 0,
-            });
+            return Ok(ended(FinishReason::Stop, 0));
         }
         let mut finish = FinishReason::Stop;
         let mut pieces = 0u32;
@@ -243,7 +241,7 @@ impl Engine for EchoEngine {
                         break 'outer;
                     }
                     if !cancel.sleep(self.piece_delay) {
-                        return Ok(cancelled(pieces));
+                        return Ok(ended(FinishReason::Cancelled, pieces));
                     }
                     let mut cut = rest.len().min(4);
                     while !rest.is_char_boundary(cut) {
@@ -259,13 +257,6 @@ impl Engine for EchoEngine {
                 }
             }
         }
-        Ok(Generation {
-            finish,
-            prompt_tokens: 0,
-            generated_tokens: pieces,
-            prompt_time: Duration::ZERO,
-            generation_time: started.elapsed(),
-            cached_tokens: 0,
-        })
+        Ok(ended(finish, pieces))
     }
 }

@@ -20,7 +20,7 @@
 //! each are the two ways to use the cores; `llama-shm bench` measures both.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::client::{Client, ClientBuilder, Phase, RequestError, RequestOptions, Response, SpawnError};
 
@@ -30,7 +30,6 @@ pub struct Pool {
     builder: ClientBuilder,
     state: Mutex<State>,
     idle_changed: Condvar,
-    wait_limit: Duration,
 }
 
 #[derive(Debug)]
@@ -40,7 +39,6 @@ struct State {
     live: usize,
     /// Workers replaced after they died.
     replaced: u64,
-    closed: bool,
 }
 
 /// A worker taken from the pool; it goes back (or is replaced) when the request ends.
@@ -79,13 +77,11 @@ impl Pool {
             idle.push(builder.clone().spawn()?);
         }
         Ok(Self {
-            wait_limit: builder.request_timeout_value(),
             builder,
             state: Mutex::new(State {
                 live: idle.len(),
                 idle,
                 replaced: 0,
-                closed: false,
             }),
             idle_changed: Condvar::new(),
         })
@@ -108,16 +104,12 @@ impl Pool {
     /// Waits for an idle worker, at most the builder's request timeout.
     fn lease(&self) -> Result<Lease<'_>, RequestError> {
         let started = Instant::now();
-        let deadline = started + self.wait_limit;
+        let deadline = started + self.builder.request_timeout_value();
         let mut st = self.lock();
         loop {
-            if st.closed || st.live == 0 {
+            if st.live == 0 {
                 return Err(RequestError::Closed {
-                    reason: if st.closed {
-                        "the pool was shut down".into()
-                    } else {
-                        "every worker of the pool died and could not be replaced".into()
-                    },
+                    reason: "every worker of the pool died and could not be replaced".into(),
                 });
             }
             if let Some(client) = st.idle.pop() {
@@ -144,20 +136,13 @@ impl Pool {
     /// Replaces the leased worker after it died: a fresh one takes its place in the pool (or,
     /// if it cannot be started, the pool shrinks).
     fn replace(&self, mut lease: Lease<'_>) {
-        let dead = lease.client.take();
-        drop(dead);
+        drop(lease.client.take());
         let fresh = self.builder.clone().spawn();
         let mut st = self.lock();
         match fresh {
-            Ok(c) if !st.closed => {
+            Ok(c) => {
                 st.idle.push(c);
                 st.replaced += 1;
-            }
-            Ok(c) => {
-                drop(st);
-                let _ = c.shutdown();
-                st = self.lock();
-                st.live -= 1;
             }
             Err(e) => {
                 tracing::warn!("pool: a worker died and could not be replaced: {e}");
@@ -189,7 +174,7 @@ impl Pool {
     /// As [`Client::request`]; a worker that died is replaced, and this request fails with
     /// [`RequestError::WorkerDied`] (send it again). [`RequestError::Timeout`] in phase
     /// `WaitingTurn` when no worker became idle within the request timeout;
-    /// [`RequestError::Closed`] after [`Pool::shutdown`] or when no worker is left.
+    /// [`RequestError::Closed`] when no worker is left.
     pub fn request(&self, user: &str, system: &str, opts: &RequestOptions) -> Result<Response, RequestError> {
         self.run(|c| c.request(user, system, opts))
     }
@@ -211,12 +196,7 @@ impl Pool {
     /// Shuts every worker down (no request can be running: this takes the pool by value).
     /// Returns how many workers did not exit cleanly.
     pub fn shutdown(self) -> usize {
-        let idle = {
-            let mut st = self.lock();
-            st.closed = true;
-            st.live = 0;
-            std::mem::take(&mut st.idle)
-        };
+        let idle = std::mem::take(&mut self.lock().idle);
         let mut failed = 0;
         for c in idle {
             if let Err(e) = c.shutdown() {

@@ -133,15 +133,6 @@ impl Spinner {
         Self::new(Duration::ZERO)
     }
 
-    /// The budget the next wait would spin for (zero: it blocks at once, unless it probes).
-    pub fn budget(&self) -> Duration {
-        let avg = self.avg_ns.load(Ordering::Relaxed);
-        if self.max_ns == 0 || avg > self.max_ns {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(u64::from(self.max_ns))
-    }
-
     /// Counts a finished wait of `waited` (spun or blocked) into the average.
     fn record(&self, waited: Duration) {
         if self.max_ns == 0 {
@@ -162,13 +153,13 @@ impl Spinner {
         if self.max_ns == 0 || !peer_running() {
             return Ok(false);
         }
-        let mut budget = self.budget();
-        if budget.is_zero() {
-            if self.calls.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
-                return Ok(false);
-            }
-            budget = Duration::from_nanos(u64::from(self.max_ns));
+        // Recent waits were long: block at once, but let one wait in 16 probe.
+        if self.avg_ns.load(Ordering::Relaxed) > self.max_ns
+            && self.calls.fetch_add(1, Ordering::Relaxed) % 16 != 0
+        {
+            return Ok(false);
         }
+        let budget = Duration::from_nanos(u64::from(self.max_ns));
         let start = Instant::now();
         let mut i = 0u32;
         loop {
@@ -361,7 +352,7 @@ pub struct Outcome<'a> {
 }
 
 impl Outcome<'_> {
-    /// An error outcome with no text.
+    /// An error outcome with no text (finish [`WireFinish::Error`]).
     pub fn error(status: StatusCode, message: &str) -> Outcome<'_> {
         Outcome {
             status,
@@ -370,7 +361,7 @@ impl Outcome<'_> {
             error: message,
             error_args: (0, 0),
             usage: Usage::default(),
-            finish: WireFinish::Unknown,
+            finish: WireFinish::Error,
         }
     }
 }
@@ -486,9 +477,9 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
+    /// The request this answer belongs to.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
     /// Whether the answer goes through the ring (an extended client), so its length is not
     /// capped at the response area.
@@ -530,6 +521,11 @@ impl std::fmt::Debug for StreamState {
     }
 }
 
+/// Whether two advertised CPUs (plus one; 0 = unknown) are known and different.
+fn on_other_cpus(me: u32, peer: u32) -> bool {
+    me != 0 && peer != 0 && me != peer
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -558,12 +554,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Whether the peer, by the CPU it last advertised in `peer`, runs on a CPU other than ours
     /// (0: not known yet).
     fn peer_elsewhere(&self, peer: Word32) -> bool {
-        let p = self.region.load32(peer);
-        if p == 0 {
-            return false;
-        }
-        let me = self.region.current_cpu();
-        me != 0 && me != p
+        on_other_cpus(self.region.current_cpu(), self.region.load32(peer))
     }
 
     /// The adaptive wait: spin while the peer's CPU is another than ours (see [`Spinner`]),
@@ -664,9 +655,10 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         }
         let started = Instant::now();
         // The client's CPU as `worker_ready` saw it (no access to the region while idle).
-        let peer = self.spin.peer_cpu.load(Ordering::Relaxed);
-        let me = self.region.current_cpu();
-        let elsewhere = peer != 0 && me != 0 && me != peer;
+        let elsewhere = on_other_cpus(
+            self.region.current_cpu(),
+            self.spin.peer_cpu.load(Ordering::Relaxed),
+        );
         let mut taken = self.extended() && self.spin.spin(&self.prompts_written, &|| elsewhere)?;
         while !taken {
             if stop() {
@@ -1262,6 +1254,7 @@ mod tests {
     fn ok(text: &str) -> Outcome<'_> {
         Outcome {
             text,
+            finish: WireFinish::Stop,
             ..Outcome::error(StatusCode::Ok, "")
         }
     }
@@ -1323,7 +1316,7 @@ mod tests {
                 .unwrap();
             assert!(r.intact);
             assert_eq!(r.text, pieces.concat());
-            assert_eq!(r.finish, WireFinish::Unknown);
+            assert_eq!(r.finish, WireFinish::Stop);
         }
         // A scribbled byte in the answer is caught by the checksum.
         ch.region.store64(Word64::StreamRead, 0);

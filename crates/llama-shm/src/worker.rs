@@ -145,7 +145,6 @@ enum Refusal {
 struct WireSink<'a, S, R> {
     channel: &'a Channel<S, R>,
     st: StreamState,
-    seq: u64,
     cancel: &'a Cancel,
     stop: &'a dyn Fn() -> bool,
     opts: &'a ServeOptions,
@@ -159,23 +158,33 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             return self.refused;
         }
         let why = if (self.stop)() {
-            Some(Refusal::Stopping)
-        } else if self.channel.worker_cancel_requested(self.seq) {
-            Some(Refusal::Cancelled)
+            Refusal::Stopping
+        } else if self.channel.worker_cancel_requested(self.st.seq()) {
+            Refusal::Cancelled
         } else if self.cancel.deadline_passed() {
-            Some(Refusal::Deadline)
+            Refusal::Deadline
         } else {
-            None
+            return None;
         };
-        if why.is_some() {
-            self.refuse(why);
-        }
-        why
+        self.refuse(why);
+        Some(why)
     }
 
-    fn refuse(&mut self, why: Option<Refusal>) {
-        self.refused = why;
+    fn refuse(&mut self, why: Refusal) {
+        self.refused = Some(why);
         self.cancel.cancel();
+    }
+
+    /// Publishes what was written; a failed post ends the request (the worker is stopping).
+    fn publish(&mut self) -> bool {
+        match self.channel.worker_stream_publish(&mut self.st) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error = Some(e);
+                self.refuse(Refusal::Stopping);
+                false
+            }
+        }
     }
 
     /// Appends `s` (NUL-free), waiting for ring space as needed.
@@ -186,7 +195,7 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             let room = match self.channel.worker_stream_room(&mut self.st) {
                 Room::Free(n) => n,
                 Room::Garbled => {
-                    self.refuse(Some(Refusal::Garbled));
+                    self.refuse(Refusal::Garbled);
                     return false;
                 }
             };
@@ -200,21 +209,16 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
                 continue;
             }
             if !self.st.is_ring() {
-                self.refuse(Some(Refusal::Full));
+                self.refuse(Refusal::Full);
                 return false;
             }
             // The ring is full: let the client see what is there, then wait for it to read.
-            if let Err(e) = self.channel.worker_stream_publish(&mut self.st) {
-                self.error = Some(e);
-                self.refuse(Some(Refusal::Stopping));
-                return false;
-            }
-            if self.check().is_some() {
+            if !self.publish() || self.check().is_some() {
                 return false;
             }
             let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= self.opts.stall_limit {
-                self.refuse(Some(Refusal::Stalled));
+                self.refuse(Refusal::Stalled);
                 return false;
             }
             (self.opts.pause)(attempt);
@@ -230,21 +234,7 @@ impl<S: Semaphore, R: Region> ResponseSink for WireSink<'_, S, R> {
             return false;
         }
         // The wire is a C string for seed clients: a NUL would end the answer early.
-        let mut ok = true;
-        for part in piece.split('\0') {
-            if !self.append(part) {
-                ok = false;
-                break;
-            }
-        }
-        if ok && self.st.is_streaming() {
-            if let Err(e) = self.channel.worker_stream_publish(&mut self.st) {
-                self.error = Some(e);
-                self.refuse(Some(Refusal::Stopping));
-                return false;
-            }
-        }
-        ok
+        piece.split('\0').all(|part| self.append(part)) && (!self.st.is_streaming() || self.publish())
     }
 }
 
@@ -292,9 +282,7 @@ where
                 Incoming::Shutdown => return Ok((ServeEnd::ShutdownRequested, served)),
                 Incoming::Refused { seq, status, message } => {
                     tracing::warn!(seq, ?status, "refusing request: {message}");
-                    let mut o = Outcome::error(status, &message);
-                    o.finish = WireFinish::Error;
-                    channel.worker_respond_tracked(seq, &o, &mut dirty)?;
+                    channel.worker_respond_tracked(seq, &Outcome::error(status, &message), &mut dirty)?;
                     continue;
                 }
                 Incoming::Request {
@@ -324,7 +312,6 @@ where
         let mut sink = WireSink {
             channel,
             st: channel.worker_stream_begin(seq, params),
-            seq,
             cancel,
             stop,
             opts,
@@ -333,14 +320,7 @@ where
         };
         // Cancelled before it started (the client gave up while we were busy): no work.
         let result = match sink.check() {
-            Some(_) => Ok(Generation {
-                finish: FinishReason::Cancelled,
-                prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_time: Duration::ZERO,
-                generation_time: Duration::ZERO,
-                cached_tokens: 0,
-            }),
+            Some(_) => Ok(Generation::new(FinishReason::Cancelled)),
             None => engine.generate(
                 &EngineRequest {
                     system: &system,
@@ -351,14 +331,10 @@ where
                 cancel,
             ),
         };
-        // The engine may have stopped on the flag without pushing again: say why.
+        // The engine may have stopped on the flag without pushing again: say why (a flag set
+        // by nobody the sink knows of is the worker's own stop path).
         if sink.refused.is_none() && cancel.is_cancelled() {
-            let why = sink.check().or(Some(if cancel.deadline_passed() {
-                Refusal::Deadline
-            } else {
-                Refusal::Stopping
-            }));
-            sink.refused = why;
+            sink.refused = sink.check().or(Some(Refusal::Stopping));
         }
         let WireSink {
             st, refused, error, ..
@@ -383,22 +359,14 @@ where
                 o.finish = WireFinish::Cancelled;
                 o
             }
-            (_, Some(Refusal::Stalled)) => {
-                let mut o = Outcome::error(
-                    StatusCode::EngineFailed,
-                    "the client stopped reading the answer; request given up",
-                );
-                o.finish = WireFinish::Error;
-                o
-            }
-            (_, Some(Refusal::Garbled)) => {
-                let mut o = Outcome::error(
-                    StatusCode::BadRequest,
-                    "the stream's read cursor is impossible: the region was changed in transit",
-                );
-                o.finish = WireFinish::Error;
-                o
-            }
+            (_, Some(Refusal::Stalled)) => Outcome::error(
+                StatusCode::EngineFailed,
+                "the client stopped reading the answer; request given up",
+            ),
+            (_, Some(Refusal::Garbled)) => Outcome::error(
+                StatusCode::BadRequest,
+                "the stream's read cursor is impossible: the region was changed in transit",
+            ),
             (Ok(g), refused) => Outcome {
                 status: StatusCode::Ok,
                 text: "",
@@ -423,21 +391,14 @@ where
                 message = e.to_string();
                 let mut o = Outcome::error(StatusCode::PromptTooLong, &message);
                 o.error_args = (u64::from(*tokens), u64::from(*ctx));
-                o.finish = WireFinish::Error;
                 o
             }
             (Err(e @ EngineError::Inference(_)), _) => {
                 message = e.to_string();
-                let mut o = Outcome::error(StatusCode::EngineFailed, &message);
-                o.finish = WireFinish::Error;
-                o
+                Outcome::error(StatusCode::EngineFailed, &message)
             }
         };
         channel.worker_finish(&outcome, st, &mut dirty)?;
-        cancel.reset();
-        if stop() {
-            cancel.cancel();
-        }
         served += 1;
     }
 }

@@ -57,8 +57,15 @@ impl BenchArgs {
 
 type BenchResult<T> = Result<T, String>;
 
-fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
-    move |e| format!("{context}: {e}")
+/// `result.context("what")`: an error as "what: error", the benchmark's error message.
+trait Context<T> {
+    fn context(self, what: &str) -> BenchResult<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: &str) -> BenchResult<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
 }
 
 /// Runs every section and prints its table.
@@ -143,7 +150,7 @@ fn shm_round_trips(
     };
     let mut client = {
         // The worker inherits the mask of the thread that spawns it.
-        let _pin = pin_current_thread(worker_cpu).map_err(|e| err("pinning")(&e))?;
+        let _pin = pin_current_thread(worker_cpu).context("pinning")?;
         Client::builder()
             .worker(worker)
             .args(["--engine", "echo", "--echo-bytes", &payload.response.to_string()])
@@ -151,9 +158,9 @@ fn shm_round_trips(
             .arg(spin_max.as_micros().to_string())
             .spin(spin_max)
             .spawn()
-            .map_err(|e| err("spawning the echo worker")(&e))?
+            .context("spawning the echo worker")?
     };
-    let _pin = pin_current_thread(client_cpu).map_err(|e| err("pinning")(&e))?;
+    let _pin = pin_current_thread(client_cpu).context("pinning")?;
     let mut system = "s".repeat(payload.system);
     let user = "u".repeat(payload.user);
     let mut out = String::with_capacity(payload.response + 64);
@@ -167,7 +174,7 @@ fn shm_round_trips(
         let t = Instant::now();
         client
             .request_into(&user, &system, &opts, &mut out)
-            .map_err(|e| err("shm round trip")(&e))?;
+            .context("shm round trip")?;
         let dt = t.elapsed();
         if out.len() != payload.response || !out.starts_with(c) {
             return Err(format!(
@@ -181,9 +188,7 @@ fn shm_round_trips(
             samples.push(dt);
         }
     }
-    client
-        .shutdown()
-        .map_err(|e| err("shutting the echo worker down")(&e))?;
+    client.shutdown().context("shutting the echo worker down")?;
     Ok(samples)
 }
 
@@ -224,7 +229,7 @@ fn round_trips(args: &BenchArgs, worker: &std::path::Path) -> BenchResult<()> {
                 // SAFETY: no thread has been started yet in this process: the round trips
                 // run before any client, watcher or llama.cpp pool exists.
                 let mut samples = unsafe { baselines::run(transport, payload, placement, warmup, iters) }
-                    .map_err(|e| err(transport.name())(&e))?;
+                    .context(transport.name())?;
                 base.push((payload, placement, transport, summarize(&mut samples)));
             }
         }
@@ -274,10 +279,10 @@ fn lifecycle(args: &BenchArgs, worker: &std::path::Path) -> BenchResult<()> {
             .worker(worker)
             .args(["--engine", "echo"])
             .spawn()
-            .map_err(|e| err("spawn")(&e))?;
+            .context("spawn")?;
         spawn.push(t.elapsed());
         let t = Instant::now();
-        c.shutdown().map_err(|e| err("shutdown")(&e))?;
+        c.shutdown().context("shutdown")?;
         shutdown.push(t.elapsed());
     }
     let mut detect = Vec::new();
@@ -286,7 +291,7 @@ fn lifecycle(args: &BenchArgs, worker: &std::path::Path) -> BenchResult<()> {
             .worker(worker)
             .args(["--engine", "echo", "--echo-delay-ms", "60000"])
             .spawn()
-            .map_err(|e| err("spawn")(&e))?;
+            .context("spawn")?;
         let pid = c.worker_pid().ok_or("spawned worker without pid")?;
         // Kill it while the request waits, at a varying moment.
         let delay = Duration::from_micros(2000 + (i as u64 * 37) % 3000);
@@ -350,7 +355,7 @@ fn llm_client(worker: &std::path::Path, model: &std::path::Path, extra: &[&str])
         .startup_timeout(Duration::from_secs(120))
         .request_timeout(Duration::from_secs(300))
         .spawn()
-        .map_err(|e| err("spawning the llama worker")(&e))
+        .context("spawning the llama worker")
 }
 
 fn llm_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path::Path) -> BenchResult<()> {
@@ -362,14 +367,14 @@ fn llm_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path:
     // Every round sends the same prompt: without this, later rounds would evaluate one token.
     opts.prefix_cache = false;
     let t = Instant::now();
-    let mut engine = LlamaEngine::load(&opts).map_err(|e| err("loading the model in-process")(&e))?;
+    let mut engine = LlamaEngine::load(&opts).context("loading the model in-process")?;
     let load_inproc = t.elapsed();
     let mut spawns = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
         let c = llm_client(worker, model, &[])?;
         spawns.push(t.elapsed());
-        c.shutdown().map_err(|e| err("shutdown")(&e))?;
+        c.shutdown().context("shutdown")?;
     }
     let forced = FORCED.to_string();
     let mut client = llm_client(
@@ -400,12 +405,10 @@ fn llm_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path:
                 &mut sink,
                 &Cancel::new(),
             )
-            .map_err(|e| err("in-process generation")(&e))?;
+            .context("in-process generation")?;
         let wall_ip = t.elapsed();
         let t = Instant::now();
-        let r = client
-            .send_request(USER, SYSTEM)
-            .map_err(|e| err("worker request")(&e))?;
+        let r = client.send_request(USER, SYSTEM).context("worker request")?;
         let wall_wk = t.elapsed();
         if r.usage.generated_tokens != FORCED || g.generated_tokens != FORCED {
             return Err(format!(
@@ -425,7 +428,7 @@ fn llm_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path:
         }
     }
     let rss_kib = peak_rss_kib(pid);
-    client.shutdown().map_err(|e| err("shutdown")(&e))?;
+    client.shutdown().context("shutdown")?;
     let summary = |s: &[(u32, Duration, Duration, Duration)]| {
         let mut pt: Vec<Duration> = s.iter().map(|x| x.1).collect();
         let mut gt: Vec<Duration> = s.iter().map(|x| x.2).collect();
@@ -511,16 +514,16 @@ fn prefix_cache(args: &BenchArgs, worker: &std::path::Path, model: &std::path::P
         let system = long_system(session);
         let a = client
             .send_request("What is the capital of France?", &system)
-            .map_err(|e| err("prefix-cache request")(&e))?;
+            .context("prefix-cache request")?;
         let b = client
             .send_request("What is the longest river in Africa?", &system)
-            .map_err(|e| err("prefix-cache request")(&e))?;
+            .context("prefix-cache request")?;
         first.push(a.usage.prompt_time);
         second.push(b.usage.prompt_time);
         evaluated.push(b.usage.prompt_tokens - b.usage.cached_tokens);
         tokens = (a.usage.prompt_tokens, b.usage.cached_tokens);
     }
-    client.shutdown().map_err(|e| err("shutdown")(&e))?;
+    client.shutdown().context("shutdown")?;
     let (f, s) = (median(&mut first), median(&mut second));
     evaluated.sort_unstable();
     println!(
@@ -565,7 +568,7 @@ fn first_chunk_and_cancel(
             .stream(&user, SYSTEM, &opts, |_| {
                 first.get_or_insert_with(|| t.elapsed());
             })
-            .map_err(|e| err("stream")(&e))?;
+            .context("stream")?;
         fulls.push(t.elapsed());
         firsts.push(first.ok_or("no chunk arrived")?);
         // Cancel after the third chunk; time until the call returns.
@@ -580,14 +583,14 @@ fn first_chunk_and_cancel(
                     at = Some(Instant::now());
                 }
             })
-            .map_err(|e| err("stream")(&e))?;
+            .context("stream")?;
         if let Some(at) = at {
             if r.finish == llama_shm::wire::status::WireFinish::Cancelled {
                 cancels.push(at.elapsed());
             }
         }
     }
-    client.shutdown().map_err(|e| err("shutdown")(&e))?;
+    client.shutdown().context("shutdown")?;
     println!("| what | median | max |");
     println!("|---|---|---|");
     for (label, v) in [
@@ -628,7 +631,7 @@ fn pool_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path
             ])
             .startup_timeout(Duration::from_secs(120))
             .request_timeout(Duration::from_secs(300));
-        let pool = Pool::new(builder, workers).map_err(|e| err("starting the pool")(&e))?;
+        let pool = Pool::new(builder, workers).context("starting the pool")?;
         let n = args.pool_requests.max(2);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let t = Instant::now();
