@@ -20,7 +20,8 @@ fail=0
 for t in one_client_two_cycles_then_shutdown deadline_then_next_request_gets_its_own_answer \
          stop_signal_at_any_point_ends_every_wait two_clients_with_a_turn_lock_are_clean \
          streamed_answer_through_a_small_ring_arrives_whole \
-         cancel_at_any_point_ends_the_request_and_the_next_one_is_whole; do
+         cancel_at_any_point_ends_the_request_and_the_next_one_is_whole \
+         deadline_binds_against_a_hostile_poster; do
   log=$(mktemp)
   start=$(date +%s.%N)
   # The stop model has four threads: one preemption less keeps it under a minute.
@@ -34,20 +35,24 @@ for t in one_client_two_cycles_then_shutdown deadline_then_next_request_gets_its
   rm -f "$log"
 done
 
+# expect_caught BINARY MODEL [MUTANT]: the model must fail (with the mutant of the shipped
+# code switched on, when one is named: LLAMA_SHM_MUTANT, see crates/llama-shm/src/sync.rs).
 expect_caught() {
-  local binary=$1 t=$2 log
+  local binary=$1 t=$2 mutant=${3:-} log label=$2
+  [ -n "$mutant" ] && label="$t [mutant $mutant]"
   log=$(mktemp)
   start=$(date +%s.%N)
-  if LOOM_MAX_PREEMPTIONS=$PREEMPTIONS "$binary" --exact "$t" --include-ignored --nocapture --test-threads=1 >"$log" 2>&1; then
-    printf 'loom: %-52s NOT CAUGHT (the model passed)\n' "$t"; fail=1
+  if LLAMA_SHM_MUTANT=$mutant LOOM_MAX_PREEMPTIONS=$PREEMPTIONS "$binary" --exact "$t" --include-ignored --nocapture --test-threads=1 >"$log" 2>&1; then
+    printf 'loom: %-52s NOT CAUGHT (the model passed)\n' "$label"; fail=1
   else
-    why=$(grep -aoE 'deadlock|Causality violation|not idle at the end|got another client.s answer|assertion[^:]*failed' "$log" | head -1)
-    printf 'loom: %-52s caught  (%s)  %6.1f s\n' "$t" "${why:-model failed}" "$(echo "$(date +%s.%N) - $start" | bc)"
+    why=$(grep -aoE 'deadlock|Causality violation|not idle at the end|got another client.s answer|a passed deadline gave|assertion[^:]*failed' "$log" | head -1)
+    printf 'loom: %-52s caught  (%s)  %6.1f s\n' "$label" "${why:-model failed}" "$(echo "$(date +%s.%N) - $start" | bc)"
     if [ -z "$why" ]; then tail -20 "$log"; fi
   fi
   rm -f "$log"
 }
 expect_caught "$protocol" two_clients_without_a_turn_lock_race
+expect_caught "$protocol" deadline_binds_against_a_hostile_poster deadline-unchecked
 for t in planted_read_response_before_waiting_is_caught planted_post_response_before_writing_is_caught \
          planted_forgotten_shutdown_post_is_caught planted_double_ready_post_is_caught \
          planted_ring_released_before_copy_is_caught; do

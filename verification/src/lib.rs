@@ -69,9 +69,12 @@ impl Semaphore for LoomSemaphore {
         Ok(())
     }
 
-    fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+    fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let mut count = self.count.lock().unwrap();
-        if self.timeouts.load(std::sync::atomic::Ordering::Relaxed) {
+        // As sem_clockwait: a positive count is taken even when the deadline has passed; a
+        // zero count with a passed deadline times out at once.
+        let expired = deadline.is_some_and(|d| d <= Instant::now());
+        if expired || self.timeouts.load(std::sync::atomic::Ordering::Relaxed) {
             if *count == 0 {
                 return Ok(false);
             }

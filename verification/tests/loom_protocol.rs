@@ -290,3 +290,36 @@ fn cancel_at_any_point_ends_the_request_and_the_next_one_is_whole() {
         assert_idle(&ch);
     });
 }
+
+/// Issue 12, item 1: a peer that posts `response_written` at any time (a hostile or broken
+/// process: two posts here, at any point) cannot hold a client whose deadline has passed, nor
+/// hand it the late answer as a success: the wait for the response ends `TimedOut`, whatever
+/// the worker and the poster have done by then. The next cycle (shutdown) still works and the
+/// semaphores end idle. `LLAMA_SHM_MUTANT=deadline-unchecked` (today's behaviour before the
+/// fix: a wait takes whatever is posted and the loop never looks at the clock) must fail here.
+#[test]
+fn deadline_binds_against_a_hostile_poster() {
+    loom::model(|| {
+        let ch = Arc::new(channel(ObjectKind::Extended));
+        let worker = spawn_worker(&ch);
+        ch.client_acquire(None, SLICE, &always).unwrap();
+        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+        req.seq = 1;
+        ch.client_write(&req).unwrap();
+        let hostile = {
+            let ch = Arc::clone(&ch);
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    llama_shm::protocol::Semaphore::post(&ch.response_written).unwrap();
+                }
+            })
+        };
+        let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        let r = ch.client_await(1, Some(past), SLICE, &always);
+        assert!(matches!(r, Err(WaitError::TimedOut)), "a passed deadline gave {r:?}");
+        hostile.join().unwrap();
+        shutdown(&ch, 2);
+        assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 1));
+        assert_idle(&ch);
+    });
+}

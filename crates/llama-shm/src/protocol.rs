@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::sync::{mutant, Mutant};
+
 use crate::wire::layout::{
     Field, ObjectKind, Word32, Word64, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, REQUEST_STREAM,
     RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
@@ -41,6 +43,8 @@ pub trait Semaphore {
     /// The OS error (e.g. the count overflowed).
     fn post(&self) -> io::Result<()>;
     /// Decrements the count, waiting until `deadline` at the latest. `Ok(false)` on timeout.
+    /// Like `sem_clockwait`, it may take a positive count even when `deadline` has passed:
+    /// binding the deadline is the caller's job ([`wait_for`] does it).
     ///
     /// # Errors
     /// The OS error.
@@ -381,6 +385,12 @@ pub fn wait_for<S: Semaphore>(
 ) -> Result<(), WaitError> {
     loop {
         let now = Instant::now();
+        // Checked before every take, not only after a wait that timed out: a semaphore the
+        // peer keeps positive would otherwise be taken (sem_clockwait succeeds at once on a
+        // positive count, whatever the deadline) and a caller's loop would never end.
+        if expired(deadline, now) {
+            return Err(WaitError::TimedOut);
+        }
         let until = match deadline {
             Some(d) => d.min(now + slice),
             None => now + slice,
@@ -396,6 +406,16 @@ pub fn wait_for<S: Semaphore>(
         }
     }
 }
+
+/// Whether `deadline` has passed at `now` (never, for no deadline).
+fn expired(deadline: Option<Instant>, now: Instant) -> bool {
+    !mutant(Mutant::DeadlineUnchecked) && deadline.is_some_and(|d| now >= d)
+}
+
+/// Most stale `response_written` posts [`Channel::client_acquire`] drains. A worker leaves at
+/// most one per publication of the answers before; a peer posting in a loop is cut off here
+/// (what is left over is skipped by sequence number like any stale post).
+pub const DRAIN_LIMIT: u32 = 1 << 20;
 
 /// Checksum of a request as the client wrote it: sequence number, token, shutdown byte and,
 /// for a request (shutdown byte 0), its parameters and both prompts' payloads. The worker
@@ -572,6 +592,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             return wait_for(sem, deadline, slice, alive);
         }
         let started = Instant::now();
+        if expired(deadline, started) {
+            return Err(WaitError::TimedOut);
+        }
         if !self.spin.spin(sem, &|| self.peer_elsewhere(peer))? {
             wait_for(sem, deadline, slice, alive)?;
         }
@@ -974,7 +997,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         // now was left by a request whose client stopped waiting (timed out, or died), or by
         // stream publications the client consumed in bulk. Drop them, so the count is exact
         // again and our own posts are the ones we wait for.
-        while self.response_written.try_wait()? {}
+        // Bounded: by count, and by the deadline (checked every 1024 takes).
+        for n in 1..=DRAIN_LIMIT {
+            if !self.response_written.try_wait()? || (n % 1024 == 0 && expired(deadline, Instant::now())) {
+                break;
+            }
+        }
         // A watcher that saw the worker die marks it dead *before* posting its wake-ups, so
         // if the drain just swallowed one of them, this check sees the death.
         if alive() {
@@ -1113,7 +1141,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             if !alive() {
                 return Err(WaitError::PeerGone);
             }
-            // A stale post, or a piece of ours: keep waiting for the end.
+            // A stale post, or a piece of ours: keep waiting for the end. (The next wait
+            // checks the deadline before it takes anything, so a peer that keeps posting
+            // cannot hold us past it.)
         }
     }
 
@@ -1328,6 +1358,69 @@ mod tests {
             .client_await(7, None, Duration::from_millis(1), &|| true)
             .unwrap();
         assert!(!r.intact);
+    }
+
+    /// A semaphore a hostile peer keeps positive (it posts in a loop, or raised the value):
+    /// every take succeeds at once.
+    struct Flood;
+
+    impl Semaphore for Flood {
+        fn post(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn try_wait(&self) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// Runs `f` on its own thread and gives its result, or `None` if it has not returned
+    /// within `limit` (the thread is left behind: the test fails anyway).
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    /// Issue 12, item 1: a deadline binds whatever the peer posts. A wait whose deadline has
+    /// passed takes nothing; the receive loop, woken again and again by posts that carry no
+    /// answer, ends `TimedOut` by its deadline (+ 50 ms); the drain before a request ends
+    /// although the semaphore never empties.
+    #[test]
+    fn a_semaphore_kept_positive_cannot_hold_a_wait_past_its_deadline() {
+        let past = Instant::now() - Duration::from_millis(1);
+        assert!(matches!(
+            wait_for(&Flood, Some(past), Duration::from_millis(1), &|| true),
+            Err(WaitError::TimedOut)
+        ));
+        for kind in [ObjectKind::Extended, ObjectKind::Seed] {
+            let r = within(Duration::from_secs(5), move || {
+                let ch = Channel::new(Flood, Flood, Flood, MemRegion::initialised(kind, 0));
+                ch.region.store64(Word64::ResponseSeq, 7);
+                let limit = Duration::from_millis(100);
+                let start = Instant::now();
+                let r = ch.client_await(8, Some(start + limit), Duration::from_millis(10), &|| true);
+                (r.map(|_| ()), start.elapsed().saturating_sub(limit))
+            });
+            match (kind, r) {
+                (ObjectKind::Extended, Some((Err(WaitError::TimedOut), late))) => {
+                    assert!(late < Duration::from_millis(50), "{late:?} past the deadline")
+                }
+                // A seed-mode answer has no sequence number: the first post is the answer.
+                (ObjectKind::Seed, Some((Ok(()), _))) => {}
+                (kind, r) => panic!("{kind:?}: {r:?} (None: still looping after 5 s)"),
+            }
+        }
+        let r = within(Duration::from_secs(5), || {
+            let ch = Channel::new(Flood, Flood, Flood, MemRegion::initialised(ObjectKind::Extended, 0));
+            ch.client_acquire(Some(Instant::now() + Duration::from_secs(1)), Duration::from_millis(10), &|| true)
+                .map_err(|e| e.to_string())
+        });
+        assert_eq!(r, Some(Ok(())), "the drain of a flooded response_written must end");
     }
 
     /// A read cursor the client could not have written (past what was published) is refused

@@ -1,6 +1,11 @@
 //! The loom façade: the crate's shared-state types come from here, from `std` normally and
 //! from `loom` under `--cfg loom`, so the verification models run the shipped code on loom's
 //! checked primitives.
+//!
+//! It also holds the *mutants*: defects the verification models must go on catching, kept in
+//! the shipped code at the line they would break (today's behaviour before a fix, say). Under
+//! `--cfg loom` one of them is switched on per process by `LLAMA_SHM_MUTANT=<name>`; in every
+//! other build [`mutant`] is a constant `false` and the branch is compiled away.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
@@ -11,3 +16,42 @@ pub(crate) use loom::sync::Arc;
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
+
+/// A defect a model must catch (see the module docs). The names are what
+/// `LLAMA_SHM_MUTANT` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // Each variant is only named at its site and in the models.
+pub(crate) enum Mutant {
+    /// `deadline-unchecked`: a wait takes a post whatever its deadline says, and the receive
+    /// loop goes round on stale posts without looking at the clock (before issue 12).
+    DeadlineUnchecked,
+    /// `turn-not-recovered`: a worker waiting for `prompts_written` never notices that the
+    /// client holding its turn is gone (before issue 12).
+    TurnNotRecovered,
+}
+
+impl Mutant {
+    #[cfg(loom)]
+    fn name(self) -> &'static str {
+        match self {
+            Mutant::DeadlineUnchecked => "deadline-unchecked",
+            Mutant::TurnNotRecovered => "turn-not-recovered",
+        }
+    }
+}
+
+/// Whether `m` is switched on (only ever under `--cfg loom`).
+#[cfg(loom)]
+pub(crate) fn mutant(m: Mutant) -> bool {
+    static ON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| std::env::var("LLAMA_SHM_MUTANT").ok())
+        .as_deref()
+        == Some(m.name())
+}
+
+/// Whether `m` is switched on: never, outside the models.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) const fn mutant(_: Mutant) -> bool {
+    false
+}
