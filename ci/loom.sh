@@ -21,7 +21,8 @@ for t in one_client_two_cycles_then_shutdown deadline_then_next_request_gets_its
          stop_signal_at_any_point_ends_every_wait two_clients_with_a_turn_lock_are_clean \
          streamed_answer_through_a_small_ring_arrives_whole \
          cancel_at_any_point_ends_the_request_and_the_next_one_is_whole \
-         deadline_binds_against_a_hostile_poster; do
+         deadline_binds_against_a_hostile_poster \
+         a_client_that_dies_holding_the_turn_does_not_wedge_the_worker; do
   log=$(mktemp)
   start=$(date +%s.%N)
   # The stop model has four threads: one preemption less keeps it under a minute.
@@ -45,7 +46,7 @@ expect_caught() {
   if LLAMA_SHM_MUTANT=$mutant LOOM_MAX_PREEMPTIONS=$PREEMPTIONS "$binary" --exact "$t" --include-ignored --nocapture --test-threads=1 >"$log" 2>&1; then
     printf 'loom: %-52s NOT CAUGHT (the model passed)\n' "$label"; fail=1
   else
-    why=$(grep -aoE 'deadlock|Causality violation|not idle at the end|got another client.s answer|a passed deadline gave|assertion[^:]*failed' "$log" | head -1)
+    why=$(grep -aoE 'deadlock|Causality violation|not idle at the end|got another client.s answer|a passed deadline gave|exceeded maximum number of branches|assertion[^:]*failed' "$log" | head -1)
     printf 'loom: %-52s caught  (%s)  %6.1f s\n' "$label" "${why:-model failed}" "$(echo "$(date +%s.%N) - $start" | bc)"
     if [ -z "$why" ]; then tail -20 "$log"; fi
   fi
@@ -53,6 +54,8 @@ expect_caught() {
 }
 expect_caught "$protocol" two_clients_without_a_turn_lock_race
 expect_caught "$protocol" deadline_binds_against_a_hostile_poster deadline-unchecked
+# The wedge: the worker goes round its wait for ever while client B waits for `ready`.
+expect_caught "$protocol" a_client_that_dies_holding_the_turn_does_not_wedge_the_worker turn-not-recovered
 for t in planted_read_response_before_waiting_is_caught planted_post_response_before_writing_is_caught \
          planted_forgotten_shutdown_post_is_caught planted_double_ready_post_is_caught \
          planted_ring_released_before_copy_is_caught; do

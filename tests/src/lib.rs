@@ -194,12 +194,17 @@ pub fn p50_p99_max(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
 /// and the value. Used for client processes that a test kills.
 // The child is returned to the caller (who kills and reaps it), and reaped here on the early
 // exit path; the lint cannot follow the return.
-#[allow(clippy::zombie_processes)]
 pub fn spawn_helper(test: &str, env_key: &str, key: &str) -> (std::process::Child, String) {
+    spawn_helper_with(test, &[(env_key, "1")], key)
+}
+
+/// [`spawn_helper`] with the helper's environment variables given (`(name, value)` pairs).
+#[allow(clippy::zombie_processes)]
+pub fn spawn_helper_with(test: &str, envs: &[(&str, &str)], key: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--include-ignored", "--nocapture"])
-        .env(env_key, "1")
+        .envs(envs.iter().copied())
         .env("LLAMA_SHM_WORKER", worker_path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

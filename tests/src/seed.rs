@@ -243,6 +243,17 @@ impl SeedPeer {
         })
     }
 
+    /// Takes `ready` (waits at most `timeout`), as a client does before it writes; `false`
+    /// if it timed out. For tests of clients that die holding the turn.
+    pub fn take_ready(&self, timeout: Duration) -> bool {
+        self.wait(0, timeout)
+    }
+
+    /// Posts `prompts_written`, as a client does after it wrote the prompts.
+    pub fn post_prompts_written(&self) {
+        self.post(1);
+    }
+
     /// The seed's shutdown: set the flag, post prompts_written.
     pub fn request_shutdown(&self) {
         self.write_at(SHUTDOWN_OFF, &[1]);

@@ -10,8 +10,13 @@ use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, Phase, RequestError};
 use llama_shm::names::Prefix;
+use llama_shm::objects::{self, Trust};
 use llama_shm::os::NamedSemaphore;
-use llama_shm_tests::{cli_path, shm_entries, standalone_echo, terminate, unique_prefix};
+use llama_shm::protocol::Region;
+use llama_shm::wire::layout::{Field, Word64};
+use llama_shm::RequestOptions;
+use llama_shm_tests::seed::SeedPeer;
+use llama_shm_tests::{cli_path, shm_entries, spawn_helper_with, standalone_echo, terminate, unique_prefix};
 
 /// Posts `response_written` of `prefix` as fast as it can until dropped: a hostile peer (or
 /// one that raised the semaphore's value) keeping it positive.
@@ -83,7 +88,10 @@ fn a_request_timeout_binds_against_a_hostile_poster() {
         ),
         "{r:?}"
     );
-    assert!(took < timeout + Duration::from_millis(50), "returned after {took:?}");
+    assert!(
+        took < timeout + Duration::from_millis(50),
+        "returned after {took:?}"
+    );
     client.detach();
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
@@ -114,4 +122,163 @@ fn cli_ask_with_a_timeout_exits_by_it_against_a_hostile_poster() {
     assert!(took < Duration::from_millis(2500), "exited after {took:?}");
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
+}
+
+/// How a helper client dies holding the worker's turn.
+const DIE_MODES: [&str; 4] = ["seed-ready", "seed-written", "ext-ready", "ext-written"];
+
+/// Helper process: a client of `LST_DIE_PREFIX` that takes the turn the way `LST_DIE_MODE`
+/// says, prints `HELD=1`, and waits to be SIGKILLed:
+/// - `seed-ready`: a seed-era client (no lock) that took `ready`;
+/// - `seed-written`: the same, after writing its prompts, before posting;
+/// - `ext-ready`: an extended client holding the turn lock that took `ready`;
+/// - `ext-written`: the same, after writing its request (sequence number included);
+/// - `ext-posted`: an extended client whose streamed answer is being generated;
+/// - `seed-posted`: a seed-era client that posted its request.
+#[test]
+#[ignore = "helper process for the dead-client tests"]
+fn dying_client_helper() {
+    let (Ok(prefix), Ok(mode)) = (std::env::var("LST_DIE_PREFIX"), std::env::var("LST_DIE_MODE")) else {
+        return;
+    };
+    let hold = || {
+        println!("HELD=1");
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    };
+    let t = Duration::from_secs(10);
+    match mode.as_str() {
+        "seed-ready" | "seed-written" | "seed-posted" => {
+            let peer = SeedPeer::open(&prefix).unwrap();
+            assert!(peer.take_ready(t));
+            if mode != "seed-ready" {
+                peer.write_prompt(0, "dead");
+                peer.write_prompt(4096, "client");
+            }
+            if mode == "seed-posted" {
+                peer.post_prompts_written();
+            }
+            hold()
+        }
+        "ext-ready" | "ext-written" => {
+            let ch = objects::open(&Prefix::new(&prefix).unwrap(), Trust::default()).unwrap();
+            assert!(ch.region.shm().try_lock().unwrap());
+            ch.client_acquire(
+                Some(std::time::Instant::now() + t),
+                Duration::from_millis(50),
+                &|| true,
+            )
+            .unwrap();
+            if mode == "ext-written" {
+                ch.region.store64(Word64::RequestSeq, 0xdead);
+                ch.region.write(Field::UserPrompt, 0, b"dead\0");
+            }
+            hold()
+        }
+        "ext-posted" => {
+            let mut client = Client::builder().attach(&Prefix::new(&prefix).unwrap()).unwrap();
+            let mut once = Some(());
+            let _ = client.stream("dead", "client", &RequestOptions::default(), |_| {
+                if once.take().is_some() {
+                    println!("HELD=1");
+                }
+            });
+            hold()
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+/// Kills a helper that holds the turn of `prefix` in `mode`, then returns how long a new
+/// client took to get its answer.
+fn next_client_after_death(prefix: &Prefix, mode: &str) -> Duration {
+    let (mut helper, _) = spawn_helper_with(
+        "dying_client_helper",
+        &[("LST_DIE_PREFIX", prefix.as_str()), ("LST_DIE_MODE", mode)],
+        "HELD",
+    );
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let start = Instant::now();
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_secs(10))
+        .attach(prefix)
+        .unwrap();
+    let r = client.send_request("next", "sys").unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.text, "sys\nnext", "{mode}");
+    client.detach();
+    took
+}
+
+/// Issue 12, item 2: a client that dies holding the turn of a standalone worker — after
+/// taking `ready`, or after writing its request but before posting it; a seed-era client
+/// (no lock) or an extended one (the kernel releases its turn lock) — does not wedge the
+/// worker: the next client is served within 1 s, and the worker serves on.
+#[test]
+fn a_client_that_dies_holding_the_turn_does_not_wedge_a_standalone_worker() {
+    let prefix = unique_prefix("hdie");
+    let worker = standalone_echo(&prefix, &[]);
+    for mode in DIE_MODES {
+        let took = next_client_after_death(&prefix, mode);
+        eprintln!("client died holding the turn ({mode}): next client served after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{mode}: next client served after {took:?}"
+        );
+    }
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
+}
+
+/// A client that dies while its answer is being generated: the worker notices within its
+/// presence interval (an extended client named itself in `client_pid`; for a seed-era
+/// client, no process that mapped the object is left) and serves the next client within
+/// 1 s, although the answer would have taken 20 s more. The seed-era case holds only while no
+/// other client maps the object when the worker first looks (100 ms into the request), so
+/// there the next client attaches after that look: with other clients mapping, a dead seed
+/// client's answer is generated to its end (see `standalone.rs`).
+#[test]
+fn a_client_that_dies_during_its_answer_does_not_hold_a_standalone_worker() {
+    for mode in ["ext-posted", "seed-posted"] {
+        let prefix = unique_prefix("hans");
+        // "client\ndead" × 8000 in 4-byte pieces, 10 ms each: 20 s of answer.
+        let worker = standalone_echo(&prefix, &["--echo-piece-us", "10000", "--echo-repeat", "8000"]);
+        let took = next_client_after_death_during_answer(&prefix, mode);
+        eprintln!("client died during its answer ({mode}): next client served after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{mode}: next client served after {took:?}"
+        );
+        assert_eq!(terminate(worker), Some(0));
+        assert!(shm_entries(&prefix).is_empty());
+    }
+}
+
+fn next_client_after_death_during_answer(prefix: &Prefix, mode: &str) -> Duration {
+    let (mut helper, _) = spawn_helper_with(
+        "dying_client_helper",
+        &[("LST_DIE_PREFIX", prefix.as_str()), ("LST_DIE_MODE", mode)],
+        "HELD",
+    );
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let start = Instant::now();
+    if mode.starts_with("seed") {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_secs(10))
+        .attach(prefix)
+        .unwrap();
+    let mut first = None;
+    let r = client
+        .stream("x", "", &RequestOptions::default().max_tokens(1), |_| {
+            first.get_or_insert_with(|| start.elapsed());
+        })
+        .unwrap();
+    assert!(!r.text.is_empty());
+    client.detach();
+    first.unwrap()
 }

@@ -33,6 +33,7 @@ pub struct LoomSemaphore {
     count: Mutex<u32>,
     cv: Condvar,
     timeouts: std::sync::atomic::AtomicBool,
+    made: Instant,
 }
 
 impl LoomSemaphore {
@@ -42,6 +43,7 @@ impl LoomSemaphore {
             count: Mutex::new(0),
             cv: Condvar::new(),
             timeouts: false.into(),
+            made: Instant::now(),
         }
     }
     /// From now on, a wait that finds the count at zero times out at once (the deadline
@@ -72,10 +74,16 @@ impl Semaphore for LoomSemaphore {
     fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let mut count = self.count.lock().unwrap();
         // As sem_clockwait: a positive count is taken even when the deadline has passed; a
-        // zero count with a passed deadline times out at once.
-        let expired = deadline.is_some_and(|d| d <= Instant::now());
+        // zero count with a passed deadline times out at once. "Passed" means before this
+        // semaphore was made (a model's deliberately expired deadline), never the wall clock
+        // during exploration, which would make executions differ from run to run.
+        let expired = deadline.is_some_and(|d| d <= self.made);
         if expired || self.timeouts.load(std::sync::atomic::Ordering::Relaxed) {
             if *count == 0 {
+                drop(count);
+                // A waiter that times out goes round its loop: let the others run first (a
+                // spin loop in loom must yield, or a schedule can run it forever).
+                loom::thread::yield_now();
                 return Ok(false);
             }
         } else {
@@ -85,6 +93,10 @@ impl Semaphore for LoomSemaphore {
         }
         *count -= 1;
         Ok(true)
+    }
+
+    fn value(&self) -> io::Result<u32> {
+        Ok(*self.count.lock().unwrap())
     }
 
     fn try_wait(&self) -> io::Result<bool> {

@@ -31,7 +31,7 @@ pub fn buggy_serve(ch: &LoomChannel, bug: WorkerBug) -> u64 {
         if bug == WorkerBug::ReadyTwice {
             ch.ready.post().unwrap();
         }
-        assert!(ch.worker_wait(crate::SLICE, &|| false).unwrap());
+        assert!(ch.worker_wait(crate::SLICE, &|| false, None).unwrap());
         let seq = match ch.worker_take(None, &mut system, &mut user, &mut scratch) {
             Incoming::Shutdown => return served,
             Incoming::Refused { seq, .. } => seq,

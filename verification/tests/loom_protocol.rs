@@ -316,10 +316,106 @@ fn deadline_binds_against_a_hostile_poster() {
         };
         let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
         let r = ch.client_await(1, Some(past), SLICE, &always);
-        assert!(matches!(r, Err(WaitError::TimedOut)), "a passed deadline gave {r:?}");
+        assert!(
+            matches!(r, Err(WaitError::TimedOut)),
+            "a passed deadline gave {r:?}"
+        );
         hostile.join().unwrap();
         shutdown(&ch, 2);
         assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 1));
         assert_idle(&ch);
     });
+}
+
+/// The model's [`Clients`]: client A's death is an atomic flag, and the turn A held when it
+/// died counts as abandoned (once: from then on the turn is given back). This is what the
+/// production rule (a turn held 250 ms without a request) assumes of live clients: they post
+/// within the grace.
+struct ModelClients {
+    a_holds: Arc<AtomicBool>,
+    a_dead: Arc<AtomicBool>,
+}
+
+impl llama_shm::protocol::Clients for ModelClients {
+    fn turn_abandoned(&self, _held: std::time::Duration) -> bool {
+        self.a_dead.load(Ordering::SeqCst) && self.a_holds.swap(false, Ordering::SeqCst)
+    }
+    fn requester_present(&self, _seq: u64, _since: std::time::Instant) -> bool {
+        true
+    }
+}
+
+/// Issue 12, item 2: client A takes the standalone worker's turn (`ready`) and dies — right
+/// after taking it, or after writing its request but before posting — and client B then
+/// wants a turn. The worker (the real `serve`, watching its clients) gives A's turn back and
+/// B gets its own answer, then shuts the worker down; every wait ends and the semaphores end
+/// idle. Extended clients hold the turn lock (a loom mutex for `flock`: A's death drops it),
+/// so B may queue at any point; seed-era clients take no lock (two of them at once are the
+/// seed's known race), so B starts once A is gone. `LLAMA_SHM_MUTANT=turn-not-recovered`
+/// (today's behaviour before the fix) must fail: B waits for `ready` forever.
+#[test]
+fn a_client_that_dies_holding_the_turn_does_not_wedge_the_worker() {
+    for (kind, written) in [
+        (ObjectKind::Extended, false),
+        (ObjectKind::Extended, true),
+        (ObjectKind::Seed, false),
+        (ObjectKind::Seed, true),
+    ] {
+        loom::model(move || {
+            let ch = Arc::new(channel(kind));
+            // The worker's waits for a request end in slices, so it can look at its turn.
+            ch.prompts_written.set_timeouts(true);
+            let (a_holds, a_dead) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let turn = Arc::new(Mutex::new(()));
+            let opts = ServeOptions {
+                clients: Some(std::sync::Arc::new(ModelClients {
+                    a_holds: Arc::clone(&a_holds),
+                    a_dead: Arc::clone(&a_dead),
+                })),
+                presence_every: std::time::Duration::ZERO,
+                ..ServeOptions::default()
+            };
+            let worker = {
+                let ch = Arc::clone(&ch);
+                thread::spawn(move || {
+                    serve(&*ch, &mut EchoEngine::default(), &opts, &|| false, &Cancel::new()).unwrap()
+                })
+            };
+            let extended = kind == ObjectKind::Extended;
+            let a = {
+                let (ch, turn, a_holds) = (Arc::clone(&ch), Arc::clone(&turn), Arc::clone(&a_holds));
+                thread::spawn(move || {
+                    let _lock = extended.then(|| turn.lock().unwrap());
+                    ch.client_acquire(None, SLICE, &always).unwrap();
+                    a_holds.store(true, Ordering::SeqCst);
+                    if written {
+                        use llama_shm::protocol::Region;
+                        ch.region.store64(llama_shm::wire::layout::Word64::RequestSeq, 99);
+                        ch.region
+                            .write(llama_shm::wire::layout::Field::UserPrompt, 0, b"dead\0");
+                    }
+                    // Dies: the kernel drops its lock.
+                    a_dead.store(true, Ordering::SeqCst);
+                })
+            };
+            let a = if extended {
+                Some(a)
+            } else {
+                a.join().unwrap();
+                None
+            };
+            let seq = if extended { 1 } else { 0 };
+            {
+                let _lock = extended.then(|| turn.lock().unwrap());
+                let r = request(&ch, seq, "b").unwrap();
+                assert_eq!(r.text, "s\nb", "client B got another answer");
+            }
+            if let Some(a) = a {
+                a.join().unwrap();
+            }
+            shutdown(&ch, seq + 1);
+            assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 1));
+            assert_idle(&ch);
+        });
+    }
 }

@@ -21,6 +21,7 @@ use llama_shm::names::Prefix;
 use llama_shm::objects::{self, ExtInit, PosixChannel, Trust};
 use llama_shm::os::process::{Watch, Watcher};
 use llama_shm::protocol::Region;
+use llama_shm::standalone::SharedClients;
 use llama_shm::wire::layout::{Word32, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
 use llama_shm::worker::{serve, LimitedSink, ServeEnd, ServeOptions};
 
@@ -429,6 +430,10 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     };
     let opts = ServeOptions {
         token,
+        // Shared by whoever attaches: a client that dies holding the turn or mid-answer must
+        // not wedge the worker for the others. (A spawned worker ends with its one client.)
+        clients: (!args.control_stdin)
+            .then(|| std::sync::Arc::new(SharedClients::new(Arc::clone(&channel))) as std::sync::Arc<_>),
         ..ServeOptions::default()
     };
     let stopped = || stop.stop.load(Ordering::SeqCst);

@@ -17,6 +17,7 @@ pub mod objects;
 pub mod os;
 pub mod pool;
 pub mod protocol;
+pub mod standalone;
 mod sync;
 pub mod wire;
 pub mod worker;

@@ -112,6 +112,9 @@ impl Semaphore for NamedSemaphore {
     fn try_wait(&self) -> io::Result<bool> {
         NamedSemaphore::try_wait(self)
     }
+    fn value(&self) -> io::Result<u32> {
+        NamedSemaphore::value(self).map(|v| u32::try_from(v).unwrap_or(0))
+    }
 }
 
 /// Why the objects of a prefix could not be created or opened.

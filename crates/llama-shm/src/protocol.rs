@@ -54,7 +54,36 @@ pub trait Semaphore {
     /// # Errors
     /// The OS error.
     fn try_wait(&self) -> io::Result<bool>;
+    /// The current count (stale as soon as it returns: a hint, e.g. whether `ready` has been
+    /// taken).
+    ///
+    /// # Errors
+    /// The OS error.
+    fn value(&self) -> io::Result<u32>;
 }
+
+/// What a worker shared by several clients (a standalone worker) learns about them, so that a
+/// client that dies holding the turn, or while its answer is generated, never wedges the
+/// worker for the others. A worker spawned for one client has none: that client's death ends
+/// the worker anyway.
+pub trait Clients {
+    /// Whether the client that took `ready` `held` ago and has not posted `prompts_written`
+    /// is to be taken for gone. Every client of this protocol posts within microseconds of
+    /// taking `ready` (it only writes the request in between), so production answers
+    /// `held >= grace` with a grace far above that.
+    fn turn_abandoned(&self, held: Duration) -> bool;
+    /// Whether the client that sent request `seq` (0: a seed-mode client), being answered
+    /// since `since`, may still be there to read the answer. Asked every so often while the
+    /// answer is generated; `false` ends the request at once.
+    fn requester_present(&self, seq: u64, since: Instant) -> bool;
+}
+
+/// How often a worker with [`Clients`] looks at its turn while waiting for a request.
+const TURN_CHECK: Duration = Duration::from_millis(100);
+
+/// Stale `ready` posts [`Channel::worker_ready`] takes back before it posts: a turn given back
+/// by [`Channel::worker_wait`] to a holder that was slow, not gone, leaves one.
+const READY_EXCESS_LIMIT: u32 = 64;
 
 /// Access to the shared object's fields: copies in and out, never references (the peer may
 /// change any byte at any time), and atomic access to the extension page's words.
@@ -653,6 +682,13 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// # Errors
     /// The post's OS error.
     pub fn worker_ready(&self) -> io::Result<()> {
+        // Nobody has taken a `ready` still counted: take it back, so one post gives one turn
+        // (bounded: a peer may post in a loop).
+        for _ in 0..READY_EXCESS_LIMIT {
+            if !self.ready.try_wait()? {
+                break;
+            }
+        }
         if self.extended() {
             // A seed-mode client never writes request_seq: 0 tells the worker it was one.
             self.region.store64(Word64::RequestSeq, 0);
@@ -670,9 +706,19 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Spins first while the client ran on another CPU when `worker_ready` looked (see
     /// [`Spinner`]). Touches the region only once woken by a client.
     ///
+    /// With `clients` (a standalone worker), a turn whose holder is gone is given back: when
+    /// `ready` has been taken and [`Clients::turn_abandoned`] says its holder is gone (it died
+    /// after taking `ready`, or after writing but before posting), the request slot is cleared
+    /// and `ready` posted again, so the next client is served.
+    ///
     /// # Errors
     /// The wait's OS error.
-    pub fn worker_wait(&self, slice: Duration, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+    pub fn worker_wait(
+        &self,
+        slice: Duration,
+        stop: &dyn Fn() -> bool,
+        clients: Option<&dyn Clients>,
+    ) -> io::Result<bool> {
         if stop() {
             return Ok(false);
         }
@@ -683,11 +729,38 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.spin.peer_cpu.load(Ordering::Relaxed),
         );
         let mut taken = self.extended() && self.spin.spin(&self.prompts_written, &|| elsewhere)?;
+        // Since when `ready` has been seen taken without a request following.
+        let mut held_since: Option<Instant> = None;
         while !taken {
             if stop() {
                 return Ok(false);
             }
+            // Watching a turn, look at it often enough to give it back well within a second.
+            let slice = if clients.is_some() {
+                slice.min(TURN_CHECK)
+            } else {
+                slice
+            };
             taken = self.prompts_written.wait_until(Some(Instant::now() + slice))?;
+            if taken || mutant(Mutant::TurnNotRecovered) {
+                continue;
+            }
+            let Some(clients) = clients else { continue };
+            if self.ready.value()? > 0 {
+                held_since = None;
+                continue;
+            }
+            let now = Instant::now();
+            let since = *held_since.get_or_insert(now);
+            if clients.turn_abandoned(now.saturating_duration_since(since)) {
+                // A slow holder may have posted just now: then that is the request.
+                taken = self.prompts_written.try_wait()?;
+                if !taken {
+                    tracing::warn!("the client holding the turn is gone; giving the turn to the next");
+                    self.worker_ready()?;
+                    held_since = None;
+                }
+            }
         }
         self.spin.record(started.elapsed());
         // A watcher posts to wake us when it wants us to stop: check again (and then touch
@@ -1374,6 +1447,9 @@ mod tests {
         fn try_wait(&self) -> io::Result<bool> {
             Ok(true)
         }
+        fn value(&self) -> io::Result<u32> {
+            Ok(1)
+        }
     }
 
     /// Runs `f` on its own thread and gives its result, or `None` if it has not returned
@@ -1416,11 +1492,24 @@ mod tests {
             }
         }
         let r = within(Duration::from_secs(5), || {
-            let ch = Channel::new(Flood, Flood, Flood, MemRegion::initialised(ObjectKind::Extended, 0));
-            ch.client_acquire(Some(Instant::now() + Duration::from_secs(1)), Duration::from_millis(10), &|| true)
-                .map_err(|e| e.to_string())
+            let ch = Channel::new(
+                Flood,
+                Flood,
+                Flood,
+                MemRegion::initialised(ObjectKind::Extended, 0),
+            );
+            ch.client_acquire(
+                Some(Instant::now() + Duration::from_secs(1)),
+                Duration::from_millis(10),
+                &|| true,
+            )
+            .map_err(|e| e.to_string())
         });
-        assert_eq!(r, Some(Ok(())), "the drain of a flooded response_written must end");
+        assert_eq!(
+            r,
+            Some(Ok(())),
+            "the drain of a flooded response_written must end"
+        );
     }
 
     /// A read cursor the client could not have written (past what was published) is refused

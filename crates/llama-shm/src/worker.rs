@@ -4,10 +4,10 @@
 //! [`protocol`]: crate::protocol
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink};
-use crate::protocol::{Channel, Incoming, Outcome, Region, Room, Semaphore, StreamState, Usage};
+use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, Room, Semaphore, StreamState, Usage};
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
@@ -69,7 +69,7 @@ impl LimitedSink<'_> {
 }
 
 /// How [`serve`] runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// The auth token requests must carry; `None` serves anyone (seed mode).
     pub token: Option<[u8; TOKEN_LEN]>,
@@ -81,6 +81,24 @@ pub struct ServeOptions {
     /// How the worker pauses while the ring is full (`attempt` counts from 0). The default
     /// spins briefly, then sleeps up to 1 ms (under loom it yields to the model checker).
     pub pause: fn(attempt: u32),
+    /// What a worker shared by several clients learns about them (see [`Clients`]); `None`
+    /// for a worker spawned for one client, whose death ends the worker anyway.
+    /// (A std `Arc`: this is configuration handed to `serve`, not state the models explore.)
+    pub clients: Option<std::sync::Arc<dyn Clients + Send + Sync>>,
+    /// How often, while an answer is generated, the worker asks [`Clients::requester_present`].
+    pub presence_every: Duration,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("token", &self.token.map(|_| "<set>"))
+            .field("idle_slice", &self.idle_slice)
+            .field("stall_limit", &self.stall_limit)
+            .field("clients", &self.clients.as_ref().map(|_| "<watched>"))
+            .field("presence_every", &self.presence_every)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(loom)]
@@ -107,6 +125,8 @@ impl Default for ServeOptions {
             idle_slice: Duration::from_millis(250),
             stall_limit: Duration::from_secs(30),
             pause: default_pause,
+            clients: None,
+            presence_every: Duration::from_millis(100),
         }
     }
 }
@@ -135,6 +155,8 @@ enum Refusal {
     Stalled,
     /// The client's read cursor is impossible.
     Garbled,
+    /// The client that sent the request is gone: nobody will read the answer.
+    ClientGone,
 }
 
 /// The [`ResponseSink`] of a request: writes pieces straight into the response area (the ring
@@ -150,6 +172,9 @@ struct WireSink<'a, S, R> {
     opts: &'a ServeOptions,
     refused: Option<Refusal>,
     error: Option<io::Error>,
+    /// When the request was taken, and when the requester's presence was last asked.
+    since: Instant,
+    asked: Instant,
 }
 
 impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
@@ -163,11 +188,26 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             Refusal::Cancelled
         } else if self.cancel.deadline_passed() {
             Refusal::Deadline
+        } else if self.requester_gone() {
+            Refusal::ClientGone
         } else {
             return None;
         };
         self.refuse(why);
         Some(why)
+    }
+
+    /// Asks [`Clients::requester_present`], at most every `presence_every`.
+    fn requester_gone(&mut self) -> bool {
+        let Some(clients) = &self.opts.clients else {
+            return false;
+        };
+        let now = Instant::now();
+        if now.saturating_duration_since(self.asked) < self.opts.presence_every {
+            return false;
+        }
+        self.asked = now;
+        !clients.requester_present(self.st.seq(), self.since)
     }
 
     fn refuse(&mut self, why: Refusal) {
@@ -190,7 +230,7 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
     /// Appends `s` (NUL-free), waiting for ring space as needed.
     fn append(&mut self, mut s: &str) -> bool {
         let mut attempt = 0u32;
-        let mut stalled_since: Option<std::time::Instant> = None;
+        let mut stalled_since: Option<Instant> = None;
         while !s.is_empty() {
             let room = match self.channel.worker_stream_room(&mut self.st) {
                 Room::Free(n) => n,
@@ -216,7 +256,7 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             if !self.publish() || self.check().is_some() {
                 return false;
             }
-            let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+            let since = *stalled_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.opts.stall_limit {
                 self.refuse(Refusal::Stalled);
                 return false;
@@ -274,7 +314,8 @@ where
             return Ok((ServeEnd::Stopped, served));
         }
         channel.worker_ready()?;
-        if !channel.worker_wait(opts.idle_slice, stop)? {
+        let clients = opts.clients.as_deref().map(|c| c as &dyn Clients);
+        if !channel.worker_wait(opts.idle_slice, stop, clients)? {
             return Ok((ServeEnd::Stopped, served));
         }
         let (seq, sys_flags, user_flags, params) =
@@ -304,10 +345,9 @@ where
         if stop() {
             cancel.cancel();
         }
+        let taken_at = Instant::now();
         if params.deadline_us != 0 {
-            cancel.set_deadline(
-                std::time::Instant::now().checked_add(Duration::from_micros(params.deadline_us)),
-            );
+            cancel.set_deadline(taken_at.checked_add(Duration::from_micros(params.deadline_us)));
         }
         let mut sink = WireSink {
             channel,
@@ -317,6 +357,8 @@ where
             opts,
             refused: None,
             error: None,
+            since: taken_at,
+            asked: taken_at,
         };
         // Cancelled before it started (the client gave up while we were busy): no work.
         let result = match sink.check() {
@@ -363,6 +405,15 @@ where
                 StatusCode::EngineFailed,
                 "the client stopped reading the answer; request given up",
             ),
+            (_, Some(Refusal::ClientGone)) => {
+                tracing::warn!(
+                    seq,
+                    "the client of the request in progress is gone; request given up"
+                );
+                let mut o = Outcome::error(StatusCode::EngineFailed, "the client is gone; request given up");
+                o.finish = WireFinish::Cancelled;
+                o
+            }
             (_, Some(Refusal::Garbled)) => Outcome::error(
                 StatusCode::BadRequest,
                 "the stream's read cursor is impossible: the region was changed in transit",

@@ -222,3 +222,33 @@ impl Drop for Watcher {
         }
     }
 }
+
+/// Pids of processes that map the shared-memory object with inode `ino` (a mapping of a file
+/// under `/dev/shm`, by `/proc/*/maps`), excluding this process. Matching the inode, not the
+/// name, ignores a removed object of the same name that some process still maps.
+pub fn processes_mapping_inode(ino: u64) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let maps_it = |maps: &str| {
+        maps.lines().any(|l| {
+            let mut f = l.split_ascii_whitespace();
+            // address perms offset dev inode path
+            let inode = f.nth(4).and_then(|i| i.parse::<u64>().ok());
+            inode == Some(ino) && f.next().is_some_and(|p| p.starts_with("/dev/shm/"))
+        })
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| maps_it(&m)))
+        .collect()
+}
+
+/// Whether the process behind `pidfd` has exited (a poll that does not wait).
+pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}

@@ -184,6 +184,10 @@ impl Semaphore for NoopSemaphore {
     fn try_wait(&self) -> io::Result<bool> {
         Ok(false)
     }
+
+    fn value(&self) -> io::Result<u32> {
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
