@@ -77,6 +77,37 @@ fn csharp_client_talks_to_the_echo_worker_byte_for_byte() {
     run_against_standalone("csecho", &["--engine", "echo"], &[], Duration::from_secs(5));
 }
 
+/// Issue 12, item 7: after a request that timed out (the worker answers after 1.5 s, the
+/// client waits 375 ms), the seed-mode wire client is closed: the next request throws the
+/// closed error and never returns the late answer; a fresh client gets its own answer.
+#[test]
+fn csharp_wire_client_is_closed_after_a_timeout_and_never_returns_the_old_answer() {
+    if !mono_available("csharp_wire_client_is_closed_after_a_timeout_and_never_returns_the_old_answer") {
+        return;
+    }
+    run_against_standalone(
+        "csslow",
+        &["--engine", "echo", "--echo-delay-ms", "1500"],
+        &["--slow-worker", "1500"],
+        Duration::from_secs(5),
+    );
+}
+
+/// Issue 12, item 7: the wire client checks owner and mode of what it opens: objects of mode
+/// 0666 are refused under the default trust (0600) and served once the trust is widened.
+#[test]
+fn csharp_wire_client_refuses_objects_wider_than_it_trusts() {
+    if !mono_available("csharp_wire_client_refuses_objects_wider_than_it_trusts") {
+        return;
+    }
+    run_against_standalone(
+        "cswide",
+        &["--engine", "echo", "--mode", "666"],
+        &["--wide-mode", "666"],
+        Duration::from_secs(5),
+    );
+}
+
 #[test]
 fn csharp_client_gets_an_answer_from_the_default_model() {
     if !mono_available("csharp_client_gets_an_answer_from_the_default_model") {
