@@ -10,6 +10,25 @@ The library is found through ``$LLAMA_SHM_FFI_LIB`` (the ``.so`` or its director
 to the worker (``$LLAMA_SHM_WORKER``), else in this repository's ``target/release``, else on the
 system's library path. The worker is ``worker=`` or, when omitted, ``$LLAMA_SHM_WORKER`` or the
 ``llama-shm-worker`` next to the library.
+
+Threads. A :class:`Client` may be shared between threads:
+
+- requests (:meth:`Client.ask`, :meth:`Client.stream`) run one after the other: each holds the
+  client's request lock for its whole duration;
+- :meth:`Client.cancel` may be called from any thread at any time (during a request, during or
+  after :meth:`Client.shutdown`, from a signal handler); it never waits for a request, and after
+  shutdown it returns ``False`` without calling into the library;
+- :meth:`Client.shutdown` (also ``close()`` and leaving ``with``) may be called from any thread,
+  several times and concurrently; it cancels the request in flight until it holds the request
+  lock, then shuts the worker down once. It must not be called from a signal handler that may
+  interrupt a request on the same thread: it would wait for that request, i.e. for itself;
+- a :class:`Stream` is iterated by one thread; its ``close()`` may be called from any thread.
+
+Native handles. Each handle of the C library is owned by one object and passed to the library
+only while that object says it is alive: the ``lshm_client`` under the request lock (a request,
+shutdown, and nothing else), the ``lshm_canceller`` under a count of the ``lshm_cancel`` calls in
+progress (see :class:`_Canceller`). Freeing a handle first sets its attribute to ``None`` under the
+same lock, so no call reaches the library with a freed handle, and each is freed exactly once.
 """
 
 import ctypes
@@ -262,10 +281,83 @@ def _take_response(lib, r):
 # --- the client -----------------------------------------------------------------------------
 
 
+class _Canceller:
+    """Owns one ``lshm_canceller`` handle: the only code that passes it to the library.
+
+    ``_busy`` counts the :meth:`cancel` calls between their check and their return from
+    ``lshm_cancel``; it and ``_closed`` change only under ``_lock``, a small lock held for a few
+    bytecodes, never across a library call. :meth:`free` marks the canceller closed and frees the
+    handle only if no cancel is busy; otherwise the last busy cancel frees it on its way out. So:
+
+    - ``lshm_canceller_free`` never runs while an ``lshm_cancel`` on the handle is in progress,
+      and never twice (the handle is taken out of ``_ptr``, under the lock, by whoever frees it);
+    - after :meth:`free`, :meth:`cancel` returns ``False`` without calling the library;
+    - neither waits: a cancel waits only for other cancels' bookkeeping, free for nothing.
+
+    The lock is reentrant so that a signal handler calling :meth:`cancel` while this thread is
+    inside one does not deadlock; the count is ordered (increment, then read ``_ptr``) so that
+    even a nested :meth:`free` cannot free a handle that an outer cancel is about to use.
+    """
+
+    def __init__(self, lib, ptr):
+        self._lib = lib
+        self._lock = threading.RLock()
+        self._ptr = ptr  # a c_void_p, None once freed
+        self._busy = 0
+        self._closed = False
+
+    def cancel(self):
+        """``lshm_cancel``: whether a request was in flight; ``False`` once freed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._busy += 1
+            ptr = self._ptr
+        try:
+            if ptr is None:  # freed in between by a nested free() (signal handler)
+                return False
+            in_flight = ctypes.c_int32()
+            _check(self._lib, self._lib.lshm_cancel(ptr, ctypes.byref(in_flight)))
+            return bool(in_flight.value)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                dead = None
+                if self._busy == 0 and self._closed:
+                    dead, self._ptr = self._ptr, None  # free() left it to the last cancel
+            if dead is not None:
+                self._lib.lshm_canceller_free(dead)
+
+    def free(self):
+        """Frees the handle now, or (if a cancel is in the library) when the last one returns.
+        Idempotent; does not wait."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._busy:
+                return
+            dead, self._ptr = self._ptr, None
+        if dead is not None:
+            self._lib.lshm_canceller_free(dead)
+
+    def __del__(self):
+        # Unreachable, so no cancel() is running: free() frees at once.
+        if getattr(self, "_lib", None) is not None:
+            self.free()
+
+
 class Client:
     """A spawned worker and the connection to it. Use it as a context manager (``with``), or
-    call :meth:`shutdown`. Requests from several threads run one after the other;
-    :meth:`cancel` works from any thread.
+    call :meth:`shutdown`.
+
+    Thread safety: requests from several threads run one after the other (the request lock is
+    held for each request's duration, and for shutdown); :meth:`cancel` works from any thread,
+    never waits for a request and is a no-op returning ``False`` after shutdown;
+    :meth:`shutdown` may be called from any thread, repeatedly and concurrently. The
+    ``lshm_client`` handle (``_handle``) is used only under the request lock and is ``None``
+    once freed; the ``lshm_canceller`` is owned by a :class:`_Canceller`. See the module's
+    docstring.
 
     :param worker: path of ``llama-shm-worker`` (default: ``$LLAMA_SHM_WORKER``, else next to
         the library).
@@ -279,7 +371,7 @@ class Client:
         self._lib = _load()
         self._handle = None
         self._canceller = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the request lock: held for each use of _handle
         args = [_encode(a, "worker argument") for a in args]
         argv = (ctypes.c_char_p * max(1, len(args)))(*args)
         handle, err = ctypes.c_void_p(), ctypes.c_void_p()
@@ -292,13 +384,19 @@ class Client:
             ctypes.byref(err),
         )
         _check(self._lib, status, err)
-        self._handle = handle
-        canceller = ctypes.c_void_p()
-        _check(self._lib, self._lib.lshm_canceller_new(handle, ctypes.byref(canceller)))
-        self._canceller = canceller
-        pid = ctypes.c_uint32()
-        _check(self._lib, self._lib.lshm_client_worker_pid(handle, ctypes.byref(pid)))
+        # Not shared with any thread yet: a failure below frees what was made, here.
+        try:
+            canceller, pid = ctypes.c_void_p(), ctypes.c_uint32()
+            _check(self._lib, self._lib.lshm_canceller_new(handle, ctypes.byref(canceller)))
+            self._canceller = _Canceller(self._lib, canceller)
+            _check(self._lib, self._lib.lshm_client_worker_pid(handle, ctypes.byref(pid)))
+        except BaseException:
+            if self._canceller is not None:
+                self._canceller.free()
+            self._lib.lshm_client_free(handle)
+            raise
         self._worker_pid = pid.value
+        self._handle = handle
 
     def __enter__(self):
         return self
@@ -312,14 +410,17 @@ class Client:
         return False
 
     def __del__(self):
-        # Abandoned without shutdown: free the handles (the worker is still shut down).
+        # Abandoned without shutdown: free the handles (the worker is still shut down). The
+        # client is unreachable, so no other thread can be using them (a Stream's background
+        # thread holds a reference until its request has returned).
         lib = getattr(self, "_lib", None)
-        if lib is not None and getattr(self, "_handle", None) is not None:
-            lib.lshm_client_free(self._handle)
-            self._handle = None
-        if lib is not None and getattr(self, "_canceller", None) is not None:
-            lib.lshm_canceller_free(self._canceller)
-            self._canceller = None
+        handle = getattr(self, "_handle", None)
+        self._handle = None
+        if lib is not None and handle is not None:
+            lib.lshm_client_free(handle)
+        canceller = getattr(self, "_canceller", None)
+        if canceller is not None:
+            canceller.free()
 
     @property
     def worker_pid(self):
@@ -327,6 +428,7 @@ class Client:
         return self._worker_pid
 
     def _live(self):
+        """The client handle; call with the request lock held."""
         if self._handle is None:
             raise ClosedError(18, "the client is closed (shut down)")
         return self._handle
@@ -373,30 +475,32 @@ class Client:
 
     def cancel(self):
         """Cancels the request in flight (from any thread): it returns promptly with
-        ``finish == "cancelled"`` and the partial answer. Returns whether one was in flight."""
-        if self._canceller is None:
-            return False
-        in_flight = ctypes.c_int32()
-        _check(self._lib, self._lib.lshm_cancel(self._canceller, ctypes.byref(in_flight)))
-        return bool(in_flight.value)
+        ``finish == "cancelled"`` and the partial answer. Returns whether one was in flight;
+        ``False``, without calling the library, once the client is shut down. Does not wait for
+        the request (see :class:`_Canceller`)."""
+        return self._canceller.cancel()
 
     def shutdown(self):
         """Shuts the worker down (cancelling a request in flight first) and closes the client.
-        Idempotent.
+        Idempotent, and safe to call from several threads at once: one of them shuts the worker
+        down, the others wait for it and return.
 
         :raises ShutdownError: when the worker had to be killed or exited with a failure."""
-        if self._handle is None:
-            return
-        self.cancel()
-        with self._lock:
+        # Cancel until the request lock is ours: a request may start after a cancel.
+        self._canceller.cancel()
+        while not self._lock.acquire(timeout=0.05):
+            self._canceller.cancel()
+        try:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
             err = ctypes.c_void_p()
             status = self._lib.lshm_client_shutdown(handle, ctypes.byref(err))
-        if self._canceller is not None:
-            self._lib.lshm_canceller_free(self._canceller)
-            self._canceller = None
+        finally:
+            self._lock.release()
+            # After the client: a cancel during its shutdown still finds a live canceller (it
+            # may outlive the client, and then cancels nothing).
+            self._canceller.free()
         _check(self._lib, status, err)
 
     close = shutdown
@@ -446,7 +550,8 @@ class Stream:
         raise StopIteration
 
     def close(self):
-        """Cancels the request if it is still running and waits for it to end."""
+        """Cancels the request if it is still running and waits for it to end. May be called
+        from any thread (it touches no native handle itself: it calls :meth:`Client.cancel`)."""
         # Cancel until the request ends: a cancel sent before the background thread has
         # started the request finds nothing in flight.
         while not self._finished:
@@ -459,6 +564,7 @@ class Stream:
                 continue
             _, self.response, _ = item
             self._finished = True
+            self._queue.put(item)  # for an iteration blocked in another thread
             self._thread.join()
 
     def __enter__(self):

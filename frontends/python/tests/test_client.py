@@ -6,6 +6,8 @@ Every test checks that nothing of this process is left in /dev/shm (spawned work
 are named ``llama_cpp_<pid>_…`` after the client's pid).
 """
 
+import ctypes
+import gc
 import os
 import signal
 import sys
@@ -202,3 +204,224 @@ def test_exception_inside_with_still_shuts_the_worker_down():
 
 def test_library_version():
     assert llama_shm.library_version().count(".") == 2
+
+
+# --- native handles and threads -------------------------------------------------------------
+
+
+class RecordingLib:
+    """Stands in for the ctypes library of one client (``instrument``): forwards everything,
+    and records the canceller calls to check their order. ``lshm_cancel`` calls made from a
+    thread named ``gated`` wait inside the "library" until ``gate`` is set, which widens the
+    cancel-versus-free window at will. A call that would reach the real library with a freed
+    handle is recorded as a violation and not made."""
+
+    def __init__(self, real):
+        self._real = real
+        self._mu = threading.Lock()
+        self.inside = 0  # lshm_cancel calls now in progress
+        self.cancels = 0  # lshm_cancel calls made
+        self.freed = []  # canceller handles freed, in order
+        self.calls = {"lshm_client_shutdown": 0, "lshm_client_free": 0}
+        self.violations = []
+        self.gated_inside = threading.Event()
+        self.gate = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def lshm_cancel(self, ptr, out):
+        with self._mu:
+            if ptr.value in self.freed:
+                self.violations.append("lshm_cancel on a freed canceller")
+                return 1
+            self.inside += 1
+            self.cancels += 1
+        try:
+            if threading.current_thread().name == "gated":
+                self.gated_inside.set()
+                assert self.gate.wait(10)
+            with self._mu:
+                if ptr.value in self.freed:
+                    self.violations.append("canceller freed during lshm_cancel")
+                    return 1
+            return self._real.lshm_cancel(ptr, out)
+        finally:
+            with self._mu:
+                self.inside -= 1
+
+    def lshm_canceller_free(self, ptr):
+        with self._mu:
+            if self.inside:
+                self.violations.append("lshm_canceller_free during %d lshm_cancel" % self.inside)
+            if ptr.value in self.freed:
+                self.violations.append("canceller freed twice")
+                return
+            self.freed.append(ptr.value)
+        self._real.lshm_canceller_free(ptr)
+
+    def lshm_client_shutdown(self, handle, err):
+        with self._mu:
+            self.calls["lshm_client_shutdown"] += 1
+        return self._real.lshm_client_shutdown(handle, err)
+
+    def lshm_client_free(self, handle):
+        with self._mu:
+            self.calls["lshm_client_free"] += 1
+        return self._real.lshm_client_free(handle)
+
+
+def instrument(client):
+    rec = RecordingLib(client._lib)
+    client._lib = rec
+    client._canceller._lib = rec
+    return rec
+
+
+def start_threads(n, target, name=None):
+    threads = [threading.Thread(target=target, name=name, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_shutdown_never_frees_the_canceller_while_a_cancel_is_in_the_library():
+    c = Client(args=ECHO)
+    rec = instrument(c)
+    results = []
+    (t,) = start_threads(1, lambda: results.append(c.cancel()), name="gated")
+    assert rec.gated_inside.wait(10)  # t is inside lshm_cancel, held there by the gate
+    c.shutdown()  # does not wait for t's cancel...
+    assert rec.calls["lshm_client_shutdown"] == 1
+    assert rec.freed == []  # ...and leaves the canceller to it
+    n = rec.cancels
+    assert c.cancel() is False  # closed: no call into the library
+    assert rec.cancels == n
+    rec.gate.set()
+    t.join(10)
+    assert not t.is_alive()
+    assert results == [False]  # the canceller outlived the client: nothing to cancel
+    assert len(rec.freed) == 1  # freed by t on its way out, once
+    assert c._canceller._ptr is None and c._handle is None
+    assert rec.violations == []
+    assert c.cancel() is False and rec.cancels == n
+    c.shutdown()
+    del c
+    gc.collect()
+    assert len(rec.freed) == 1 and rec.calls == {"lshm_client_shutdown": 1, "lshm_client_free": 0}
+
+
+class FakeCancellerLib:
+    """Just the canceller functions, logging their calls; ``during_cancel`` runs inside
+    ``lshm_cancel``, on the cancelling thread."""
+
+    def __init__(self):
+        self.log = []
+        self.during_cancel = lambda: None
+
+    def lshm_cancel(self, ptr, out):
+        self.log.append(("cancel", ptr.value))
+        self.during_cancel()
+        self.log.append(("cancel returns", ptr.value))
+        return 0
+
+    def lshm_canceller_free(self, ptr):
+        self.log.append(("free", ptr.value))
+
+
+def test_a_free_nested_in_a_cancel_waits_for_it_and_later_cancels_are_no_ops():
+    # What a signal handler (or anything running on the cancelling thread) calling free() and
+    # cancel() in the middle of a cancel() would do: the free is left to the outer cancel, the
+    # nested cancel neither deadlocks nor calls the library.
+    lib = FakeCancellerLib()
+    k = llama_shm._Canceller(lib, ctypes.c_void_p(0x1234))
+    lib.during_cancel = lambda: (k.free(), lib.log.append(("nested cancel", k.cancel())))
+    assert k.cancel() is False
+    assert lib.log == [
+        ("cancel", 0x1234),
+        ("nested cancel", False),
+        ("cancel returns", 0x1234),
+        ("free", 0x1234),
+    ]
+    assert k._ptr is None
+    k.free()
+    assert k.cancel() is False
+    assert len(lib.log) == 4
+
+
+def test_cancels_from_other_threads_during_requests_and_shutdown():
+    for round_ in range(100):
+        c = Client(args=SLOW)
+        rec = instrument(c)
+        stop, errors = threading.Event(), []
+
+        def hammer():
+            try:
+                while not stop.is_set():
+                    assert c.cancel() in (True, False)
+            except BaseException as e:  # noqa: B902 - reported below
+                errors.append(e)
+
+        threads = start_threads(4, hammer)
+        if round_ % 2 == 0:
+            r = c.ask(LONG_USER)
+            assert r.finish in ("stop", "cancelled") and ("\n" + LONG_USER).startswith(r.text)
+        else:  # shut down while another thread's stream is running
+            s = c.stream(LONG_USER)
+            time.sleep(0.002 * (round_ % 5))
+        c.shutdown()
+        assert c.cancel() is False
+        assert c._canceller._closed and c._handle is None
+        stop.set()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        if round_ % 2 == 1:
+            s.close()
+            assert s.response is None or s.response.finish in ("stop", "cancelled")
+        assert errors == []
+        assert rec.violations == []
+        assert c._canceller._ptr is None and len(rec.freed) == 1
+        n = rec.cancels
+        assert c.cancel() is False and rec.cancels == n  # no native call after the free
+        assert rec.calls == {"lshm_client_shutdown": 1, "lshm_client_free": 0}
+
+
+def test_concurrent_shutdowns_stream_close_and_exit_free_each_handle_once():
+    c = Client(args=SLOW)
+    rec = instrument(c)
+    pid = c.worker_pid
+    with c:
+        s = c.stream(LONG_USER)
+        next(s)
+        barrier = threading.Barrier(6)
+        errors = []
+
+        def run(f):
+            def body():
+                try:
+                    barrier.wait(10)
+                    for _ in range(20):
+                        f()
+                except BaseException as e:  # noqa: B902 - reported below
+                    errors.append(e)
+
+            return body
+
+        threads = start_threads(3, run(c.shutdown))
+        threads += start_threads(2, run(c.cancel))
+        threads += start_threads(1, run(s.close))
+        for t in threads:
+            t.join(20)
+            assert not t.is_alive()
+        assert errors == []
+        for _ in s:  # the iteration ends too
+            pass
+        assert s.response is not None and s.response.finish in ("stop", "cancelled")
+    # ... and so does the `with` block's shutdown.
+    assert gone(pid)
+    del c, s
+    gc.collect()
+    assert rec.violations == []
+    assert len(rec.freed) == 1
+    assert rec.calls == {"lshm_client_shutdown": 1, "lshm_client_free": 0}
