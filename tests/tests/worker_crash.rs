@@ -185,6 +185,80 @@ fn sigterm_to_a_standalone_worker_is_a_graceful_exit_0_that_removes_its_names() 
     assert!(llama_shm_tests::shm_entries(&prefix).is_empty());
 }
 
+/// Issue 12, item 4: a stop signal (SIGTERM, SIGINT, SIGHUP) in each window of a standalone
+/// worker's start-up — before its handlers exist, after, once its objects exist, once its
+/// stop watcher runs, before the engine loads — is a graceful exit 0 that removes whatever was
+/// created. The hidden `--startup-pause-ms 150` holds each window open for 150 ms; the signal
+/// lands in the middle of one.
+#[test]
+fn a_stop_signal_in_any_window_of_start_up_is_a_graceful_exit() {
+    use nix::sys::signal::Signal;
+    const PAUSE_MS: u64 = 150;
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for window in 0..4u64 {
+            let prefix = llama_shm_tests::unique_prefix("startsig");
+            let mut w = Command::new(worker_path())
+                .args(["--engine", "echo", "--prefix", prefix.as_str()])
+                .args(["--startup-pause-ms", &PAUSE_MS.to_string()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(PAUSE_MS * window + PAUSE_MS / 2));
+            signal(w.id(), sig);
+            let status = w.wait().unwrap();
+            let left = llama_shm_tests::shm_entries(&prefix);
+            let _ = llama_shm::objects::unlink_prefix(&prefix);
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "{sig:?} in start-up window {window}: {status:?}"
+            );
+            assert!(
+                left.is_empty(),
+                "{sig:?} in start-up window {window} left {left:?}"
+            );
+        }
+    }
+}
+
+/// 200 SIGTERMs at random moments of a standalone worker's life, start-up included (0–20 ms
+/// after spawn: before `main`, while it creates its objects, idle): every one ends the worker
+/// gracefully (exit 0) with nothing left, except a signal that arrives before `main` can hold
+/// it back (during exec and dynamic loading), which kills the worker before it created
+/// anything. Prints how many landed where.
+#[test]
+fn sigterm_at_random_moments_leaves_nothing() {
+    let mut rng = llama_shm_tests::Rng::from_env("sigterm_campaign");
+    let (mut graceful, mut before_main, mut residue) = (0, 0, 0);
+    let trials = llama_shm_tests::trials(200);
+    for _ in 0..trials {
+        let prefix = llama_shm_tests::unique_prefix("termrand");
+        let mut w = Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+        signal(w.id(), nix::sys::signal::Signal::SIGTERM);
+        let status = w.wait().unwrap();
+        let left = llama_shm_tests::shm_entries(&prefix);
+        if !left.is_empty() {
+            residue += 1;
+            let _ = llama_shm::objects::unlink_prefix(&prefix);
+        }
+        match status.code() {
+            Some(0) => graceful += 1,
+            None if left.is_empty() => before_main += 1,
+            _ => panic!("SIGTERM gave {status:?}, left {left:?}"),
+        }
+    }
+    eprintln!(
+        "{trials} SIGTERMs at random moments: {graceful} graceful exits, {before_main} before main, \
+         {residue} with objects left"
+    );
+    assert_eq!(residue, 0);
+}
+
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
 }

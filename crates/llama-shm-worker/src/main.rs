@@ -24,6 +24,7 @@ use llama_shm::protocol::Region;
 use llama_shm::standalone::SharedClients;
 use llama_shm::wire::layout::{Word32, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
 use llama_shm::worker::{serve, LimitedSink, ServeEnd, ServeOptions};
+use nix::sys::signal::{SigSet, Signal};
 
 /// Exit code for a failure before serving started (objects, model, token).
 const EXIT_STARTUP: u8 = 3;
@@ -125,6 +126,10 @@ struct Args {
     /// exit when it hangs up.
     #[arg(long, hide = true)]
     control_stdin: bool,
+    /// Tests: pause N ms at each step of start-up (start, signals ready, objects created, stop
+    /// watcher running), so a signal can be sent in each window on purpose.
+    #[arg(long, hide = true, default_value_t = 0)]
+    startup_pause_ms: u64,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -154,8 +159,27 @@ fn tune_openmp(args: &Args) {
 #[cfg(not(feature = "llama"))]
 fn tune_openmp(_: &Args) {}
 
+/// The signals that end a serving worker gracefully (names removed, exit 0).
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+fn stop_signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in STOP_SIGNALS {
+        set.add(sig);
+    }
+    set
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !args.test {
+        // Held back from here until the handlers are in place (`run_server`): a stop signal
+        // at any moment of start-up — during the re-exec below, while the objects are
+        // created, during the model load — is then a graceful exit that removes what was
+        // created, never the default action with the names left behind. (The mask survives
+        // the re-exec, and so do pending signals.)
+        let _ = stop_signal_set().thread_block();
+    }
     tune_openmp(&args);
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -335,6 +359,16 @@ struct StopState {
 fn run_server(args: &Args) -> Result<(), WorkerError> {
     let startup = |e: &dyn std::fmt::Display| WorkerError::Startup(e.to_string());
     let me = std::process::id();
+    pause_for_tests(args, "start (stop signals held back)");
+    // 0. Stop signals first, before anything exists that would need removing: from here a
+    //    signal only writes to this pipe, which the stop watcher reads once it runs.
+    let (sig_rx, sig_tx) = UnixStream::pair().map_err(|e| startup(&e))?;
+    for sig in STOP_SIGNALS {
+        signal_hook::low_level::pipe::register(sig as i32, sig_tx.try_clone().map_err(|e| startup(&e))?)
+            .map_err(|e| startup(&e))?;
+    }
+    let _ = stop_signal_set().thread_unblock();
+    pause_for_tests(args, "signals ready");
     // 1. The objects: attach to the spawning client's, or create our own (seed-style).
     let (channel, mut control_sock, token) = if args.control_stdin {
         let fd = std::io::stdin().lock();
@@ -368,6 +402,7 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         .map_err(|e| startup(&e))?;
         (channel, None, token)
     };
+    pause_for_tests(args, "objects created");
     channel.region.store32(Word32::WorkerPid, me);
     let features = channel.region.load32(Word32::Features);
     channel
@@ -390,11 +425,6 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     // 2. Stop conditions: SIGINT/SIGTERM, and the spawning client hanging up.
     let stop = Arc::new(StopState::default());
     let cancel = Cancel::new();
-    let (sig_rx, sig_tx) = UnixStream::pair().map_err(|e| startup(&e))?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(sig, sig_tx.try_clone().map_err(|e| startup(&e))?)
-            .map_err(|e| startup(&e))?;
-    }
     let mut watches = vec![Watch::Readable(sig_rx.into())];
     if let Some(sock) = &control_sock {
         watches.push(Watch::HangUp(sock.try_clone().map_err(|e| startup(&e))?.into()));
@@ -417,6 +447,12 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         .map_err(|e| startup(&e))?
     };
 
+    pause_for_tests(args, "stop watcher running");
+    if stop.stop.load(Ordering::SeqCst) {
+        // Stopped during start-up: do not load the model only to exit.
+        tracing::info!("stopped during start-up");
+        return Ok(());
+    }
     // 3. The engine (model load), then serve. Objects exist before the model loads, so a
     //    seed client that opens them early just waits on `ready`.
     let mut engine = match load_engine(args) {
@@ -442,6 +478,15 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     tracing::info!(?end, served, "worker exiting");
     match end {
         ServeEnd::ShutdownRequested | ServeEnd::Stopped => Ok(()),
+    }
+}
+
+/// With the hidden `--startup-pause-ms N`: sleeps N ms at the named step of start-up, so that
+/// tests can deliver a signal in each window on purpose.
+fn pause_for_tests(args: &Args, step: &str) {
+    if args.startup_pause_ms > 0 {
+        tracing::debug!("start-up step: {step}");
+        std::thread::sleep(Duration::from_millis(args.startup_pause_ms));
     }
 }
 
