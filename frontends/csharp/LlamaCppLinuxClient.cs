@@ -71,6 +71,9 @@ namespace LlamaShm
         private static extern int lshm_client_worker_pid(IntPtr client, out uint pid);
 
         [DllImport(Lib)]
+        private static extern int lshm_client_set_max_answer_bytes(IntPtr client, ulong maxBytes);
+
+        [DllImport(Lib)]
         private static extern int lshm_request(IntPtr client, byte[] user, byte[] system, ulong deadlineMs,
                                                uint maxTokens, out LshmResponse response, out IntPtr error);
 
@@ -93,6 +96,12 @@ namespace LlamaShm
         /// <summary>Bound on each request; zero (the default) means the library's 600 s. Set it
         /// before <see cref="Initialize(string)"/>.</summary>
         public TimeSpan RequestTimeout { get; set; }
+
+        /// <summary>The most bytes one answer may have (0: the library's 8 MiB). A worker that
+        /// goes on past it (an endless answer) is cancelled and the request throws
+        /// <see cref="LlamaShmException"/> with status 21 (LSHM_E_ANSWER_TOO_LONG). Set before
+        /// Initialize.</summary>
+        public ulong MaxAnswerBytes { get; set; }
 
         /// <summary>The worker's process id (0 before Initialize).</summary>
         public uint WorkerPid { get; private set; }
@@ -129,6 +138,15 @@ namespace LlamaShm
                     int status = lshm_client_new(chatbotPath == null ? null : Utf8z(chatbotPath, "chatbotPath"),
                                                  argv, new UIntPtr((uint)argv.Length), timeoutMs, out handle, out error);
                     Check(status, error);
+                    if (MaxAnswerBytes > 0)
+                    {
+                        int set = lshm_client_set_max_answer_bytes(handle, MaxAnswerBytes);
+                        if (set != LSHM_OK)
+                        {
+                            lshm_client_free(handle);
+                            Check(set, IntPtr.Zero);
+                        }
+                    }
                     client = handle;
                     uint pid;
                     if (lshm_client_worker_pid(handle, out pid) == LSHM_OK)

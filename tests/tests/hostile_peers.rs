@@ -282,3 +282,62 @@ fn next_client_after_death_during_answer(prefix: &Prefix, mode: &str) -> Duratio
     client.detach();
     first.unwrap()
 }
+
+/// Issue 12, item 3: an endless answer (an echo worker repeating forever) no longer grows the
+/// client without bound: the request fails with a typed `AnswerTooLong` at the client's bound
+/// (the worker is cancelled), and the client stays usable.
+#[test]
+fn an_endless_answer_stops_at_the_clients_bound() {
+    let limit = 1 << 20;
+    let mut client = Client::builder()
+        .worker(llama_shm_tests::worker_path())
+        .args(["--engine", "echo", "--echo-repeat", "4294967295"])
+        .max_answer_bytes(limit)
+        .request_timeout(Duration::from_secs(20))
+        .spawn()
+        .unwrap();
+    for _ in 0..2 {
+        let start = Instant::now();
+        let r = client.send_request("forever", "");
+        eprintln!(
+            "endless answer, bound {limit} B: {r:?} after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(r, Err(RequestError::AnswerTooLong { limit: l }) if l == limit),
+            "{r:?}"
+        );
+    }
+    // (The second request met the bound again rather than a closed client: still usable.)
+    client.shutdown().unwrap();
+}
+
+/// The same through the command line with the default bound (8 MiB): `llama-shm ask` facing
+/// an endless answer exits 1 with the typed error, and the peak RSS of the client and its
+/// worker stays near the bound (it grew to 2.1 GB and aborted before).
+#[test]
+fn cli_facing_an_endless_answer_keeps_its_memory_near_the_bound() {
+    let start = Instant::now();
+    let out = Command::new(cli_path())
+        .args(["ask", "--engine", "echo", "--worker-arg=--echo-repeat=4294967295"])
+        .args(["--timeout", "20", "forever"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    // SAFETY: getrusage with a valid `who` and an out-pointer to a zeroed struct.
+    let peak_kib = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru), 0);
+        ru.ru_maxrss
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "endless answer through the CLI: exit {:?} after {took:?}, peak RSS {} MiB: {stderr}",
+        out.status.code(),
+        peak_kib / 1024
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("answer longer than"), "{stderr}");
+    assert!(peak_kib < 96 * 1024, "peak RSS {peak_kib} KiB");
+}

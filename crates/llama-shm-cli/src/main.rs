@@ -115,6 +115,10 @@ struct ConnArgs {
     /// `llama-shm-worker --help`).
     #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
     worker_args: Vec<String>,
+    /// Refuse an answer longer than N bytes (the request is cancelled, exit 1): what an
+    /// endless answer can cost in memory.
+    #[arg(long, value_name = "N", default_value_t = llama_shm::client::DEFAULT_MAX_ANSWER_BYTES)]
+    max_answer_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -340,6 +344,7 @@ fn connect(conn: &ConnArgs, timeout: Duration) -> Result<Client, (u8, String)> {
     match &conn.attach {
         Some(prefix) => Client::builder()
             .request_timeout(timeout)
+            .max_answer_bytes(conn.max_answer_bytes)
             .attach(prefix)
             .map_err(|e| (exit::STARTUP, format!("cannot attach to {prefix}: {e}"))),
         None => spawn(conn, timeout).map_err(|e| (exit::STARTUP, e.to_string())),
@@ -364,6 +369,7 @@ fn spawn(conn: &ConnArgs, timeout: Duration) -> Result<Client, SpawnError> {
         .worker(worker)
         .startup_timeout(timeout)
         .request_timeout(timeout)
+        .max_answer_bytes(conn.max_answer_bytes)
         .args(["--engine", &conn.engine]);
     if let Some(m) = &conn.model {
         b = b.arg("--model").arg(m);

@@ -59,7 +59,8 @@ enum {
     LSHM_E_CORRUPT = 17,         /* the response was corrupted in shared memory (retry) */
     LSHM_E_CLOSED = 18,          /* the client is closed (e.g. after its worker died) */
     LSHM_E_OS = 19,              /* an OS call failed */
-    LSHM_E_SHUTDOWN = 20         /* shutdown was not clean (worker killed or failed) */
+    LSHM_E_SHUTDOWN = 20,        /* shutdown was not clean (worker killed or failed) */
+    LSHM_E_ANSWER_TOO_LONG = 21  /* the answer passed the client's bound (request cancelled) */
 };
 
 /* Why an answer ended: lshm_response.finish. */
@@ -115,6 +116,12 @@ lshm_status lshm_client_new(const char *worker, const char *const *argv, size_t 
 
 /* The worker's process id. Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_CLOSED. */
 lshm_status lshm_client_worker_pid(const lshm_client *client, uint32_t *out_pid);
+
+/* The most bytes one answer may have (default 8 MiB). A worker that goes on past it (an
+ * endless answer) is cancelled and the request fails with LSHM_E_ANSWER_TOO_LONG, so what a
+ * client holds stays near the bound. From the next request on (waits for one in flight).
+ * Errors: LSHM_E_INVALID_ARGUMENT (NULL client, max_bytes 0). */
+lshm_status lshm_client_set_max_answer_bytes(lshm_client *client, uint64_t max_bytes);
 
 /* Sends one request (UTF-8 user and system prompts) and waits for the whole answer.
  *   deadline_ms: generation budget; 0 = none. When it passes, the answer so far comes back

@@ -72,6 +72,9 @@ pub const LSHM_E_CLOSED: Status = 18;
 pub const LSHM_E_OS: Status = 19;
 /// Shutdown was not clean: the worker had to be killed or exited with a failure status.
 pub const LSHM_E_SHUTDOWN: Status = 20;
+/// The answer grew past the client's bound (`lshm_client_set_max_answer_bytes`); the request
+/// was cancelled.
+pub const LSHM_E_ANSWER_TOO_LONG: Status = 21;
 
 /// `lshm_response.finish`: not reported (seed-mode worker, or an error).
 pub const LSHM_FINISH_UNKNOWN: u32 = 0;
@@ -110,6 +113,7 @@ fn message_of(code: Status) -> &'static CStr {
         LSHM_E_CLOSED => c"the client is closed",
         LSHM_E_OS => c"an OS call failed",
         LSHM_E_SHUTDOWN => c"the worker did not shut down cleanly",
+        LSHM_E_ANSWER_TOO_LONG => c"the answer is longer than the client's bound",
         _ => c"unknown status code",
     }
 }
@@ -129,6 +133,7 @@ fn request_status(e: &RequestError) -> Status {
         RequestError::Corrupt => LSHM_E_CORRUPT,
         RequestError::Closed { .. } => LSHM_E_CLOSED,
         RequestError::Os { .. } => LSHM_E_OS,
+        RequestError::AnswerTooLong { .. } => LSHM_E_ANSWER_TOO_LONG,
     }
 }
 
@@ -472,6 +477,34 @@ pub unsafe extern "C" fn lshm_client_worker_pid(client: *const LshmClient, out_p
     unsafe { run(std::ptr::null_mut(), body) }
 }
 
+/// Sets the most bytes one answer may have (default 8 MiB): a worker that goes on past them
+/// (an endless answer) is cancelled and the request fails with [`LSHM_E_ANSWER_TOO_LONG`], so
+/// the memory a client holds stays near the bound. Takes effect from the next request (waits
+/// for one in flight on another thread).
+///
+/// # Errors
+/// [`LSHM_E_INVALID_ARGUMENT`] for a NULL client or a bound of 0.
+///
+/// # Safety
+/// `client` is NULL or a live handle not being shut down or freed by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn lshm_client_set_max_answer_bytes(client: *mut LshmClient, max_bytes: u64) -> Status {
+    let body = || {
+        // SAFETY: NULL or a live handle (the contract); the mutex gives exclusive access.
+        let handle = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
+        if max_bytes == 0 {
+            return Err(Failure::new(
+                LSHM_E_INVALID_ARGUMENT,
+                "max_bytes must be at least 1",
+            ));
+        }
+        handle.lock().set_max_answer_bytes(max_bytes);
+        Ok(())
+    };
+    // SAFETY: NULL is allowed for out_error.
+    unsafe { run(std::ptr::null_mut(), body) }
+}
+
 /// Shared body of [`lshm_request`] and [`lshm_stream`].
 ///
 /// # Safety
@@ -749,7 +782,7 @@ mod tests {
 
     #[test]
     fn every_status_has_its_own_message() {
-        let codes: Vec<Status> = (LSHM_OK..=LSHM_E_SHUTDOWN).collect();
+        let codes: Vec<Status> = (LSHM_OK..=LSHM_E_ANSWER_TOO_LONG).collect();
         let mut seen = std::collections::HashSet::new();
         for code in codes {
             let m = message_of(code).to_str().unwrap();

@@ -248,6 +248,14 @@ pub enum RequestError {
     /// the worker wrote it. The request may be retried.
     #[error("response corrupted in shared memory (checksum mismatch)")]
     Corrupt,
+    /// The answer grew past the client's bound ([`ClientBuilder::max_answer_bytes`]): the
+    /// request was cancelled, and what arrived before the bound was handed to the stream
+    /// callback but is not returned. The client stays usable.
+    #[error("answer longer than {limit} bytes (the client's bound); request cancelled")]
+    AnswerTooLong {
+        /// The bound, in bytes.
+        limit: u64,
+    },
     /// The client was shut down, or an earlier failure left it unusable.
     #[error("client is closed: {reason}")]
     Closed {
@@ -419,7 +427,13 @@ pub struct ClientBuilder {
     token: Option<[u8; TOKEN_LEN]>,
     restart: RestartPolicy,
     spin: Duration,
+    max_answer_bytes: u64,
 }
+
+/// The default bound on one answer (see [`ClientBuilder::max_answer_bytes`]): 8 MiB, far
+/// beyond what a model's context produces (2 M tokens of 4 bytes), far below what would
+/// hurt a desktop application.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 8 << 20;
 
 impl Default for ClientBuilder {
     fn default() -> Self {
@@ -439,6 +453,7 @@ impl Default for ClientBuilder {
             token: None,
             restart: RestartPolicy::NEVER,
             spin: Duration::from_nanos(u64::from(crate::protocol::Spinner::DEFAULT_MAX_NS)),
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
@@ -515,6 +530,15 @@ impl ClientBuilder {
     /// It spins only while the worker runs on another CPU; see [`crate::protocol::Spinner`].
     pub fn spin(mut self, max: Duration) -> Self {
         self.spin = max;
+        self
+    }
+
+    /// The most bytes one answer may have (default [`DEFAULT_MAX_ANSWER_BYTES`]). A worker
+    /// that goes on past it (an endless answer) is cancelled and the request fails with
+    /// [`RequestError::AnswerTooLong`], so a client's memory stays near the bound whatever
+    /// the worker sends.
+    pub fn max_answer_bytes(mut self, limit: u64) -> Self {
+        self.max_answer_bytes = limit;
         self
     }
 
@@ -662,7 +686,7 @@ impl ClientBuilder {
                 client.closed = Some("worker died during start-up".into());
                 Err(fail(&mut proc, None))
             }
-            Err(WaitError::TimedOut | WaitError::Garbled(_)) => {
+            Err(WaitError::TimedOut | WaitError::Garbled(_) | WaitError::TooLong { .. }) => {
                 client.closed = Some("start-up timed out".into());
                 if let Some(mut p) = client.child.take() {
                     p.kill();
@@ -927,6 +951,11 @@ impl Client {
         self.cfg.request_timeout = timeout;
     }
 
+    /// Changes the bound on each following answer (see [`ClientBuilder::max_answer_bytes`]).
+    pub fn set_max_answer_bytes(&mut self, limit: u64) {
+        self.cfg.max_answer_bytes = limit;
+    }
+
     /// The worker's pid, when known.
     pub fn worker_pid(&self) -> Option<u32> {
         self.worker_pid
@@ -1095,7 +1124,7 @@ impl Client {
             match r {
                 Ok(()) => {}
                 Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingReady)),
-                Err(WaitError::TimedOut | WaitError::Garbled(_)) => {
+                Err(WaitError::TimedOut | WaitError::Garbled(_) | WaitError::TooLong { .. }) => {
                     return Err(RequestError::Timeout {
                         phase: Phase::WaitingReady,
                         waited: started.elapsed(),
@@ -1143,6 +1172,7 @@ impl Client {
                 Some(deadline),
                 slice,
                 &alive,
+                self.cfg.max_answer_bytes,
                 &mut scratch,
                 &mut |bytes: &[u8]| match std::str::from_utf8(bytes) {
                     Ok(s) => on_chunk(s),
@@ -1172,6 +1202,13 @@ impl Client {
                 });
             }
             Err(WaitError::Garbled(_)) => return Err(RequestError::Corrupt),
+            Err(WaitError::TooLong { limit }) => {
+                // (Cancelled: the worker stops; its last posts are drained by the next turn.)
+                if !extended {
+                    self.closed = Some("a seed-mode answer was refused as too long".into());
+                }
+                return Err(RequestError::AnswerTooLong { limit });
+            }
             Err(WaitError::Os(source)) => {
                 return Err(RequestError::Os {
                     phase: Phase::WaitingResponse,

@@ -246,6 +246,12 @@ pub enum WaitError {
     /// the region was changed by someone else.
     #[error("stream garbled: {0}")]
     Garbled(&'static str),
+    /// The answer grew past the receiver's bound (the request was cancelled).
+    #[error("answer longer than {limit} bytes")]
+    TooLong {
+        /// The bound, in bytes.
+        limit: u64,
+    },
 }
 
 /// What a request asks of the worker beyond its prompts (extended mode only).
@@ -1148,9 +1154,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     ) -> Result<RawResponse, WaitError> {
         let mut text_bytes = Vec::new();
         let mut scratch = Vec::new();
-        let mut raw = self.client_receive(seq, deadline, slice, alive, &mut scratch, &mut |b: &[u8]| {
-            text_bytes.extend_from_slice(b)
-        })?;
+        let mut raw = self.client_receive(
+            seq,
+            deadline,
+            slice,
+            alive,
+            u64::MAX,
+            &mut scratch,
+            &mut |b: &[u8]| text_bytes.extend_from_slice(b),
+        )?;
         if self.extended() {
             let decoded = text::decode(&text_bytes);
             raw.decode = decoded.flags;
@@ -1167,18 +1179,23 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// `on_bytes` as it arrives (extended mode: whatever the worker published since the last
     /// wake-up, valid UTF-8 unless the region was scribbled on, which the final checksum then
     /// reports; seed mode: the whole decoded answer once). `scratch` is reused for the
-    /// copies. The returned [`RawResponse`] has an empty `text`.
+    /// copies. The returned [`RawResponse`] has an empty `text`. At most `limit` bytes of
+    /// answer are taken: a worker that goes on past them (an endless answer) is cancelled,
+    /// so what the caller accumulates stays bounded.
     ///
     /// # Errors
     /// As [`wait_for`] (the request is then cancelled, so the worker stops generating an
     /// answer nobody reads); [`WaitError::PeerGone`] when the worker died before answering;
-    /// [`WaitError::Garbled`] when the stream cursor makes no sense (also cancelled).
+    /// [`WaitError::Garbled`] when the stream cursor makes no sense, [`WaitError::TooLong`]
+    /// past `limit` (both also cancelled).
+    #[allow(clippy::too_many_arguments)] // One call site per kind of caller; a struct would only rename them.
     pub fn client_receive(
         &self,
         seq: u64,
         deadline: Option<Instant>,
         slice: Duration,
         alive: &dyn Fn() -> bool,
+        limit: u64,
         scratch: &mut Vec<u8>,
         on_bytes: &mut dyn FnMut(&[u8]),
     ) -> Result<RawResponse, WaitError> {
@@ -1197,13 +1214,13 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 if !alive() {
                     return Err(WaitError::PeerGone);
                 }
-                return Ok(self.read_seed_response(scratch, on_bytes));
+                return self.read_seed_response(limit, scratch, on_bytes);
             }
             // `response_seq` first: once it names us, the final cursor is visible too.
             let done = self.region.load64(Word64::ResponseSeq) == seq;
             let ours = self.region.load64(Word64::StreamSeq) == seq;
             if ours {
-                if let Err(e) = self.consume(&mut rx, scratch, on_bytes) {
+                if let Err(e) = self.consume(&mut rx, limit, scratch, on_bytes) {
                     self.client_cancel(seq);
                     return Err(e);
                 }
@@ -1225,6 +1242,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     fn consume(
         &self,
         rx: &mut Receiver,
+        limit: u64,
         scratch: &mut Vec<u8>,
         on_bytes: &mut dyn FnMut(&[u8]),
     ) -> Result<(), WaitError> {
@@ -1235,6 +1253,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             return Err(WaitError::Garbled(
                 "the worker's write cursor moved backwards or past the ring",
             ));
+        }
+        if w > limit {
+            return Err(WaitError::TooLong { limit });
         }
         let n = (w - rx.read) as usize;
         if n == 0 {
@@ -1255,15 +1276,23 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         Ok(())
     }
 
-    fn read_seed_response(&self, scratch: &mut Vec<u8>, on_bytes: &mut dyn FnMut(&[u8])) -> RawResponse {
+    fn read_seed_response(
+        &self,
+        limit: u64,
+        scratch: &mut Vec<u8>,
+        on_bytes: &mut dyn FnMut(&[u8]),
+    ) -> Result<RawResponse, WaitError> {
         scratch.clear();
         scratch.resize(RESPONSE_LEN, 0);
         self.region.read(Field::Response, 0, scratch);
         let decoded = text::decode(scratch);
+        if decoded.text.len() as u64 > limit {
+            return Err(WaitError::TooLong { limit });
+        }
         if !decoded.text.is_empty() {
             on_bytes(decoded.text.as_bytes());
         }
-        RawResponse {
+        Ok(RawResponse {
             status: StatusCode::Ok,
             text: String::new(),
             decode: decoded.flags,
@@ -1273,7 +1302,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             usage: Usage::default(),
             finish: WireFinish::Unknown,
             intact: true,
-        }
+        })
     }
 
     fn read_extended_meta(&self, seq: u64, rx: &Receiver) -> RawResponse {

@@ -102,6 +102,11 @@ class ShutdownError(LlamaShmError):
     """The worker did not shut down cleanly (it had to be killed, or exited with a failure)."""
 
 
+class AnswerTooLongError(LlamaShmError):
+    """The answer grew past the client's bound (``max_answer_bytes``); the request was
+    cancelled. The client stays usable."""
+
+
 # Status codes of include/llama_shm.h.
 LSHM_OK = 0
 _ERRORS = {
@@ -125,6 +130,7 @@ _ERRORS = {
     18: ClosedError,  # LSHM_E_CLOSED
     19: LlamaShmError,  # LSHM_E_OS
     20: ShutdownError,  # LSHM_E_SHUTDOWN
+    21: AnswerTooLongError,  # LSHM_E_ANSWER_TOO_LONG
 }
 
 _FINISH = {0: "unknown", 1: "stop", 2: "length", 3: "cancelled", 4: "deadline", 5: "error"}
@@ -194,6 +200,7 @@ def _load():
             "lshm_status_message": (ctypes.c_char_p, [st]),
             "lshm_client_new": (st, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), sz, u64, out, out]),
             "lshm_client_worker_pid": (st, [p, ctypes.POINTER(u32)]),
+            "lshm_client_set_max_answer_bytes": (st, [p, u64]),
             "lshm_request": (st, [p, ctypes.c_char_p, ctypes.c_char_p, u64, u32, resp, out]),
             "lshm_stream": (st, [p, ctypes.c_char_p, ctypes.c_char_p, u64, u32, _CHUNK_FN, p, resp, out]),
             "lshm_response_free": (None, [resp]),
@@ -364,10 +371,13 @@ class Client:
     :param args: extra worker arguments, e.g. ``["--engine", "echo"]`` or
         ``["--model", "m.gguf", "--greedy"]``.
     :param timeout: bound on each request, in seconds (``None``: the library's 600 s).
+    :param max_answer_bytes: the most bytes one answer may have (``None``: the library's
+        8 MiB). A worker that goes on past it (an endless answer) is cancelled and the request
+        raises :class:`AnswerTooLongError`, so memory stays near the bound.
     :raises WorkerNotFoundError, StartupError: when the worker cannot be started.
     """
 
-    def __init__(self, worker=None, args=(), timeout=None):
+    def __init__(self, worker=None, args=(), timeout=None, max_answer_bytes=None):
         self._lib = _load()
         self._handle = None
         self._canceller = None
@@ -390,6 +400,10 @@ class Client:
             _check(self._lib, self._lib.lshm_canceller_new(handle, ctypes.byref(canceller)))
             self._canceller = _Canceller(self._lib, canceller)
             _check(self._lib, self._lib.lshm_client_worker_pid(handle, ctypes.byref(pid)))
+            if max_answer_bytes is not None:
+                if not isinstance(max_answer_bytes, int) or max_answer_bytes < 1:
+                    raise InvalidArgumentError(1, "max_answer_bytes must be a positive int")
+                _check(self._lib, self._lib.lshm_client_set_max_answer_bytes(handle, max_answer_bytes))
         except BaseException:
             if self._canceller is not None:
                 self._canceller.free()

@@ -107,6 +107,18 @@ def test_killed_worker_is_worker_died_then_closed():
             c.ask("again")
 
 
+def test_an_endless_answer_raises_answer_too_long_and_the_client_stays_usable():
+    # Issue 12, item 3: the bound cancels the request; memory stays near it.
+    with Client(args=ECHO + ["--echo-repeat", "4294967295"], max_answer_bytes=100_000) as c:
+        for _ in range(2):
+            with pytest.raises(llama_shm.AnswerTooLongError):
+                c.ask("forever")
+        with pytest.raises(llama_shm.AnswerTooLongError):
+            list(c.stream("forever"))
+    with pytest.raises(llama_shm.InvalidArgumentError):
+        Client(args=ECHO, max_answer_bytes=0)
+
+
 def test_request_timeout_is_a_timeout_error():
     with Client(args=["--engine", "echo", "--echo-piece-us", "100000"], timeout=0.3) as c:
         t0 = time.monotonic()
