@@ -254,6 +254,22 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
     child
 }
 
+/// SIGKILLs a standalone worker serving `prefix` together with its guardian (the guardian
+/// first), as the OOM killer or a `kill -9` of everything would: the one way its names stay
+/// behind, stale, for `ls`, `clean` and the next worker's reclaim to deal with.
+pub fn kill_with_guardian(child: ChildGuard, prefix: &Prefix) {
+    if let Some((_, Some(guardian))) = llama_shm::objects::page_pids(prefix) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(guardian as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        eventually(Duration::from_secs(5), || !alive(guardian));
+    }
+    let mut child = child.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Sends SIGTERM to a standalone worker and returns its exit code.
 ///
 /// A worker that exits 0 removed its names itself (the callers check that nothing is left);

@@ -147,10 +147,12 @@ fn killed_worker_is_dead_and_clean_removes_exactly_its_objects() {
     let dead_worker = standalone_echo(&dead, &[]);
     let _cleanup = UnlinkOnDrop(dead.clone());
     let dead_pid = dead_worker.id();
-    let mut child = dead_worker.take();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(shm_entries(&dead).len(), 4, "a SIGKILLed worker leaves its names");
+    llama_shm_tests::kill_with_guardian(dead_worker, &dead);
+    assert_eq!(
+        shm_entries(&dead).len(),
+        4,
+        "a worker SIGKILLed with its guardian leaves its names"
+    );
 
     let line = ls_line(&dead);
     assert_eq!(line.split_whitespace().nth(1), Some("dead"), "{line}");

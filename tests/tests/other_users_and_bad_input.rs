@@ -65,10 +65,8 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
         String::from_utf8_lossy(&out.stderr).contains("in use by pid"),
         "{out:?}"
     );
-    // SIGKILL: their names stay behind, stale.
-    let mut theirs = theirs.take();
-    theirs.kill().unwrap();
-    theirs.wait().unwrap();
+    // SIGKILL of their worker and its guardian: their names stay behind, stale.
+    llama_shm_tests::kill_with_guardian(theirs, &prefix);
     assert_eq!(shm_entries(&prefix).len(), 4);
     // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
     let ours = standalone_echo(&prefix, &[]);

@@ -250,7 +250,7 @@ fn streamed_answer_through_a_small_ring_arrives_whole() {
         let mut text = Vec::new();
         let mut scratch = Vec::new();
         let r = ch
-            .client_receive(1, None, SLICE, &always, &mut scratch, &mut |b| {
+            .client_receive(1, None, SLICE, &always, u64::MAX, &mut scratch, &mut |b| {
                 text.extend_from_slice(b)
             })
             .unwrap();

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use llama_shm::control::{self, ControlMsg};
 use llama_shm::engine::{Cancel, EchoEngine, Engine, EngineRequest};
+use llama_shm::guardian::Guardian;
 use llama_shm::names::Prefix;
 use llama_shm::objects::{self, ExtInit, PosixChannel, Trust};
 use llama_shm::os::process::{Watch, Watcher};
@@ -130,6 +131,9 @@ struct Args {
     /// watcher running), so a signal can be sent in each window on purpose.
     #[arg(long, hide = true, default_value_t = 0)]
     startup_pause_ms: u64,
+    /// Internal: run as a standalone worker's guardian (stdin: the worker's socket).
+    #[arg(long, hide = true)]
+    guard: bool,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -172,6 +176,9 @@ fn stop_signal_set() -> SigSet {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.guard {
+        return run_guardian();
+    }
     if !args.test {
         // Held back from here until the handlers are in place (`run_server`): a stop signal
         // at any moment of start-up — during the re-exec below, while the objects are
@@ -186,7 +193,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = if args.test {
@@ -197,7 +204,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("llama-shm-worker: error: {e}");
+            let _ = writeln!(std::io::stderr(), "llama-shm-worker: error: {e}");
             ExitCode::from(match e {
                 WorkerError::Startup(_) => EXIT_STARTUP,
                 WorkerError::Runtime(_) => EXIT_RUNTIME,
@@ -370,7 +377,13 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     let _ = stop_signal_set().thread_unblock();
     pause_for_tests(args, "signals ready");
     // 1. The objects: attach to the spawning client's, or create our own (seed-style).
-    let (channel, mut control_sock, token) = if args.control_stdin {
+    // `_guardian` first: dropped last, after our own removal of the names (then it finds
+    // nothing to do).
+    // Spawned: the client creates the names while we wait for its token. If it dies before
+    // it unlinks them, they are ours to remove on the way out (only when their creator is
+    // dead and nobody else maps them: a live client's names are left alone).
+    let _spawn_window = args.control_stdin.then(|| ReclaimOnExit(args.prefix.clone()));
+    let (_guardian, channel, mut control_sock, token) = if args.control_stdin {
         let fd = std::io::stdin().lock();
         let owned = std::os::fd::AsFd::as_fd(&fd)
             .try_clone_to_owned()
@@ -382,25 +395,28 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
             let _ = control::send(&mut sock, &ControlMsg::Error(e.to_string()));
             startup(&e)
         })?;
-        (channel, Some(sock), Some(token))
+        (None, channel, Some(sock), Some(token))
     } else {
         let token = args.token_file.as_ref().map(read_token_file).transpose()?;
+        // The guardian first: it removes our names if we die by SIGKILL.
+        let mut guardian = Guardian::spawn(Path::new("/proc/self/exe"), &["--guard"])
+            .map_err(|e| startup(&format!("cannot start the guardian: {e}")))?;
         objects::reclaim(&args.prefix).map_err(|e| startup(&e))?;
         let features = if token.is_some() {
             FEATURE_TOKEN_REQUIRED
         } else {
             0
         };
-        let channel = objects::create(
-            &args.prefix,
-            args.mode,
-            ExtInit {
-                creator_pid: me,
-                features,
-            },
-        )
-        .map_err(|e| startup(&e))?;
-        (channel, None, token)
+        // Each object is told to the guardian before its name appears: at no moment can a
+        // SIGKILL leave a name the guardian does not know.
+        let init = ExtInit {
+            creator_pid: me,
+            features,
+            guardian_pid: guardian.pid(),
+        };
+        let channel = objects::create_guarded(&args.prefix, args.mode, init, &mut |id| guardian.guard(id))
+            .map_err(|e| startup(&e))?;
+        (Some(guardian), channel, None, token)
     };
     pause_for_tests(args, "objects created");
     channel.region.store32(Word32::WorkerPid, me);
@@ -481,12 +497,65 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     }
 }
 
+/// The guardian mode (`--guard`, started by a standalone worker): removes the worker's names
+/// once it is gone (see `llama_shm::guardian`).
+fn run_guardian() -> ExitCode {
+    use nix::sys::signal::{signal, SigHandler};
+    // A terminal's Ctrl-C or hang-up is for the worker; the guardian ends when the worker does.
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code; nothing else in this process relies on
+        // these signals.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    let removed = llama_shm::guardian::watch(std::io::stdin().lock());
+    if !removed.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "llama-shm-worker (guardian): the worker died without removing its names; removed {}",
+            removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// With the hidden `--startup-pause-ms N`: sleeps N ms at the named step of start-up, so that
 /// tests can deliver a signal in each window on purpose.
 fn pause_for_tests(args: &Args, step: &str) {
     if args.startup_pause_ms > 0 {
         tracing::debug!("start-up step: {step}");
         std::thread::sleep(Duration::from_millis(args.startup_pause_ms));
+    }
+}
+
+/// stderr that never fails: a spawned worker's stderr is a pipe to its client, which may be
+/// gone (then a write is EPIPE). A log line must not end the worker — `eprintln!`, and the
+/// error report of tracing's writer, panic on a failed write — least of all on its way out,
+/// removing the names of that very client.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Removes the stale names of a prefix (creator dead, unmapped) when dropped.
+struct ReclaimOnExit(Prefix);
+
+impl Drop for ReclaimOnExit {
+    fn drop(&mut self) {
+        if let Ok(objects::Presence::Stale { .. }) = objects::reclaim(&self.0) {
+            tracing::info!("removed the names of a client that died while spawning us");
+        }
     }
 }
 

@@ -571,14 +571,10 @@ impl ClientBuilder {
         };
         let mut token = [0u8; TOKEN_LEN];
         getrandom::getrandom(&mut token).map_err(|e| io::Error::other(e.to_string()))?;
-        let channel = objects::create(
-            &prefix,
-            self.object_mode,
-            ExtInit {
-                creator_pid: std::process::id(),
-                features: FEATURE_TOKEN_REQUIRED,
-            },
-        )?;
+        // The worker starts before the objects exist (it waits for the token): from the
+        // moment they do, a process that can remove them if we die runs — it reclaims the
+        // names of a dead creator on its way out (so a SIGKILL of this process between
+        // creating and unlinking them leaves nothing).
         let (mut control_sock, worker_end) = UnixStream::pair()?;
         let mut cmd = Command::new(&path);
         cmd.args(&self.args)
@@ -609,6 +605,21 @@ impl ClientBuilder {
             control: control_sock.try_clone()?,
             stderr,
             rx: control::Receiver::default(),
+        };
+        let channel = match objects::create(
+            &prefix,
+            self.object_mode,
+            ExtInit {
+                creator_pid: std::process::id(),
+                features: FEATURE_TOKEN_REQUIRED,
+                guardian_pid: 0,
+            },
+        ) {
+            Ok(channel) => channel,
+            Err(e) => {
+                proc.kill();
+                return Err(e.into());
+            }
         };
 
         let fail = |proc: &mut ChildProc, fallback: Option<String>| -> SpawnError {

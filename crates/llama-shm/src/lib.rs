@@ -12,6 +12,7 @@
 pub mod client;
 pub mod control;
 pub mod engine;
+pub mod guardian;
 pub mod names;
 pub mod objects;
 pub mod os;

@@ -161,6 +161,9 @@ pub struct ExtInit {
     pub creator_pid: u32,
     /// `FEATURE_*` bits.
     pub features: u32,
+    /// The creator's guardian (0: none), which removes the names if the creator dies without
+    /// removing them.
+    pub guardian_pid: u32,
 }
 
 /// Creates the four objects of `prefix` with permission bits `mode` (`O_EXCL`: nothing
@@ -170,23 +173,51 @@ pub struct ExtInit {
 /// # Errors
 /// [`ObjectsError`] naming the object that failed (`AlreadyExists` if any name is taken).
 pub fn create(prefix: &Prefix, mode: u32, init: ExtInit) -> Result<PosixChannel, ObjectsError> {
-    let shm = SharedMemory::create(&prefix.shm(), OBJECT_SIZE, mode)?;
+    create_guarded(prefix, mode, init, &mut |_| Ok(()))
+}
+
+/// [`create`] that tells `guard` the [`Identity`](crate::os::Identity) of each object before
+/// its name appears (each is made unnamed, initialised, then linked to its name), so that a
+/// guardian can remove exactly these names should the creator die at any point, and nothing
+/// else.
+///
+/// # Errors
+/// As [`create`]; `guard`'s error fails the creation.
+pub fn create_guarded(
+    prefix: &Prefix,
+    mode: u32,
+    init: ExtInit,
+    guard: &mut dyn FnMut(&crate::os::Identity) -> io::Result<()>,
+) -> Result<PosixChannel, ObjectsError> {
+    let shm = SharedMemory::create_with(&prefix.shm(), OBJECT_SIZE, mode, |shm, identity| {
+        use std::sync::atomic::Ordering::Release;
+        let word = |w: Word32, v: u32| {
+            if let Some(a) = shm.atomic_u32(w.offset()) {
+                a.store(v, Release);
+            }
+        };
+        word(Word32::Version, EXT_VERSION);
+        word(Word32::PageSize, EXT_SIZE as u32);
+        word(Word32::CreatorPid, init.creator_pid);
+        word(Word32::Features, init.features);
+        word(Word32::GuardianPid, init.guardian_pid);
+        if let Some(a) = shm.atomic_u64(Word64::ResponseSeq.offset()) {
+            a.store(0, Release);
+        }
+        // Magic last: a reader that sees it sees an initialised page (and where the name
+        // appears only after this, nobody can look earlier).
+        std::sync::atomic::fence(Release);
+        shm.write(Field::Magic.span().offset, &EXT_MAGIC);
+        guard(identity)
+    })?;
     let region = ShmRegion {
         shm,
         kind: ObjectKind::Extended,
     };
-    region.store32(Word32::Version, EXT_VERSION);
-    region.store32(Word32::PageSize, EXT_SIZE as u32);
-    region.store32(Word32::CreatorPid, init.creator_pid);
-    region.store32(Word32::Features, init.features);
-    region.store64(Word64::ResponseSeq, 0);
-    // Magic last: a reader that sees it sees an initialised page.
-    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-    region.write(Field::Magic, 0, &EXT_MAGIC);
     let [r, p, w] = prefix.sems();
-    let ready = NamedSemaphore::create(&r, mode, 0)?;
-    let prompts_written = NamedSemaphore::create(&p, mode, 0)?;
-    let response_written = NamedSemaphore::create(&w, mode, 0)?;
+    let ready = NamedSemaphore::create_with(&r, mode, 0, &mut *guard)?;
+    let prompts_written = NamedSemaphore::create_with(&p, mode, 0, &mut *guard)?;
+    let response_written = NamedSemaphore::create_with(&w, mode, 0, &mut *guard)?;
     Ok(Channel::new(ready, prompts_written, response_written, region))
 }
 
@@ -234,6 +265,13 @@ pub fn unlink(channel: &PosixChannel) -> Result<(), ObjectsError> {
     Ok(())
 }
 
+/// The four files under `/dev/shm` that back `prefix`'s names (object, then semaphores).
+pub fn paths(prefix: &Prefix) -> Vec<std::path::PathBuf> {
+    std::iter::once(dev_shm_path(&prefix.shm(), false))
+        .chain(prefix.sems().iter().map(|n| dev_shm_path(n, true)))
+        .collect()
+}
+
 /// Removes whatever names of `prefix` exist. Returns how many were removed.
 ///
 /// # Errors
@@ -264,8 +302,9 @@ pub enum Presence {
 }
 
 /// Decides whether the names of `prefix` are absent, stale or in use: a recorded creator
-/// pid that is alive means in use; otherwise any process mapping the object or a semaphore
-/// (seen in `/proc/*/maps`) means in use; otherwise stale.
+/// pid that is alive means in use, and so does a recorded guardian that is alive (it is about
+/// to remove them); otherwise any process mapping the object or a semaphore (seen in
+/// `/proc/*/maps`) means in use; otherwise stale.
 pub fn presence(prefix: &Prefix) -> Presence {
     let shm_name = prefix.shm();
     let mut paths = vec![dev_shm_path(&shm_name, false)];
@@ -273,8 +312,11 @@ pub fn presence(prefix: &Prefix) -> Presence {
     if !paths.iter().any(|p| p.exists()) {
         return Presence::Absent;
     }
-    let creator = creator_pid(prefix);
-    if let Some(pid) = creator.filter(|&p| pid_alive(p)) {
+    let (creator, guardian) = page_pids(prefix).map_or((None, None), |(c, g)| (Some(c), g));
+    if let Some(pid) = creator
+        .filter(|&p| pid_alive(p))
+        .or(guardian.filter(|&p| pid_alive(p)))
+    {
         return Presence::InUse { pid };
     }
     for path in &paths {
@@ -287,24 +329,25 @@ pub fn presence(prefix: &Prefix) -> Presence {
 
 /// The creator pid recorded in the extension page of `prefix`'s object, if readable.
 pub fn creator_pid(prefix: &Prefix) -> Option<u32> {
-    let shm = SharedMemory::open(
-        &prefix.shm(),
-        OpenCheck {
-            same_owner: false,
-            max_mode: 0o7777,
-            min_size: OBJECT_SIZE,
-            map_at_most: OBJECT_SIZE,
-        },
-    )
-    .ok()?;
-    let mut magic = [0u8; 8];
-    shm.read(Field::Magic.span().offset, &mut magic);
-    (magic == EXT_MAGIC)
-        .then(|| {
-            shm.atomic_u32(Word32::CreatorPid.offset())
-                .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
-        })
-        .flatten()
+    page_pids(prefix).map(|(creator, _)| creator)
+}
+
+/// The creator pid and the guardian pid (if any) recorded in the extension page of
+/// `prefix`'s object, read with `pread` (never mapped: the object may be anyone's, and a
+/// squatter toggling its size cannot fault a read of a file).
+pub fn page_pids(prefix: &Prefix) -> Option<(u32, Option<u32>)> {
+    let mut page = [0u8; 256];
+    let n = shm::read_unmapped(&prefix.shm(), crate::wire::layout::EXT_OFFSET as u64, &mut page).ok()?;
+    let at = |word: Word32| word.offset() - crate::wire::layout::EXT_OFFSET;
+    let u32_at = |off: usize| u32::from_ne_bytes(page[off..off + 4].try_into().expect("4 bytes"));
+    let magic = &page[Field::Magic.span().offset - crate::wire::layout::EXT_OFFSET..][..8];
+    (n == page.len() && magic == EXT_MAGIC).then(|| {
+        let guardian = u32_at(at(Word32::GuardianPid));
+        (
+            u32_at(at(Word32::CreatorPid)),
+            (guardian != 0).then_some(guardian),
+        )
+    })
 }
 
 /// Makes `prefix` free for a new owner: absent names are fine, stale ones are removed, names
@@ -313,7 +356,15 @@ pub fn creator_pid(prefix: &Prefix) -> Option<u32> {
 /// # Errors
 /// [`ObjectsError::InUse`] naming the live process; unlink failures.
 pub fn reclaim(prefix: &Prefix) -> Result<Presence, ObjectsError> {
-    let presence = presence(prefix);
+    let mut presence = presence(prefix);
+    // A dead worker's guardian removes its names within milliseconds: wait for it (bounded)
+    // rather than call the prefix in use.
+    let guardian = page_pids(prefix).and_then(|(_, g)| g);
+    let until = Instant::now() + std::time::Duration::from_secs(2);
+    while matches!(presence, Presence::InUse { pid } if Some(pid) == guardian) && Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        presence = self::presence(prefix);
+    }
     match presence {
         Presence::Absent => {}
         Presence::Stale { creator } => {

@@ -86,33 +86,18 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Pids of processes that map `path` (by scanning `/proc/*/maps`), excluding this process.
-/// Used to tell whether an object without a recorded creator is still in use. Processes whose
-/// maps are unreadable (other users, unless root) are not seen.
+/// Pids of processes that map the file `path` (by scanning `/proc/*/maps` for its inode),
+/// excluding this process. Used to tell whether an object without a live creator is still in
+/// use. Matching the inode, not the name, sees mappings made before the file had its name
+/// (objects are created unnamed and linked last) and ignores a removed object of the same
+/// name that some process still maps. Processes whose maps are unreadable (other users,
+/// unless root) are not seen; a path that does not exist is mapped by nobody.
 pub fn processes_mapping(path: &std::path::Path) -> Vec<u32> {
-    let me = std::process::id();
-    let needle = path.to_string_lossy();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) {
-            if maps
-                .lines()
-                .any(|l| l.ends_with(&*needle) || l.ends_with(&format!("{needle} (deleted)")))
-            {
-                pids.push(pid);
-            }
-        }
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(md) => processes_mapping_inode(md.ino()),
+        Err(_) => Vec::new(),
     }
-    pids
 }
 
 /// What a [`Watcher`] waits for.

@@ -1,4 +1,7 @@
-//! POSIX named semaphores (`sem_open` and friends through libc; nix has no wrapper).
+//! POSIX named semaphores, as glibc makes them (a `sem_t` in a file `/dev/shm/sem.<name>`,
+//! mapped shared): created in an unnamed file and linked to the name once initialised, opened
+//! by descriptor and checked on that descriptor; posted and waited on with libc's `sem_*` (nix
+//! has no wrapper). Interoperable with any `sem_open` of the same name.
 //!
 //! Waits always carry a deadline on `CLOCK_MONOTONIC` (`sem_clockwait`, glibc ≥ 2.30), so a
 //! wall-clock jump can neither shorten nor stretch them, and `EINTR` is retried with the
@@ -56,7 +59,7 @@ extern "C" {
     ) -> libc::c_int;
 }
 
-/// An open named semaphore. Closed on drop; the name is unlinked on drop only if this handle
+/// An open named semaphore. Unmapped on drop; the name is unlinked on drop only if this handle
 /// created it and it was not unlinked explicitly before.
 #[derive(Debug)]
 pub struct NamedSemaphore {
@@ -65,8 +68,8 @@ pub struct NamedSemaphore {
     unlink_on_drop: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: POSIX semaphore operations are thread-safe; the handle owns the `sem_t*` returned
-// by `sem_open` until `sem_close` in drop.
+// SAFETY: POSIX semaphore operations are thread-safe; the handle owns the mapping of its
+// `sem_t` until `munmap` in drop.
 unsafe impl Send for NamedSemaphore {}
 // SAFETY: as above: `sem_post`, `sem_clockwait`, `sem_trywait` and `sem_getvalue` may be
 // called concurrently on one semaphore.
@@ -77,110 +80,126 @@ fn display(name: &CStr) -> String {
 }
 
 impl NamedSemaphore {
-    /// Creates `name` with value `initial` and permission bits `mode` (`O_CREAT | O_EXCL`;
-    /// the mode is then set exactly, past the umask).
+    /// Creates `name` with value `initial` and permission bits `mode` (the name must not
+    /// exist; the mode is set exactly, past the umask).
     ///
     /// # Errors
     /// [`SemError::AlreadyExists`] or [`SemError::Os`].
     #[doc(alias = "sem_open")]
     pub fn create(name: &CStr, mode: u32, initial: u32) -> Result<Self, SemError> {
-        // SAFETY: `name` is a valid C string; with O_CREAT sem_open reads two more variadic
-        // arguments, a mode_t (passed as c_uint after promotion) and an unsigned value.
-        let sem = unsafe {
-            libc::sem_open(
-                name.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL,
-                0o600 as libc::c_uint,
-                initial as libc::c_uint,
-            )
+        Self::create_with(name, mode, initial, |_| Ok(()))
+    }
+
+    /// [`NamedSemaphore::create`] that runs `before_name` with the semaphore's
+    /// [`Identity`](super::Identity) before its name appears. Like glibc's `sem_open`, the
+    /// semaphore is made in an unnamed file (`O_TMPFILE` in `/dev/shm`, initialised with
+    /// `sem_init(pshared)`) and linked to `sem.<name>` last, so that nobody opens it half
+    /// made and a creator that dies before the link leaves nothing; unlike `sem_open`, it
+    /// tells the caller what it is about to name. Any `sem_open` of the name (a seed-era
+    /// peer) sees an ordinary named semaphore.
+    ///
+    /// # Errors
+    /// [`SemError::AlreadyExists`], `before_name`'s error, or [`SemError::Os`].
+    pub fn create_with(
+        name: &CStr,
+        mode: u32,
+        initial: u32,
+        before_name: impl FnOnce(&super::Identity) -> io::Result<()>,
+    ) -> Result<Self, SemError> {
+        let os = |op: &'static str, source: io::Error| SemError::Os {
+            op,
+            name: display(name),
+            source,
         };
-        let sem = Self::check(sem, name, "sem_open")?;
+        let path = super::dev_shm_path(name, true);
+        let fd = super::unnamed_file(mode).map_err(|e| os("open(O_TMPFILE)", e.into()))?;
+        nix::unistd::ftruncate(&fd, SEM_SIZE as i64).map_err(|e| os("ftruncate", e.into()))?;
+        let sem = map_sem(&fd).map_err(|e| os("mmap", e))?;
         let handle = Self {
             sem,
             name: name.to_owned(),
-            unlink_on_drop: true.into(),
+            unlink_on_drop: false.into(),
         };
-        // glibc backs the semaphore with /dev/shm/sem.<name>; set the mode past the umask.
-        let path = super::dev_shm_path(name, true);
-        if let Err(e) = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)) {
-            return Err(SemError::Os {
-                op: "chmod",
-                name: display(name),
-                source: e,
-            });
+        // SAFETY: `sem` is a fresh shared mapping of SEM_SIZE bytes that nothing else can
+        // reach yet (the file has no name); pshared = 1 makes it a process-shared semaphore,
+        // as sem_open would.
+        if unsafe { libc::sem_init(handle.sem.as_ptr(), 1, initial as libc::c_uint) } != 0 {
+            return Err(os("sem_init", io::Error::last_os_error()));
         }
+        let identity = super::identity(&fd, path.clone()).map_err(|e| os("fstat", e.into()))?;
+        before_name(&identity).map_err(|e| os("before_name", e))?;
+        super::link_unnamed(&fd, &path).map_err(|e| match e {
+            nix::errno::Errno::EEXIST => SemError::AlreadyExists { name: display(name) },
+            e => os("linkat", e.into()),
+        })?;
+        handle
+            .unlink_on_drop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(handle)
     }
 
-    /// Opens an existing semaphore after checking that its backing file belongs to this user
-    /// and grants no more than `max_mode` (pass `0o7777` to skip the mode check).
+    /// Opens an existing semaphore after checking that its backing file is a regular file
+    /// of the right size, belongs to this user and grants no more than `max_mode` (pass
+    /// `0o7777` to skip the mode check). What is checked is what is used: the file is opened
+    /// once (`O_NOFOLLOW`), checked with `fstat` on that descriptor and mapped from it, so a
+    /// swap of the name between the check and the open cannot fool it.
     ///
     /// # Errors
     /// [`SemError::NotFound`], [`SemError::Untrusted`] or [`SemError::Os`].
     #[doc(alias = "sem_open")]
     pub fn open(name: &CStr, max_mode: u32) -> Result<Self, SemError> {
-        use std::os::unix::fs::MetadataExt;
+        let os = |op: &'static str, source: io::Error| SemError::Os {
+            op,
+            name: display(name),
+            source,
+        };
         let path = super::dev_shm_path(name, true);
-        match std::fs::metadata(&path) {
-            Ok(md) => {
-                let me = nix::unistd::geteuid().as_raw();
-                let mode = md.mode() & 0o7777;
-                if md.uid() != me || mode & !max_mode != 0 {
-                    return Err(SemError::Untrusted {
-                        name: display(name),
-                        owner: md.uid(),
-                        mode,
-                    });
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SemError::NotFound { name: display(name) })
-            }
-            Err(e) => {
-                return Err(SemError::Os {
-                    op: "stat",
-                    name: display(name),
-                    source: e,
-                })
-            }
+        let fd = match nix::fcntl::open(
+            &path,
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            // SAFETY: `open` just returned this descriptor, and nothing else owns it.
+            Ok(raw) => unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) },
+            Err(nix::errno::Errno::ENOENT) => return Err(SemError::NotFound { name: display(name) }),
+            Err(e) => return Err(os("open", e.into())),
+        };
+        let st =
+            nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(|e| os("fstat", e.into()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        let mode = st.st_mode & 0o7777;
+        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if !regular || st.st_uid != me || mode & !max_mode != 0 {
+            return Err(SemError::Untrusted {
+                name: display(name),
+                owner: st.st_uid,
+                mode,
+            });
         }
-        // SAFETY: `name` is a valid C string; without O_CREAT no variadic arguments are read.
-        let sem = unsafe { libc::sem_open(name.as_ptr(), 0) };
-        let sem = Self::check(sem, name, "sem_open")?;
+        if (st.st_size as u64) < SEM_SIZE as u64 {
+            return Err(os(
+                "fstat",
+                io::Error::other(format!(
+                    "the semaphore file has {} bytes, not {SEM_SIZE}",
+                    st.st_size
+                )),
+            ));
+        }
+        let sem = map_sem(&fd).map_err(|e| os("mmap", e))?;
         Ok(Self {
             sem,
             name: name.to_owned(),
             unlink_on_drop: false.into(),
         })
     }
-
-    fn check(sem: *mut libc::sem_t, name: &CStr, op: &'static str) -> Result<NonNull<libc::sem_t>, SemError> {
-        if sem == libc::SEM_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EEXIST) => SemError::AlreadyExists { name: display(name) },
-                Some(libc::ENOENT) => SemError::NotFound { name: display(name) },
-                _ => SemError::Os {
-                    op,
-                    name: display(name),
-                    source: e,
-                },
-            });
-        }
-        NonNull::new(sem).ok_or_else(|| SemError::Os {
-            op,
-            name: display(name),
-            source: io::Error::other("sem_open returned NULL"),
-        })
-    }
-
     /// Increments the semaphore, waking one waiter.
     ///
     /// # Errors
     /// `EOVERFLOW` when the value is at `SEM_VALUE_MAX` (a peer posting in a loop).
     #[doc(alias = "sem_post")]
     pub fn post(&self) -> io::Result<()> {
-        // SAFETY: `self.sem` is a live semaphore from sem_open, closed only in drop.
+        // SAFETY: `self.sem` is a live, initialised semaphore mapping (from `create_with` or
+        // `open`), unmapped only in drop.
         if unsafe { libc::sem_post(self.sem.as_ptr()) } == 0 {
             Ok(())
         } else {
@@ -272,12 +291,36 @@ impl NamedSemaphore {
 
 impl Drop for NamedSemaphore {
     fn drop(&mut self) {
-        // SAFETY: `self.sem` came from sem_open and is closed exactly once, here.
-        unsafe { libc::sem_close(self.sem.as_ptr()) };
+        // SAFETY: `self.sem` is the mapping made by `map_sem`, unmapped exactly once, here;
+        // no reference into it outlives the handle.
+        let _ = unsafe { nix::sys::mman::munmap(self.sem.cast(), SEM_SIZE) };
         if *self.unlink_on_drop.get_mut() {
             let _ = unlink(&self.name);
         }
     }
+}
+
+/// Bytes of a `sem_t` (the size of glibc's semaphore files).
+const SEM_SIZE: usize = std::mem::size_of::<libc::sem_t>();
+
+/// Maps the semaphore file `fd` (at least [`SEM_SIZE`] bytes), as `sem_open` does.
+fn map_sem(fd: &std::os::fd::OwnedFd) -> io::Result<NonNull<libc::sem_t>> {
+    use nix::sys::mman::{MapFlags, ProtFlags};
+    let len = std::num::NonZeroUsize::new(SEM_SIZE).expect("sem_t is not empty");
+    // SAFETY: a fresh shared mapping of SEM_SIZE bytes of a file at least that long (created
+    // with that size, or checked with fstat); no address hint, so nothing is replaced. The
+    // pointer is used only with the sem_* calls, which are made for shared sem_t memory.
+    let p = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }?;
+    Ok(p.cast())
 }
 
 /// Removes a semaphore name. Returns `false` if it did not exist.

@@ -129,6 +129,63 @@ impl SharedMemory {
     /// (the name is unlinked again if creation fails half-way).
     #[doc(alias = "shm_open")]
     pub fn create(name: &CStr, size: usize, mode: u32) -> Result<Self, ShmError> {
+        Self::create_with(name, size, mode, |_, _| Ok(()))
+    }
+
+    /// [`SharedMemory::create`] that runs `before_name` on the mapped object (to initialise
+    /// it, and to tell a guardian the object's [`Identity`](super::Identity)) *before* the
+    /// name appears: the object is made as an unnamed file (`O_TMPFILE`) and linked to its
+    /// name last, so no other process ever opens it half-made, and a creator that dies
+    /// before the link leaves nothing. Where `/dev/shm` has no `O_TMPFILE`, falls back to
+    /// `shm_open(O_EXCL)` and runs `before_name` just after.
+    ///
+    /// # Errors
+    /// As [`SharedMemory::create`]; `before_name`'s error as [`ShmError::Os`] (`before_name`).
+    pub fn create_with(
+        name: &CStr,
+        size: usize,
+        mode: u32,
+        before_name: impl FnOnce(&Self, &super::Identity) -> std::io::Result<()>,
+    ) -> Result<Self, ShmError> {
+        let os = |op, source| ShmError::Os {
+            op,
+            name: display(name),
+            source,
+        };
+        let path = super::dev_shm_path(name, false);
+        let hook_err = |e: std::io::Error| {
+            os(
+                "before_name",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        };
+        match super::unnamed_file(mode) {
+            Ok(fd) => {
+                nix::unistd::ftruncate(&fd, size as i64).map_err(|e| os("ftruncate", e))?;
+                let identity = super::identity(&fd, path.clone()).map_err(|e| os("fstat", e))?;
+                let link_fd = fd.try_clone().map_err(&hook_err)?;
+                let shm = Self::map(fd, name, size, size as u64, false)?;
+                before_name(&shm, &identity).map_err(hook_err)?;
+                super::link_unnamed(&link_fd, &path).map_err(|e| match e {
+                    Errno::EEXIST => ShmError::AlreadyExists { name: display(name) },
+                    e => os("linkat", e),
+                })?;
+                shm.unlink_on_drop
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(shm)
+            }
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                let shm = Self::create_named(name, size, mode)?;
+                let identity = super::identity(&shm.fd, path).map_err(|e| os("fstat", e))?;
+                before_name(&shm, &identity).map_err(hook_err)?;
+                Ok(shm)
+            }
+            Err(e) => Err(os("open(O_TMPFILE)", e)),
+        }
+    }
+
+    /// The fallback of [`SharedMemory::create_with`]: `shm_open(O_CREAT | O_EXCL)`.
+    fn create_named(name: &CStr, size: usize, mode: u32) -> Result<Self, ShmError> {
         let os = |op, source| ShmError::Os {
             op,
             name: display(name),
@@ -354,6 +411,36 @@ impl Drop for SharedMemory {
             let _ = unlink(&self.name);
         }
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of the object `name` with `pread`, without mapping it:
+/// for objects that may belong to someone else (a squatter toggling their size cannot make a
+/// read of a file fault, as a mapping would). Returns how many bytes were read (fewer at the
+/// end of the object).
+///
+/// # Errors
+/// [`ShmError::NotFound`], or [`ShmError::Os`] for `shm_open` / `pread`.
+pub fn read_unmapped(name: &CStr, offset: u64, buf: &mut [u8]) -> Result<usize, ShmError> {
+    let os = |op, source| ShmError::Os {
+        op,
+        name: display(name),
+        source,
+    };
+    let fd =
+        mman::shm_open(name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+            Errno::ENOENT => ShmError::NotFound { name: display(name) },
+            e => os("shm_open", e),
+        })?;
+    let mut done = 0;
+    while done < buf.len() {
+        match nix::sys::uio::pread(&fd, &mut buf[done..], (offset + done as u64) as i64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(os("pread", e)),
+        }
+    }
+    Ok(done)
 }
 
 /// Removes a shared-memory name. Returns `false` if it did not exist.

@@ -142,8 +142,10 @@ pub struct ExtensionPage {
     pub generation_us: u64,
     /// Why generation ended (a `FinishReason` value, 0 = unknown).
     pub finish_reason: u32,
-    /// Reserved, zero.
-    pub reserved1: u32,
+    /// A standalone worker's guardian process, which removes the worker's names when the
+    /// worker dies by SIGKILL (0: none). A successor does not reclaim the prefix while it
+    /// lives.
+    pub guardian_pid: u32,
     /// Checksum of the response (see `protocol::response_checksum`): a response the client
     /// reads with another checksum was corrupted in shared memory.
     pub response_checksum: u64,
@@ -204,6 +206,7 @@ const_assert_eq!(offset_of!(ExtensionPage, generated_tokens), 124);
 const_assert_eq!(offset_of!(ExtensionPage, prompt_us), 128);
 const_assert_eq!(offset_of!(ExtensionPage, generation_us), 136);
 const_assert_eq!(offset_of!(ExtensionPage, finish_reason), 144);
+const_assert_eq!(offset_of!(ExtensionPage, guardian_pid), 148);
 const_assert_eq!(offset_of!(ExtensionPage, response_checksum), 152);
 const_assert_eq!(offset_of!(ExtensionPage, request_checksum), 160);
 const_assert_eq!(offset_of!(ExtensionPage, error_message), 256);
@@ -368,6 +371,8 @@ pub enum Word32 {
     SystemLen,
     /// [`ExtensionPage::user_len`].
     UserLen,
+    /// [`ExtensionPage::guardian_pid`].
+    GuardianPid,
 }
 
 impl Word32 {
@@ -395,6 +400,7 @@ impl Word32 {
                 Word32::CachedTokens => offset_of!(ExtensionPage, cached_tokens),
                 Word32::SystemLen => offset_of!(ExtensionPage, system_len),
                 Word32::UserLen => offset_of!(ExtensionPage, user_len),
+                Word32::GuardianPid => offset_of!(ExtensionPage, guardian_pid),
             }
     }
 }
@@ -574,6 +580,7 @@ mod tests {
             W::CachedTokens,
             W::SystemLen,
             W::UserLen,
+            W::GuardianPid,
         ] {
             assert_eq!(w.offset() % 4, 0);
             ranges.push((w.offset(), w.offset() + 4, format!("{w:?}")));
