@@ -102,7 +102,13 @@ fn csharp_wire_client_refuses_objects_wider_than_it_trusts() {
     }
     run_against_standalone(
         "cswide",
-        &["--engine", "echo", "--mode", "666"],
+        &[
+            "--engine",
+            "echo",
+            "--mode",
+            "666",
+            "--others-may-crash-this-worker",
+        ],
         &["--wide-mode", "666"],
         Duration::from_secs(5),
     );

@@ -149,3 +149,110 @@ fn worker_under_a_memory_limit_too_small_for_the_model_fails_startup_clearly() {
     assert!(!c.send_request("Hi", "").unwrap().text.is_empty());
     c.shutdown().unwrap();
 }
+
+/// Issue 12, item 6: a mode that lets other users write the objects is refused unless the
+/// caller accepts, in so many words, that they may crash the worker — by the worker (exit 2,
+/// the reason named), by a spawning client and by an attaching client (typed errors).
+#[test]
+fn a_mode_other_users_can_write_is_refused_unless_accepted() {
+    let prefix = unique_prefix("wide");
+    let out = Command::new(worker_path())
+        .args(["--engine", "echo", "--mode", "666", "--prefix", prefix.as_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--others-may-crash-this-worker"), "{stderr}");
+    assert!(shm_entries(&prefix).is_empty());
+    let spawned = Client::builder()
+        .worker(worker_path())
+        .arg("--engine")
+        .arg("echo")
+        .object_mode(0o660)
+        .spawn();
+    assert!(
+        matches!(
+            spawned,
+            Err(SpawnError::Objects(ObjectsError::WritableByOthers {
+                mode: 0o660
+            }))
+        ),
+        "{spawned:?}"
+    );
+    let attached = Client::builder().trust_mode(0o666).attach(&prefix);
+    assert!(
+        matches!(attached, Err(ObjectsError::WritableByOthers { mode: 0o666 })),
+        "{attached:?}"
+    );
+    // Accepted: the spawned worker serves with the wide mode.
+    let mut c = Client::builder()
+        .worker(worker_path())
+        .args(["--engine", "echo"])
+        .object_mode(0o666)
+        .others_may_crash_this_client(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(c.send_request("u", "s").unwrap().text, "s\nu");
+    c.shutdown().unwrap();
+}
+
+/// What another user can do to a standalone worker in each mode, as SECURITY.md states it:
+/// 0600 — not even open its objects; 0644 — read them, but neither shrink them nor post its
+/// semaphores, so the worker survives; 0666 (accepted with --others-may-crash-this-worker) —
+/// shrink the object and post `prompts_written`, which kills the worker with SIGBUS.
+#[test]
+fn what_another_user_can_do_in_each_mode() {
+    if !as_nobody() {
+        eprintln!("skipped: needs root and setpriv to act as another user");
+        return;
+    }
+    let nobody = |script: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    for (mode, crashes) in [("600", false), ("644", false), ("666", true)] {
+        let prefix = unique_prefix("mode");
+        let worker = standalone_echo(&prefix, &["--mode", mode, "--others-may-crash-this-worker"]);
+        let shm = format!("/dev/shm/{prefix}_shared_mem");
+        let sem = format!("/{prefix}_sem_prompts_written");
+        let truncated = nobody(&format!("import os; os.truncate('{shm}', 0)"));
+        let posted = nobody(&format!(
+            "import ctypes; l = ctypes.CDLL(None); l.sem_open.restype = ctypes.c_void_p; \
+             s = l.sem_open(b'{sem}', 0); assert s not in (None, 0xffffffffffffffff) and s != 0; \
+             assert l.sem_post(ctypes.c_void_p(s)) == 0"
+        ));
+        assert_eq!((truncated, posted), (crashes, crashes), "mode {mode}");
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = worker.take();
+        let status = child.try_wait().unwrap();
+        let _ = llama_shm::objects::unlink_prefix(&prefix);
+        if crashes {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.and_then(|s| s.signal()),
+                Some(libc::SIGBUS),
+                "mode {mode}: {status:?}"
+            );
+        } else {
+            assert!(status.is_none(), "mode {mode}: the worker died: {status:?}");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            assert_eq!(child.wait().unwrap().code(), Some(0));
+        }
+    }
+}

@@ -29,6 +29,8 @@ use nix::sys::signal::{SigSet, Signal};
 
 /// Exit code for a failure before serving started (objects, model, token).
 const EXIT_STARTUP: u8 = 3;
+/// Exit code for arguments refused after parsing (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
 /// Exit code for a failure while serving.
 const EXIT_RUNTIME: u8 = 1;
 
@@ -131,6 +133,10 @@ struct Args {
     /// watcher running), so a signal can be sent in each window on purpose.
     #[arg(long, hide = true, default_value_t = 0)]
     startup_pause_ms: u64,
+    /// Accept a --mode that lets other users write the objects: any of them can then crash
+    /// this worker (and its clients) by shrinking an object (SIGBUS). Refused without this.
+    #[arg(long)]
+    others_may_crash_this_worker: bool,
     /// Internal: run as a standalone worker's guardian (stdin: the worker's socket).
     #[arg(long, hide = true)]
     guard: bool,
@@ -147,6 +153,8 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Startup(String),
     #[error("{0}")]
@@ -206,6 +214,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "llama-shm-worker: error: {e}");
             ExitCode::from(match e {
+                WorkerError::Usage(_) => EXIT_USAGE,
                 WorkerError::Startup(_) => EXIT_STARTUP,
                 WorkerError::Runtime(_) => EXIT_RUNTIME,
             })
@@ -365,6 +374,8 @@ struct StopState {
 
 fn run_server(args: &Args) -> Result<(), WorkerError> {
     let startup = |e: &dyn std::fmt::Display| WorkerError::Startup(e.to_string());
+    objects::check_mode(args.mode, args.others_may_crash_this_worker)
+        .map_err(|e| WorkerError::Usage(e.to_string()))?;
     let me = std::process::id();
     pause_for_tests(args, "start (stop signals held back)");
     // 0. Stop signals first, before anything exists that would need removing: from here a

@@ -428,6 +428,7 @@ pub struct ClientBuilder {
     restart: RestartPolicy,
     spin: Duration,
     max_answer_bytes: u64,
+    others_may_crash: bool,
 }
 
 /// The default bound on one answer (see [`ClientBuilder::max_answer_bytes`]): 8 MiB, far
@@ -454,6 +455,7 @@ impl Default for ClientBuilder {
             restart: RestartPolicy::NEVER,
             spin: Duration::from_nanos(u64::from(crate::protocol::Spinner::DEFAULT_MAX_NS)),
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+            others_may_crash: false,
         }
     }
 }
@@ -489,15 +491,28 @@ impl ClientBuilder {
         self.mode = mode;
         self
     }
-    /// Permission bits of created objects (default `0o600`).
+    /// Permission bits of created objects (default `0o600`). Bits that let other users write
+    /// them (`0o022`) are refused unless [`ClientBuilder::others_may_crash_this_client`]:
+    /// whoever can write an object can shrink it and crash every process that maps it.
     pub fn object_mode(mut self, mode: u32) -> Self {
         self.object_mode = mode;
         self
     }
     /// Widest permission bits accepted on objects we open (default `0o600`; a seed-era worker
-    /// creates `0o666` objects, which must be allowed explicitly).
+    /// creates `0o666` objects, which must be allowed explicitly — and, since other users
+    /// can write those, with [`ClientBuilder::others_may_crash_this_client`] too).
     pub fn trust_mode(mut self, max_mode: u32) -> Self {
         self.trust = Trust { max_mode };
+        self
+    }
+
+    /// Accepts objects that other users may write ([`ClientBuilder::object_mode`] or
+    /// [`ClientBuilder::trust_mode`] with group or other write bits). Any of those users can
+    /// then `ftruncate` an object this client maps, and the client (and a spawned worker)
+    /// dies of `SIGBUS` at its next access: say so only where that is acceptable (see
+    /// SECURITY.md).
+    pub fn others_may_crash_this_client(mut self, accept: bool) -> Self {
+        self.others_may_crash = accept;
         self
     }
     /// What to do with prompts that do not fit (default [`Policy::Truncate`]).
@@ -562,6 +577,7 @@ impl ClientBuilder {
     /// a worker that exits during start-up (with its exit status, its own error message and
     /// its last stderr lines) or that is not ready by the start-up deadline.
     pub fn spawn(self) -> Result<Client, SpawnError> {
+        objects::check_mode(self.object_mode, self.others_may_crash)?;
         let started = Instant::now();
         let deadline = started + self.startup_timeout;
         let path = self.worker.clone().ok_or(SpawnError::NoWorker)?;
@@ -582,6 +598,7 @@ impl ClientBuilder {
             .arg(prefix.as_str())
             .arg("--mode")
             .arg(format!("{:o}", self.object_mode))
+            .args(self.others_may_crash.then_some("--others-may-crash-this-worker"))
             .arg("--control-stdin")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(OwnedFd::from(worker_end)))
@@ -717,6 +734,7 @@ impl ClientBuilder {
     /// # Errors
     /// [`ObjectsError`] when the objects are missing, untrusted or malformed.
     pub fn attach(self, prefix: &Prefix) -> Result<Client, AttachError> {
+        objects::check_mode(self.trust.max_mode, self.others_may_crash)?;
         let mut channel = objects::open(prefix, self.trust)?;
         if self.mode == Mode::Seed {
             channel.region.force_seed();

@@ -129,6 +129,18 @@ pub enum ObjectsError {
     /// The object's layout is unusable.
     #[error(transparent)]
     Layout(#[from] ClassifyError),
+    /// The permission bits let other users write the objects — and so crash every process
+    /// that maps them (a `ftruncate` of a mapped object is `SIGBUS` at the next access) — and
+    /// the caller did not accept that in so many words.
+    #[error(
+        "mode {mode:04o} lets other users write the objects, and so crash every process that maps \
+         them; accept that explicitly (worker: --others-may-crash-this-worker; \
+         ClientBuilder::others_may_crash_this_client) or keep the default 0600"
+    )]
+    WritableByOthers {
+        /// The mode asked for.
+        mode: u32,
+    },
     /// The prefix is served by a live process.
     #[error(
         "objects with prefix {prefix} are in use by pid {pid}; stop it first or choose another --prefix"
@@ -139,6 +151,21 @@ pub enum ObjectsError {
         /// A process using them.
         pid: u32,
     },
+}
+
+/// Permission bits that let other users (group or others) write an object.
+pub const WRITABLE_BY_OTHERS: u32 = 0o022;
+
+/// Refuses `mode` if it lets other users write the objects (see
+/// [`ObjectsError::WritableByOthers`]) unless `accepted`.
+///
+/// # Errors
+/// [`ObjectsError::WritableByOthers`].
+pub fn check_mode(mode: u32, accepted: bool) -> Result<(), ObjectsError> {
+    if mode & WRITABLE_BY_OTHERS != 0 && !accepted {
+        return Err(ObjectsError::WritableByOthers { mode });
+    }
+    Ok(())
 }
 
 /// Who may open a prefix's objects: their owner must be us, and their mode within `max_mode`.
