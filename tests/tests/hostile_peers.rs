@@ -341,3 +341,34 @@ fn cli_facing_an_endless_answer_keeps_its_memory_near_the_bound() {
     assert!(stderr.contains("answer longer than"), "{stderr}");
     assert!(peak_kib < 96 * 1024, "peak RSS {peak_kib} KiB");
 }
+
+/// Issue 12, item 9: a worker that writes 50 MB to stderr without a newline (and then fails
+/// its start-up) does not grow the client: the tail it keeps is a few lines of at most 4 KiB,
+/// and the typed start-up error still comes.
+#[test]
+fn a_worker_writing_an_endless_line_to_stderr_does_not_grow_the_client() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = llama_shm_tests::TempDir::new("endless_stderr");
+    let script = dir.0.join("noisy-worker");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' x >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = Client::builder()
+        .worker(&script)
+        .startup_timeout(Duration::from_secs(30))
+        .spawn();
+    match r {
+        Err(llama_shm::SpawnError::WorkerExited { stderr, .. }) => {
+            let longest = stderr.iter().map(String::len).max().unwrap_or(0);
+            eprintln!(
+                "endless stderr line: {} lines kept, longest {longest} bytes",
+                stderr.len()
+            );
+            assert!(longest <= 4096 + 8, "a line of {longest} bytes was kept");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+}

@@ -464,3 +464,53 @@ fn spawning_client_helper() {
         .args(["--engine", "echo", "--startup-pause-ms", "100"])
         .spawn();
 }
+
+/// Issue 12, item 9: a spawned worker exits within 1 s of its client's SIGKILL even when a
+/// child the client forked (as Python's multiprocessing does) still holds the inherited
+/// control socket: the worker watches the client process, not only the socket.
+#[test]
+fn a_forked_child_holding_the_control_socket_does_not_keep_the_worker_alive() {
+    if std::env::var_os("LST_FORK_HELPER").is_some() {
+        return;
+    }
+    let (mut helper, pids) = spawn_helper("forking_client_helper", "LST_FORK_HELPER", "PIDS");
+    let (worker_pid, child_pid) = pids.split_once(',').unwrap();
+    let (worker_pid, child_pid): (u32, u32) = (worker_pid.parse().unwrap(), child_pid.parse().unwrap());
+    let helper_pid = helper.id();
+    let t = Instant::now();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let exited = eventually(Duration::from_secs(1), || !alive(worker_pid));
+    let took = t.elapsed();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    eprintln!("client SIGKILLed, its forked child alive: worker exited after {took:?}");
+    assert!(exited, "worker {worker_pid} outlived its client by more than 1 s");
+    assert!(eventually(Duration::from_secs(1), || entries_of(helper_pid).is_empty()));
+}
+
+#[test]
+#[ignore = "helper for a_forked_child_holding_the_control_socket_does_not_keep_the_worker_alive"]
+fn forking_client_helper() {
+    if std::env::var_os("LST_FORK_HELPER").is_none() {
+        return;
+    }
+    let c = slow_echo(30_000);
+    // SAFETY: the child only sleeps and `_exit`s (async-signal-safe calls), whatever threads
+    // the parent has.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: plain libc calls with no Rust state involved.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            println!("PIDS={},{}", c.worker_pid().unwrap(), child);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}

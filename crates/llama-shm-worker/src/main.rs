@@ -455,6 +455,13 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
     let mut watches = vec![Watch::Readable(sig_rx.into())];
     if let Some(sock) = &control_sock {
         watches.push(Watch::HangUp(sock.try_clone().map_err(|e| startup(&e))?.into()));
+        // The client process itself too: a child it forked (Python's multiprocessing, say)
+        // inherits the socket and would keep it open after the client's death.
+        let creator = channel.region.load32(Word32::CreatorPid);
+        match llama_shm::os::process::pidfd_open(creator) {
+            Ok(fd) => watches.push(Watch::Pidfd(fd)),
+            Err(e) => tracing::debug!("no pidfd for the spawning client {creator}: {e}"),
+        }
     }
     let _watcher = {
         let (stop, cancel, channel) = (Arc::clone(&stop), cancel.clone(), Arc::clone(&channel));

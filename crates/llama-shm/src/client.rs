@@ -880,6 +880,9 @@ struct StderrTail {
 
 impl StderrTail {
     const KEEP: usize = 20;
+    /// Longest line kept (bytes); the rest of a longer one is dropped, so a worker that
+    /// writes without newlines cannot grow the client.
+    const MAX_LINE: usize = 4096;
 
     fn start(stderr: Option<std::process::ChildStderr>) -> Self {
         let lines = Arc::new(Mutex::new(VecDeque::new()));
@@ -888,14 +891,41 @@ impl StderrTail {
             std::thread::Builder::new()
                 .name("llama-shm-stderr".into())
                 .spawn(move || {
-                    for line in io::BufReader::new(s).lines() {
-                        let Ok(line) = line else { break };
+                    let keep = |line: &[u8], cut: bool| {
+                        let mut line = String::from_utf8_lossy(line).into_owned();
+                        if cut {
+                            line.push_str(" […]");
+                        }
                         tracing::debug!(target: "llama_shm::worker", "{line}");
                         let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
                         if l.len() == Self::KEEP {
                             l.pop_front();
                         }
                         l.push_back(line);
+                    };
+                    let mut reader = io::BufReader::new(s);
+                    let (mut line, mut cut) = (Vec::with_capacity(256), false);
+                    loop {
+                        let buf = match reader.fill_buf() {
+                            Ok([]) | Err(_) => break,
+                            Ok(buf) => buf,
+                        };
+                        let (chunk, newline) = match buf.iter().position(|&b| b == b'\n') {
+                            Some(i) => (&buf[..i], Some(i + 1)),
+                            None => (buf, None),
+                        };
+                        let room = Self::MAX_LINE - line.len();
+                        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                        cut |= chunk.len() > room;
+                        let used = newline.unwrap_or(buf.len());
+                        reader.consume(used);
+                        if newline.is_some() {
+                            keep(&line, cut);
+                            (line, cut) = (Vec::with_capacity(256), false);
+                        }
+                    }
+                    if !line.is_empty() {
+                        keep(&line, cut);
                     }
                 })
                 .ok()

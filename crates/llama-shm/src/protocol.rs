@@ -492,9 +492,30 @@ pub fn text_hash(text: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text)
 }
 
+/// What a response says beside its text, as the words of the extension page hold it: covered
+/// by [`response_checksum`], so that a scribbler can neither turn a `Deadline`, `Length` or
+/// `Cancelled` answer into a `Stop` one (a partial answer passing as complete) nor change the
+/// usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseMeta {
+    /// `finish_reason`.
+    pub finish: u32,
+    /// `prompt_tokens`.
+    pub prompt_tokens: u32,
+    /// `generated_tokens`.
+    pub generated_tokens: u32,
+    /// `prompt_us`.
+    pub prompt_us: u64,
+    /// `generation_us`.
+    pub generation_us: u64,
+    /// `cached_tokens`.
+    pub cached_tokens: u32,
+}
+
 /// Checksum of a response: sequence number, status, flags, the answer's length and
-/// [`text_hash`], the error text and its arguments. The client recomputes it over what it
-/// received.
+/// [`text_hash`], the error text and its arguments, the finish reason and the usage. The
+/// client recomputes it over what it received.
+#[allow(clippy::too_many_arguments)] // The fields of the wire, in their order.
 pub fn response_checksum(
     seq: u64,
     status: u32,
@@ -503,6 +524,7 @@ pub fn response_checksum(
     text_hash: u64,
     error: &[u8],
     args: (u64, u64),
+    meta: &ResponseMeta,
 ) -> u64 {
     let mut h = Xxh3::new();
     h.update(&seq.to_le_bytes());
@@ -514,6 +536,12 @@ pub fn response_checksum(
     h.update(error);
     h.update(&args.0.to_le_bytes());
     h.update(&args.1.to_le_bytes());
+    h.update(&meta.finish.to_le_bytes());
+    h.update(&meta.prompt_tokens.to_le_bytes());
+    h.update(&meta.generated_tokens.to_le_bytes());
+    h.update(&meta.prompt_us.to_le_bytes());
+    h.update(&meta.generation_us.to_le_bytes());
+    h.update(&meta.cached_tokens.to_le_bytes());
     h.digest()
 }
 
@@ -994,12 +1022,20 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             r.store32(Word32::ResponseFlags, outcome.flags);
             r.store64(Word64::ErrorArg0, outcome.error_args.0);
             r.store64(Word64::ErrorArg1, outcome.error_args.1);
-            r.store32(Word32::PromptTokens, outcome.usage.prompt_tokens);
-            r.store32(Word32::GeneratedTokens, outcome.usage.generated_tokens);
-            r.store64(Word64::PromptMicros, micros(outcome.usage.prompt_time));
-            r.store64(Word64::GenerationMicros, micros(outcome.usage.generation_time));
-            r.store32(Word32::CachedTokens, outcome.usage.cached_tokens);
-            r.store32(Word32::FinishReason, outcome.finish.to_u32());
+            let meta = ResponseMeta {
+                finish: outcome.finish.to_u32(),
+                prompt_tokens: outcome.usage.prompt_tokens,
+                generated_tokens: outcome.usage.generated_tokens,
+                prompt_us: micros(outcome.usage.prompt_time),
+                generation_us: micros(outcome.usage.generation_time),
+                cached_tokens: outcome.usage.cached_tokens,
+            };
+            r.store32(Word32::PromptTokens, meta.prompt_tokens);
+            r.store32(Word32::GeneratedTokens, meta.generated_tokens);
+            r.store64(Word64::PromptMicros, meta.prompt_us);
+            r.store64(Word64::GenerationMicros, meta.generation_us);
+            r.store32(Word32::CachedTokens, meta.cached_tokens);
+            r.store32(Word32::FinishReason, meta.finish);
             let check = response_checksum(
                 st.seq,
                 outcome.status.to_u32(),
@@ -1008,6 +1044,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 st.hasher.digest(),
                 err.bytes,
                 outcome.error_args,
+                &meta,
             );
             r.store64(Word64::ResponseChecksum, check);
             if st.ring {
@@ -1317,8 +1354,17 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         let mut ebuf = [0u8; crate::wire::layout::ERROR_MESSAGE_LEN];
         let ebuf = &mut ebuf[..err_len];
         r.read(Field::ErrorMessage, 0, ebuf);
+        let meta = ResponseMeta {
+            finish: r.load32(Word32::FinishReason),
+            prompt_tokens: r.load32(Word32::PromptTokens),
+            generated_tokens: r.load32(Word32::GeneratedTokens),
+            prompt_us: r.load64(Word64::PromptMicros),
+            generation_us: r.load64(Word64::GenerationMicros),
+            cached_tokens: r.load32(Word32::CachedTokens),
+        };
         let intact = len == rx.read.min(u64::from(u32::MAX))
-            && response_checksum(seq, status, flags, rx.read, rx.hasher.digest(), ebuf, args) == stored_check;
+            && response_checksum(seq, status, flags, rx.read, rx.hasher.digest(), ebuf, args, &meta)
+                == stored_check;
         RawResponse {
             status: StatusCode::from_u32(status),
             text: String::new(),
@@ -1327,13 +1373,13 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             error: text::decode(ebuf).text.into_owned(),
             error_args: args,
             usage: Usage {
-                prompt_tokens: r.load32(Word32::PromptTokens),
-                generated_tokens: r.load32(Word32::GeneratedTokens),
-                prompt_time: Duration::from_micros(r.load64(Word64::PromptMicros)),
-                generation_time: Duration::from_micros(r.load64(Word64::GenerationMicros)),
-                cached_tokens: r.load32(Word32::CachedTokens),
+                prompt_tokens: meta.prompt_tokens,
+                generated_tokens: meta.generated_tokens,
+                prompt_time: Duration::from_micros(meta.prompt_us),
+                generation_time: Duration::from_micros(meta.generation_us),
+                cached_tokens: meta.cached_tokens,
             },
-            finish: WireFinish::from_u32(r.load32(Word32::FinishReason)),
+            finish: WireFinish::from_u32(meta.finish),
             intact,
         }
     }
@@ -1539,6 +1585,56 @@ mod tests {
             Some(Ok(())),
             "the drain of a flooded response_written must end"
         );
+    }
+
+    /// Issue 12, item 9: the checksum covers the finish reason and the usage, so a scribbler
+    /// cannot turn a partial answer (`Deadline`, `Length`, `Cancelled`) into a complete one
+    /// (`Stop`), nor change the token counts, without the client seeing `Corrupt`.
+    #[test]
+    fn finish_and_usage_are_covered_by_the_response_checksum() {
+        type Scribble = fn(&MemRegion);
+        let scribbles: [(&str, Scribble); 5] = [
+            ("finish", |r| {
+                r.store32(Word32::FinishReason, WireFinish::Stop.to_u32())
+            }),
+            ("generated_tokens", |r| r.store32(Word32::GeneratedTokens, 1)),
+            ("prompt_tokens", |r| r.store32(Word32::PromptTokens, 1)),
+            ("generation_us", |r| r.store64(Word64::GenerationMicros, 1)),
+            ("cached_tokens", |r| r.store32(Word32::CachedTokens, 1)),
+        ];
+        for (what, scribble) in scribbles {
+            let ch = channel(ObjectKind::Extended);
+            let mut dirty = RESPONSE_LEN;
+            ch.region.store64(Word64::StreamRead, 0);
+            let st = ch.worker_stream_begin(9, RequestParams::default());
+            let o = Outcome {
+                finish: WireFinish::Deadline,
+                usage: Usage {
+                    prompt_tokens: 5,
+                    generated_tokens: 7,
+                    cached_tokens: 2,
+                    generation_time: Duration::from_micros(70),
+                    ..Usage::default()
+                },
+                ..ok("")
+            };
+            ch.worker_finish(&o, st, &mut dirty).unwrap();
+            let clean = ch
+                .client_await(9, None, Duration::from_millis(1), &|| true)
+                .unwrap();
+            assert!(
+                clean.intact && clean.finish == WireFinish::Deadline,
+                "{what}: {clean:?}"
+            );
+            scribble(&ch.region);
+            let r = ch
+                .client_await(9, None, Duration::from_millis(1), &|| true)
+                .unwrap();
+            assert!(
+                !r.intact,
+                "{what} changed in shared memory passed the checksum: {r:?}"
+            );
+        }
     }
 
     /// A read cursor the client could not have written (past what was published) is refused

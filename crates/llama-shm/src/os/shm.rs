@@ -3,9 +3,9 @@
 //!
 //! # Safety model
 //! The mapping is shared with another process that may write any byte at any time. No Rust
-//! reference (`&[u8]`, `&T`) to mapped bytes is ever created: fields are copied out with
-//! `ptr::copy_nonoverlapping` into private buffers and validated there, and the few control
-//! words are accessed through atomics. The mapping stays valid for the life of the handle;
+//! reference (`&[u8]`, `&T`) to mapped bytes is ever created, and no plain `memcpy` touches
+//! them: fields are copied out into private buffers with relaxed atomic loads (and in with
+//! relaxed atomic stores) and validated there, and the control words are atomics. The mapping stays valid for the life of the handle;
 //! the object's size is checked before mapping so that no access lies beyond its end (a peer
 //! with write access that shrinks the object afterwards can still cause `SIGBUS`; see
 //! SECURITY.md).
@@ -358,9 +358,9 @@ impl SharedMemory {
             dst.fill(0);
             return;
         }
-        // SAFETY: [offset, offset+len) lies inside the live mapping (checked above); `dst` is
-        // private memory that cannot overlap a MAP_SHARED mapping we never lend out.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+        // SAFETY: [offset, offset + len) lies inside the live mapping (checked above), which
+        // stays mapped while `&self` lives; `dst` is private memory.
+        unsafe { copy_from_shared(self.base.as_ptr().add(offset), dst) }
     }
 
     /// Copies `src` into the mapping at `offset`. Out-of-range writes are dropped.
@@ -369,8 +369,8 @@ impl SharedMemory {
             return;
         }
         // SAFETY: the destination range is inside the live, writable mapping (checked above);
-        // `src` is private memory, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(offset), src.len()) }
+        // `src` is private memory.
+        unsafe { copy_to_shared(src, self.base.as_ptr().add(offset)) }
     }
 
     /// Sets `len` bytes at `offset` to `byte`. Out-of-range fills are dropped.
@@ -378,8 +378,15 @@ impl SharedMemory {
         if !self.in_bounds(offset, len) {
             return;
         }
-        // SAFETY: the range is inside the live, writable mapping (checked above).
-        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), byte, len) }
+        let block = [byte; 256];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(block.len());
+            // SAFETY: [offset + done, offset + done + n) is inside the live, writable mapping
+            // (the whole range was checked above).
+            unsafe { copy_to_shared(&block[..n], self.base.as_ptr().add(offset + done)) };
+            done += n;
+        }
     }
 
     /// The 32-bit word at `offset` as an atomic, or `None` if out of range or misaligned.
@@ -443,6 +450,68 @@ pub fn read_unmapped(name: &CStr, offset: u64, buf: &mut [u8]) -> Result<usize, 
     Ok(done)
 }
 
+// Copies in and out of memory the peer writes concurrently. A plain `memcpy` (or a `&[u8]`)
+// over such memory is a data race, undefined behaviour in Rust's model however the bytes are
+// validated afterwards; relaxed atomic loads and stores of each byte — eight at a time where
+// the shared address is 8-aligned — are not: they may see any mix of old and new bytes (which
+// the validation and checksums are for), never anything undefined. They compile to plain
+// moves; the peer's own accesses (another process, perhaps not Rust) are outside the model,
+// which is the best any shared-memory protocol can do.
+
+/// Copies `dst.len()` bytes from shared memory at `src` into `dst`, with relaxed atomic loads.
+///
+/// # Safety
+/// `src .. src + dst.len()` must be inside a live mapping, valid for reads, for the whole
+/// call; it is only ever accessed atomically by this process.
+unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    let n = dst.len();
+    let mut i = 0;
+    while i < n && (src as usize + i) % 8 != 0 {
+        // SAFETY: in range (the caller's contract); any address is aligned for a u8.
+        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Relaxed);
+        i += 1;
+    }
+    while i + 8 <= n {
+        // SAFETY: in range, and 8-aligned (the loop above reached an 8-aligned address).
+        let word = unsafe { AtomicU64::from_ptr(src.add(i).cast_mut().cast()) }.load(Relaxed);
+        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+        i += 8;
+    }
+    while i < n {
+        // SAFETY: in range; a u8 is always aligned.
+        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Relaxed);
+        i += 1;
+    }
+}
+
+/// Copies `src` into shared memory at `dst`, with relaxed atomic stores.
+///
+/// # Safety
+/// `dst .. dst + src.len()` must be inside a live, writable mapping for the whole call; it is
+/// only ever accessed atomically by this process.
+unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    let n = src.len();
+    let mut i = 0;
+    while i < n && (dst as usize + i) % 8 != 0 {
+        // SAFETY: in range (the caller's contract); any address is aligned for a u8.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Relaxed);
+        i += 1;
+    }
+    while i + 8 <= n {
+        let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+        // SAFETY: in range, and 8-aligned (the loop above reached an 8-aligned address).
+        unsafe { AtomicU64::from_ptr(dst.add(i).cast()) }.store(word, Relaxed);
+        i += 8;
+    }
+    while i < n {
+        // SAFETY: in range; a u8 is always aligned.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Relaxed);
+        i += 1;
+    }
+}
+
 /// Removes a shared-memory name. Returns `false` if it did not exist.
 ///
 /// # Errors
@@ -457,5 +526,43 @@ pub fn unlink(name: &CStr) -> Result<bool, ShmError> {
             name: display(name),
             source: e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The atomic copies in and out of the mapping move exactly the bytes asked for, at every
+    /// alignment of the shared address and every length across the 8-byte blocks.
+    #[test]
+    fn copies_in_and_out_are_exact_at_every_alignment() {
+        let name = CString::new(format!("/lst_unit_copy_{}", std::process::id())).unwrap();
+        let shm = SharedMemory::create(&name, 4096, 0o600).unwrap();
+        let pattern: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        for offset in 0..17 {
+            for len in 0..41 {
+                shm.fill(0, 256, 0xEE);
+                shm.write(offset, &pattern[..len]);
+                let mut back = vec![0u8; 256];
+                shm.read(0, &mut back);
+                assert!(
+                    back[..offset].iter().all(|&b| b == 0xEE),
+                    "before, {offset}/{len}"
+                );
+                assert_eq!(&back[offset..offset + len], &pattern[..len], "{offset}/{len}");
+                assert!(
+                    back[offset + len..].iter().all(|&b| b == 0xEE),
+                    "after, {offset}/{len}"
+                );
+                let mut exact = vec![0u8; len];
+                shm.read(offset, &mut exact);
+                assert_eq!(exact, &pattern[..len]);
+            }
+        }
+        shm.fill(3, 1000, 0x5A);
+        let mut back = vec![0u8; 1010];
+        shm.read(0, &mut back);
+        assert!(back[3..1003].iter().all(|&b| b == 0x5A) && back[1003] != 0x5A);
     }
 }
