@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use llama_shm::client::{Client, RequestError};
+use llama_shm::client::{Client, RequestError, ShutdownError};
+use llama_shm::wire::status::StatusCode;
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{shm_entries, standalone_echo, terminate, unique_prefix, worker_path};
 
@@ -53,10 +54,21 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
     // A shutdown without the token is refused: the worker keeps serving.
     let none = Client::builder()
         .request_timeout(T)
-        .shutdown_timeout(std::time::Duration::from_millis(300))
+        .shutdown_timeout(std::time::Duration::from_millis(1000))
         .attach(&prefix)
         .unwrap();
-    let _ = none.shutdown();
+    // Issue 12, item 9: and says so, typed (it returned Ok before).
+    let refused = none.shutdown();
+    assert!(
+        matches!(
+            refused,
+            Err(ShutdownError::Refused {
+                status: StatusCode::Unauthorized,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
     assert!(
         llama_shm_tests::alive(worker.id()),
         "a shutdown without the token stopped the worker"
@@ -73,13 +85,12 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
 #[test]
 fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
     let prefix = unique_prefix("stale");
-    let mut first = standalone_echo(&prefix, &[]).take();
-    first.kill().unwrap();
-    first.wait().unwrap();
+    // The worker and its guardian both SIGKILLed (as by the OOM killer): the names stay.
+    llama_shm_tests::kill_with_guardian(standalone_echo(&prefix, &[]), &prefix);
     assert_eq!(
         shm_entries(&prefix).len(),
         4,
-        "SIGKILL leaves the names (that is the point)"
+        "SIGKILL of worker and guardian leaves the names (that is the point)"
     );
     let second = standalone_echo(&prefix, &[]);
     let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();

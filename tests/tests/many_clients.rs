@@ -74,3 +74,34 @@ fn a_client_killed_holding_the_turn_does_not_block_the_others() {
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
 }
+
+/// Issue 12, item 9: an attached client whose shutdown gets no turn within the bound (another
+/// client's long request holds the worker) says so with a typed `NoTurn` instead of `Ok`; the
+/// worker was not asked, and is still running.
+#[test]
+fn an_attached_shutdown_without_a_turn_is_a_typed_error() {
+    let prefix = llama_shm_tests::unique_prefix("noturn");
+    let worker = llama_shm_tests::standalone_echo(&prefix, &["--echo-delay-ms", "3000"]);
+    let busy = {
+        let prefix = prefix.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::builder().attach(&prefix).unwrap();
+            let r = c.send_request("long", "");
+            c.detach();
+            r.map(|r| r.text)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let late = Client::builder()
+        .shutdown_timeout(Duration::from_millis(600))
+        .attach(&prefix)
+        .unwrap();
+    let r = late.shutdown();
+    assert!(
+        matches!(r, Err(llama_shm::client::ShutdownError::NoTurn { .. })),
+        "{r:?}"
+    );
+    assert!(llama_shm_tests::alive(worker.id()));
+    assert_eq!(busy.join().unwrap().unwrap(), "\nlong");
+    assert_eq!(llama_shm_tests::terminate(worker), Some(0));
+}

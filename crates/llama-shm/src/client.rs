@@ -294,6 +294,27 @@ pub enum ShutdownError {
     /// Posting the shutdown failed.
     #[error("could not signal shutdown: {0}")]
     Io(#[from] io::Error),
+    /// No turn came within half the bound (the worker is busy with another client's request):
+    /// nothing was asked of the worker, which is still running.
+    #[error("no turn within {waited:?}: the worker is busy and was not asked to shut down")]
+    NoTurn {
+        /// How long we waited for the turn.
+        waited: Duration,
+    },
+    /// The worker refused the shutdown (a missing or wrong auth token) and is still running.
+    #[error("the worker refused the shutdown ({status:?}): {message}")]
+    Refused {
+        /// The worker's status.
+        status: StatusCode,
+        /// The worker's message.
+        message: String,
+    },
+    /// The shutdown was asked, but the worker was not seen to exit within the bound.
+    #[error("asked the worker to shut down, but it did not exit within {waited:?}")]
+    NotConfirmed {
+        /// How long we waited.
+        waited: Duration,
+    },
 }
 
 /// An answer.
@@ -679,7 +700,7 @@ impl ClientBuilder {
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let worker_pid = proc.child.id();
-        let watcher = start_watcher(worker_pid, &channel, &dead);
+        let watcher = start_watcher(&[worker_pid], &channel, &dead);
         let mut client = Client {
             cancel_slot: CancelSlot::new(&channel),
             channel,
@@ -740,20 +761,27 @@ impl ClientBuilder {
             channel.region.force_seed();
         }
         let kind = channel.region.kind();
+        // The worker's pid is known when it recorded it. Otherwise (a seed-era worker) it is
+        // one of the processes that map the object, but which one cannot be told: the others
+        // may be clients. Then the worker counts as gone once all of them are (one client's
+        // exit must not read as the worker's death), and its pid stays unknown.
         let worker_pid = match kind {
             ObjectKind::Extended => Some(channel.region.load32(Word32::WorkerPid)).filter(|&p| p != 0),
             ObjectKind::Seed => None,
-        }
-        .or_else(|| {
-            process::processes_mapping(&crate::os::dev_shm_path(&prefix.shm(), false))
-                .first()
-                .copied()
-        });
+        };
+        let mappers = match worker_pid {
+            Some(_) => Vec::new(),
+            None => process::processes_mapping_inode(channel.region.shm().inode()),
+        };
         let mut channel = channel;
         channel.spin = crate::protocol::Spinner::new(self.spin);
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
-        let watcher = worker_pid.and_then(|pid| start_watcher(pid, &channel, &dead));
+        let watcher = match worker_pid {
+            Some(pid) => start_watcher(&[pid], &channel, &dead),
+            None if !mappers.is_empty() => start_watcher(&mappers, &channel, &dead),
+            None => None,
+        };
         Ok(Client {
             cancel_slot: CancelSlot::new(&channel),
             channel,
@@ -784,16 +812,26 @@ fn first_attach_seq() -> u64 {
     (u64::from_ne_bytes(b) >> 16).max(1)
 }
 
-fn start_watcher(pid: u32, channel: &Arc<PosixChannel>, dead: &Arc<AtomicBool>) -> Option<Watcher> {
-    let pidfd = match process::pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::debug!("no pidfd for worker {pid} ({e}); liveness is polled instead");
-            return None;
+/// Watches the worker: `pids` is its pid, or the processes one of which is the worker (it is
+/// taken for dead once all of them have exited).
+fn start_watcher(pids: &[u32], channel: &Arc<PosixChannel>, dead: &Arc<AtomicBool>) -> Option<Watcher> {
+    let mut watches = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        match process::pidfd_open(pid) {
+            Ok(fd) => watches.push(Watch::Pidfd(fd)),
+            // Exited already: nothing to wait for.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                tracing::debug!("no pidfd for worker {pid} ({e}); liveness is polled instead");
+                return None;
+            }
         }
-    };
+    }
+    if watches.is_empty() {
+        return None;
+    }
     let (channel, dead) = (Arc::clone(channel), Arc::clone(dead));
-    Watcher::spawn("llama-shm-watch", vec![Watch::Pidfd(pidfd)], move |_| {
+    Watcher::spawn_when_all("llama-shm-watch", watches, move |_| {
         dead.store(true, Ordering::SeqCst);
         // Wake whatever the client is blocked on; the worker is gone, so these counts no
         // longer mean anything to anyone.
@@ -1408,8 +1446,10 @@ impl Client {
         }
         let was_dead = self.dead.load(Ordering::SeqCst);
         self.closed = Some("shut down".into());
-        let deadline = Instant::now() + self.cfg.shutdown_timeout;
+        let started = Instant::now();
+        let deadline = started + self.cfg.shutdown_timeout;
         let mut posted = Ok(());
+        let mut asked = None;
         if !was_dead {
             // Request fields are only written while holding the turn, so the shutdown waits
             // for `ready` too (a worker busy with a timed-out request answers it first).
@@ -1427,6 +1467,7 @@ impl Client {
                 let seq = self.next_seq;
                 self.next_seq = self.next_seq.wrapping_add(1).max(1);
                 posted = self.channel.client_request_shutdown(self.token.as_ref(), seq);
+                asked = Some(seq);
             } else if let Some(proc) = &self.child {
                 // No turn within half the bound (the worker is still busy with a request we
                 // stopped waiting for): ask our own worker to stop by signal instead. It cancels
@@ -1437,16 +1478,26 @@ impl Client {
                 );
             }
         }
-        self.watcher = None;
         let Some(mut proc) = self.child.take() else {
-            // Attached: wait for the worker's exit if we know it.
-            if let Some(pid) = self.worker_pid {
-                if let Ok(fd) = process::pidfd_open(pid) {
-                    wait_fd_readable(fd.as_fd(), deadline);
-                }
+            posted?;
+            if was_dead {
+                return Ok(());
             }
-            return posted.map_err(ShutdownError::Io);
+            let Some(seq) = asked else {
+                return Err(ShutdownError::NoTurn {
+                    waited: self.cfg.shutdown_timeout / 2,
+                });
+            };
+            let r = self.confirm_attached_shutdown(seq, deadline);
+            self.watcher = None;
+            return r.map_err(|e| match e {
+                ShutdownError::NotConfirmed { .. } => ShutdownError::NotConfirmed {
+                    waited: started.elapsed(),
+                },
+                e => e,
+            });
         };
+        self.watcher = None;
         match proc.wait_until(deadline) {
             Some(ExitInfo::Exited(0)) => {
                 proc.stderr.finish(deadline);
@@ -1462,6 +1513,47 @@ impl Client {
                 Err(ShutdownError::Killed {
                     waited: self.cfg.shutdown_timeout,
                 })
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Attached: after asking the worker to shut down (request `seq`), waits until it is seen
+    /// to exit (its watcher: the recorded pid, or for a seed-era worker all the processes
+    /// that mapped the object when we attached), or until it answers with a refusal.
+    fn confirm_attached_shutdown(&self, seq: u64, deadline: Instant) -> Result<(), ShutdownError> {
+        if self.watcher.is_none() && self.worker_pid.is_none() && !self.channel.token_required() {
+            // Nothing to observe (a seed-era worker no other process maps: it runs in this
+            // one, or is gone) and no refusal can come: say so at once, not after the bound.
+            return Err(ShutdownError::NotConfirmed {
+                waited: Duration::ZERO,
+            });
+        }
+        let alive = self.alive_fn();
+        loop {
+            match crate::protocol::wait_for(
+                &self.channel.response_written,
+                Some(deadline),
+                self.cfg.poll_slice,
+                &alive,
+            ) {
+                Ok(()) => {
+                    if !alive() {
+                        return Ok(());
+                    }
+                    if let Some((status, message)) = self.channel.client_shutdown_refusal(seq) {
+                        return Err(ShutdownError::Refused { status, message });
+                    }
+                    // A stale post: go on waiting.
+                }
+                Err(WaitError::PeerGone) => return Ok(()),
+                Err(WaitError::Os(e)) => return Err(ShutdownError::Io(e)),
+                Err(_) => {
+                    return Err(ShutdownError::NotConfirmed {
+                        waited: Duration::ZERO,
+                    })
+                }
             }
         }
     }

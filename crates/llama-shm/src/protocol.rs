@@ -1403,6 +1403,21 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.prompts_written.post()
     }
 
+    /// Client, after [`Channel::client_request_shutdown`] with `seq`: the worker's refusal of
+    /// that shutdown, if it answered one (a worker that accepts exits without answering).
+    /// Status and message; `None` while there is no answer to `seq` (extended mode only).
+    pub fn client_shutdown_refusal(&self, seq: u64) -> Option<(StatusCode, String)> {
+        if !self.extended() || self.region.load64(Word64::ResponseSeq) != seq {
+            return None;
+        }
+        let r = &self.region;
+        let status = StatusCode::from_u32(r.load32(Word32::Status));
+        let err_len = (r.load32(Word32::ErrorLen) as usize).min(Field::ErrorMessage.span().len - 1);
+        let mut ebuf = [0u8; crate::wire::layout::ERROR_MESSAGE_LEN];
+        r.read(Field::ErrorMessage, 0, &mut ebuf[..err_len]);
+        Some((status, text::decode(&ebuf[..err_len]).text.into_owned()))
+    }
+
     /// Whether the worker advertises that it requires an auth token.
     pub fn token_required(&self) -> bool {
         self.extended() && self.region.load32(Word32::Features) & FEATURE_TOKEN_REQUIRED != 0

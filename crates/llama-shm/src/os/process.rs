@@ -160,6 +160,25 @@ impl Watcher {
     where
         F: FnOnce(usize) + Send + 'static,
     {
+        Self::spawn_inner(name, watches, false, on_fire)
+    }
+
+    /// A watcher that calls `on_fire` (with the index of the last) once *every* watch has
+    /// fired: e.g. when each of several processes, one of which is the peer, has exited.
+    ///
+    /// # Errors
+    /// When the stop pipe or the thread cannot be created.
+    pub fn spawn_when_all<F>(name: &str, watches: Vec<Watch>, on_fire: F) -> io::Result<Self>
+    where
+        F: FnOnce(usize) + Send + 'static,
+    {
+        Self::spawn_inner(name, watches, true, on_fire)
+    }
+
+    fn spawn_inner<F>(name: &str, watches: Vec<Watch>, all: bool, on_fire: F) -> io::Result<Self>
+    where
+        F: FnOnce(usize) + Send + 'static,
+    {
         let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let mut fds: Vec<libc::pollfd> = watches
@@ -184,10 +203,19 @@ impl Watcher {
                     return;
                 }
                 // POLLHUP/POLLERR are reported whatever was asked for: they count as firing.
-                if let Some(i) = fds[..watches.len()].iter().position(|f| f.revents != 0) {
-                    on_fire(i);
-                    return;
+                let Some(i) = fds[..watches.len()].iter().position(|f| f.revents != 0) else {
+                    continue;
+                };
+                if all {
+                    // That one is done: poll ignores negative descriptors.
+                    fds[i].fd = -1;
+                    fds[i].revents = 0;
+                    if fds[..watches.len()].iter().any(|f| f.fd >= 0) {
+                        continue;
+                    }
                 }
+                on_fire(i);
+                return;
             }
         })?;
         Ok(Self {

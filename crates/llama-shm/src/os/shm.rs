@@ -316,6 +316,11 @@ impl SharedMemory {
     pub fn object_size(&self) -> u64 {
         self.size
     }
+    /// The object's inode (0 if `fstat` fails), to find the processes that map it.
+    pub fn inode(&self) -> u64 {
+        stat::fstat(self.fd.as_raw_fd()).map_or(0, |st| st.st_ino)
+    }
+
     /// The file descriptor (for `flock` and `fstat`).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
