@@ -256,3 +256,51 @@ fn what_another_user_can_do_in_each_mode() {
         }
     }
 }
+
+/// Issue 12, item 9: `llama-shm ls` and a worker's reclaim read other users' objects (the
+/// creator and guardian pids of a stale set) with `pread`, never a mapping: a squatter (another
+/// user) that toggles its object's size between full and zero as fast as it can cannot make
+/// them fault (a mapping read past a shrunk end is SIGBUS; a `pread` is a short read).
+#[test]
+fn a_squatter_toggling_its_size_cannot_fault_ls_or_reclaim() {
+    if !as_nobody() {
+        eprintln!("skipped: needs root and setpriv to act as another user");
+        return;
+    }
+    let prefix = unique_prefix("toggle");
+    let path = format!("/dev/shm/{prefix}_shared_mem");
+    let script = format!(
+        "import os, time\n\
+         p = '{path}'\n\
+         page = bytearray(49152); page[45056:45064] = b'LLSHMEXT'\n\
+         with open(p, 'wb') as f: f.write(page)\n\
+         os.chmod(p, 0o644)\n\
+         end = time.time() + 3\n\
+         fd = os.open(p, os.O_RDWR)\n\
+         while time.time() < end:\n\
+         \x20   os.ftruncate(fd, 0); os.ftruncate(fd, 49152); os.pwrite(fd, b'LLSHMEXT', 45056)\n\
+         os.unlink(p)\n"
+    );
+    let mut squatter = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "/usr/bin/python3", "-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(eventually(T, || std::path::Path::new(&path).exists()));
+    let start = std::time::Instant::now();
+    let (mut checks, mut listings) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_millis(2500) {
+        let _ = llama_shm::objects::presence(&prefix);
+        let _ = llama_shm::objects::page_pids(&prefix);
+        checks += 1;
+        if checks % 200 == 0 {
+            let out = Command::new(llama_shm_tests::cli_path())
+                .args(["ls", "--prefix", prefix.as_str()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ls died: {:?}", out.status);
+            listings += 1;
+        }
+    }
+    assert!(squatter.wait().unwrap().success());
+    eprintln!("{checks} presence checks and {listings} listings against a size-toggling squatter");
+}
