@@ -143,6 +143,7 @@ sbuild smut_early -DMUTANT_EARLY_RELEASE
 sbuild smut_fullwait -DMUTANT_FULL_NO_CHECK -DNOCANCELLER
 sbuild smut_fullwait_nostall -DMUTANT_FULL_NO_CHECK -DNOSTALL
 sbuild sfinding_cancel -DCANCEL_UNLOCKED
+sbuild smut_cancel_window -DMUTANT_CANCEL_WINDOW
 # The stream verifiers compile in the background while the protocol.pml checks run.
 precompile stream ./pan_safety ./pan_live
 precompile stream_nostall ./pan_safety
@@ -181,6 +182,7 @@ check "stream mutant full-ring wait w/o stop/cancel: passes (stall limit)" pass 
 check "stream mutant full-ring wait w/o stop/cancel, no stall: must fail" "invalid end state" smut_fullwait_nostall ./pan_safety $SHASH
 check "stream mutant ditto: ltl worker_follows_client must fail" "acceptance cycle" smut_fullwait_nostall ./pan_live $SHASH -a -f -N worker_follows_client
 check "stream mutant: Canceller reads and stores in two steps, a stale store withdraws a cancel (fails)" "assertion violated" sfinding_cancel ./pan_safety $SHASH
+check "stream mutant: in_flight recorded after the write, a cancel in between is lost (fails)" "assertion violated" smut_cancel_window ./pan_safety $SHASH
 
 if [ $failed != 0 ]; then
   echo "ci/spin.sh: FAILED" >&2

@@ -30,6 +30,10 @@
  *   in_flight: a Canceller can no longer store the seq of a request that already ended.
  *   -DCANCEL_UNLOCKED  the code before that fix (found by this model): read and store are two
  *                  steps, and a stale store withdraws a newer request's cancel (assertion).
+ *   Also always checked: a cancel() while a call's request is written and its answer not
+ *   read finds the request in flight (it is recorded before the write).
+ *   -DMUTANT_CANCEL_WINDOW  the code before issue 12: in_flight recorded only after the
+ *                  write and post, so a cancel() in between returns false (assertion).
  * Mutants (ci/spin.sh checks what each one does):
  *   -DMUTANT_EARLY_RELEASE  consume stores stream_read before copying the units out: the
  *                  worker may overwrite a slot the client has not read yet (assertion).
@@ -135,6 +139,7 @@ bool stop = 0;    /* llama-shm-worker StopState::stop (also sets the engine's Ca
 byte wst = W_IDLE;
 
 byte in_flight = 0;       /* client.rs CancelSlot::in_flight */
+bool call_written = 0;    /* ghost: the call's request is written and its answer not read */
 
 /* Ghosts. */
 byte wgen = 0;            /* the request the worker is generating (stream_begin .. finish) */
@@ -436,23 +441,31 @@ active proctype Client()
 			fi
 		:: else -> skip
 		fi;
+		seq = next_seq;
+		next_seq++;
+#ifndef MUTANT_CANCEL_WINDOW
+		/* client.rs exchange: the request is in flight for cancel() (under the CancelSlot
+		   lock) *before* it is written, so a cancel() during the call is never lost. */
+		in_flight = seq;
+#endif
 		/* protocol.rs Channel::client_write: StreamRead := 0, RequestFlags (request 1
 		   streams, request 2 does not: both publication patterns), RequestSeq, prompts,
-		   shutdown := 0. */
+		   shutdown := 0, then prompts_written.post(). */
 		atomic {
 			holding = false;
-			seq = next_seq;
-			next_seq++;
 			sr = 0;
 			req_stream = (seq == 1);
 			request_seq = seq;
-			shutdown_flag = 0
+			shutdown_flag = 0;
+			call_written = true
 		};
-		/* prompts_written.post(); then cancel_slot.in_flight.store(seq) (a Canceller that
-		   looks in between sees 0, as before the post) */
-		atomic { prompts_written++; in_flight = seq };
+		prompts_written++;
+#ifdef MUTANT_CANCEL_WINDOW
+		/* Before issue 12: in_flight recorded only after client_write returned. */
+		in_flight = seq;
+#endif
 		client_receive(r);
-		in_flight = 0;                       /* cancel_slot.in_flight.store(0) */
+		atomic { in_flight = 0; call_written = false }   /* cancel_slot.in_flight.store(0) */
 		if
 		:: r == OK -> req = R_ANSWERED
 		:: r == GONE -> closed = true; req = R_ERRORED
@@ -518,6 +531,9 @@ end_cancel:
 	   respect to the client's updates of in_flight (also under the lock) */
 	:: atomic { in_flight != 0 -> s = in_flight; STORE_CANCEL(s) }
 #endif
+	/* A cancel() while the call is under way, its request written, finding nothing in
+	   flight would return false and be lost. */
+	:: atomic { call_written && in_flight == 0 -> assert(false) }
 	:: skip                                  /* never called (or while nothing was in flight) */
 	fi
 	} unless { cgone }

@@ -1253,13 +1253,16 @@ impl Client {
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
             },
         };
-        self.channel
-            .client_write(&req)
-            .map_err(|source| RequestError::Os {
+        // In flight for cancel() before it is written: a cancel() from here on is never lost
+        // (the worker finds it when it takes the request). Modelled in stream.pml.
+        self.cancel_slot.lock().seq = req.seq;
+        if let Err(source) = self.channel.client_write(&req) {
+            self.cancel_slot.lock().seq = 0;
+            return Err(RequestError::Os {
                 phase: Phase::WaitingResponse,
                 source,
-            })?;
-        self.cancel_slot.lock().seq = req.seq;
+            });
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut bad_utf8 = false;
         let r = {
