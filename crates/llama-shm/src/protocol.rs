@@ -1652,6 +1652,103 @@ mod tests {
         }
     }
 
+    /// A counting semaphore whose waits never block (a wait on zero times out at once).
+    #[derive(Default)]
+    struct Counting(std::sync::Mutex<u32>);
+
+    impl Semaphore for Counting {
+        fn post(&self) -> io::Result<()> {
+            *self.0.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+            self.try_wait()
+        }
+        fn try_wait(&self) -> io::Result<bool> {
+            let mut n = self.0.lock().unwrap();
+            let taken = *n > 0;
+            *n -= u32::from(taken);
+            Ok(taken)
+        }
+        fn value(&self) -> io::Result<u32> {
+            Ok(*self.0.lock().unwrap())
+        }
+    }
+
+    /// Clients whose held turn counts as abandoned once held `after`.
+    struct GoneAfter(Duration);
+
+    impl Clients for GoneAfter {
+        fn turn_abandoned(&self, held: Duration) -> bool {
+            held >= self.0
+        }
+        fn requester_present(&self, _seq: u64, _since: Instant) -> bool {
+            true
+        }
+    }
+
+    fn counting() -> Channel<Counting, MemRegion> {
+        let mut ch = Channel::new(
+            Counting::default(),
+            Counting::default(),
+            Counting::default(),
+            MemRegion::initialised(ObjectKind::Extended, 0),
+        );
+        ch.spin = Spinner::off();
+        ch
+    }
+
+    /// Issue 12, item 2, at the protocol level: a worker watching its clients gives back a
+    /// turn taken and never followed by a request — once, with the request slot cleared (a
+    /// dead extended client's half-written `request_seq` must not be read as the next
+    /// client's) — but not while the turn is held for less than the grace, and never without
+    /// `Clients` (a spawned worker's client may hold its turn between requests).
+    #[test]
+    fn a_turn_held_past_the_grace_is_given_back_once() {
+        for (clients, given_back) in [
+            (Some(Duration::ZERO), true),
+            (Some(Duration::from_secs(3600)), false),
+            (None, false),
+        ] {
+            let ch = counting();
+            ch.worker_ready().unwrap();
+            assert!(ch.ready.try_wait().unwrap(), "a client takes the turn");
+            ch.region.store64(Word64::RequestSeq, 99); // and writes part of a request, and dies
+            let rounds = std::cell::Cell::new(0);
+            let stop = || {
+                rounds.set(rounds.get() + 1);
+                rounds.get() > 5
+            };
+            let watch = clients.map(GoneAfter);
+            let woke = ch
+                .worker_wait(
+                    Duration::from_millis(1),
+                    &stop,
+                    watch.as_ref().map(|c| c as &dyn Clients),
+                )
+                .unwrap();
+            assert!(!woke);
+            let ready = ch.ready.value().unwrap();
+            assert_eq!(ready, u32::from(given_back), "{clients:?}");
+            let seq = ch.region.load64(Word64::RequestSeq);
+            assert_eq!(seq == 0, given_back, "{clients:?}: request_seq {seq}");
+        }
+    }
+
+    /// `worker_ready` leaves exactly one turn, whatever was left counted before it (a turn
+    /// given back to a holder that was only slow), within its bound.
+    #[test]
+    fn worker_ready_leaves_exactly_one_turn() {
+        let ch = counting();
+        for _ in 0..3 {
+            ch.ready.post().unwrap();
+        }
+        ch.worker_ready().unwrap();
+        assert_eq!(ch.ready.value().unwrap(), 1);
+        ch.worker_ready().unwrap();
+        assert_eq!(ch.ready.value().unwrap(), 1);
+    }
+
     /// A read cursor the client could not have written (past what was published) is refused
     /// as garbled, and so is a write cursor past the ring on the client's side.
     #[test]
