@@ -14,7 +14,9 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use llama_shm::protocol::{response_checksum, text_hash, Channel, Outcome, Region, Usage, WaitError};
+use llama_shm::protocol::{
+    response_checksum, text_hash, Channel, Outcome, Region, ResponseMeta, Usage, WaitError,
+};
 use llama_shm::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
     RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
@@ -140,7 +142,16 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
         ne64(&input.bytes, Word64::ErrorArg1.offset()),
     );
     // What the response's checksum covers: seq, status, flags, the answer's length and hash,
-    // the error's bytes as far as its length says, the error's numbers.
+    // the error's bytes as far as its length says, the error's numbers, the finish reason and
+    // the usage words.
+    let meta = ResponseMeta {
+        finish: ne32(&input.bytes, Word32::FinishReason.offset()),
+        prompt_tokens: ne32(&input.bytes, Word32::PromptTokens.offset()),
+        generated_tokens: ne32(&input.bytes, Word32::GeneratedTokens.offset()),
+        prompt_us: ne64(&input.bytes, Word64::PromptMicros.offset()),
+        generation_us: ne64(&input.bytes, Word64::GenerationMicros.offset()),
+        cached_tokens: ne32(&input.bytes, Word32::CachedTokens.offset()),
+    };
     let check = response_checksum(
         seq,
         ne32(&input.bytes, Word32::Status.offset()),
@@ -149,6 +160,7 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
         text_hash(field),
         efield,
         args,
+        &meta,
     );
     if input.ctrl & 32 != 0 {
         region.store64(Word64::ResponseChecksum, check);
