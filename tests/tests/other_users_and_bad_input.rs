@@ -282,7 +282,15 @@ fn a_squatter_toggling_its_size_cannot_fault_ls_or_reclaim() {
          os.unlink(p)\n"
     );
     let mut squatter = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "/usr/bin/python3", "-c", &script])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
         .spawn()
         .unwrap();
     assert!(eventually(T, || std::path::Path::new(&path).exists()));
