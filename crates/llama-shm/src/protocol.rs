@@ -1749,6 +1749,158 @@ mod tests {
         assert_eq!(ch.ready.value().unwrap(), 1);
     }
 
+    /// A semaphore nobody posts whose timed waits sleep until their deadline, counting them.
+    #[derive(Default)]
+    struct Silent(std::sync::atomic::AtomicU32);
+
+    impl Semaphore for Silent {
+        fn post(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn wait_until(&self, deadline: Option<Instant>) -> io::Result<bool> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if let Some(d) = deadline {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+            }
+            Ok(false)
+        }
+        fn try_wait(&self) -> io::Result<bool> {
+            Ok(false)
+        }
+        fn value(&self) -> io::Result<u32> {
+            Ok(0)
+        }
+    }
+
+    /// Mutation tests found these unchecked: a wait on a silent peer lasts until its deadline
+    /// (not less), in slices (not a spin of immediate retries), and asks about the peer's
+    /// liveness between slices: `TimedOut` while it lives, `PeerGone` once it does not.
+    #[test]
+    fn a_wait_on_a_silent_peer_lasts_its_deadline_in_slices() {
+        let sem = Silent::default();
+        let start = Instant::now();
+        let r = wait_for(
+            &sem,
+            Some(start + Duration::from_millis(60)),
+            Duration::from_millis(10),
+            &|| true,
+        );
+        let took = start.elapsed();
+        assert!(matches!(r, Err(WaitError::TimedOut)), "{r:?}");
+        assert!(took >= Duration::from_millis(60), "returned after {took:?}");
+        let slices = sem.0.load(Ordering::Relaxed);
+        assert!(
+            (5..=8).contains(&slices),
+            "{slices} waits for 60 ms in slices of 10"
+        );
+        let r = wait_for(
+            &sem,
+            Some(Instant::now() + Duration::from_secs(5)),
+            Duration::from_millis(5),
+            &|| false,
+        );
+        assert!(matches!(r, Err(WaitError::PeerGone)), "{r:?}");
+    }
+
+    /// The drain before a request takes every stale `response_written` (up to its bound).
+    #[test]
+    fn client_acquire_drains_stale_response_posts() {
+        let ch = counting();
+        ch.ready.post().unwrap();
+        for _ in 0..3 {
+            ch.response_written.post().unwrap();
+        }
+        ch.client_acquire(
+            Some(Instant::now() + Duration::from_secs(1)),
+            Duration::from_millis(1),
+            &|| true,
+        )
+        .unwrap();
+        assert_eq!(ch.response_written.value().unwrap(), 0);
+    }
+
+    /// The request checksum covers the sequence number, token, shutdown byte and every
+    /// parameter (flags, token budget, deadline) as well as the prompts: any of them changed in
+    /// shared memory after the client wrote it is refused `BadRequest`.
+    #[test]
+    fn request_words_changed_in_transit_are_refused() {
+        type Scribble = fn(&MemRegion);
+        let scribbles: [(&str, Scribble); 6] = [
+            ("max_tokens", |r| r.store32(Word32::MaxTokens, 7)),
+            ("deadline_us", |r| r.store64(Word64::DeadlineMicros, 7)),
+            ("request_flags", |r| {
+                r.store32(Word32::RequestFlags, REQUEST_STREAM)
+            }),
+            ("request_seq", |r| r.store64(Word64::RequestSeq, 6)),
+            ("auth_token", |r| r.write(Field::AuthToken, 0, &[9])),
+            ("user prompt", |r| r.write(Field::UserPrompt, 0, b"U")),
+        ];
+        let token = [1u8; TOKEN_LEN];
+        for (what, scribble) in scribbles {
+            let ch = counting();
+            let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+            req.seq = 5;
+            req.token = Some(&token);
+            req.params.max_tokens = 3;
+            req.params.deadline_us = 1000;
+            ch.client_write(&req).unwrap();
+            let (mut system, mut user, mut scratch) = (String::new(), String::new(), [0u8; 4096]);
+            let clean = ch.worker_take(None, &mut system, &mut user, &mut scratch);
+            assert!(
+                matches!(clean, Incoming::Request { seq: 5, .. }),
+                "{what}: {clean:?}"
+            );
+            scribble(&ch.region);
+            let r = ch.worker_take(None, &mut system, &mut user, &mut scratch);
+            assert!(
+                matches!(
+                    r,
+                    Incoming::Refused {
+                        status: StatusCode::BadRequest,
+                        ..
+                    }
+                ),
+                "{what} changed in transit was taken: {r:?}"
+            );
+        }
+    }
+
+    /// `text_hash` is what the incremental hash of a streamed answer comes to (the fuzz oracle
+    /// and any outside checker rely on it), and tells answers apart.
+    #[test]
+    fn text_hash_is_the_streamed_answers_hash() {
+        let ch = channel(ObjectKind::Extended);
+        let mut st = ch.worker_stream_begin(3, RequestParams::default());
+        for piece in ["héllo", " ", "wörld"] {
+            ch.worker_stream_write(&mut st, piece.as_bytes());
+        }
+        assert_eq!(st.hasher.digest(), text_hash("héllo wörld".as_bytes()));
+        assert_ne!(text_hash(b"abc"), text_hash(b"abd"));
+        assert_eq!(st.seq(), 3);
+    }
+
+    /// `truncated()` reports the worker's flag.
+    #[test]
+    fn truncated_reports_the_flag() {
+        let ch = channel(ObjectKind::Extended);
+        ch.region.store64(Word64::StreamRead, 0);
+        let o = Outcome {
+            flags: RESPONSE_TRUNCATED,
+            ..ok("cut")
+        };
+        ch.worker_respond(4, &o).unwrap();
+        let r = ch
+            .client_await(4, None, Duration::from_millis(1), &|| true)
+            .unwrap();
+        assert!(r.truncated() && r.intact);
+        ch.region.store64(Word64::StreamRead, 0); // what client_write does per request
+        ch.worker_respond(5, &ok("whole")).unwrap();
+        assert!(!ch
+            .client_await(5, None, Duration::from_millis(1), &|| true)
+            .unwrap()
+            .truncated());
+    }
+
     /// A read cursor the client could not have written (past what was published) is refused
     /// as garbled, and so is a write cursor past the ring on the client's side.
     #[test]
