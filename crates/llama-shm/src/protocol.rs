@@ -1652,28 +1652,7 @@ mod tests {
         }
     }
 
-    /// A counting semaphore whose waits never block (a wait on zero times out at once).
-    #[derive(Default)]
-    struct Counting(std::sync::Mutex<u32>);
-
-    impl Semaphore for Counting {
-        fn post(&self) -> io::Result<()> {
-            *self.0.lock().unwrap() += 1;
-            Ok(())
-        }
-        fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
-            self.try_wait()
-        }
-        fn try_wait(&self) -> io::Result<bool> {
-            let mut n = self.0.lock().unwrap();
-            let taken = *n > 0;
-            *n -= u32::from(taken);
-            Ok(taken)
-        }
-        fn value(&self) -> io::Result<u32> {
-            Ok(*self.0.lock().unwrap())
-        }
-    }
+    use crate::wire::mem::CountingSemaphore as Counting;
 
     /// Clients whose held turn counts as abandoned once held `after`.
     struct GoneAfter(Duration);

@@ -457,6 +457,80 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EchoEngine;
+    use crate::protocol::{PreparedRequest, RequestParams};
+    use crate::wire::layout::{ObjectKind, Word64, REQUEST_STREAM};
+    use crate::wire::mem::{CountingSemaphore, MemRegion};
+    use crate::wire::text::Policy;
+
+    /// One request through the real `serve` on one thread (the semaphores count and never
+    /// block): returns the answer and how many times `response_written` was posted.
+    fn serve_one(flags: u32, cancelled: bool) -> (crate::protocol::RawResponse, u32) {
+        let mut ch = Channel::new(
+            CountingSemaphore::default(),
+            CountingSemaphore::default(),
+            CountingSemaphore::default(),
+            MemRegion::initialised(ObjectKind::Extended, 0),
+        );
+        ch.spin = crate::protocol::Spinner::off();
+        let mut req = PreparedRequest::encode("s", "abcdefghij", Policy::Truncate).unwrap();
+        req.seq = 7;
+        req.params = RequestParams {
+            flags,
+            ..RequestParams::default()
+        };
+        let mut engine = EchoEngine {
+            piece_delay: Duration::from_micros(1),
+            ..EchoEngine::default()
+        };
+        // `serve` asks `stop` between its steps: the client's part runs there, in the
+        // protocol's order (it takes the turn the worker posted, then writes), and it stops
+        // the worker once the answer is written.
+        let client = || {
+            if ch.ready.value().unwrap() == 1 && ch.ready.try_wait().unwrap() {
+                ch.client_write(&req).unwrap();
+                if cancelled {
+                    ch.client_cancel(7);
+                }
+            }
+            ch.region.load64(Word64::ResponseSeq) == 7
+        };
+        let (end, served) = serve(
+            &ch,
+            &mut engine,
+            &ServeOptions::default(),
+            &client,
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!((end, served), (ServeEnd::Stopped, 1));
+        let posts = ch.response_written.value().unwrap();
+        let r = ch
+            .client_await(7, None, Duration::from_millis(1), &|| true)
+            .unwrap();
+        (r, posts)
+    }
+
+    /// A streamed request is published piece by piece (one post per 4-byte piece of
+    /// "s\nabcdefghij", then the final one); an unstreamed one once; a cancelled one ends
+    /// `Cancelled` before the engine runs. The answers are whole and intact.
+    #[test]
+    fn serve_publishes_per_piece_only_when_streaming_and_honours_cancel() {
+        let (r, posts) = serve_one(REQUEST_STREAM, false);
+        assert_eq!(
+            (r.text.as_str(), r.finish, r.intact),
+            ("s\nabcdefghij", WireFinish::Stop, true)
+        );
+        assert_eq!(posts, 6, "5 pieces (s, \\n, abcd, efgh, ij) and the end");
+        let (r, posts) = serve_one(0, false);
+        assert_eq!((r.text.as_str(), r.intact), ("s\nabcdefghij", true));
+        assert_eq!(posts, 1);
+        let (r, _) = serve_one(REQUEST_STREAM, true);
+        assert_eq!(
+            (r.text.as_str(), r.finish, r.intact),
+            ("", WireFinish::Cancelled, true)
+        );
+    }
 
     #[test]
     fn sink_cuts_on_char_boundary_and_drops_nul() {

@@ -190,6 +190,34 @@ impl Semaphore for NoopSemaphore {
     }
 }
 
+/// A counting semaphore whose waits never block: a wait on zero times out at once. For
+/// single-threaded tests of both sides of the protocol (`serve` included), where the count
+/// shows exactly how many posts were made.
+#[derive(Debug, Default)]
+pub struct CountingSemaphore(std::sync::Mutex<u32>);
+
+impl Semaphore for CountingSemaphore {
+    fn post(&self) -> io::Result<()> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Ok(())
+    }
+
+    fn wait_until(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+        self.try_wait()
+    }
+
+    fn try_wait(&self) -> io::Result<bool> {
+        let mut n = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = *n > 0;
+        *n -= u32::from(taken);
+        Ok(taken)
+    }
+
+    fn value(&self) -> io::Result<u32> {
+        Ok(*self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
