@@ -1779,6 +1779,20 @@ mod tests {
             &|| false,
         );
         assert!(matches!(r, Err(WaitError::PeerGone)), "{r:?}");
+        // Without a deadline too, each slice is a wait of its length (here: 3 of 10 ms, until
+        // the peer is gone), not an immediate retry.
+        let asked = std::cell::Cell::new(0);
+        let start = Instant::now();
+        let r = wait_for(&sem, None, Duration::from_millis(10), &|| {
+            asked.set(asked.get() + 1);
+            asked.get() < 3
+        });
+        assert!(matches!(r, Err(WaitError::PeerGone)), "{r:?}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(30),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     /// The drain before a request takes every stale `response_written` (up to its bound).
