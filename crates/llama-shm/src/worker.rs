@@ -466,11 +466,20 @@ mod tests {
     /// One request through the real `serve` on one thread (the semaphores count and never
     /// block): returns the answer and how many times `response_written` was posted.
     fn serve_one(flags: u32, cancelled: bool) -> (crate::protocol::RawResponse, u32) {
+        serve_one_with(ObjectKind::Extended, flags, cancelled, None)
+    }
+
+    fn serve_one_with(
+        kind: ObjectKind,
+        flags: u32,
+        cancelled: bool,
+        answer_bytes: Option<usize>,
+    ) -> (crate::protocol::RawResponse, u32) {
         let mut ch = Channel::new(
             CountingSemaphore::default(),
             CountingSemaphore::default(),
             CountingSemaphore::default(),
-            MemRegion::initialised(ObjectKind::Extended, 0),
+            MemRegion::initialised(kind, 0),
         );
         ch.spin = crate::protocol::Spinner::off();
         let mut req = PreparedRequest::encode("s", "abcdefghij", Policy::Truncate).unwrap();
@@ -481,8 +490,10 @@ mod tests {
         };
         let mut engine = EchoEngine {
             piece_delay: Duration::from_micros(1),
+            answer_bytes,
             ..EchoEngine::default()
         };
+        let seq = if kind == ObjectKind::Extended { 7 } else { 0 };
         // `serve` asks `stop` between its steps: the client's part runs there, in the
         // protocol's order (it takes the turn the worker posted, then writes), and it stops
         // the worker once the answer is written.
@@ -493,20 +504,20 @@ mod tests {
                     ch.client_cancel(7);
                 }
             }
-            ch.region.load64(Word64::ResponseSeq) == 7
+            match kind {
+                ObjectKind::Extended => ch.region.load64(Word64::ResponseSeq) == 7,
+                ObjectKind::Seed => ch.response_written.value().unwrap() > 0,
+            }
         };
-        let (end, served) = serve(
-            &ch,
-            &mut engine,
-            &ServeOptions::default(),
-            &client,
-            &Cancel::new(),
-        )
-        .unwrap();
+        let opts = ServeOptions {
+            stall_limit: Duration::from_millis(20),
+            ..ServeOptions::default()
+        };
+        let (end, served) = serve(&ch, &mut engine, &opts, &client, &Cancel::new()).unwrap();
         assert_eq!((end, served), (ServeEnd::Stopped, 1));
         let posts = ch.response_written.value().unwrap();
         let r = ch
-            .client_await(7, None, Duration::from_millis(1), &|| true)
+            .client_await(seq, None, Duration::from_millis(1), &|| true)
             .unwrap();
         (r, posts)
     }
@@ -529,6 +540,22 @@ mod tests {
         assert_eq!(
             (r.text.as_str(), r.finish, r.intact),
             ("", WireFinish::Cancelled, true)
+        );
+    }
+
+    /// An answer longer than the response area: a seed-mode client gets the seed's C string,
+    /// cut at 32 767 bytes; an extended client gets it through the ring, and when nobody
+    /// reads the full ring the request is given up after the stall limit (`EngineFailed`),
+    /// never cut short as if it were a seed answer.
+    #[test]
+    fn a_long_answer_is_cut_for_seed_clients_and_ringed_for_extended_ones() {
+        let (r, _) = serve_one_with(ObjectKind::Seed, 0, false, Some(40_000));
+        assert_eq!(r.text.len(), RESPONSE_LEN - 1);
+        let (r, _) = serve_one_with(ObjectKind::Extended, 0, false, Some(40_000));
+        assert_eq!(
+            (r.status, r.finish),
+            (StatusCode::EngineFailed, WireFinish::Error),
+            "{r:?}"
         );
     }
 
