@@ -510,7 +510,8 @@ mod tests {
             }
         };
         let opts = ServeOptions {
-            stall_limit: Duration::from_millis(20),
+            // A seed-mode answer never waits for ring space (a wait would show as this 5 s).
+            stall_limit: Duration::from_millis(if kind == ObjectKind::Seed { 5000 } else { 20 }),
             ..ServeOptions::default()
         };
         let (end, served) = serve(&ch, &mut engine, &opts, &client, &Cancel::new()).unwrap();
@@ -549,8 +550,13 @@ mod tests {
     /// never cut short as if it were a seed answer.
     #[test]
     fn a_long_answer_is_cut_for_seed_clients_and_ringed_for_extended_ones() {
+        let start = std::time::Instant::now();
         let (r, _) = serve_one_with(ObjectKind::Seed, 0, false, Some(40_000));
         assert_eq!(r.text.len(), RESPONSE_LEN - 1);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "a full seed answer waited for room"
+        );
         let (r, _) = serve_one_with(ObjectKind::Extended, 0, false, Some(40_000));
         assert_eq!(
             (r.status, r.finish),
