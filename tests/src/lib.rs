@@ -254,11 +254,16 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
     child
 }
 
+/// The guardian a standalone worker serving `prefix` recorded in its extension page.
+pub fn guardian_of(prefix: &Prefix) -> Option<u32> {
+    llama_shm::objects::page_pids(prefix).and_then(|(_, guardian)| guardian)
+}
+
 /// SIGKILLs a standalone worker serving `prefix` together with its guardian (the guardian
 /// first), as the OOM killer or a `kill -9` of everything would: the one way its names stay
 /// behind, stale, for `ls`, `clean` and the next worker's reclaim to deal with.
 pub fn kill_with_guardian(child: ChildGuard, prefix: &Prefix) {
-    if let Some((_, Some(guardian))) = llama_shm::objects::page_pids(prefix) {
+    if let Some(guardian) = guardian_of(prefix) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(guardian as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -190,9 +190,8 @@ fn dying_client_helper() {
     }
 }
 
-/// Kills a helper that holds the turn of `prefix` in `mode`, then returns how long a new
-/// client took to get its answer.
-fn next_client_after_death(prefix: &Prefix, mode: &str) -> Duration {
+/// Starts a helper client of `prefix` that takes the turn as `mode` says, and SIGKILLs it.
+fn kill_turn_holder(prefix: &Prefix, mode: &str) {
     let (mut helper, _) = spawn_helper_with(
         "dying_client_helper",
         &[("LST_DIE_PREFIX", prefix.as_str()), ("LST_DIE_MODE", mode)],
@@ -200,6 +199,12 @@ fn next_client_after_death(prefix: &Prefix, mode: &str) -> Duration {
     );
     helper.kill().unwrap();
     helper.wait().unwrap();
+}
+
+/// Kills a helper that holds the turn of `prefix` in `mode`, then returns how long a new
+/// client took to get its answer.
+fn next_client_after_death(prefix: &Prefix, mode: &str) -> Duration {
+    kill_turn_holder(prefix, mode);
     let start = Instant::now();
     let mut client = Client::builder()
         .request_timeout(Duration::from_secs(10))
@@ -257,13 +262,7 @@ fn a_client_that_dies_during_its_answer_does_not_hold_a_standalone_worker() {
 }
 
 fn next_client_after_death_during_answer(prefix: &Prefix, mode: &str) -> Duration {
-    let (mut helper, _) = spawn_helper_with(
-        "dying_client_helper",
-        &[("LST_DIE_PREFIX", prefix.as_str()), ("LST_DIE_MODE", mode)],
-        "HELD",
-    );
-    helper.kill().unwrap();
-    helper.wait().unwrap();
+    kill_turn_holder(prefix, mode);
     let start = Instant::now();
     if mode.starts_with("seed") {
         std::thread::sleep(Duration::from_millis(200));

@@ -16,6 +16,14 @@ use llama_shm_tests::{
 
 const T: Duration = Duration::from_secs(10);
 
+/// `program` to be run as `nobody` (with setpriv; see [`as_nobody`]).
+fn nobody_runs(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(program);
+    cmd
+}
+
 fn as_nobody() -> bool {
     nix::unistd::geteuid().is_root()
         && Command::new("setpriv")
@@ -36,9 +44,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
     std::fs::copy(worker_path(), &bin).unwrap();
     let prefix = unique_prefix("other");
     let theirs = ChildGuard::new(
-        Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-            .arg(&bin)
+        nobody_runs(&bin)
             .args(["--engine", "echo", "--prefix", prefix.as_str()])
             .stderr(Stdio::null())
             .spawn()
@@ -207,16 +213,8 @@ fn what_another_user_can_do_in_each_mode() {
         return;
     }
     let nobody = |script: &str| {
-        Command::new("setpriv")
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                script,
-            ])
+        nobody_runs("/usr/bin/python3")
+            .args(["-c", script])
             .stderr(Stdio::null())
             .status()
             .unwrap()
@@ -281,16 +279,8 @@ fn a_squatter_toggling_its_size_cannot_fault_ls_or_reclaim() {
          \x20   os.ftruncate(fd, 0); os.ftruncate(fd, 49152); os.pwrite(fd, b'LLSHMEXT', 45056)\n\
          os.unlink(p)\n"
     );
-    let mut squatter = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
+    let mut squatter = nobody_runs("/usr/bin/python3")
+        .args(["-c", &script])
         .spawn()
         .unwrap();
     assert!(eventually(T, || std::path::Path::new(&path).exists()));

@@ -197,12 +197,7 @@ fn a_stop_signal_in_any_window_of_start_up_is_a_graceful_exit() {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         for window in 0..4u64 {
             let prefix = llama_shm_tests::unique_prefix("startsig");
-            let mut w = Command::new(worker_path())
-                .args(["--engine", "echo", "--prefix", prefix.as_str()])
-                .args(["--startup-pause-ms", &PAUSE_MS.to_string()])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut w = echo_worker(&prefix, &["--startup-pause-ms", &PAUSE_MS.to_string()]);
             std::thread::sleep(Duration::from_millis(PAUSE_MS * window + PAUSE_MS / 2));
             signal(w.id(), sig);
             let status = w.wait().unwrap();
@@ -233,11 +228,7 @@ fn sigterm_at_random_moments_leaves_nothing() {
     let trials = llama_shm_tests::trials(200);
     for _ in 0..trials {
         let prefix = llama_shm_tests::unique_prefix("termrand");
-        let mut w = Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut w = echo_worker(&prefix, &[]);
         std::thread::sleep(Duration::from_micros(rng.below(20_000)));
         signal(w.id(), nix::sys::signal::Signal::SIGTERM);
         let status = w.wait().unwrap();
@@ -257,6 +248,17 @@ fn sigterm_at_random_moments_leaves_nothing() {
          {residue} with objects left"
     );
     assert_eq!(residue, 0);
+}
+
+/// A standalone echo worker on `prefix` (plus `extra`), stderr discarded, not waited for:
+/// for tests that signal it at chosen moments of its start-up.
+fn echo_worker(prefix: &llama_shm::names::Prefix, extra: &[&str]) -> std::process::Child {
+    Command::new(worker_path())
+        .args(["--engine", "echo", "--prefix", prefix.as_str()])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
@@ -326,7 +328,8 @@ fn sigkill_of_a_standalone_worker_leaves_nothing_within_1s() {
     for busy in [false, true] {
         let prefix = llama_shm_tests::unique_prefix("kill9");
         let worker = llama_shm_tests::standalone_echo(&prefix, &["--echo-delay-ms", "10000"]);
-        let guardian = guardian_of(&prefix);
+        let guardian =
+            llama_shm_tests::guardian_of(&prefix).expect("a standalone worker records its guardian");
         let request = busy.then(|| {
             let prefix = prefix.clone();
             std::thread::spawn(move || {
@@ -357,13 +360,6 @@ fn sigkill_of_a_standalone_worker_leaves_nothing_within_1s() {
             assert!(matches!(r.join().unwrap(), Err(RequestError::WorkerDied { .. })));
         }
     }
-}
-
-/// The guardian recorded in the extension page of `prefix`.
-fn guardian_of(prefix: &llama_shm::names::Prefix) -> u32 {
-    llama_shm::objects::page_pids(prefix)
-        .and_then(|(_, g)| g)
-        .expect("a standalone worker records its guardian")
 }
 
 /// A successor started on the same prefix right after a SIGKILL keeps its names: it waits for
@@ -405,11 +401,7 @@ fn sigkill_at_random_moments_leaves_nothing() {
     let (mut residue, mut worst) = (0, Duration::ZERO);
     for _ in 0..trials {
         let prefix = llama_shm_tests::unique_prefix("kill9rand");
-        let mut w = Command::new(worker_path())
-            .args(["--engine", "echo", "--prefix", prefix.as_str()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut w = echo_worker(&prefix, &[]);
         std::thread::sleep(Duration::from_micros(rng.below(20_000)));
         let t = Instant::now();
         w.kill().unwrap();

@@ -224,11 +224,7 @@ impl SharedMemory {
             name: display(name),
             source,
         };
-        let fd =
-            mman::shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
-                Errno::ENOENT => ShmError::NotFound { name: display(name) },
-                e => os("shm_open", e),
-            })?;
+        let fd = open_existing(name, OFlag::O_RDWR)?;
         let st = stat::fstat(fd.as_raw_fd()).map_err(|e| os("fstat", e))?;
         let me = nix::unistd::geteuid().as_raw();
         if check.same_owner && st.st_uid != me {
@@ -425,6 +421,18 @@ impl Drop for SharedMemory {
     }
 }
 
+/// `shm_open` of an existing object with `access` (`O_RDWR` or `O_RDONLY`), close-on-exec.
+fn open_existing(name: &CStr, access: OFlag) -> Result<OwnedFd, ShmError> {
+    mman::shm_open(name, access | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+        Errno::ENOENT => ShmError::NotFound { name: display(name) },
+        e => ShmError::Os {
+            op: "shm_open",
+            name: display(name),
+            source: e,
+        },
+    })
+}
+
 /// Reads `buf.len()` bytes at `offset` of the object `name` with `pread`, without mapping it:
 /// for objects that may belong to someone else (a squatter toggling their size cannot make a
 /// read of a file fault, as a mapping would). Returns how many bytes were read (fewer at the
@@ -433,23 +441,20 @@ impl Drop for SharedMemory {
 /// # Errors
 /// [`ShmError::NotFound`], or [`ShmError::Os`] for `shm_open` / `pread`.
 pub fn read_unmapped(name: &CStr, offset: u64, buf: &mut [u8]) -> Result<usize, ShmError> {
-    let os = |op, source| ShmError::Os {
-        op,
-        name: display(name),
-        source,
-    };
-    let fd =
-        mman::shm_open(name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
-            Errno::ENOENT => ShmError::NotFound { name: display(name) },
-            e => os("shm_open", e),
-        })?;
+    let fd = open_existing(name, OFlag::O_RDONLY)?;
     let mut done = 0;
     while done < buf.len() {
         match nix::sys::uio::pread(&fd, &mut buf[done..], (offset + done as u64) as i64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(Errno::EINTR) => {}
-            Err(e) => return Err(os("pread", e)),
+            Err(e) => {
+                return Err(ShmError::Os {
+                    op: "pread",
+                    name: display(name),
+                    source: e,
+                })
+            }
         }
     }
     Ok(done)
