@@ -71,6 +71,13 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
     let prefix = unique_prefix("scrib");
     let file = token_file(&prefix);
     let worker = standalone_echo(&prefix, &["--token-file", file.to_str().unwrap()]);
+    // Attach before the scribbling starts: attaching reads the extension page's header, and a
+    // scribbled header is (rightly) a typed attach error — this test is about requests.
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_millis(200))
+        .token(TOKEN)
+        .attach(&prefix)
+        .unwrap();
     let mut scribbler = ChildGuard::new(
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "scribbler_helper", "--include-ignored", "--nocapture"])
@@ -89,11 +96,6 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
             "scribbler did not start"
         );
     }
-    let mut client = Client::builder()
-        .request_timeout(Duration::from_millis(200))
-        .token(TOKEN)
-        .attach(&prefix)
-        .unwrap();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
     let started = Instant::now();
     for i in 0..n {
