@@ -21,7 +21,7 @@ use llama_shm::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
     RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
 };
-use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
+use llama_shm::protocol::mem::{MemRegion, NoopSemaphore};
 use llama_shm::wire::status::{StatusCode, WireFinish};
 use llama_shm::wire::text;
 use llama_shm_fuzz::{check_decoded, kept_prefix, RegionInput, WORD32_ALL, WORD64_ALL};

@@ -14,7 +14,7 @@
 use libfuzzer_sys::fuzz_target;
 use llama_shm::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams};
 use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN};
-use llama_shm::wire::mem::{MemRegion, NoopSemaphore};
+use llama_shm::protocol::mem::{MemRegion, NoopSemaphore};
 use llama_shm::wire::status::StatusCode;
 use llama_shm::wire::text::{self, DecodeFlags, Policy};
 use llama_shm_fuzz::{check_decoded, kept_prefix, payload, RegionInput};

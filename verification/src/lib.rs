@@ -285,7 +285,7 @@ pub fn channel(kind: ObjectKind) -> LoomChannel {
     );
     // Spinning is a performance path over the same semaphores; loom explores the blocking
     // protocol (a spin that takes the semaphore is the same step as a wait that does).
-    ch.spin = llama_shm::protocol::Spinner::off();
+    ch.adaptive = llama_shm::protocol::AdaptiveWait::off();
     ch
 }
 

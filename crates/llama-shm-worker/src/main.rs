@@ -440,7 +440,7 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         control::send(sock, &ControlMsg::Attached).map_err(|e| startup(&format!("control socket: {e}")))?;
     }
     let mut channel = channel;
-    channel.spin = llama_shm::protocol::Spinner::new(Duration::from_micros(args.spin_us));
+    channel.adaptive = llama_shm::protocol::AdaptiveWait::new(Duration::from_micros(args.spin_us));
     let channel = Arc::new(channel);
     // Names are unlinked on every exit path below (created handles unlink on drop; a
     // spawned worker removes them too, in case its client died before it could).

@@ -474,7 +474,7 @@ impl Default for ClientBuilder {
             poll_slice: Duration::from_millis(50),
             token: None,
             restart: RestartPolicy::NEVER,
-            spin: Duration::from_nanos(u64::from(crate::protocol::Spinner::DEFAULT_MAX_NS)),
+            spin: Duration::from_nanos(u64::from(crate::protocol::AdaptiveWait::DEFAULT_MAX_NS)),
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
             others_may_crash: false,
         }
@@ -563,7 +563,7 @@ impl ClientBuilder {
     }
 
     /// The adaptive wait's longest spin before blocking (default 50 µs; zero blocks at once).
-    /// It spins only while the worker runs on another CPU; see [`crate::protocol::Spinner`].
+    /// It spins only while the worker runs on another CPU; see [`crate::protocol::AdaptiveWait`].
     pub fn spin(mut self, max: Duration) -> Self {
         self.spin = max;
         self
@@ -696,7 +696,7 @@ impl ClientBuilder {
         // Both sides hold every object now: from here nothing can leak.
         objects::unlink(&channel)?;
         let mut channel = channel;
-        channel.spin = crate::protocol::Spinner::new(self.spin);
+        channel.adaptive = crate::protocol::AdaptiveWait::new(self.spin);
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let worker_pid = proc.child.id();
@@ -774,7 +774,7 @@ impl ClientBuilder {
             None => process::processes_mapping_inode(channel.region.shm().inode()),
         };
         let mut channel = channel;
-        channel.spin = crate::protocol::Spinner::new(self.spin);
+        channel.adaptive = crate::protocol::AdaptiveWait::new(self.spin);
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let watcher = match worker_pid {

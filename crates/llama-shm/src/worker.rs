@@ -458,9 +458,9 @@ where
 mod tests {
     use super::*;
     use crate::engine::EchoEngine;
+    use crate::protocol::mem::{CountingSemaphore, MemRegion};
     use crate::protocol::{PreparedRequest, RequestParams};
     use crate::wire::layout::{ObjectKind, Word64, REQUEST_STREAM};
-    use crate::wire::mem::{CountingSemaphore, MemRegion};
     use crate::wire::text::Policy;
 
     /// One request through the real `serve` on one thread (the semaphores count and never
@@ -481,7 +481,7 @@ mod tests {
             CountingSemaphore::default(),
             MemRegion::initialised(kind, 0),
         );
-        ch.spin = crate::protocol::Spinner::off();
+        ch.adaptive = crate::protocol::AdaptiveWait::off();
         let mut req = PreparedRequest::encode("s", "abcdefghij", Policy::Truncate).unwrap();
         req.seq = 7;
         req.params = RequestParams {

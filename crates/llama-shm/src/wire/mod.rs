@@ -4,6 +4,5 @@
 //! the code that ships.
 
 pub mod layout;
-pub mod mem;
 pub mod status;
 pub mod text;

@@ -1,0 +1,41 @@
+//! The seed's three-semaphore cycle and the extension page's rules, written once.
+//!
+//! ```text
+//!  worker                                   client
+//!  ──────                                   ──────
+//!  worker_ready: request_seq := 0, post ready ──► client_acquire: wait ready (deadline)
+//!                                           client_write: token, seq, pid, prompts,
+//!  worker_wait: wait prompts_written ◄────── shutdown := 0, post prompts_written
+//!  worker_take: shutdown byte? token? seq? prompts (validated copies)
+//!  … engine runs …
+//!  worker_respond: response, status, lengths,
+//!    usage, then response_seq := seq,
+//!    post response_written ───────────────► client_await: wait response_written (deadline),
+//!  (loop: worker_ready)                      response_seq == seq? else stale, wait again
+//! ```
+//! Everything is generic over [`Semaphore`] and [`Region`]: production runs it on POSIX
+//! named semaphores and a mapped object ([`crate::objects`]); `verification/` runs the very
+//! same functions on loom primitives. Nothing here touches the OS.
+//!
+//! In seed mode (an object without the extension page) the extension steps are skipped and
+//! the cycle is exactly the seed's.
+
+mod channel;
+mod checksum;
+mod client_side;
+pub mod mem;
+mod messages;
+mod peer;
+mod wait;
+mod worker_side;
+
+pub use channel::Channel;
+pub use checksum::{request_checksum, response_checksum, text_hash, ResponseMeta};
+pub use client_side::DRAIN_LIMIT;
+pub use messages::{Incoming, Outcome, PreparedRequest, RawResponse, RequestParams, Usage};
+pub use peer::{Clients, Region, Semaphore};
+pub use wait::{wait_for, AdaptiveWait, WaitError};
+pub use worker_side::{Room, StreamState};
+
+#[cfg(test)]
+mod tests;
