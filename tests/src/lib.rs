@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_shm::names::Prefix;
+use llama_shm::wire::names::Prefix;
 
 /// The worker binary built with this workspace.
 pub fn worker_path() -> PathBuf {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use llama_shm::names::Prefix;
+use llama_shm::wire::names::Prefix;
 use llama_shm_tests::{cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix};
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {

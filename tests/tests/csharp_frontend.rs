@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use llama_shm::names::Prefix;
+use llama_shm::wire::names::Prefix;
 use llama_shm_tests::{
     entries_of, ffi_lib, mcs, mono_available, run_bounded, shm_entries, unique_prefix, wait_or_kill,
     worker_path, ChildGuard, TempDir,

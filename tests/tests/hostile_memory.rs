@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, RequestError};
-use llama_shm::names::Prefix;
 use llama_shm::objects::ObjectsError;
 use llama_shm::os::shm::{OpenCheck, SharedMemory, ShmError};
 use llama_shm::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
+use llama_shm::wire::names::Prefix;
 use llama_shm_tests::{
     alive, shm_entries, standalone_echo, terminate, trials, unique_prefix, ChildGuard, Rng,
 };

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, Phase, RequestError};
-use llama_shm::names::Prefix;
 use llama_shm::objects::{self, Trust};
 use llama_shm::os::NamedSemaphore;
 use llama_shm::protocol::Region;
 use llama_shm::wire::layout::{Field, Word64};
+use llama_shm::wire::names::Prefix;
 use llama_shm::RequestOptions;
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{cli_path, shm_entries, spawn_helper_with, standalone_echo, terminate, unique_prefix};

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use llama_shm::client::{Client, Mode};
-use llama_shm::names::Prefix;
 use llama_shm::wire::layout::ObjectKind;
+use llama_shm::wire::names::Prefix;
 use llama_shm_tests::seed::{SeedPeer, SHUTDOWN_OFF};
 use llama_shm_tests::{eventually, shm_entries, worker_path};
 

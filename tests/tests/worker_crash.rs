@@ -252,7 +252,7 @@ fn sigterm_at_random_moments_leaves_nothing() {
 
 /// A standalone echo worker on `prefix` (plus `extra`), stderr discarded, not waited for:
 /// for tests that signal it at chosen moments of its start-up.
-fn echo_worker(prefix: &llama_shm::names::Prefix, extra: &[&str]) -> std::process::Child {
+fn echo_worker(prefix: &llama_shm::wire::names::Prefix, extra: &[&str]) -> std::process::Child {
     Command::new(worker_path())
         .args(["--engine", "echo", "--prefix", prefix.as_str()])
         .args(extra)

@@ -16,9 +16,11 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use llama_shm::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink};
 use llama_shm::protocol::{Channel, Region, Semaphore};
 use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64};
+use llama_shm::worker::engine::{
+    Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
+};
 use llama_shm::worker::{serve, ServeEnd, ServeOptions};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -3,11 +3,11 @@
 //! (see ci/loom.sh and verification/README.md).
 #![cfg(loom)]
 
-use llama_shm::engine::{Cancel, EchoEngine};
 use llama_shm::protocol::{PreparedRequest, RawResponse, WaitError};
 use llama_shm::wire::layout::ObjectKind;
 use llama_shm::wire::status::{StatusCode, WireFinish};
 use llama_shm::wire::text::Policy;
+use llama_shm::worker::engine::{Cancel, EchoEngine};
 use llama_shm::worker::{serve, ServeEnd, ServeOptions};
 use llama_shm_verification::{
     assert_idle, channel, spawn_pieces_worker, write_stream_request, LoomChannel, SLICE,

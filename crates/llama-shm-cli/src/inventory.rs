@@ -11,10 +11,10 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use llama_shm::names::Prefix;
 use llama_shm::objects::{self, Presence};
 use llama_shm::os::process::{pid_alive, processes_mapping};
 use llama_shm::wire::layout::{EXT_MAGIC, OBJECT_SIZE};
+use llama_shm::wire::names::Prefix;
 
 const DEV_SHM: &str = "/dev/shm";
 

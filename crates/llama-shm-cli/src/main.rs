@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use llama_shm::client::{Client, RequestError, RequestOptions, Response, SpawnError};
-use llama_shm::names::Prefix;
+use llama_shm::wire::names::Prefix;
 use llama_shm::wire::status::WireFinish;
 
 mod bench;

@@ -42,7 +42,9 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 
-use llama_shm::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink};
+use llama_shm::worker::engine::{
+    Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
+};
 
 /// The default model, relative to the repository root (fetched by `ci/setup`).
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use llama_shm::control::{self, ControlMsg};
-use llama_shm::engine::{Cancel, EchoEngine, Engine, EngineRequest};
-use llama_shm::guardian::Guardian;
-use llama_shm::names::Prefix;
+use llama_shm::objects::clients::SharedClients;
+use llama_shm::objects::guardian::Guardian;
 use llama_shm::objects::{self, ExtInit, PosixChannel, Trust};
+use llama_shm::os::control::{self, ControlMsg};
 use llama_shm::os::process::{Watch, Watcher};
 use llama_shm::protocol::Region;
-use llama_shm::standalone::SharedClients;
 use llama_shm::wire::layout::{Word32, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
+use llama_shm::wire::names::Prefix;
+use llama_shm::worker::engine::{Cancel, EchoEngine, Engine, EngineRequest};
 use llama_shm::worker::{serve, LimitedSink, ServeEnd, ServeOptions};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -87,7 +87,7 @@ struct Args {
     #[arg(long, requires = "test")]
     dump_tokens: bool,
     /// Object-name prefix: objects are /PREFIX_shared_mem and /PREFIX_sem_*.
-    #[arg(long, default_value = llama_shm::names::SEED_PREFIX)]
+    #[arg(long, default_value = llama_shm::wire::names::SEED_PREFIX)]
     prefix: Prefix,
     /// Permission bits (octal) for created objects.
     #[arg(long, default_value = "600", value_parser = parse_octal)]
@@ -516,7 +516,7 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
 }
 
 /// The guardian mode (`--guard`, started by a standalone worker): removes the worker's names
-/// once it is gone (see `llama_shm::guardian`).
+/// once it is gone (see `llama_shm::objects::guardian`).
 fn run_guardian() -> ExitCode {
     use nix::sys::signal::{signal, SigHandler};
     // A terminal's Ctrl-C or hang-up is for the worker; the guardian ends when the worker does.
@@ -525,7 +525,7 @@ fn run_guardian() -> ExitCode {
         // these signals.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
-    let removed = llama_shm::guardian::watch(std::io::stdin().lock());
+    let removed = llama_shm::objects::guardian::watch(std::io::stdin().lock());
     if !removed.is_empty() {
         let _ = writeln!(
             std::io::stderr(),

@@ -10,26 +10,23 @@
 #![warn(missing_docs)]
 
 pub mod client;
-pub mod control;
-pub mod engine;
-pub mod guardian;
-pub mod names;
+
 pub mod objects;
 pub mod os;
-pub mod pool;
+
 pub mod protocol;
-pub mod standalone;
+
 mod sync;
 pub mod wire;
 pub mod worker;
 
+pub use client::pool::Pool;
 pub use client::{
     Canceller, Client, ClientBuilder, Mode, RequestError, RequestOptions, Response, SpawnError,
 };
-pub use engine::{EchoEngine, Engine};
-pub use names::Prefix;
-pub use pool::Pool;
+pub use wire::names::Prefix;
 pub use wire::text::Policy;
+pub use worker::{EchoEngine, Engine};
 
 /// The README's Rust examples, compiled as doctests so they cannot drift.
 #[cfg(doctest)]

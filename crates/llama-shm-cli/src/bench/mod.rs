@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use llama_shm::client::{Client, RequestError, RequestOptions};
-use llama_shm::engine::{Cancel, Engine, EngineRequest};
+use llama_shm::worker::engine::{Cancel, Engine, EngineRequest};
 use llama_shm::worker::LimitedSink;
 use llama_shm::Pool;
 use llama_shm_worker::llama::{LlamaEngine, LlamaOptions};

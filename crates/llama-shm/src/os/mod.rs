@@ -4,6 +4,7 @@
 //! for one kind of OS object and hands out owned types that clean up on drop and typed errors.
 //! Everything above `os` sees [`SharedMemory`], [`NamedSemaphore`] and [`process`] helpers.
 
+pub mod control;
 pub mod process;
 pub mod sem;
 pub mod shm;

@@ -1,8 +1,10 @@
-//! The wire: the object's layout and the rules for putting text into its fixed fields.
+//! The wire: what the seed fixed and every peer must agree on — the objects' names, the
+//! region's layout, the rules for putting text into its fixed fields, and the status codes.
 //!
-//! Nothing here touches the OS; `wire` is what the fuzzers and the loom models share with
-//! the code that ships.
+//! Nothing here touches the OS or imports from the layers above; `wire` is what the fuzzers
+//! and the loom models share with the code that ships.
 
 pub mod layout;
+pub mod names;
 pub mod status;
 pub mod text;

@@ -1,0 +1,290 @@
+//! One request from start to end: take the turn, write, wait, read; the worker's death and
+//! its replacement.
+
+use std::io::{self};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
+use crate::objects::PosixChannel;
+use crate::os::process::{self, ExitInfo};
+use crate::protocol::{PreparedRequest, RequestParams, WaitError};
+use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
+use crate::wire::status::StatusCode;
+
+/// Releases the turn lock when dropped.
+pub(super) struct TurnGuard(pub(super) Option<Arc<PosixChannel>>);
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        if let Some(ch) = &self.0 {
+            ch.region.shm().unlock();
+        }
+    }
+}
+
+impl Client {
+    pub(super) fn alive_fn(&self) -> impl Fn() -> bool + '_ {
+        let polled = self.watcher.is_none();
+        move || {
+            if self.dead.load(Ordering::SeqCst) {
+                return false;
+            }
+            match (polled, self.worker_pid) {
+                (true, Some(pid)) => process::pid_alive(pid),
+                _ => true,
+            }
+        }
+    }
+
+    pub(super) fn died(&mut self, phase: Phase) -> RequestError {
+        let exit = match &mut self.child {
+            Some(p) => p
+                .wait_until(Instant::now() + Duration::from_secs(1))
+                .unwrap_or(ExitInfo::Unknown),
+            None => ExitInfo::Unknown,
+        };
+        self.closed = Some(format!("worker {exit}"));
+        self.restartable = self.child.is_some() && self.cfg.restart.max_attempts > 0;
+        RequestError::WorkerDied { phase, exit }
+    }
+
+    pub(super) fn exchange(
+        &mut self,
+        user: &str,
+        system: &str,
+        opts: &RequestOptions,
+        stream: bool,
+        on_chunk: &mut dyn FnMut(&str),
+    ) -> Result<Response, RequestError> {
+        if self.restartable {
+            self.respawn()?;
+        }
+        if let Some(reason) = &self.closed {
+            return Err(RequestError::Closed {
+                reason: reason.clone(),
+            });
+        }
+        let policy = self.cfg.policy;
+        let sys = crate::wire::text::encode(system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy).map_err(
+            |source| RequestError::Encode {
+                field: PromptField::System,
+                source,
+            },
+        )?;
+        let usr = crate::wire::text::encode(user, crate::wire::layout::USER_PROMPT_LEN, policy).map_err(
+            |source| RequestError::Encode {
+                field: PromptField::User,
+                source,
+            },
+        )?;
+        let started = Instant::now();
+        let deadline = started + self.cfg.request_timeout;
+        let slice = self.cfg.poll_slice;
+        // Held until the response is read: another client's request cannot start meanwhile.
+        let _turn = self.lock_turn(deadline)?;
+        if !self.holding_turn {
+            let alive = self.alive_fn();
+            let r = self.channel.client_acquire(Some(deadline), slice, &alive);
+            drop(alive);
+            match r {
+                Ok(()) => {}
+                Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingReady)),
+                Err(WaitError::TimedOut | WaitError::Garbled(_) | WaitError::TooLong { .. }) => {
+                    return Err(RequestError::Timeout {
+                        phase: Phase::WaitingReady,
+                        waited: started.elapsed(),
+                    })
+                }
+                Err(WaitError::Os(source)) => {
+                    return Err(RequestError::Os {
+                        phase: Phase::WaitingReady,
+                        source,
+                    })
+                }
+            }
+        }
+        self.holding_turn = false;
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        let extended = self.kind == ObjectKind::Extended;
+        let req = PreparedRequest {
+            system: sys,
+            user: usr,
+            seq: if extended { seq } else { 0 },
+            token: self.token.as_ref(),
+            client_pid: self.pid,
+            params: RequestParams {
+                flags: if stream { REQUEST_STREAM } else { 0 },
+                max_tokens: opts.max_tokens.unwrap_or(0),
+                deadline_us: opts
+                    .deadline
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
+            },
+        };
+        // In flight for cancel() before it is written: a cancel() from here on is never lost
+        // (the worker finds it when it takes the request). Modelled in stream.pml.
+        self.cancel_slot.lock().seq = req.seq;
+        if let Err(source) = self.channel.client_write(&req) {
+            self.cancel_slot.lock().seq = 0;
+            return Err(RequestError::Os {
+                phase: Phase::WaitingResponse,
+                source,
+            });
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut bad_utf8 = false;
+        let r = {
+            let alive = self.alive_fn();
+            self.channel.client_receive(
+                req.seq,
+                Some(deadline),
+                slice,
+                &alive,
+                self.cfg.max_answer_bytes,
+                &mut scratch,
+                &mut |bytes: &[u8]| match std::str::from_utf8(bytes) {
+                    Ok(s) => on_chunk(s),
+                    Err(_) => {
+                        // Only a scribbled region does this; the checksum will say so.
+                        bad_utf8 = true;
+                        on_chunk(&String::from_utf8_lossy(bytes));
+                    }
+                },
+            )
+        };
+        self.scratch = scratch;
+        self.cancel_slot.lock().seq = 0;
+        let raw = match r {
+            Ok(raw) => raw,
+            Err(WaitError::PeerGone) => return Err(self.died(Phase::WaitingResponse)),
+            Err(WaitError::TimedOut) => {
+                // (client_receive cancelled the request, so the worker stops at once.)
+                if !extended {
+                    // Without sequence numbers a late answer would be taken for the next one.
+                    self.closed =
+                        Some("a seed-mode request timed out; the late answer would be misread".into());
+                }
+                return Err(RequestError::Timeout {
+                    phase: Phase::WaitingResponse,
+                    waited: started.elapsed(),
+                });
+            }
+            Err(WaitError::Garbled(_)) => return Err(RequestError::Corrupt),
+            Err(WaitError::TooLong { limit }) => {
+                // (Cancelled: the worker stops; its last posts are drained by the next turn.)
+                if !extended {
+                    self.closed = Some("a seed-mode answer was refused as too long".into());
+                }
+                return Err(RequestError::AnswerTooLong { limit });
+            }
+            Err(WaitError::Os(source)) => {
+                return Err(RequestError::Os {
+                    phase: Phase::WaitingResponse,
+                    source,
+                })
+            }
+        };
+        // (Seed-mode text arrives decoded: only the ring can hand over invalid UTF-8.)
+        if !raw.intact || bad_utf8 {
+            return Err(RequestError::Corrupt);
+        }
+        let truncated = raw.truncated();
+        let message = raw.error;
+        match raw.status {
+            StatusCode::Ok => Ok(Response {
+                truncated,
+                text: String::new(),
+                system_truncated: sys.truncated,
+                user_truncated: usr.truncated,
+                seq: req.seq,
+                usage: raw.usage,
+                finish: raw.finish,
+            }),
+            StatusCode::Unauthorized => Err(RequestError::Unauthorized { message }),
+            StatusCode::PromptTooLong => Err(RequestError::PromptTooLong {
+                tokens: raw.error_args.0,
+                ctx: raw.error_args.1,
+            }),
+            StatusCode::EngineFailed => Err(RequestError::Engine { message }),
+            StatusCode::BadRequest => Err(RequestError::BadRequest { message }),
+            StatusCode::ShuttingDown => Err(RequestError::ShuttingDown { message }),
+            StatusCode::Unknown(status) => Err(RequestError::UnknownStatus { status, message }),
+        }
+    }
+
+    /// Takes the turn lock (attached clients only), retrying with a short backoff until
+    /// `deadline`; a dead worker ends the wait at once.
+    pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<TurnGuard, RequestError> {
+        if !self.turn_lock {
+            return Ok(TurnGuard(None));
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_micros(20);
+        loop {
+            match self.channel.region.shm().try_lock() {
+                Ok(true) => return Ok(TurnGuard(Some(Arc::clone(&self.channel)))),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(RequestError::Os {
+                        phase: Phase::WaitingTurn,
+                        source: io::Error::other(e),
+                    })
+                }
+            }
+            if !(self.alive_fn())() {
+                return Err(self.died(Phase::WaitingTurn));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RequestError::Timeout {
+                    phase: Phase::WaitingTurn,
+                    waited: started.elapsed(),
+                });
+            }
+            std::thread::sleep(backoff.min(deadline - now));
+            backoff = (backoff * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    /// Replaces a dead worker by a new one, following the restart policy.
+    pub(super) fn respawn(&mut self) -> Result<(), RequestError> {
+        let policy = self.cfg.restart;
+        loop {
+            if self.restart_attempts >= policy.max_attempts {
+                self.restartable = false;
+                return Err(RequestError::Closed {
+                    reason: format!(
+                        "worker died and {} restart attempt(s) failed",
+                        self.restart_attempts
+                    ),
+                });
+            }
+            if self.restart_attempts > 0 {
+                let factor = 1u32 << (self.restart_attempts - 1).min(16);
+                std::thread::sleep(policy.backoff.saturating_mul(factor).min(policy.max_backoff));
+            }
+            self.restart_attempts += 1;
+            match self.cfg.clone().spawn() {
+                Ok(mut fresh) => {
+                    tracing::info!(attempt = self.restart_attempts, "worker restarted");
+                    // Cancellers handed out earlier follow the new worker.
+                    self.cancel_slot.lock().channel = Arc::clone(&fresh.channel);
+                    fresh.cancel_slot = Arc::clone(&self.cancel_slot);
+                    // The old client (its dead child reaped, its handles closed) drops here.
+                    drop(std::mem::replace(self, fresh));
+                    return Ok(());
+                }
+                Err(e) if self.restart_attempts >= policy.max_attempts => {
+                    self.restartable = false;
+                    return Err(RequestError::RestartFailed {
+                        attempts: self.restart_attempts,
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => tracing::warn!(attempt = self.restart_attempts, "worker restart failed: {e}"),
+            }
+        }
+    }
+}

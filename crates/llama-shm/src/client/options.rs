@@ -1,0 +1,100 @@
+//! What a caller chooses: the protocol to speak, the restart policy, per-request options, and
+//! what a request gives back.
+
+use std::time::Duration;
+
+use crate::protocol::Usage;
+use crate::wire::status::WireFinish;
+
+/// Which protocol the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Use the extension page when the worker has one, the seed's protocol otherwise.
+    #[default]
+    Auto,
+    /// Speak only the seed's protocol, even to a worker with an extension page.
+    Seed,
+}
+
+/// When a spawned worker has died, whether and how the client starts a new one.
+///
+/// The request that met the death fails with [`RequestError::WorkerDied`](super::RequestError::WorkerDied); the next request
+/// respawns the worker (same binary, arguments and options) and is sent to it. Consecutive
+/// failed spawns wait `backoff`, doubling up to `max_backoff`, and give up after
+/// `max_attempts` with [`RequestError::RestartFailed`](super::RequestError::RestartFailed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Spawn attempts per outage before giving up (0 disables restarts).
+    pub max_attempts: u32,
+    /// Wait before the second attempt of an outage (the first is immediate).
+    pub backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// No restarts: a dead worker closes the client (the default).
+    pub const NEVER: RestartPolicy = RestartPolicy {
+        max_attempts: 0,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+    /// Up to 5 attempts, 10 ms backoff doubling to 1 s.
+    pub const DEFAULT: RestartPolicy = RestartPolicy {
+        max_attempts: 5,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(1),
+    };
+}
+
+/// What a request asks beyond its prompts. Honoured by workers that advertise streaming
+/// (this project's worker); a seed-mode worker answers in its own way and only the client's
+/// request timeout applies.
+///
+/// ```
+/// use std::time::Duration;
+/// use llama_shm::RequestOptions;
+/// let opts = RequestOptions::default().deadline(Duration::from_secs(5)).max_tokens(64);
+/// assert_eq!(opts.max_tokens, Some(64));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Generation budget, counted by the worker from when it takes the request: when it
+    /// passes, generation stops within one token and the answer so far comes back with
+    /// [`WireFinish::Deadline`]. The client's request timeout still bounds the whole wait.
+    pub deadline: Option<Duration>,
+    /// Most tokens to generate (the worker's own limit applies too).
+    pub max_tokens: Option<u32>,
+}
+
+impl RequestOptions {
+    /// Sets the deadline.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+    /// Sets the token budget.
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The answer text (valid UTF-8).
+    pub text: String,
+    /// The worker cut the answer at the 32 KiB response limit.
+    pub truncated: bool,
+    /// The client cut the system prompt to fit its field ([`Policy::Truncate`](crate::Policy::Truncate)).
+    pub system_truncated: bool,
+    /// The client cut the user prompt to fit its field.
+    pub user_truncated: bool,
+    /// The request's sequence number (0 in seed mode).
+    pub seq: u64,
+    /// Resource use reported by the worker (zeros in seed mode).
+    pub usage: Usage,
+    /// Why the answer ended (`Unknown` in seed mode).
+    pub finish: WireFinish,
+}

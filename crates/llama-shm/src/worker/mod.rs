@@ -1,0 +1,16 @@
+//! The worker: the serve loop (take a request, run the engine, answer — until shutdown or a
+//! stop), the [`Engine`] trait an answer comes from, and the sinks the answer goes into.
+//! Generic over the protocol's primitives like [`protocol`](crate::protocol).
+
+pub mod engine;
+mod serve;
+mod sink;
+
+pub use engine::{
+    Cancel, EchoEngine, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
+};
+pub use serve::{serve, ServeEnd, ServeOptions};
+pub use sink::LimitedSink;
+
+#[cfg(test)]
+mod tests;
