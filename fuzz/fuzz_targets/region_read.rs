@@ -14,16 +14,16 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use llama_shm::protocol::{
+use llama_shm::internals::protocol::{
     response_checksum, text_hash, Channel, Outcome, Region, ResponseMeta, Usage, WaitError,
 };
-use llama_shm::wire::layout::{
+use llama_shm::internals::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
     RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
 };
-use llama_shm::protocol::mem::{MemRegion, NoopSemaphore};
-use llama_shm::wire::status::{StatusCode, WireFinish};
-use llama_shm::wire::text;
+use llama_shm::internals::protocol::mem::{MemRegion, NoopSemaphore};
+use llama_shm::internals::wire::status::{StatusCode, Finish};
+use llama_shm::internals::wire::text;
 use llama_shm_fuzz::{check_decoded, kept_prefix, RegionInput, WORD32_ALL, WORD64_ALL};
 
 fn ne32(b: &[u8], off: usize) -> u32 {
@@ -215,7 +215,7 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
                 );
                 assert_eq!(
                     resp.finish,
-                    WireFinish::from_u32(ne32(&input.bytes, Word32::FinishReason.offset()))
+                    Finish::from_u32(ne32(&input.bytes, Word32::FinishReason.offset()))
                 );
             } else {
                 assert!(resp.intact, "seed mode has no checksum");
@@ -282,7 +282,7 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
             generation_time: Duration::from_micros(ne64(b, Word64::GenerationMicros.offset())),
             cached_tokens: ne32(b, Word32::CachedTokens.offset()),
         },
-        finish: WireFinish::from_u32(ne32(b, Word32::FinishReason.offset())),
+        finish: Finish::from_u32(ne32(b, Word32::FinishReason.offset())),
     };
     // An extended client always sends a non-zero seq (0 marks a seed-mode client, which
     // reads the region as a seed one).

@@ -8,7 +8,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use llama_shm::wire::text::{self, EncodeError, Policy};
+use llama_shm::internals::wire::text::{self, EncodeError, Policy};
 use llama_shm_fuzz::kept_prefix;
 
 /// Field capacities worth trying: the degenerate ones, a small one, the real ones.

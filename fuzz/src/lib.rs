@@ -34,8 +34,8 @@
 
 use std::ops::Range;
 
-use llama_shm::wire::layout::{Field, Word32, Word64, EXT_OFFSET, OBJECT_SIZE};
-use llama_shm::wire::text::DecodeFlags;
+use llama_shm::internals::wire::layout::{Field, Word32, Word64, EXT_OFFSET, OBJECT_SIZE};
+use llama_shm::internals::wire::text::DecodeFlags;
 
 /// Length of the region input's header.
 pub const HEADER_LEN: usize = 19;

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::wire::names::Prefix;
 
 /// The worker binary built with this workspace.
 pub fn worker_path() -> PathBuf {
-    llama_shm::client::default_worker_path()
+    llama_shm::internals::client::default_worker_path()
         .expect("llama-shm-worker not found next to the test binary; build the workspace first")
 }
 
@@ -70,7 +70,7 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Whether a process with this pid exists (zombies count as gone).
 pub fn alive(pid: u32) -> bool {
-    llama_shm::os::process::pid_alive(pid)
+    llama_shm::internals::os::process::pid_alive(pid)
 }
 
 /// Median and maximum of a sample.
@@ -115,7 +115,7 @@ impl Drop for ChildGuard {
             }
         }
         if let Some(prefix) = &self.1 {
-            let _ = llama_shm::objects::unlink_prefix(prefix);
+            let _ = llama_shm::internals::objects::unlink_prefix(prefix);
         }
     }
 }
@@ -124,7 +124,7 @@ impl Drop for ChildGuard {
 /// `prefix` and recorded itself as their creator.
 pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
     eventually(Duration::from_secs(10), || {
-        llama_shm::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == 4
+        llama_shm::internals::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == 4
     })
 }
 
@@ -256,7 +256,7 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
 
 /// The guardian a standalone worker serving `prefix` recorded in its extension page.
 pub fn guardian_of(prefix: &Prefix) -> Option<u32> {
-    llama_shm::objects::page_pids(prefix).and_then(|(_, guardian)| guardian)
+    llama_shm::internals::objects::page_pids(prefix).and_then(|(_, guardian)| guardian)
 }
 
 /// SIGKILLs a standalone worker serving `prefix` together with its guardian (the guardian
@@ -291,7 +291,7 @@ pub fn terminate(child: ChildGuard) -> Option<i32> {
     let code = child.wait().unwrap().code();
     if code != Some(0) {
         if let Some(prefix) = prefix {
-            let _ = llama_shm::objects::unlink_prefix(&prefix);
+            let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         }
     }
     code

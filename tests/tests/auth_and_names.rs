@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use llama_shm::client::{Client, RequestError, ShutdownError};
-use llama_shm::wire::status::StatusCode;
+use llama_shm::internals::client::{Client, RequestError, ShutdownError};
+use llama_shm::internals::wire::status::StatusCode;
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{shm_entries, standalone_echo, terminate, unique_prefix, worker_path};
 

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix};
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -71,7 +71,7 @@ struct UnlinkOnDrop(Prefix);
 
 impl Drop for UnlinkOnDrop {
     fn drop(&mut self) {
-        let _ = llama_shm::objects::unlink_prefix(&self.0);
+        let _ = llama_shm::internals::objects::unlink_prefix(&self.0);
     }
 }
 

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{
     entries_of, ffi_lib, mcs, mono_available, run_bounded, shm_entries, unique_prefix, wait_or_kill,
     worker_path, ChildGuard, TempDir,
@@ -60,11 +60,11 @@ fn run_against_standalone(tag: &str, worker_args: &[&str], client_args: &[&str],
     assert!(stdout.contains("shutdown requested"), "{stdout}");
 
     let Some(status) = wait_or_kill(&mut worker.take(), worker_exit) else {
-        let _ = llama_shm::objects::unlink_prefix(&prefix);
+        let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         panic!("the worker did not exit within {worker_exit:?} of the C# client's shutdown");
     };
     let left = shm_entries(&prefix);
-    let _ = llama_shm::objects::unlink_prefix(&prefix);
+    let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
     assert_eq!(status.code(), Some(0), "worker exit status");
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }

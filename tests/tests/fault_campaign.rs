@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, Phase, RequestError, RestartPolicy, SpawnError};
-use llama_shm::os::process::ExitInfo;
+use llama_shm::internals::client::{Client, Phase, RequestError, RestartPolicy, SpawnError};
+use llama_shm::internals::os::process::ExitInfo;
 use llama_shm_tests::{
     alive, entries_of, eventually, find_worker, own_entries, p50_p99_max, spawn_helper, trials,
     unique_prefix, worker_path, Rng,

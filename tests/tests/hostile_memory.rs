@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, RequestError};
-use llama_shm::objects::ObjectsError;
-use llama_shm::os::shm::{OpenCheck, SharedMemory, ShmError};
-use llama_shm::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::client::{Client, RequestError};
+use llama_shm::internals::objects::ObjectsError;
+use llama_shm::internals::os::shm::{OpenCheck, SharedMemory, ShmError};
+use llama_shm::internals::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
+use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{
     alive, shm_entries, standalone_echo, terminate, trials, unique_prefix, ChildGuard, Rng,
 };
@@ -141,7 +141,7 @@ fn a_truncated_object_is_refused_before_mapping() {
     // Wait until the worker is idle (it posted `ready`): from then on it touches the region only
     // after a client's post. Truncating it during its start-up writes would fault it, which is
     // the documented limit (SECURITY.md), not what this test is about.
-    let ready = llama_shm::os::sem::NamedSemaphore::open(&prefix.sem_ready(), 0o600).unwrap();
+    let ready = llama_shm::internals::os::sem::NamedSemaphore::open(&prefix.sem_ready(), 0o600).unwrap();
     assert!(llama_shm_tests::eventually(Duration::from_secs(10), || ready
         .value()
         .is_ok_and(|v| v == 1)));

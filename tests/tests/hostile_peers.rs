@@ -3,17 +3,18 @@
 //! promise under test: every wait ends by its deadline whatever anyone posts, and one dead
 //! client never wedges a worker for the others.
 
+use llama_shm::Prompts;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, Phase, RequestError};
-use llama_shm::objects::{self, Trust};
-use llama_shm::os::NamedSemaphore;
-use llama_shm::protocol::Region;
-use llama_shm::wire::layout::{Field, Word64};
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::client::{Client, Phase, RequestError};
+use llama_shm::internals::objects::{self, Trust};
+use llama_shm::internals::os::NamedSemaphore;
+use llama_shm::internals::protocol::Region;
+use llama_shm::internals::wire::layout::{Field, Word64};
+use llama_shm::internals::wire::names::Prefix;
 use llama_shm::RequestOptions;
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{cli_path, shm_entries, spawn_helper_with, standalone_echo, terminate, unique_prefix};
@@ -179,11 +180,18 @@ fn dying_client_helper() {
         "ext-posted" => {
             let mut client = Client::builder().attach(&Prefix::new(&prefix).unwrap()).unwrap();
             let mut once = Some(());
-            let _ = client.stream("dead", "client", &RequestOptions::default(), |_| {
-                if once.take().is_some() {
-                    println!("HELD=1");
-                }
-            });
+            let _ = client.stream(
+                Prompts {
+                    system: "client",
+                    user: "dead",
+                },
+                &RequestOptions::default(),
+                |_| {
+                    if once.take().is_some() {
+                        println!("HELD=1");
+                    }
+                },
+            );
             hold()
         }
         other => panic!("unknown mode {other}"),
@@ -273,9 +281,16 @@ fn next_client_after_death_during_answer(prefix: &Prefix, mode: &str) -> Duratio
         .unwrap();
     let mut first = None;
     let r = client
-        .stream("x", "", &RequestOptions::default().max_tokens(1), |_| {
-            first.get_or_insert_with(|| start.elapsed());
-        })
+        .stream(
+            Prompts {
+                system: "",
+                user: "x",
+            },
+            &RequestOptions::default().max_tokens(1),
+            |_| {
+                first.get_or_insert_with(|| start.elapsed());
+            },
+        )
         .unwrap();
     assert!(!r.text.is_empty());
     client.detach();

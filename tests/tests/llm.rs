@@ -2,18 +2,19 @@
 //! the shared-memory worker and in `--test` mode. Real model, no mocks: these tests need the
 //! model file and a worker built with the `llama` feature.
 
+use llama_shm::Prompts;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, RequestError, RequestOptions, SpawnError};
-use llama_shm::os::process::ExitInfo;
+use llama_shm::internals::client::{Client, RequestError, RequestOptions, SpawnError};
+use llama_shm::internals::os::process::ExitInfo;
 use llama_shm_tests::{own_entries, worker_path};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const PARIS_Q: &str = "What is the capital of France? Answer in one sentence.";
 
-fn builder() -> llama_shm::client::ClientBuilder {
+fn builder() -> llama_shm::internals::client::ClientBuilder {
     Client::builder()
         .worker(worker_path())
         .startup_timeout(Duration::from_secs(60))
@@ -313,10 +314,17 @@ fn streamed_answer_arrives_in_pieces_that_join_to_the_text() {
     let started = Instant::now();
     let mut first = None;
     let r = c
-        .stream(PARIS_Q, SYSTEM, &RequestOptions::default(), |chunk| {
-            first.get_or_insert_with(|| started.elapsed());
-            chunks.push(chunk.to_owned());
-        })
+        .stream(
+            Prompts {
+                system: SYSTEM,
+                user: PARIS_Q,
+            },
+            &RequestOptions::default(),
+            |chunk| {
+                first.get_or_insert_with(|| started.elapsed());
+                chunks.push(chunk.to_owned());
+            },
+        )
         .unwrap();
     let total = started.elapsed();
     assert_eq!(chunks.concat(), r.text);
@@ -380,8 +388,10 @@ fn cancel_and_deadline_stop_generation_within_a_token() {
     let mut after_cancel = 0;
     let r = c
         .stream(
-            "Tell me a very long story.",
-            SYSTEM,
+            Prompts {
+                system: SYSTEM,
+                user: "Tell me a very long story.",
+            },
             &RequestOptions::default(),
             |_| {
                 if cancelled_at.is_none() {
@@ -394,7 +404,7 @@ fn cancel_and_deadline_stop_generation_within_a_token() {
         )
         .unwrap();
     let latency = cancelled_at.unwrap().elapsed();
-    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Cancelled);
+    assert_eq!(r.finish, llama_shm::internals::wire::status::Finish::Cancelled);
     assert!(
         r.usage.generated_tokens < 10,
         "{} tokens",
@@ -407,24 +417,32 @@ fn cancel_and_deadline_stop_generation_within_a_token() {
     );
     let r = c
         .request(
-            "Tell me a very long story.",
-            SYSTEM,
+            Prompts {
+                system: SYSTEM,
+                user: "Tell me a very long story.",
+            },
             &RequestOptions::default().deadline(Duration::from_millis(300)),
         )
         .unwrap();
     // On a loaded machine the deadline may pass while the prompt is evaluated: then nothing
     // was generated, which is still a deadline finish.
-    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Deadline);
+    assert_eq!(r.finish, llama_shm::internals::wire::status::Finish::Deadline);
     assert!(
         r.usage.generated_tokens < 2000,
         "{} tokens",
         r.usage.generated_tokens
     );
     let r = c
-        .request(PARIS_Q, SYSTEM, &RequestOptions::default().max_tokens(5))
+        .request(
+            Prompts {
+                system: SYSTEM,
+                user: PARIS_Q,
+            },
+            &RequestOptions::default().max_tokens(5),
+        )
         .unwrap();
     assert_eq!(r.usage.generated_tokens, 5);
-    assert_eq!(r.finish, llama_shm::wire::status::WireFinish::Length);
+    assert_eq!(r.finish, llama_shm::internals::wire::status::Finish::Length);
     c.shutdown().unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use llama_shm::client::Client;
+use llama_shm::internals::client::Client;
 use llama_shm_tests::{shm_entries, spawn_helper, standalone_echo, terminate, unique_prefix};
 
 #[test]
@@ -98,7 +98,7 @@ fn an_attached_shutdown_without_a_turn_is_a_typed_error() {
         .unwrap();
     let r = late.shutdown();
     assert!(
-        matches!(r, Err(llama_shm::client::ShutdownError::NoTurn { .. })),
+        matches!(r, Err(llama_shm::internals::client::ShutdownError::NoTurn { .. })),
         "{r:?}"
     );
     assert!(llama_shm_tests::alive(worker.id()));

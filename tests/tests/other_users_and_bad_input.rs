@@ -6,9 +6,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use llama_shm::client::{Client, SpawnError};
-use llama_shm::objects::ObjectsError;
-use llama_shm::os::shm::ShmError;
+use llama_shm::internals::client::{Client, SpawnError};
+use llama_shm::internals::objects::ObjectsError;
+use llama_shm::internals::os::shm::ShmError;
 use llama_shm_tests::seed::{SeedPeer, SHUTDOWN_OFF};
 use llama_shm_tests::{
     eventually, own_entries, shm_entries, standalone_echo, terminate, unique_prefix, worker_path, ChildGuard,
@@ -174,7 +174,7 @@ fn a_mode_other_users_can_write_is_refused_unless_accepted() {
         .worker(worker_path())
         .arg("--engine")
         .arg("echo")
-        .object_mode(0o660)
+        .permissions(0o660)
         .spawn();
     assert!(
         matches!(
@@ -185,7 +185,7 @@ fn a_mode_other_users_can_write_is_refused_unless_accepted() {
         ),
         "{spawned:?}"
     );
-    let attached = Client::builder().trust_mode(0o666).attach(&prefix);
+    let attached = Client::builder().accept_permissions(0o666).attach(&prefix);
     assert!(
         matches!(attached, Err(ObjectsError::WritableByOthers { mode: 0o666 })),
         "{attached:?}"
@@ -194,7 +194,7 @@ fn a_mode_other_users_can_write_is_refused_unless_accepted() {
     let mut c = Client::builder()
         .worker(worker_path())
         .args(["--engine", "echo"])
-        .object_mode(0o666)
+        .permissions(0o666)
         .others_may_crash_this_client(true)
         .spawn()
         .unwrap();
@@ -235,7 +235,7 @@ fn what_another_user_can_do_in_each_mode() {
         std::thread::sleep(Duration::from_millis(300));
         let mut child = worker.take();
         let status = child.try_wait().unwrap();
-        let _ = llama_shm::objects::unlink_prefix(&prefix);
+        let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         if crashes {
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(
@@ -287,8 +287,8 @@ fn a_squatter_toggling_its_size_cannot_fault_ls_or_reclaim() {
     let start = std::time::Instant::now();
     let (mut checks, mut listings) = (0u32, 0u32);
     while start.elapsed() < Duration::from_millis(2500) {
-        let _ = llama_shm::objects::presence(&prefix);
-        let _ = llama_shm::objects::page_pids(&prefix);
+        let _ = llama_shm::internals::objects::presence(&prefix);
+        let _ = llama_shm::internals::objects::page_pids(&prefix);
         checks += 1;
         if checks % 200 == 0 {
             let out = Command::new(llama_shm_tests::cli_path())

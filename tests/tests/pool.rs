@@ -1,10 +1,11 @@
 //! The worker pool: requests from many threads go to idle workers, every answer reaches the
 //! thread that asked, and a worker that dies is replaced.
 
+use llama_shm::Prompts;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llama_shm::client::{Client, RequestError, RequestOptions};
+use llama_shm::internals::client::{Client, RequestError, RequestOptions};
 use llama_shm::Pool;
 use llama_shm_tests::{own_entries, worker_path};
 
@@ -30,7 +31,15 @@ fn many_threads_share_a_pool_and_get_their_own_answers() {
             s.spawn(move || {
                 for i in 0..250 {
                     let user = format!("thread {t} request {i}");
-                    let r = pool.request(&user, "sys", &RequestOptions::default()).unwrap();
+                    let r = pool
+                        .request(
+                            Prompts {
+                                system: "sys",
+                                user: &user,
+                            },
+                            &RequestOptions::default(),
+                        )
+                        .unwrap();
                     assert_eq!(r.text, format!("sys\n{user}"));
                 }
             });
@@ -53,7 +62,13 @@ fn a_killed_worker_is_replaced_and_only_its_request_fails() {
             s.spawn(move || {
                 for i in 0..30 {
                     let user = format!("{t}/{i}");
-                    match pool.request(&user, "", &RequestOptions::default()) {
+                    match pool.request(
+                        Prompts {
+                            system: "",
+                            user: &user,
+                        },
+                        &RequestOptions::default(),
+                    ) {
                         Ok(r) => {
                             assert_eq!(r.text, format!("\n{user}"));
                             done.fetch_add(1, Ordering::SeqCst);

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use llama_shm::client::{Client, ClientBuilder, Mode, PromptField, RequestError};
-use llama_shm::wire::layout::ObjectKind;
-use llama_shm::wire::text::{EncodeError, Policy};
+use llama_shm::internals::client::{Client, ClientBuilder, PromptField, Protocol, RequestError};
+use llama_shm::internals::wire::layout::ObjectKind;
+use llama_shm::internals::wire::text::{EncodeError, Policy};
 use llama_shm_tests::{own_entries, worker_path};
 
 fn echo() -> ClientBuilder {
@@ -114,7 +114,10 @@ fn response_at_the_32k_limit_is_cut_on_a_char_boundary_and_flagged() {
     // A seed-mode client gets the seed's C string: cut on a char boundary.
     let prefix = llama_shm_tests::unique_prefix("cut32k");
     let worker = llama_shm_tests::standalone_echo(&prefix, &["--echo-repeat", "10"]);
-    let mut c = Client::builder().mode(Mode::Seed).attach(&prefix).unwrap();
+    let mut c = Client::builder()
+        .protocol(Protocol::Seed)
+        .attach(&prefix)
+        .unwrap();
     let r = c.send_request(&user, &system).unwrap();
     assert!(
         r.text.len() <= 32767 && r.text.len() > 32767 - 4,
@@ -159,7 +162,7 @@ fn drop_shuts_the_worker_down_and_leaves_nothing() {
 
 #[test]
 fn worker_binary_errors_are_typed() {
-    use llama_shm::client::SpawnError;
+    use llama_shm::internals::client::SpawnError;
     match Client::builder().worker("/nonexistent/llama-shm-worker").spawn() {
         Err(SpawnError::WorkerNotFound { path }) => {
             assert_eq!(path.to_str(), Some("/nonexistent/llama-shm-worker"))
@@ -180,7 +183,7 @@ fn worker_binary_errors_are_typed() {
         .spawn()
     {
         Err(SpawnError::WorkerExited { exit, stderr, .. }) => {
-            assert_eq!(exit, llama_shm::os::process::ExitInfo::Exited(2));
+            assert_eq!(exit, llama_shm::internals::os::process::ExitInfo::Exited(2));
             assert!(stderr.iter().any(|l| l.contains("--no-such-flag")), "{stderr:?}");
         }
         other => panic!("expected WorkerExited, got {other:?}"),

@@ -6,9 +6,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use llama_shm::client::{Client, Mode};
-use llama_shm::wire::layout::ObjectKind;
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::client::{Client, Protocol};
+use llama_shm::internals::wire::layout::ObjectKind;
+use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::seed::{SeedPeer, SHUTDOWN_OFF};
 use llama_shm_tests::{eventually, shm_entries, worker_path};
 
@@ -84,7 +84,10 @@ fn our_client_talks_to_a_seed_style_worker_in_seed_mode() {
     // cannot be observed, and the shutdown says so (typed) rather than claim success.
     let r = c.shutdown();
     assert!(
-        matches!(r, Err(llama_shm::client::ShutdownError::NotConfirmed { .. })),
+        matches!(
+            r,
+            Err(llama_shm::internals::client::ShutdownError::NotConfirmed { .. })
+        ),
         "{r:?}"
     );
     let (served, shutdown_byte) = server.join().unwrap();
@@ -101,7 +104,7 @@ fn our_client_in_seed_mode_talks_to_our_standalone_worker() {
         .unwrap();
     assert!(eventually(T, || shm_entries(&prefix).len() == 4));
     let mut c = Client::builder()
-        .mode(Mode::Seed)
+        .protocol(Protocol::Seed)
         .request_timeout(T)
         .attach(&prefix)
         .unwrap();
@@ -197,7 +200,7 @@ fn a_seed_client_exiting_is_not_taken_for_the_seed_workers_death() {
     );
     let mut c = Client::builder()
         .request_timeout(T)
-        .mode(Mode::Seed)
+        .protocol(Protocol::Seed)
         .attach(&prefix)
         .unwrap();
     assert_eq!(c.worker_pid(), None, "a seed-era worker's pid cannot be known");

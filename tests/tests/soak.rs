@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use llama_shm::client::Client;
+use llama_shm::internals::client::Client;
 use llama_shm_tests::{own_entries, worker_path};
 
 fn fds(pid: u32) -> usize {

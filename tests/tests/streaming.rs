@@ -1,10 +1,11 @@
 //! Streaming, cancellation, deadlines and token budgets against the real worker binary (echo
 //! engine, paced with `--echo-piece-us` so it behaves like a model emitting tokens).
 
+use llama_shm::Prompts;
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, ClientBuilder, RequestError, RequestOptions};
-use llama_shm::wire::status::WireFinish;
+use llama_shm::internals::client::{Client, ClientBuilder, RequestError, RequestOptions};
+use llama_shm::internals::wire::status::Finish;
 use llama_shm_tests::{own_entries, worker_path};
 
 fn echo(extra: &[&str]) -> ClientBuilder {
@@ -30,7 +31,7 @@ fn chunks_arrive_while_generating_and_join_to_the_answer() {
     let started = Instant::now();
     let mut chunks: Vec<(Duration, String)> = Vec::new();
     let r = c
-        .stream(user, system, &RequestOptions::default(), |chunk| {
+        .stream(Prompts { system, user }, &RequestOptions::default(), |chunk| {
             chunks.push((started.elapsed(), chunk.to_owned()))
         })
         .unwrap();
@@ -38,7 +39,7 @@ fn chunks_arrive_while_generating_and_join_to_the_answer() {
     let joined: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(joined, echoed(system, user));
     assert_eq!(r.text, joined);
-    assert_eq!(r.finish, WireFinish::Stop);
+    assert_eq!(r.finish, Finish::Stop);
     assert!(chunks.len() >= 5, "only {} chunks", chunks.len());
     // The first piece came long before the answer was complete.
     let first = chunks[0].0;
@@ -68,13 +69,20 @@ fn answers_beyond_32k_arrive_whole_streamed_or_not_even_with_a_slow_reader() {
     let mut first = true;
     let mut pieces = 0;
     let r = c
-        .stream(&user, &system, &RequestOptions::default(), |_| {
-            pieces += 1;
-            if first {
-                first = false;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
+        .stream(
+            Prompts {
+                system: &system,
+                user: &user,
+            },
+            &RequestOptions::default(),
+            |_| {
+                pieces += 1;
+                if first {
+                    first = false;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            },
+        )
         .unwrap();
     assert!(r.text == full, "stream: answer differs");
     assert!(pieces >= 2, "{pieces} pieces for {} bytes", full.len());
@@ -97,15 +105,22 @@ fn cancel_from_another_thread_stops_within_a_piece_and_the_worker_is_ready_again
     let mut tx = Some(tx);
     let started = Instant::now();
     let r = c
-        .stream(&user, "", &RequestOptions::default(), |_| {
-            if let Some(tx) = tx.take() {
-                tx.send(()).unwrap();
-            }
-        })
+        .stream(
+            Prompts {
+                system: "",
+                user: &user,
+            },
+            &RequestOptions::default(),
+            |_| {
+                if let Some(tx) = tx.take() {
+                    tx.send(()).unwrap();
+                }
+            },
+        )
         .unwrap();
     let ended = Instant::now();
     let cancelled_at = t.join().unwrap();
-    assert_eq!(r.finish, WireFinish::Cancelled);
+    assert_eq!(r.finish, Finish::Cancelled);
     let full = echoed("", &user);
     assert!(
         full.starts_with(&r.text) && r.text.len() < full.len() / 2,
@@ -122,7 +137,7 @@ fn cancel_from_another_thread_stops_within_a_piece_and_the_worker_is_ready_again
     let t = Instant::now();
     let r = c.send_request("ok", "s").unwrap();
     assert_eq!(r.text, "s\nok");
-    assert_eq!(r.finish, WireFinish::Stop);
+    assert_eq!(r.finish, Finish::Stop);
     assert!(t.elapsed() < Duration::from_secs(1));
     c.shutdown().unwrap();
 }
@@ -134,20 +149,22 @@ fn a_deadline_ends_generation_with_the_partial_answer() {
     let started = Instant::now();
     let r = c
         .request(
-            &user,
-            "",
+            Prompts {
+                system: "",
+                user: &user,
+            },
             &RequestOptions::default().deadline(Duration::from_millis(60)),
         )
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(r.finish, WireFinish::Deadline);
+    assert_eq!(r.finish, Finish::Deadline);
     assert!(echoed("", &user).starts_with(&r.text));
     assert!(
         took < Duration::from_millis(1500),
         "deadline of 60 ms took {took:?}"
     );
     let r = c.send_request("next", "s").unwrap();
-    assert_eq!((r.text.as_str(), r.finish), ("s\nnext", WireFinish::Stop));
+    assert_eq!((r.text.as_str(), r.finish), ("s\nnext", Finish::Stop));
     c.shutdown().unwrap();
 }
 
@@ -156,12 +173,14 @@ fn a_token_budget_ends_with_length() {
     let mut c = echo(&["--echo-piece-us", "1"]).spawn().unwrap();
     let r = c
         .request(
-            "abcdefghijklmnopqrstuvwxyz",
-            "",
+            Prompts {
+                system: "",
+                user: "abcdefghijklmnopqrstuvwxyz",
+            },
             &RequestOptions::default().max_tokens(3),
         )
         .unwrap();
-    assert_eq!(r.finish, WireFinish::Length);
+    assert_eq!(r.finish, Finish::Length);
     assert_eq!(r.usage.generated_tokens, 3);
     // Pieces are ≤ 4 bytes: "\n" is the first piece on its own, then "abcd", "efgh".
     assert_eq!(r.text, "\nabcdefgh");
@@ -187,7 +206,7 @@ fn cancelling_a_seed_mode_request_is_refused() {
     let prefix = llama_shm_tests::unique_prefix("cseed");
     let worker = llama_shm_tests::standalone_echo(&prefix, &[]);
     let c = Client::builder()
-        .mode(llama_shm::client::Mode::Seed)
+        .protocol(llama_shm::internals::client::Protocol::Seed)
         .attach(&prefix)
         .unwrap();
     assert!(!c.supports_streaming());

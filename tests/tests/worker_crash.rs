@@ -5,8 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, Phase, RequestError};
-use llama_shm::os::process::ExitInfo;
+use llama_shm::internals::client::{Client, Phase, RequestError};
+use llama_shm::internals::os::process::ExitInfo;
 use llama_shm_tests::{alive, entries_of, eventually, own_entries, p50_max, spawn_helper, worker_path};
 
 fn slow_echo(delay_ms: u64) -> Client {
@@ -202,7 +202,7 @@ fn a_stop_signal_in_any_window_of_start_up_is_a_graceful_exit() {
             signal(w.id(), sig);
             let status = w.wait().unwrap();
             let left = llama_shm_tests::shm_entries(&prefix);
-            let _ = llama_shm::objects::unlink_prefix(&prefix);
+            let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
             assert_eq!(
                 status.code(),
                 Some(0),
@@ -235,7 +235,7 @@ fn sigterm_at_random_moments_leaves_nothing() {
         let left = llama_shm_tests::shm_entries(&prefix);
         if !left.is_empty() {
             residue += 1;
-            let _ = llama_shm::objects::unlink_prefix(&prefix);
+            let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         }
         match status.code() {
             Some(0) => graceful += 1,
@@ -252,7 +252,7 @@ fn sigterm_at_random_moments_leaves_nothing() {
 
 /// A standalone echo worker on `prefix` (plus `extra`), stderr discarded, not waited for:
 /// for tests that signal it at chosen moments of its start-up.
-fn echo_worker(prefix: &llama_shm::wire::names::Prefix, extra: &[&str]) -> std::process::Child {
+fn echo_worker(prefix: &llama_shm::internals::wire::names::Prefix, extra: &[&str]) -> std::process::Child {
     Command::new(worker_path())
         .args(["--engine", "echo", "--prefix", prefix.as_str()])
         .args(extra)
@@ -349,7 +349,7 @@ fn sigkill_of_a_standalone_worker_leaves_nothing_within_1s() {
         });
         let took = t.elapsed();
         let left = llama_shm_tests::shm_entries(&prefix);
-        let _ = llama_shm::objects::unlink_prefix(&prefix);
+        let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         eprintln!("SIGKILL of a standalone worker (busy: {busy}): names gone after {took:?}");
         assert!(
             clean,
@@ -375,7 +375,7 @@ fn a_successor_right_after_a_sigkill_keeps_its_names() {
         child.wait().unwrap();
         let second = llama_shm_tests::standalone_echo(&prefix, &[]);
         let old_guardian_gone = eventually(Duration::from_secs(1), || {
-            llama_shm::objects::page_pids(&prefix).is_some_and(|(c, _)| c == second.id())
+            llama_shm::internals::objects::page_pids(&prefix).is_some_and(|(c, _)| c == second.id())
         });
         assert!(old_guardian_gone);
         std::thread::sleep(Duration::from_millis(50));
@@ -412,7 +412,7 @@ fn sigkill_at_random_moments_leaves_nothing() {
             worst = worst.max(t.elapsed());
         } else {
             residue += 1;
-            let _ = llama_shm::objects::unlink_prefix(&prefix);
+            let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
         }
     }
     eprintln!(

@@ -31,7 +31,7 @@
  *
  * Abstractions (argued in README.md):
  *  - Time is not modelled. A deadline is a branch that is always available in a wait's `if`;
- *    a wait that loops over slices (protocol.rs wait_for, Channel::worker_wait) is one
+ *    a wait that loops over slices (protocol/ wait_for, Channel::worker_wait) is one
  *    blocking `if` whose guards are the things a slice boundary re-checks (`alive()`,
  *    `stop()`), which is equivalent up to stuttering.
  *  - Field contents are not modelled, only the words the protocol branches on:
@@ -61,7 +61,7 @@
 #define DEADLINE true
 #endif
 
-/* Results of protocol.rs wait_for / Channel::client_acquire / Channel::client_await. */
+/* Results of protocol/ wait_for / Channel::client_acquire / Channel::client_await. */
 #define OK        0
 #define GONE      1   /* WaitError::PeerGone */
 #define TIMEDOUT  2   /* WaitError::TimedOut */
@@ -73,7 +73,7 @@
 #define R_ERRORED  3   /* send_request returns Timeout / WorkerDied / Closed */
 byte req = R_NONE;
 
-/* The three named semaphores, counting, initial 0 (objects.rs PosixChannel, os/sem.rs). */
+/* The three named semaphores, counting, initial 0 (objects/ PosixChannel, os/sem.rs). */
 byte ready = 0;
 byte prompts_written = 0;
 byte response_written = 0;
@@ -91,9 +91,9 @@ bool sigterm = 0; /* SIGINT/SIGTERM was sent to the worker (project variant) */
 bool cgone = 0;   /* the client process has ended: the control socket has hung up */
 
 #ifndef SEED
-bool dead = 0;    /* client.rs Client::dead, set by the pidfd watcher */
+bool dead = 0;    /* client/ Client::dead, set by the pidfd watcher */
 bool stop = 0;    /* llama-shm-worker main.rs StopState::stop */
-bool cancel = 0;  /* engine.rs Cancel, set with stop */
+bool cancel = 0;  /* worker/engine.rs Cancel, set with stop */
 #define W_IDLE    0
 #define W_FIRED   1
 #define W_STOPPED 2
@@ -110,7 +110,7 @@ bool c_reading = 0;   /* client reads them (read_extended_response / the seed's 
 /* Client-side waits (project variant)                                                      */
 /* ---------------------------------------------------------------------------------------- */
 #ifndef SEED
-/* protocol.rs wait_for: ends on a post, on `!alive()` at a slice boundary (alive_fn reads
+/* protocol/ wait_for: ends on a post, on `!alive()` at a slice boundary (alive_fn reads
    Client::dead), or at the deadline. */
 inline wait_for(sem, r)
 {
@@ -123,7 +123,7 @@ inline wait_for(sem, r)
 	fi
 }
 
-/* protocol.rs Channel::client_acquire */
+/* protocol/ Channel::client_acquire */
 inline client_acquire(r)
 {
 	wait_for(ready, r);                      /* wait_for(&self.ready, ..)? */
@@ -154,7 +154,7 @@ inline client_acquire(r)
 #endif
 }
 
-/* protocol.rs Channel::client_await (extended mode) */
+/* protocol/ Channel::client_await (extended mode) */
 inline client_await(s, r)
 {
 	do
@@ -192,7 +192,7 @@ bool stale_skipped = 0;   /* ghost: the stale-post branch of client_await was ta
 #endif
 
 /* ---------------------------------------------------------------------------------------- */
-/* Worker: llama-shm worker.rs serve (project) / the seed's chatbot loop (seed)             */
+/* Worker: llama-shm worker/serve.rs serve (project) / the seed's chatbot loop (seed)             */
 /* ---------------------------------------------------------------------------------------- */
 active proctype Worker()
 {
@@ -202,14 +202,14 @@ active proctype Worker()
 	do
 	::
 #ifndef SEED
-		/* worker.rs serve: loop { .. } */
-		request_seq = 0;                     /* protocol.rs Channel::worker_ready: store64(RequestSeq, 0) */
+		/* worker/serve.rs serve: loop { .. } */
+		request_seq = 0;                     /* protocol/ Channel::worker_ready: store64(RequestSeq, 0) */
 #endif
 		ready++;                             /* worker_ready: ready.post() */
 #ifdef SEED
 		atomic { prompts_written > 0 -> prompts_written-- };   /* seed: sem_wait(prompts_written) */
 #else
-		/* protocol.rs Channel::worker_wait: loop { if stop() {false};
+		/* protocol/ Channel::worker_wait: loop { if stop() {false};
 		   if prompts_written.wait_until(now + idle_slice) { !stop() } } */
 		if
 		:: stop -> break                     /* Ok(false): serve returns ServeEnd::Stopped */
@@ -220,7 +220,7 @@ active proctype Worker()
 			fi
 		fi;
 #endif
-		/* protocol.rs Channel::worker_take (seed: the shutdown byte, then the prompts) */
+		/* protocol/ Channel::worker_take (seed: the shutdown byte, then the prompts) */
 		w_taking = true;
 		sd = shutdown_flag;                  /* region.read(Field::Shutdown) */
 #ifndef SEED
@@ -235,8 +235,8 @@ active proctype Worker()
 		:: else -> skip
 		fi;
 		w_taking = false;                    /* prompts copied out (take(SystemPrompt/UserPrompt)) */
-		skip;                                /* worker.rs serve: engine.generate(.., cancel) */
-		/* protocol.rs Channel::worker_respond */
+		skip;                                /* worker/serve.rs serve: engine.generate(.., cancel) */
+		/* protocol/ Channel::worker_respond */
 		w_writing = true;                    /* write_text(Response), error, status, lengths, */
 		w_writing = false;                   /*   flags, usage, finish (store32/store64)      */
 #ifndef SEED
@@ -249,7 +249,7 @@ active proctype Worker()
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Client: client.rs ClientBuilder::spawn, Client::send_request x NREQ, shutdown_inner      */
+/* Client: client/ ClientBuilder::spawn, Client::send_request x NREQ, shutdown_inner      */
 /* ---------------------------------------------------------------------------------------- */
 active proctype Client()
 {
@@ -281,7 +281,7 @@ active proctype Client()
 		req = R_ANSWERED
 	:: else -> break
 	od;
-	/* The seed's shutdown (the order client.rs shutdown_inner copies): set the flag, post,
+	/* The seed's shutdown (the order client/ shutdown_inner copies): set the flag, post,
 	   wait for the worker's exit. */
 	shutdown_flag = 1;
 	prompts_written++;
@@ -289,7 +289,7 @@ active proctype Client()
 #else
 	/* ClientBuilder::spawn: objects, worker started, token sent, "attached", names
 	   unlinked, start_watcher (PidfdWatcher runs from the start), then: */
-	client_acquire(r);                       /* client.rs ClientBuilder::spawn: client_acquire(start-up deadline) */
+	client_acquire(r);                       /* client/ ClientBuilder::spawn: client_acquire(start-up deadline) */
 	if
 	:: r == OK -> holding = true             /* Ok(client), client.holding_turn = true */
 	:: r == GONE -> goto spawn_failed        /* SpawnError::WorkerExited (fail(): reaped) */
@@ -302,14 +302,14 @@ active proctype Client()
 	do
 	:: i < NREQ ->
 		i++;
-		req = R_OPEN;                        /* client.rs Client::send_request */
+		req = R_OPEN;                        /* client/ Client::send_request */
 		if
 		:: closed -> req = R_ERRORED; goto next_req    /* RequestError::Closed */
 		:: else -> skip
 		fi;
 		if
 		:: !holding ->
-			client_acquire(r);               /* protocol.rs Channel::client_acquire(Some(deadline)) */
+			client_acquire(r);               /* protocol/ Channel::client_acquire(Some(deadline)) */
 			if
 			:: r == GONE -> closed = true; req = R_ERRORED; goto next_req   /* died(WaitingReady) */
 			:: r == TIMEDOUT -> req = R_ERRORED; goto next_req              /* Timeout{WaitingReady} */
@@ -320,13 +320,13 @@ active proctype Client()
 		holding = false;                     /* self.holding_turn = false */
 		seq = next_seq;                      /* let seq = self.next_seq */
 		next_seq++;
-		/* protocol.rs Channel::client_write */
+		/* protocol/ Channel::client_write */
 		c_writing = true;                    /* auth_token, client_pid */
 		request_seq = seq;                   /* store64(RequestSeq, seq) */
 		shutdown_flag = 0;                   /* prompts, then shutdown := 0 */
 		c_writing = false;
 		prompts_written++;                   /* prompts_written.post() */
-		client_await(seq, r);                /* protocol.rs Channel::client_await(seq, Some(deadline)) */
+		client_await(seq, r);                /* protocol/ Channel::client_await(seq, Some(deadline)) */
 		if
 		:: r == OK -> req = R_ANSWERED                       /* Ok(Response) or the status' error */
 		:: r == GONE -> closed = true; req = R_ERRORED       /* died(WaitingResponse) */
@@ -337,7 +337,7 @@ next_req:
 	:: else -> break
 	od;
 
-	/* client.rs Client::shutdown_inner */
+	/* client/ Client::shutdown_inner */
 	was_dead = dead;                         /* self.dead.load() */
 	closed = true;
 	if
@@ -353,7 +353,7 @@ next_req:
 		:: turn ->
 			seq = next_seq;
 			next_seq++;
-			/* protocol.rs Channel::client_request_shutdown */
+			/* protocol/ Channel::client_request_shutdown */
 			c_writing = true;
 			request_seq = seq;               /* store64(RequestSeq, seq) */
 			shutdown_flag = 1;               /* write(Shutdown, [1]) */
@@ -380,7 +380,7 @@ client_exit:
 }
 
 #ifndef SEED
-/* client.rs start_watcher: a thread polling the worker's pidfd; fires once. Part of the
+/* client/ start_watcher: a thread polling the worker's pidfd; fires once. Part of the
    client process: dies with it. */
 active proctype PidfdWatcher()
 {

@@ -4,9 +4,9 @@
  * file models what crates/llama-shm does for an extended client (the protocol code of commit
  * c9bb174, unchanged up to 3ddc9b1):
  *
- *   worker.rs serve + WireSink (check / append / push), protocol.rs worker_stream_begin,
+ *   worker/serve.rs serve + WireSink (check / append / push), protocol/ worker_stream_begin,
  *   worker_stream_room, worker_stream_write, worker_stream_publish, worker_finish,
- *   worker_cancel_requested; client.rs exchange (client_acquire, client_write,
+ *   worker_cancel_requested; client/ exchange (client_acquire, client_write,
  *   client_receive, consume, client_cancel), Canceller::cancel, shutdown_inner.
  *
  * One client, one spawned worker. The client sends NREQ requests (default 2, seq 1 and 2),
@@ -138,7 +138,7 @@ bool stop = 0;    /* llama-shm-worker StopState::stop (also sets the engine's Ca
 #define W_STOPPED 2
 byte wst = W_IDLE;
 
-byte in_flight = 0;       /* client.rs CancelSlot::in_flight */
+byte in_flight = 0;       /* client/ CancelSlot::in_flight */
 bool call_written = 0;    /* ghost: the call's request is written and its answer not read */
 
 /* Ghosts. */
@@ -166,7 +166,7 @@ inline wait_for(sem, r)
 	fi
 }
 
-/* protocol.rs Channel::client_acquire */
+/* protocol/ Channel::client_acquire */
 inline client_acquire(r)
 {
 	wait_for(ready, r);
@@ -188,7 +188,7 @@ inline client_acquire(r)
 	fi
 }
 
-/* protocol.rs Channel::consume: copy [rx, StreamWritten) out of the ring, then release it. */
+/* protocol/ Channel::consume: copy [rx, StreamWritten) out of the ring, then release it. */
 inline consume()
 {
 	atomic {
@@ -221,7 +221,7 @@ inline consume()
 	w = 0
 }
 
-/* protocol.rs Channel::client_receive(seq, ..) */
+/* protocol/ Channel::client_receive(seq, ..) */
 inline client_receive(r)
 {
 	do
@@ -268,7 +268,7 @@ inline stop_watcher()
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Worker: worker.rs serve, WireSink                                                        */
+/* Worker: worker/serve.rs serve, WireSink                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
 /* WireSink::check: stop, then the cancel word (then the deadline, not modelled), read in one
@@ -287,7 +287,7 @@ inline check()
 	fi
 }
 
-/* protocol.rs Channel::worker_stream_publish */
+/* protocol/ Channel::worker_stream_publish */
 inline publish()
 {
 	if
@@ -444,11 +444,11 @@ active proctype Client()
 		seq = next_seq;
 		next_seq++;
 #ifndef MUTANT_CANCEL_WINDOW
-		/* client.rs exchange: the request is in flight for cancel() (under the CancelSlot
+		/* client/ exchange: the request is in flight for cancel() (under the CancelSlot
 		   lock) *before* it is written, so a cancel() during the call is never lost. */
 		in_flight = seq;
 #endif
-		/* protocol.rs Channel::client_write: StreamRead := 0, RequestFlags (request 1
+		/* protocol/ Channel::client_write: StreamRead := 0, RequestFlags (request 1
 		   streams, request 2 does not: both publication patterns), RequestSeq, prompts,
 		   shutdown := 0, then prompts_written.post(). */
 		atomic {
@@ -476,7 +476,7 @@ next_req:
 	:: else -> break
 	od;
 
-	/* client.rs Client::shutdown_inner */
+	/* client/ Client::shutdown_inner */
 	atomic { was_dead = dead; closed = true };
 	if
 	:: !was_dead ->
@@ -515,7 +515,7 @@ client_exit:
 }
 
 #ifndef NOCANCELLER
-/* client.rs Canceller::cancel, from another thread of the client process, once, at any
+/* client/ Canceller::cancel, from another thread of the client process, once, at any
    moment (or never): load in_flight, and if a request is in flight, client_cancel(seq). */
 active proctype Canceller()
 {
@@ -540,7 +540,7 @@ end_cancel:
 }
 #endif
 
-/* client.rs start_watcher: fires once when the worker's pidfd becomes readable. */
+/* client/ start_watcher: fires once when the worker's pidfd becomes readable. */
 active proctype PidfdWatcher()
 {
 end_watch:

@@ -1,5 +1,5 @@
 //! loom implementations of the protocol's primitives, so the models in `tests/` run the
-//! protocol functions that ship (`llama_shm::protocol`, `llama_shm::worker::serve`) on
+//! protocol functions that ship (`llama_shm::internals::protocol`, `llama_shm::internals::worker::serve`) on
 //! primitives loom can explore exhaustively:
 //!
 //! - `LoomSemaphore`: a counting semaphore (loom `Mutex` + `Condvar`). Waits block until a
@@ -13,15 +13,14 @@
 #![cfg(loom)]
 #![warn(missing_docs)]
 
+use llama_shm::Prompts;
 use std::io;
 use std::time::{Duration, Instant};
 
-use llama_shm::protocol::{Channel, Region, Semaphore};
-use llama_shm::wire::layout::{Field, ObjectKind, Word32, Word64};
-use llama_shm::worker::engine::{
-    Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
-};
-use llama_shm::worker::{serve, ServeEnd, ServeOptions};
+use llama_shm::internals::protocol::{Channel, Region, Semaphore};
+use llama_shm::internals::wire::layout::{Field, ObjectKind, Word32, Word64};
+use llama_shm::internals::worker::{serve, ServeEnd, ServeOptions};
+use llama_shm::{Cancel, Engine, EngineError, EngineRequest, Finish, Generation, ResponseSink};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use loom::sync::{Condvar, Mutex};
@@ -287,7 +286,7 @@ pub fn channel(kind: ObjectKind) -> LoomChannel {
     );
     // Spinning is a performance path over the same semaphores; loom explores the blocking
     // protocol (a spin that takes the semaphore is the same step as a wait that does).
-    ch.adaptive = llama_shm::protocol::AdaptiveWait::off();
+    ch.adaptive = llama_shm::internals::protocol::AdaptiveWait::off();
     ch
 }
 
@@ -321,14 +320,14 @@ impl Engine for Pieces {
         out: &mut dyn ResponseSink,
         cancel: &Cancel,
     ) -> Result<Generation, EngineError> {
-        let mut finish = FinishReason::Stop;
+        let mut finish = Finish::Stop;
         for p in self.0 {
             if cancel.is_cancelled() {
-                finish = FinishReason::Cancelled;
+                finish = Finish::Cancelled;
                 break;
             }
             if !out.push(p) {
-                finish = FinishReason::Length;
+                finish = Finish::Length;
                 break;
             }
         }
@@ -357,10 +356,15 @@ pub fn spawn_pieces_worker(
 /// Takes the turn and writes streamed request `seq` ("s" / "u") with the shipped client calls.
 pub fn write_stream_request(ch: &LoomChannel, seq: u64) {
     ch.client_acquire(None, SLICE, &|| true).unwrap();
-    let mut req =
-        llama_shm::protocol::PreparedRequest::encode("s", "u", llama_shm::wire::text::Policy::Truncate)
-            .unwrap();
+    let mut req = llama_shm::internals::protocol::PreparedRequest::encode(
+        Prompts {
+            system: "s",
+            user: "u",
+        },
+        llama_shm::internals::wire::text::Policy::Truncate,
+    )
+    .unwrap();
     req.seq = seq;
-    req.params.flags = llama_shm::wire::layout::REQUEST_STREAM;
+    req.params.flags = llama_shm::internals::wire::layout::REQUEST_STREAM;
     ch.client_write(&req).unwrap();
 }

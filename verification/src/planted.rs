@@ -2,9 +2,9 @@
 //! Each is the shipped sequence of protocol calls with exactly one step wrong, so a model
 //! that passes on the real sequence and fails on these shows it can tell them apart.
 
-use llama_shm::protocol::{Incoming, Outcome, Region, Semaphore, Usage};
-use llama_shm::wire::layout::Field;
-use llama_shm::wire::status::{StatusCode, WireFinish};
+use llama_shm::internals::protocol::{Incoming, Outcome, Region, Semaphore, Usage};
+use llama_shm::internals::wire::layout::Field;
+use llama_shm::internals::wire::status::{Finish, StatusCode};
 
 use crate::LoomChannel;
 
@@ -19,7 +19,7 @@ pub enum WorkerBug {
     ReadyTwice,
 }
 
-/// The worker loop of `llama_shm::worker::serve` (echo engine), with `bug` planted.
+/// The worker loop of `llama_shm::internals::worker::serve` (echo engine), with `bug` planted.
 /// Returns the number of requests answered before a shutdown.
 pub fn buggy_serve(ch: &LoomChannel, bug: WorkerBug) -> u64 {
     let mut system = String::new();
@@ -45,7 +45,7 @@ pub fn buggy_serve(ch: &LoomChannel, bug: WorkerBug) -> u64 {
             error: "",
             error_args: (0, 0),
             usage: Usage::default(),
-            finish: WireFinish::Stop,
+            finish: Finish::Stop,
         };
         if bug == WorkerBug::PostBeforeWrite {
             ch.response_written.post().unwrap();

@@ -3,9 +3,10 @@
 //! aborts the process on a deadlock, so `#[should_panic]` cannot express "caught").
 #![cfg(all(loom, feature = "planted-bugs"))]
 
-use llama_shm::protocol::{PreparedRequest, WaitError};
-use llama_shm::wire::layout::ObjectKind;
-use llama_shm::wire::text::Policy;
+use llama_shm::internals::protocol::{PreparedRequest, WaitError};
+use llama_shm::internals::wire::layout::ObjectKind;
+use llama_shm::internals::wire::text::Policy;
+use llama_shm::Prompts;
 use llama_shm_verification::planted::{buggy_serve, read_before_wait, shutdown_without_post, WorkerBug};
 use llama_shm_verification::{assert_idle, channel, LoomChannel, SLICE};
 use loom::sync::Arc;
@@ -17,7 +18,14 @@ fn always() -> bool {
 
 fn write_request(ch: &LoomChannel, seq: u64) {
     ch.client_acquire(None, SLICE, &always).unwrap();
-    let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+    let mut req = PreparedRequest::encode(
+        Prompts {
+            system: "s",
+            user: "u",
+        },
+        Policy::Truncate,
+    )
+    .unwrap();
     req.seq = seq;
     ch.client_write(&req).unwrap();
 }
@@ -126,8 +134,8 @@ fn unplanted_control_passes() {
 #[test]
 #[ignore = "planted bug: this model must FAIL; ci/loom.sh runs it and requires the failure"]
 fn planted_ring_released_before_copy_is_caught() {
-    use llama_shm::protocol::{Region, Semaphore};
-    use llama_shm::wire::layout::{Field, Word64};
+    use llama_shm::internals::protocol::{Region, Semaphore};
+    use llama_shm::internals::wire::layout::{Field, Word64};
     use llama_shm_verification::{spawn_pieces_worker, write_stream_request, LOOM_RING};
     loom::model(|| {
         let ch = Arc::new(channel(ObjectKind::Extended));

@@ -3,12 +3,13 @@
 //! (see ci/loom.sh and verification/README.md).
 #![cfg(loom)]
 
-use llama_shm::protocol::{PreparedRequest, RawResponse, WaitError};
-use llama_shm::wire::layout::ObjectKind;
-use llama_shm::wire::status::{StatusCode, WireFinish};
-use llama_shm::wire::text::Policy;
-use llama_shm::worker::engine::{Cancel, EchoEngine};
-use llama_shm::worker::{serve, ServeEnd, ServeOptions};
+use llama_shm::internals::protocol::{PreparedRequest, RawResponse, WaitError};
+use llama_shm::internals::wire::layout::ObjectKind;
+use llama_shm::internals::wire::status::{Finish, StatusCode};
+use llama_shm::internals::wire::text::Policy;
+use llama_shm::internals::worker::engine::{Cancel, EchoEngine};
+use llama_shm::internals::worker::{serve, ServeEnd, ServeOptions};
+use llama_shm::Prompts;
 use llama_shm_verification::{
     assert_idle, channel, spawn_pieces_worker, write_stream_request, LoomChannel, SLICE,
 };
@@ -23,7 +24,14 @@ fn always() -> bool {
 /// One request through the shipped client functions; returns the response.
 fn request(ch: &LoomChannel, seq: u64, user: &str) -> Result<RawResponse, WaitError> {
     ch.client_acquire(None, SLICE, &always)?;
-    let mut req = PreparedRequest::encode("s", user, Policy::Truncate).unwrap();
+    let mut req = PreparedRequest::encode(
+        Prompts {
+            system: "s",
+            user: user,
+        },
+        Policy::Truncate,
+    )
+    .unwrap();
     req.seq = seq;
     ch.client_write(&req).unwrap();
     ch.client_await(seq, None, SLICE, &always)
@@ -79,7 +87,14 @@ fn deadline_then_next_request_gets_its_own_answer() {
         let ch = Arc::new(channel(ObjectKind::Extended));
         let worker = spawn_worker(&ch);
         ch.client_acquire(None, SLICE, &always).unwrap();
-        let mut req = PreparedRequest::encode("s", "first", Policy::Truncate).unwrap();
+        let mut req = PreparedRequest::encode(
+            Prompts {
+                system: "s",
+                user: "first",
+            },
+            Policy::Truncate,
+        )
+        .unwrap();
         req.seq = 1;
         ch.client_write(&req).unwrap();
         ch.response_written.set_timeouts(true);
@@ -130,7 +145,7 @@ fn stop_signal_at_any_point_ends_every_wait() {
             thread::spawn(move || {
                 stop.store(true, Ordering::SeqCst);
                 cancel.cancel();
-                use llama_shm::protocol::Semaphore;
+                use llama_shm::internals::protocol::Semaphore;
                 ch.prompts_written.post().unwrap();
             })
         };
@@ -140,7 +155,7 @@ fn stop_signal_at_any_point_ends_every_wait() {
             thread::spawn(move || {
                 let end = worker.join().unwrap();
                 dead.store(true, Ordering::SeqCst);
-                use llama_shm::protocol::Semaphore;
+                use llama_shm::internals::protocol::Semaphore;
                 ch.ready.post().unwrap();
                 ch.response_written.post().unwrap();
                 end
@@ -149,7 +164,14 @@ fn stop_signal_at_any_point_ends_every_wait() {
         let alive = || !dead.load(Ordering::SeqCst);
         let outcome = (|| {
             ch.client_acquire(None, SLICE, &alive)?;
-            let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+            let mut req = PreparedRequest::encode(
+                Prompts {
+                    system: "s",
+                    user: "u",
+                },
+                Policy::Truncate,
+            )
+            .unwrap();
             req.seq = 1;
             ch.client_write(&req).unwrap();
             ch.client_await(1, None, SLICE, &alive)
@@ -256,7 +278,7 @@ fn streamed_answer_through_a_small_ring_arrives_whole() {
             .unwrap();
         assert_eq!(String::from_utf8(text).unwrap(), "abcdef");
         assert!(r.intact);
-        assert_eq!((r.status, r.finish), (StatusCode::Ok, WireFinish::Stop));
+        assert_eq!((r.status, r.finish), (StatusCode::Ok, Finish::Stop));
         shutdown(&ch, 2);
         assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 1));
         assert_idle(&ch);
@@ -278,13 +300,13 @@ fn cancel_at_any_point_ends_the_request_and_the_next_one_is_whole() {
         let first = request(&ch, 1, "u").unwrap();
         assert_eq!(first.status, StatusCode::Ok);
         match first.finish {
-            WireFinish::Stop => assert_eq!(first.text, "abcd"),
-            WireFinish::Cancelled => assert!("abcd".starts_with(&first.text) && first.text.len() < 4),
+            Finish::Stop => assert_eq!(first.text, "abcd"),
+            Finish::Cancelled => assert!("abcd".starts_with(&first.text) && first.text.len() < 4),
             other => panic!("finish {other:?}"),
         }
         canceller.join().unwrap();
         let second = request(&ch, 2, "v").unwrap();
-        assert_eq!((second.text.as_str(), second.finish), ("abcd", WireFinish::Stop));
+        assert_eq!((second.text.as_str(), second.finish), ("abcd", Finish::Stop));
         shutdown(&ch, 3);
         assert_eq!(worker.join().unwrap(), (ServeEnd::ShutdownRequested, 2));
         assert_idle(&ch);
@@ -303,14 +325,21 @@ fn deadline_binds_against_a_hostile_poster() {
         let ch = Arc::new(channel(ObjectKind::Extended));
         let worker = spawn_worker(&ch);
         ch.client_acquire(None, SLICE, &always).unwrap();
-        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+        let mut req = PreparedRequest::encode(
+            Prompts {
+                system: "s",
+                user: "u",
+            },
+            Policy::Truncate,
+        )
+        .unwrap();
         req.seq = 1;
         ch.client_write(&req).unwrap();
         let hostile = {
             let ch = Arc::clone(&ch);
             thread::spawn(move || {
                 for _ in 0..2 {
-                    llama_shm::protocol::Semaphore::post(&ch.response_written).unwrap();
+                    llama_shm::internals::protocol::Semaphore::post(&ch.response_written).unwrap();
                 }
             })
         };
@@ -336,7 +365,7 @@ struct ModelClients {
     a_dead: Arc<AtomicBool>,
 }
 
-impl llama_shm::protocol::Clients for ModelClients {
+impl llama_shm::internals::protocol::Clients for ModelClients {
     fn turn_abandoned(&self, _held: std::time::Duration) -> bool {
         self.a_dead.load(Ordering::SeqCst) && self.a_holds.swap(false, Ordering::SeqCst)
     }
@@ -389,10 +418,14 @@ fn a_client_that_dies_holding_the_turn_does_not_wedge_the_worker() {
                     ch.client_acquire(None, SLICE, &always).unwrap();
                     a_holds.store(true, Ordering::SeqCst);
                     if written {
-                        use llama_shm::protocol::Region;
-                        ch.region.store64(llama_shm::wire::layout::Word64::RequestSeq, 99);
+                        use llama_shm::internals::protocol::Region;
                         ch.region
-                            .write(llama_shm::wire::layout::Field::UserPrompt, 0, b"dead\0");
+                            .store64(llama_shm::internals::wire::layout::Word64::RequestSeq, 99);
+                        ch.region.write(
+                            llama_shm::internals::wire::layout::Field::UserPrompt,
+                            0,
+                            b"dead\0",
+                        );
                     }
                     // Dies: the kernel drops its lock.
                     a_dead.store(true, Ordering::SeqCst);

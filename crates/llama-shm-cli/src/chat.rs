@@ -7,13 +7,14 @@
 //! many. Keeping the transcript at the *end* of the system prompt also keeps the start of the
 //! prompt stable from turn to turn, which is what the worker's prefix cache reuses.
 
+use llama_shm::Prompts;
 use std::collections::VecDeque;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use llama_shm::client::RequestError;
-use llama_shm::wire::layout::{SYSTEM_PROMPT_LEN, USER_PROMPT_LEN};
-use llama_shm::wire::status::WireFinish;
+use llama_shm::internals::client::RequestError;
+use llama_shm::internals::wire::layout::{SYSTEM_PROMPT_LEN, USER_PROMPT_LEN};
+use llama_shm::Finish;
 
 use crate::{
     connect, disconnect, exit, interrupt_flag, request_options, CancelOnInterrupt, ChatArgs, Printer,
@@ -110,7 +111,14 @@ pub(crate) fn run(args: &ChatArgs) -> Result<(), (u8, String)> {
         let result = {
             let _watch = CancelOnInterrupt::start(&interrupted, client.canceller());
             let mut printer = Printer::new(std::io::stdout().lock());
-            let r = client.stream(message, &system, &opts, |c| printer.chunk(c));
+            let r = client.stream(
+                Prompts {
+                    system: &system,
+                    user: message,
+                },
+                &opts,
+                |c| printer.chunk(c),
+            );
             if let Err(e) = printer.finish() {
                 failure = Some((exit::REQUEST, format!("writing the answer: {e}")));
                 break;
@@ -120,8 +128,8 @@ pub(crate) fn run(args: &ChatArgs) -> Result<(), (u8, String)> {
         match result {
             Ok(r) => {
                 match r.finish {
-                    WireFinish::Cancelled => eprintln!("(stopped)"),
-                    WireFinish::Length => eprintln!("(the answer reached its token limit)"),
+                    Finish::Cancelled => eprintln!("(stopped)"),
+                    Finish::Length => eprintln!("(the answer reached its token limit)"),
                     _ => {}
                 }
                 turns.push_back(Turn {

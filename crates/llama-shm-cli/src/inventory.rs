@@ -11,10 +11,10 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use llama_shm::objects::{self, Presence};
-use llama_shm::os::process::{pid_alive, processes_mapping};
-use llama_shm::wire::layout::{EXT_MAGIC, OBJECT_SIZE};
-use llama_shm::wire::names::Prefix;
+use llama_shm::internals::objects::{self, Presence};
+use llama_shm::internals::os::process::{pid_alive, processes_mapping};
+use llama_shm::internals::wire::layout::{EXT_MAGIC, OBJECT_SIZE};
+use llama_shm::Prefix;
 
 const DEV_SHM: &str = "/dev/shm";
 
@@ -237,7 +237,7 @@ fn classify_object(path: &Path, size: u64) -> Kind {
         return Kind::Seed;
     }
     let mut magic = [0u8; 8];
-    let at = llama_shm::wire::layout::Field::Magic.span().offset as u64;
+    let at = llama_shm::internals::wire::layout::Field::Magic.span().offset as u64;
     match f.read_exact_at(&mut magic, at) {
         Ok(()) if magic == EXT_MAGIC => Kind::Extended,
         Ok(()) => Kind::Seed,

@@ -3,6 +3,7 @@
 //! failure is one line on stderr and a non-zero exit. `llama-shm ls` lists the objects in
 //! `/dev/shm` and whether they are in use; `llama-shm clean` removes the leftovers.
 
+use llama_shm::Prompts;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llama_shm::client::{Client, RequestError, RequestOptions, Response, SpawnError};
-use llama_shm::wire::names::Prefix;
-use llama_shm::wire::status::WireFinish;
+use llama_shm::internals::client::{Client, RequestError, RequestOptions, Response, SpawnError};
+use llama_shm::Finish;
+use llama_shm::Prefix;
 
 mod bench;
 mod chat;
@@ -117,7 +118,7 @@ struct ConnArgs {
     worker_args: Vec<String>,
     /// Refuse an answer longer than N bytes (the request is cancelled, exit 1): what an
     /// endless answer can cost in memory.
-    #[arg(long, value_name = "N", default_value_t = llama_shm::client::DEFAULT_MAX_ANSWER_BYTES)]
+    #[arg(long, value_name = "N", default_value_t = llama_shm::internals::client::DEFAULT_MAX_ANSWER_BYTES)]
     max_answer_bytes: u64,
 }
 
@@ -165,14 +166,7 @@ fn main() -> ExitCode {
     if matches!(&cli.command, Command::Bench(b) if b.runs_llm()) {
         llama_shm_worker::llama::reexec_with_short_openmp_spin();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    llama_shm_worker::logging::init();
     let result = match cli.command {
         Command::Ask(args) => ask(&args),
         Command::Chat(args) => chat::run(&args),
@@ -299,10 +293,23 @@ fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
     let result = {
         let _watch = CancelOnInterrupt::start(&interrupted, client.canceller());
         if args.json {
-            client.request(&args.prompt, &args.system, &opts)
+            client.request(
+                Prompts {
+                    system: &args.system,
+                    user: &args.prompt,
+                },
+                &opts,
+            )
         } else {
             let mut printer = Printer::new(std::io::stdout().lock());
-            let r = client.stream(&args.prompt, &args.system, &opts, |c| printer.chunk(c));
+            let r = client.stream(
+                Prompts {
+                    system: &args.system,
+                    user: &args.prompt,
+                },
+                &opts,
+                |c| printer.chunk(c),
+            );
             let printed = printer.finish();
             r.and_then(|r| {
                 printed
@@ -324,15 +331,15 @@ fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
 /// A line on stderr when the answer did not end by itself; exit 130 after Ctrl-C.
 fn finish_note(r: &Response) -> Result<(), (u8, String)> {
     match r.finish {
-        WireFinish::Cancelled => Err((
+        Finish::Cancelled => Err((
             exit::INTERRUPTED,
             "interrupted: the answer above is partial".into(),
         )),
-        WireFinish::Deadline => {
+        Finish::Deadline => {
             eprintln!("llama-shm: the deadline passed: the answer above is partial");
             Ok(())
         }
-        WireFinish::Length => {
+        Finish::Length => {
             eprintln!("llama-shm: the answer reached its token limit");
             Ok(())
         }
@@ -363,7 +370,7 @@ fn spawn(conn: &ConnArgs, timeout: Duration) -> Result<Client, SpawnError> {
     let worker = conn
         .worker
         .clone()
-        .or_else(llama_shm::client::default_worker_path)
+        .or_else(llama_shm::internals::client::default_worker_path)
         .unwrap_or_else(|| PathBuf::from("llama-shm-worker"));
     let mut b = Client::builder()
         .worker(worker)

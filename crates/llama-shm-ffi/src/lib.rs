@@ -18,13 +18,14 @@
 //! writing its out-parameters, calling its callback, and owning the boxed handles and
 //! `malloc`ed strings. Each function's `# Safety` section states what C must guarantee.
 
+use llama_shm::Prompts;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use llama_shm::client::{Canceller, RequestOptions, ShutdownError};
+use llama_shm::internals::client::{Canceller, RequestOptions, ShutdownError};
 use llama_shm::{Client, RequestError, Response, SpawnError};
 
 /// A status code (`lshm_status` in C, an `int32_t`). 0 is success.
@@ -311,13 +312,8 @@ unsafe fn run(out_error: *mut *mut c_char, body: impl FnOnce() -> Result<(), Fai
 /// The default worker: `$LLAMA_SHM_WORKER`, else `llama-shm-worker` next to this library
 /// (`target/release` holds both), else next to the executable.
 fn default_worker() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLAMA_SHM_WORKER").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    library_dir()
-        .map(|d| d.join("llama-shm-worker"))
-        .filter(|p| p.exists())
-        .or_else(llama_shm::client::default_worker_path)
+    let lib = library_dir();
+    llama_shm::internals::os::locate::worker_binary(&lib.iter().map(PathBuf::as_path).collect::<Vec<_>>())
 }
 
 /// The directory of the file this code was loaded from (the `.so`, or the executable it is
@@ -528,10 +524,10 @@ unsafe fn exchange(
     let (user, system) = unsafe { (input_str(user, "user")?, input_str(system, "system")?) };
     let mut client = handle.lock();
     let result = match on_chunk {
-        None => client.request(user, system, &opts),
+        None => client.request(Prompts { system, user }, &opts),
         Some((callback, user_data)) => {
             let mut buf = Vec::new();
-            client.stream(user, system, &opts, |chunk| {
+            client.stream(Prompts { system, user }, &opts, |chunk| {
                 buf.clear();
                 buf.extend_from_slice(chunk.as_bytes());
                 buf.push(0);
@@ -795,13 +791,13 @@ mod tests {
 
     #[test]
     fn finish_values_are_the_wire_values() {
-        use llama_shm::wire::status::WireFinish;
-        assert_eq!(WireFinish::Unknown.to_u32(), LSHM_FINISH_UNKNOWN);
-        assert_eq!(WireFinish::Stop.to_u32(), LSHM_FINISH_STOP);
-        assert_eq!(WireFinish::Length.to_u32(), LSHM_FINISH_LENGTH);
-        assert_eq!(WireFinish::Cancelled.to_u32(), LSHM_FINISH_CANCELLED);
-        assert_eq!(WireFinish::Deadline.to_u32(), LSHM_FINISH_DEADLINE);
-        assert_eq!(WireFinish::Error.to_u32(), LSHM_FINISH_ERROR);
+        use llama_shm::Finish;
+        assert_eq!(Finish::Unknown.to_u32(), LSHM_FINISH_UNKNOWN);
+        assert_eq!(Finish::Stop.to_u32(), LSHM_FINISH_STOP);
+        assert_eq!(Finish::Length.to_u32(), LSHM_FINISH_LENGTH);
+        assert_eq!(Finish::Cancelled.to_u32(), LSHM_FINISH_CANCELLED);
+        assert_eq!(Finish::Deadline.to_u32(), LSHM_FINISH_DEADLINE);
+        assert_eq!(Finish::Error.to_u32(), LSHM_FINISH_ERROR);
     }
 
     /// Every entry point runs its body through `run`: a panic there comes back as

@@ -5,3 +5,4 @@
 
 #[cfg(feature = "llama")]
 pub mod llama;
+pub mod logging;

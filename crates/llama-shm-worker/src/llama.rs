@@ -15,8 +15,8 @@
 //!    the same answer;
 //! 4. streams the text into the [`ResponseSink`], carrying incomplete UTF-8 sequences from one
 //!    token to the next and dropping NUL bytes, until an end-of-generation token
-//!    ([`FinishReason::Stop`]), the token budget, a full context or a full response area
-//!    ([`FinishReason::Length`]), or the cancel flag ([`FinishReason::Cancelled`]).
+//!    ([`Finish::Stop`]), the token budget, a full context or a full response area
+//!    ([`Finish::Length`]), or the cancel flag ([`Finish::Cancelled`]).
 //!
 //! llama.cpp's own log lines go to `tracing` under the target `llama-cpp-2` (its chatty
 //! model-load report is ~140 INFO lines), so a filter such as `info,llama-cpp-2=warn` keeps
@@ -42,9 +42,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 
-use llama_shm::worker::engine::{
-    Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
-};
+use llama_shm::{Cancel, Engine, EngineError, EngineRequest, Finish, Generation, ResponseSink};
 
 /// The default model, relative to the repository root (fetched by `ci/setup`).
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -678,10 +676,8 @@ impl Engine for LlamaEngine {
                 ctx: self.n_ctx,
             });
         }
-        let mut generation = Generation {
-            prompt_tokens: n_prompt,
-            ..Generation::new(FinishReason::Cancelled)
-        };
+        let mut generation = Generation::new(Finish::Cancelled);
+        generation.usage.prompt_tokens = n_prompt;
         // What the KV cache holds is known only when this request ends well: until then the
         // engine's record is empty (an error or a cancel below leaves it so).
         let mut cached = std::mem::take(&mut self.cached);
@@ -709,12 +705,12 @@ impl Engine for LlamaEngine {
 
         let prompt_started = Instant::now();
         let evaluated = self.eval_prompt(&prompt[common..], common, &mut batch, cancel)?;
-        generation.prompt_time = prompt_started.elapsed();
+        generation.usage.prompt_time = prompt_started.elapsed();
         let Some(mut logits_index) = evaluated else {
             return Ok(generation);
         };
         cached.extend_from_slice(&prompt[common..]);
-        generation.cached_tokens = u32::try_from(common).unwrap_or(u32::MAX);
+        generation.usage.cached_tokens = u32::try_from(common).unwrap_or(u32::MAX);
         tracing::debug!(
             reused = common,
             evaluated = prompt.len() - common,
@@ -733,30 +729,30 @@ impl Engine for LlamaEngine {
             (a, b) => a.or(b),
         };
         if max_tokens == Some(0) {
-            generation.finish = FinishReason::Length;
+            generation.finish = Finish::Length;
             self.cached = cached;
             return Ok(generation);
         }
         let finish = loop {
             if cancel.is_cancelled() {
-                break FinishReason::Cancelled;
+                break Finish::Cancelled;
             }
             let token = sampler.sample(&self.ctx, logits_index);
             if !sampling.ignore_eog && vocab.is_eog(token) {
-                break FinishReason::Stop;
+                break Finish::Stop;
             }
-            generation.generated_tokens += 1;
+            generation.usage.generated_tokens += 1;
             piece.clear();
             vocab.token_to_piece_into(token, &mut piece, false, None);
             let chunk = text.push(&piece);
             if !chunk.is_empty() && !out.push(&chunk) {
-                break FinishReason::Length;
+                break Finish::Length;
             }
-            if max_tokens.is_some_and(|max| generation.generated_tokens >= max) || pos >= ctx_len {
-                break FinishReason::Length;
+            if max_tokens.is_some_and(|max| generation.usage.generated_tokens >= max) || pos >= ctx_len {
+                break Finish::Length;
             }
             if cancel.is_cancelled() {
-                break FinishReason::Cancelled;
+                break Finish::Cancelled;
             }
             batch.clear();
             batch
@@ -773,12 +769,12 @@ impl Engine for LlamaEngine {
         if text.finish() {
             tracing::debug!("generation ended inside a character; its partial bytes were dropped");
         }
-        generation.generation_time = started.elapsed();
+        generation.usage.generation_time = started.elapsed();
         generation.finish = finish;
         let timings = self.ctx.timings();
         tracing::debug!(
-            prompt_tokens = generation.prompt_tokens,
-            generated_tokens = generation.generated_tokens,
+            prompt_tokens = generation.usage.prompt_tokens,
+            generated_tokens = generation.usage.generated_tokens,
             prompt_ms = timings.t_p_eval_ms(),
             eval_ms = timings.t_eval_ms(),
             finish = ?finish,

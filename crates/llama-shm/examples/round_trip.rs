@@ -4,6 +4,7 @@
 //! (build the worker first: `cargo build --release -p llama-shm-worker`). `llama-shm bench`
 //! is the full benchmark; this is the quick probe.
 
+use llama_shm::Prompts;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         arg(4, 200)?,
         arg(5, 50)?,
     );
-    let worker = llama_shm::client::default_worker_path()
+    let worker = llama_shm::internals::client::default_worker_path()
         .or_else(|| Some("target/release/llama-shm-worker".into()))
         .ok_or("no worker")?;
     let mut client = llama_shm::Client::builder()
@@ -37,12 +38,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = llama_shm::RequestOptions::default();
     let mut out = String::new();
     for _ in 0..1000 {
-        client.request_into(&user, &system, &opts, &mut out)?;
+        client.request_into(
+            Prompts {
+                system: &system,
+                user: &user,
+            },
+            &opts,
+            &mut out,
+        )?;
     }
     let mut samples: Vec<Duration> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        client.request_into(&user, &system, &opts, &mut out)?;
+        client.request_into(
+            Prompts {
+                system: &system,
+                user: &user,
+            },
+            &opts,
+            &mut out,
+        )?;
         samples.push(t.elapsed());
     }
     assert_eq!(out.len(), answer);

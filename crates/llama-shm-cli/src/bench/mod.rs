@@ -10,12 +10,13 @@
 pub mod baselines;
 pub mod stats;
 
+use llama_shm::Prompts;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use llama_shm::client::{Client, RequestError, RequestOptions};
-use llama_shm::worker::engine::{Cancel, Engine, EngineRequest};
-use llama_shm::worker::LimitedSink;
+use llama_shm::internals::client::{Client, RequestError, RequestOptions};
+use llama_shm::internals::worker::engine::{Cancel, Engine, EngineRequest};
+use llama_shm::internals::worker::LimitedSink;
 use llama_shm::Pool;
 use llama_shm_worker::llama::{LlamaEngine, LlamaOptions};
 
@@ -76,7 +77,7 @@ pub fn run(args: &BenchArgs) -> BenchResult<()> {
     let worker = args
         .worker
         .clone()
-        .or_else(llama_shm::client::default_worker_path)
+        .or_else(llama_shm::internals::client::default_worker_path)
         .ok_or("llama-shm-worker not found: build it (cargo build --release --workspace --bins) or pass --worker")?;
     let model = args.model.clone().unwrap_or_else(default_model);
     machine_header(&worker);
@@ -173,7 +174,14 @@ fn shm_round_trips(
         system.replace_range(0..1, c.encode_utf8(&mut tag));
         let t = Instant::now();
         client
-            .request_into(&user, &system, &opts, &mut out)
+            .request_into(
+                Prompts {
+                    system: &system,
+                    user: &user,
+                },
+                &opts,
+                &mut out,
+            )
             .context("shm round trip")?;
         let dt = t.elapsed();
         if out.len() != payload.response || !out.starts_with(c) {
@@ -410,15 +418,20 @@ fn llm_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path:
         let t = Instant::now();
         let r = client.send_request(USER, SYSTEM).context("worker request")?;
         let wall_wk = t.elapsed();
-        if r.usage.generated_tokens != FORCED || g.generated_tokens != FORCED {
+        if r.usage.generated_tokens != FORCED || g.usage.generated_tokens != FORCED {
             return Err(format!(
                 "expected {FORCED} generated tokens, got {} (worker) and {} (in-process)",
-                r.usage.generated_tokens, g.generated_tokens
+                r.usage.generated_tokens, g.usage.generated_tokens
             ));
         }
         // Round 0 warms caches on both sides.
         if round > 0 {
-            ip.push((g.prompt_tokens, g.prompt_time, g.generation_time, wall_ip));
+            ip.push((
+                g.usage.prompt_tokens,
+                g.usage.prompt_time,
+                g.usage.generation_time,
+                wall_ip,
+            ));
             wk.push((
                 r.usage.prompt_tokens,
                 r.usage.prompt_time,
@@ -565,9 +578,16 @@ fn first_chunk_and_cancel(
         let mut first = None;
         let user = format!("{USER} (round {i})");
         client
-            .stream(&user, SYSTEM, &opts, |_| {
-                first.get_or_insert_with(|| t.elapsed());
-            })
+            .stream(
+                Prompts {
+                    system: SYSTEM,
+                    user: &user,
+                },
+                &opts,
+                |_| {
+                    first.get_or_insert_with(|| t.elapsed());
+                },
+            )
             .context("stream")?;
         fulls.push(t.elapsed());
         firsts.push(first.ok_or("no chunk arrived")?);
@@ -576,16 +596,23 @@ fn first_chunk_and_cancel(
         let mut seen = 0;
         let mut at = None;
         let r = client
-            .stream(&user, SYSTEM, &opts, |_| {
-                seen += 1;
-                if seen == 3 {
-                    canceller.cancel();
-                    at = Some(Instant::now());
-                }
-            })
+            .stream(
+                Prompts {
+                    system: SYSTEM,
+                    user: &user,
+                },
+                &opts,
+                |_| {
+                    seen += 1;
+                    if seen == 3 {
+                        canceller.cancel();
+                        at = Some(Instant::now());
+                    }
+                },
+            )
             .context("stream")?;
         if let Some(at) = at {
-            if r.finish == llama_shm::wire::status::WireFinish::Cancelled {
+            if r.finish == llama_shm::Finish::Cancelled {
                 cancels.push(at.elapsed());
             }
         }
@@ -649,7 +676,13 @@ fn pool_throughput(args: &BenchArgs, worker: &std::path::Path, model: &std::path
                                 "Name one fruit that is {}.",
                                 ["red", "yellow", "green", "orange"][i % 4]
                             );
-                            if let Err(e) = pool.request(&q, SYSTEM, &RequestOptions::default()) {
+                            if let Err(e) = pool.request(
+                                Prompts {
+                                    system: SYSTEM,
+                                    user: &q,
+                                },
+                                &RequestOptions::default(),
+                            ) {
                                 errors.push(e.to_string());
                             }
                         }

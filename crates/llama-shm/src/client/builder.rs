@@ -1,10 +1,10 @@
 //! The client's builder: every setting, with its default.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Mode, RestartPolicy};
+use super::{Protocol, RestartPolicy};
 use crate::objects::Trust;
 use crate::wire::layout::TOKEN_LEN;
 use crate::wire::names::Prefix;
@@ -17,8 +17,8 @@ pub struct ClientBuilder {
     pub(super) args: Vec<OsString>,
     pub(super) envs: Vec<(OsString, OsString)>,
     pub(super) prefix: Option<Prefix>,
-    pub(super) mode: Mode,
-    pub(super) object_mode: u32,
+    pub(super) protocol: Protocol,
+    pub(super) permissions: u32,
     pub(super) trust: Trust,
     pub(super) policy: Policy,
     pub(super) startup_timeout: Duration,
@@ -44,8 +44,8 @@ impl Default for ClientBuilder {
             args: Vec::new(),
             envs: Vec::new(),
             prefix: None,
-            mode: Mode::Auto,
-            object_mode: 0o600,
+            protocol: Protocol::Auto,
+            permissions: 0o600,
             trust: Trust::default(),
             policy: Policy::Truncate,
             startup_timeout: Duration::from_secs(120),
@@ -92,30 +92,31 @@ impl ClientBuilder {
         self
     }
 
-    /// Seed or auto mode (default auto).
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
+    /// The protocol to speak: [`Protocol::Auto`] (default: the extension page when the
+    /// worker has one) or [`Protocol::Seed`] (the seed's cycle only).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
     /// Permission bits of created objects (default `0o600`). Bits that let other users write
     /// them (`0o022`) are refused unless [`ClientBuilder::others_may_crash_this_client`]:
     /// whoever can write an object can shrink it and crash every process that maps it.
-    pub fn object_mode(mut self, mode: u32) -> Self {
-        self.object_mode = mode;
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = mode;
         self
     }
 
     /// Widest permission bits accepted on objects we open (default `0o600`; a seed-era worker
     /// creates `0o666` objects, which must be allowed explicitly — and, since other users
     /// can write those, with [`ClientBuilder::others_may_crash_this_client`] too).
-    pub fn trust_mode(mut self, max_mode: u32) -> Self {
+    pub fn accept_permissions(mut self, max_mode: u32) -> Self {
         self.trust = Trust { max_mode };
         self
     }
 
-    /// Accepts objects that other users may write ([`ClientBuilder::object_mode`] or
-    /// [`ClientBuilder::trust_mode`] with group or other write bits). Any of those users can
+    /// Accepts objects that other users may write ([`ClientBuilder::permissions`] or
+    /// [`ClientBuilder::accept_permissions`] with group or other write bits). Any of those users can
     /// then `ftruncate` an object this client maps, and the client (and a spawned worker)
     /// dies of `SIGBUS` at its next access: say so only where that is acceptable (see
     /// SECURITY.md).
@@ -185,17 +186,7 @@ impl ClientBuilder {
 
 /// Where the worker binary of this build lives, for tools and tests: `$LLAMA_SHM_WORKER`,
 /// else `llama-shm-worker` next to the current executable (or one directory up, for test
-/// binaries in `target/*/deps`).
+/// binaries in `target/*/deps`). See [`crate::os::locate::worker_binary`].
 pub fn default_worker_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLAMA_SHM_WORKER") {
-        return Some(p.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [
-        dir.join("llama-shm-worker"),
-        dir.parent()?.join("llama-shm-worker"),
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
+    crate::os::locate::worker_binary(&[])
 }

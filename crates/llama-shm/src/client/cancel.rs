@@ -11,14 +11,14 @@ use crate::wire::layout::ObjectKind;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use llama_shm::{Client, RequestOptions};
+/// use llama_shm::{Client, Prompts, RequestOptions};
 /// let mut client = Client::builder().worker("target/release/llama-shm-worker").spawn()?;
 /// let canceller = client.canceller();
 /// std::thread::spawn(move || {
 ///     std::thread::sleep(Duration::from_secs(2));
 ///     canceller.cancel(); // the request below returns its partial answer, finish Cancelled
 /// });
-/// let r = client.stream("Tell me a long story.", "", &RequestOptions::default(), |c| print!("{c}"))?;
+/// let r = client.stream(Prompts::user("Tell me a long story."), &RequestOptions::default(), |c| print!("{c}"))?;
 /// println!("\n{:?}", r.finish);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -55,7 +55,7 @@ impl CancelSlot {
 
 impl Canceller {
     /// Asks the worker to stop the request in flight: generation stops within one token and
-    /// the request returns what was produced, with [`WireFinish::Cancelled`](crate::wire::status::WireFinish::Cancelled). Returns whether
+    /// the request returns what was produced, with [`Finish::Cancelled`](crate::wire::status::Finish::Cancelled). Returns whether
     /// a request was in flight. A seed-mode worker cannot be told, and this returns `false`.
     pub fn cancel(&self) -> bool {
         let slot = self.0.lock();

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::cancel::CancelSlot;
 use super::child::{ChildProc, StderrTail};
-use super::{AttachError, Client, ClientBuilder, Mode, SpawnError};
+use super::{AttachError, Client, ClientBuilder, Protocol, SpawnError};
 use crate::objects::{self, ExtInit, PosixChannel};
 use crate::os::control::{self, ControlMsg};
 use crate::os::process::{self, Watch, Watcher};
@@ -32,7 +32,7 @@ impl ClientBuilder {
     /// a worker that exits during start-up (with its exit status, its own error message and
     /// its last stderr lines) or that is not ready by the start-up deadline.
     pub fn spawn(self) -> Result<Client, SpawnError> {
-        objects::check_mode(self.object_mode, self.others_may_crash)?;
+        objects::check_mode(self.permissions, self.others_may_crash)?;
         let started = Instant::now();
         let deadline = started + self.startup_timeout;
         let path = self.worker.clone().ok_or(SpawnError::NoWorker)?;
@@ -52,7 +52,7 @@ impl ClientBuilder {
             .arg("--prefix")
             .arg(prefix.as_str())
             .arg("--mode")
-            .arg(format!("{:o}", self.object_mode))
+            .arg(format!("{:o}", self.permissions))
             .args(self.others_may_crash.then_some("--others-may-crash-this-worker"))
             .arg("--control-stdin")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -80,7 +80,7 @@ impl ClientBuilder {
         };
         let channel = match objects::create(
             &prefix,
-            self.object_mode,
+            self.permissions,
             ExtInit {
                 creator_pid: std::process::id(),
                 features: FEATURE_TOKEN_REQUIRED,
@@ -191,7 +191,7 @@ impl ClientBuilder {
     pub fn attach(self, prefix: &Prefix) -> Result<Client, AttachError> {
         objects::check_mode(self.trust.max_mode, self.others_may_crash)?;
         let mut channel = objects::open(prefix, self.trust)?;
-        if self.mode == Mode::Seed {
+        if self.protocol == Protocol::Seed {
             channel.region.force_seed();
         }
         let kind = channel.region.kind();

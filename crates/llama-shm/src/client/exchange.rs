@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::PosixChannel;
 use crate::os::process::{self, ExitInfo};
+use crate::protocol::Prompts;
 use crate::protocol::{PreparedRequest, RequestParams, WaitError};
 use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
@@ -52,8 +53,7 @@ impl Client {
 
     pub(super) fn exchange(
         &mut self,
-        user: &str,
-        system: &str,
+        prompts: Prompts<'_>,
         opts: &RequestOptions,
         stream: bool,
         on_chunk: &mut dyn FnMut(&str),
@@ -67,18 +67,16 @@ impl Client {
             });
         }
         let policy = self.cfg.policy;
-        let sys = crate::wire::text::encode(system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy).map_err(
-            |source| RequestError::Encode {
-                field: PromptField::System,
-                source,
-            },
-        )?;
-        let usr = crate::wire::text::encode(user, crate::wire::layout::USER_PROMPT_LEN, policy).map_err(
-            |source| RequestError::Encode {
+        let sys = crate::wire::text::encode(prompts.system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy)
+            .map_err(|source| RequestError::Encode {
+            field: PromptField::System,
+            source,
+        })?;
+        let usr = crate::wire::text::encode(prompts.user, crate::wire::layout::USER_PROMPT_LEN, policy)
+            .map_err(|source| RequestError::Encode {
                 field: PromptField::User,
                 source,
-            },
-        )?;
+            })?;
         let started = Instant::now();
         let deadline = started + self.cfg.request_timeout;
         let slice = self.cfg.poll_slice;

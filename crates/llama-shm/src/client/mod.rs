@@ -24,7 +24,7 @@ mod shutdown;
 pub use builder::{default_worker_path, ClientBuilder, DEFAULT_MAX_ANSWER_BYTES};
 pub use cancel::Canceller;
 pub use error::{AttachError, Phase, PromptField, RequestError, ShutdownError, SpawnError};
-pub use options::{Mode, RequestOptions, Response, RestartPolicy};
+pub use options::{Protocol, RequestOptions, Response, RestartPolicy};
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -34,9 +34,22 @@ use self::cancel::CancelSlot;
 use self::child::ChildProc;
 use crate::objects::PosixChannel;
 use crate::os::process::Watcher;
+use crate::protocol::Prompts;
 use crate::wire::layout::{ObjectKind, TOKEN_LEN};
 
-/// A connection to one worker. See the [module docs](self).
+/// A connection to one worker: the Rust `LlamaCppLinuxClient`. Spawns (or attaches to) a
+/// worker, sends requests, and shuts the worker down — with a deadline on every wait, a
+/// watcher that notices the worker's death at once, and nothing left in `/dev/shm` whatever
+/// happens.
+///
+/// ```no_run
+/// use llama_shm::Client;
+/// let mut client = Client::builder().worker("target/release/llama-shm-worker").arg("--engine").arg("echo").spawn()?;
+/// let answer = client.send_request("Hello", "You are terse.")?;
+/// println!("{}", answer.text);
+/// client.shutdown()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     channel: Arc<PosixChannel>,
@@ -103,21 +116,17 @@ impl Client {
     /// be replaced under the [`RestartPolicy`]. After a timeout the client stays usable: a late answer is
     /// recognised by its sequence number and skipped.
     pub fn send_request(&mut self, user: &str, system: &str) -> Result<Response, RequestError> {
-        self.request(user, system, &RequestOptions::default())
+        self.request(Prompts { system, user }, &RequestOptions::default())
     }
 
-    /// [`Client::send_request`] with [`RequestOptions`] (deadline, token budget).
+    /// One request with [`RequestOptions`] (deadline, token budget); otherwise as
+    /// [`Client::send_request`].
     ///
     /// # Errors
     /// As [`Client::send_request`].
-    pub fn request(
-        &mut self,
-        user: &str,
-        system: &str,
-        opts: &RequestOptions,
-    ) -> Result<Response, RequestError> {
+    pub fn request(&mut self, prompts: Prompts<'_>, opts: &RequestOptions) -> Result<Response, RequestError> {
         let mut text = String::new();
-        let mut r = self.exchange(user, system, opts, false, &mut |chunk| text.push_str(chunk))?;
+        let mut r = self.exchange(prompts, opts, false, &mut |chunk| text.push_str(chunk))?;
         r.text = text;
         Ok(r)
     }
@@ -129,9 +138,9 @@ impl Client {
     ///
     /// ```no_run
     /// use std::io::Write;
-    /// use llama_shm::{Client, RequestOptions};
+    /// use llama_shm::{Client, Prompts, RequestOptions};
     /// let mut client = Client::builder().worker("target/release/llama-shm-worker").spawn()?;
-    /// let r = client.stream("Why is the sky blue?", "Be brief.", &RequestOptions::default(), |chunk| {
+    /// let r = client.stream(Prompts::user("Why is the sky blue?").with_system("Be brief."), &RequestOptions::default(), |chunk| {
     ///     print!("{chunk}");
     ///     let _ = std::io::stdout().flush();
     /// })?;
@@ -146,13 +155,12 @@ impl Client {
     /// As [`Client::send_request`].
     pub fn stream(
         &mut self,
-        user: &str,
-        system: &str,
+        prompts: Prompts<'_>,
         opts: &RequestOptions,
         mut on_chunk: impl FnMut(&str),
     ) -> Result<Response, RequestError> {
         let mut text = String::new();
-        let mut r = self.exchange(user, system, opts, true, &mut |chunk| {
+        let mut r = self.exchange(prompts, opts, true, &mut |chunk| {
             text.push_str(chunk);
             on_chunk(chunk);
         })?;
@@ -167,13 +175,12 @@ impl Client {
     /// As [`Client::send_request`].
     pub fn request_into(
         &mut self,
-        user: &str,
-        system: &str,
+        prompts: Prompts<'_>,
         opts: &RequestOptions,
         out: &mut String,
     ) -> Result<Response, RequestError> {
         out.clear();
-        self.exchange(user, system, opts, false, &mut |chunk| out.push_str(chunk))
+        self.exchange(prompts, opts, false, &mut |chunk| out.push_str(chunk))
     }
 
     /// A handle that cancels this client's request in flight from another thread.

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use crate::protocol::Usage;
-use crate::wire::status::WireFinish;
+use crate::wire::status::Finish;
 
 /// Which protocol the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
+pub enum Protocol {
     /// Use the extension page when the worker has one, the seed's protocol otherwise.
     #[default]
     Auto,
@@ -61,7 +61,7 @@ impl RestartPolicy {
 pub struct RequestOptions {
     /// Generation budget, counted by the worker from when it takes the request: when it
     /// passes, generation stops within one token and the answer so far comes back with
-    /// [`WireFinish::Deadline`]. The client's request timeout still bounds the whole wait.
+    /// [`Finish::Deadline`]. The client's request timeout still bounds the whole wait.
     pub deadline: Option<Duration>,
     /// Most tokens to generate (the worker's own limit applies too).
     pub max_tokens: Option<u32>,
@@ -96,5 +96,5 @@ pub struct Response {
     /// Resource use reported by the worker (zeros in seed mode).
     pub usage: Usage,
     /// Why the answer ended (`Unknown` in seed mode).
-    pub finish: WireFinish,
+    pub finish: Finish,
 }

@@ -2,12 +2,12 @@
 //! worker, and a worker that dies is replaced.
 //!
 //! ```no_run
-//! use llama_shm::{Client, Pool, RequestOptions};
+//! use llama_shm::{Client, Pool, Prompts, RequestOptions};
 //! let pool = Pool::new(Client::builder().worker("target/release/llama-shm-worker").args(["--engine", "echo"]), 2)?;
 //! std::thread::scope(|s| {
 //!     for i in 0..4 {
 //!         let pool = &pool;
-//!         s.spawn(move || pool.request(&format!("question {i}"), "", &RequestOptions::default()));
+//!         s.spawn(move || pool.request(Prompts::user(&format!("question {i}")), &RequestOptions::default()));
 //!     }
 //! });
 //! pool.shutdown();
@@ -23,6 +23,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::client::{Client, ClientBuilder, Phase, RequestError, RequestOptions, Response, SpawnError};
+use crate::protocol::Prompts;
 
 /// A pool of spawned workers. All methods take `&self`: share it between threads.
 #[derive(Debug)]
@@ -175,8 +176,8 @@ impl Pool {
     /// [`RequestError::WorkerDied`] (send it again). [`RequestError::Timeout`] in phase
     /// `WaitingTurn` when no worker became idle within the request timeout;
     /// [`RequestError::Closed`] when no worker is left.
-    pub fn request(&self, user: &str, system: &str, opts: &RequestOptions) -> Result<Response, RequestError> {
-        self.run(|c| c.request(user, system, opts))
+    pub fn request(&self, prompts: Prompts<'_>, opts: &RequestOptions) -> Result<Response, RequestError> {
+        self.run(|c| c.request(prompts, opts))
     }
 
     /// [`Client::stream`] on an idle worker.
@@ -185,12 +186,11 @@ impl Pool {
     /// As [`Pool::request`].
     pub fn stream(
         &self,
-        user: &str,
-        system: &str,
+        prompts: Prompts<'_>,
         opts: &RequestOptions,
         on_chunk: impl FnMut(&str),
     ) -> Result<Response, RequestError> {
-        self.run(|c| c.stream(user, system, opts, on_chunk))
+        self.run(|c| c.stream(prompts, opts, on_chunk))
     }
 
     /// Shuts every worker down (no request can be running: this takes the pool by value).

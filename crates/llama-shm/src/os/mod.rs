@@ -5,9 +5,11 @@
 //! Everything above `os` sees [`SharedMemory`], [`NamedSemaphore`] and [`process`] helpers.
 
 pub mod control;
+pub mod locate;
 pub mod process;
 pub mod sem;
 pub mod shm;
+pub mod signals;
 
 pub use sem::NamedSemaphore;
 pub use shm::SharedMemory;

@@ -12,7 +12,7 @@ use super::messages::{PreparedRequest, RawResponse, RequestParams, Usage};
 use super::peer::{Region, Semaphore};
 use super::wait::{expired, WaitError};
 use crate::wire::layout::{Field, Word32, Word64, RESPONSE_LEN, TOKEN_LEN};
-use crate::wire::status::{StatusCode, WireFinish};
+use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::{self, DecodeFlags};
 
 /// Most stale `response_written` posts [`Channel::client_acquire`] drains. A worker leaves at
@@ -273,7 +273,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             error: String::new(),
             error_args: (0, 0),
             usage: Usage::default(),
-            finish: WireFinish::Unknown,
+            finish: Finish::Unknown,
             intact: true,
         })
     }
@@ -315,7 +315,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 generation_time: Duration::from_micros(meta.generation_us),
                 cached_tokens: meta.cached_tokens,
             },
-            finish: WireFinish::from_u32(meta.finish),
+            finish: Finish::from_u32(meta.finish),
             intact,
         }
     }

@@ -224,9 +224,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::protocol::Prompts;
     use crate::protocol::{Channel, Incoming, Outcome, PreparedRequest, Usage};
     use crate::wire::layout::{FEATURE_TOKEN_REQUIRED, RESPONSE_LEN, TOKEN_LEN};
-    use crate::wire::status::{StatusCode, WireFinish};
+    use crate::wire::status::{Finish, StatusCode};
     use crate::wire::text::{DecodeFlags, Policy};
 
     fn channel(region: MemRegion) -> Channel<NoopSemaphore, MemRegion> {
@@ -249,7 +250,7 @@ mod tests {
         seq: u64,
         token: Option<&'a [u8; TOKEN_LEN]>,
     ) -> PreparedRequest<'a> {
-        let mut req = PreparedRequest::encode(system, user, Policy::Truncate).unwrap();
+        let mut req = PreparedRequest::encode(Prompts { system, user }, Policy::Truncate).unwrap();
         req.seq = seq;
         req.token = token;
         req.client_pid = 4242;
@@ -389,7 +390,7 @@ mod tests {
                 generation_time: Duration::from_micros(6),
                 cached_tokens: 7,
             },
-            finish: WireFinish::Stop,
+            finish: Finish::Stop,
         };
         ch.worker_respond(7, &outcome).unwrap();
         let raw = ch
@@ -399,7 +400,7 @@ mod tests {
         assert_eq!(raw.text, "bonjour");
         assert_eq!(raw.error_args, (1, 2));
         assert_eq!(raw.usage, outcome.usage);
-        assert_eq!(raw.finish, WireFinish::Stop);
+        assert_eq!(raw.finish, Finish::Stop);
         assert!(!raw.decode.any() && !raw.truncated());
 
         // A stale response (another seq) is skipped; a dead peer ends the wait.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::wire::layout::{Field, RESPONSE_TRUNCATED, TOKEN_LEN};
-use crate::wire::status::{StatusCode, WireFinish};
+use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::{self, DecodeFlags, Encoded, Policy};
 
 /// What a request asks of the worker beyond its prompts (extended mode only).
@@ -33,6 +33,35 @@ pub struct Usage {
     pub cached_tokens: u32,
 }
 
+/// The two prompts of a request, by name, so they cannot be swapped by accident. (The
+/// seed's `SendRequest(user, system)` order lives on only in [`Client::send_request`].)
+///
+/// [`Client::send_request`]: crate::Client::send_request
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prompts<'a> {
+    /// The system prompt: who the model is, how to answer (may be empty).
+    pub system: &'a str,
+    /// The user's message.
+    pub user: &'a str,
+}
+
+impl<'a> Prompts<'a> {
+    /// The most bytes a system prompt carries whole (its field holds one more, the NUL).
+    pub const MAX_SYSTEM_BYTES: usize = Field::SystemPrompt.span().len - 1;
+    /// The most bytes a user prompt carries whole.
+    pub const MAX_USER_BYTES: usize = Field::UserPrompt.span().len - 1;
+
+    /// A user message with no system prompt.
+    pub fn user(user: &'a str) -> Self {
+        Self { system: "", user }
+    }
+
+    /// The same prompts with `system` as the system prompt.
+    pub fn with_system(self, system: &'a str) -> Self {
+        Self { system, ..self }
+    }
+}
+
 /// A request, encoded for the fields and ready to write.
 #[derive(Debug, Clone, Copy)]
 pub struct PreparedRequest<'a> {
@@ -55,10 +84,10 @@ impl<'a> PreparedRequest<'a> {
     ///
     /// # Errors
     /// [`text::EncodeError`] under [`Policy::Strict`] when a prompt is too long or holds a NUL.
-    pub fn encode(system: &'a str, user: &'a str, policy: Policy) -> Result<Self, text::EncodeError> {
+    pub fn encode(prompts: Prompts<'a>, policy: Policy) -> Result<Self, text::EncodeError> {
         Ok(Self {
-            system: text::encode(system, Field::SystemPrompt.span().len, policy)?,
-            user: text::encode(user, Field::UserPrompt.span().len, policy)?,
+            system: text::encode(prompts.system, Field::SystemPrompt.span().len, policy)?,
+            user: text::encode(prompts.user, Field::UserPrompt.span().len, policy)?,
             seq: 0,
             token: None,
             client_pid: 0,
@@ -85,7 +114,7 @@ pub struct RawResponse {
     /// Usage (zero in seed mode).
     pub usage: Usage,
     /// Why the answer ended.
-    pub finish: WireFinish,
+    pub finish: Finish,
     /// Whether the response's checksum matched (always true in seed mode, which has none).
     pub intact: bool,
 }
@@ -140,11 +169,11 @@ pub struct Outcome<'a> {
     /// Usage.
     pub usage: Usage,
     /// Why the answer ended.
-    pub finish: WireFinish,
+    pub finish: Finish,
 }
 
 impl Outcome<'_> {
-    /// An error outcome with no text (finish [`WireFinish::Error`]).
+    /// An error outcome with no text (finish [`Finish::Error`]).
     pub fn error(status: StatusCode, message: &str) -> Outcome<'_> {
         Outcome {
             status,
@@ -153,7 +182,7 @@ impl Outcome<'_> {
             error: message,
             error_args: (0, 0),
             usage: Usage::default(),
-            finish: WireFinish::Error,
+            finish: Finish::Error,
         }
     }
 }

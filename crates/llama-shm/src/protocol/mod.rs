@@ -32,7 +32,7 @@ mod worker_side;
 pub use channel::Channel;
 pub use checksum::{request_checksum, response_checksum, text_hash, ResponseMeta};
 pub use client_side::DRAIN_LIMIT;
-pub use messages::{Incoming, Outcome, PreparedRequest, RawResponse, RequestParams, Usage};
+pub use messages::{Incoming, Outcome, PreparedRequest, Prompts, RawResponse, RequestParams, Usage};
 pub use peer::{Clients, Region, Semaphore};
 pub use wait::{wait_for, AdaptiveWait, WaitError};
 pub use worker_side::{Room, StreamState};

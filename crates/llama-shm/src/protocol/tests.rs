@@ -3,7 +3,7 @@
 use super::*;
 use crate::protocol::mem::{MemRegion, NoopSemaphore};
 use crate::wire::layout::*;
-use crate::wire::status::{StatusCode, WireFinish};
+use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::Policy;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ fn channel(kind: ObjectKind) -> Channel<NoopSemaphore, MemRegion> {
 fn ok(text: &str) -> Outcome<'_> {
     Outcome {
         text,
-        finish: WireFinish::Stop,
+        finish: Finish::Stop,
         ..Outcome::error(StatusCode::Ok, "")
     }
 }
@@ -83,7 +83,7 @@ fn ring_answers_read_back_whole_and_intact() {
             .unwrap();
         assert!(r.intact);
         assert_eq!(r.text, pieces.concat());
-        assert_eq!(r.finish, WireFinish::Stop);
+        assert_eq!(r.finish, Finish::Stop);
     }
     // A scribbled byte in the answer is caught by the checksum.
     ch.region.store64(Word64::StreamRead, 0);
@@ -184,7 +184,7 @@ fn finish_and_usage_are_covered_by_the_response_checksum() {
     type Scribble = fn(&MemRegion);
     let scribbles: [(&str, Scribble); 5] = [
         ("finish", |r| {
-            r.store32(Word32::FinishReason, WireFinish::Stop.to_u32())
+            r.store32(Word32::FinishReason, Finish::Stop.to_u32())
         }),
         ("generated_tokens", |r| r.store32(Word32::GeneratedTokens, 1)),
         ("prompt_tokens", |r| r.store32(Word32::PromptTokens, 1)),
@@ -197,7 +197,7 @@ fn finish_and_usage_are_covered_by_the_response_checksum() {
         ch.region.store64(Word64::StreamRead, 0);
         let st = ch.worker_stream_begin(9, RequestParams::default());
         let o = Outcome {
-            finish: WireFinish::Deadline,
+            finish: Finish::Deadline,
             usage: Usage {
                 prompt_tokens: 5,
                 generated_tokens: 7,
@@ -212,7 +212,7 @@ fn finish_and_usage_are_covered_by_the_response_checksum() {
             .client_await(9, None, Duration::from_millis(1), &|| true)
             .unwrap();
         assert!(
-            clean.intact && clean.finish == WireFinish::Deadline,
+            clean.intact && clean.finish == Finish::Deadline,
             "{what}: {clean:?}"
         );
         scribble(&ch.region);
@@ -405,7 +405,14 @@ fn request_words_changed_in_transit_are_refused() {
     let token = [1u8; TOKEN_LEN];
     for (what, scribble) in scribbles {
         let ch = counting();
-        let mut req = PreparedRequest::encode("s", "u", Policy::Truncate).unwrap();
+        let mut req = PreparedRequest::encode(
+            Prompts {
+                system: "s",
+                user: "u",
+            },
+            Policy::Truncate,
+        )
+        .unwrap();
         req.seq = 5;
         req.token = Some(&token);
         req.params.max_tokens = 3;

@@ -49,7 +49,7 @@ impl StatusCode {
 
 /// Why an answer ended, in [`super::layout::Word32::FinishReason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WireFinish {
+pub enum Finish {
     /// Not reported (seed mode, or an error).
     Unknown,
     /// The engine finished its answer.
@@ -64,28 +64,28 @@ pub enum WireFinish {
     Error,
 }
 
-impl WireFinish {
+impl Finish {
     /// The wire value.
     pub const fn to_u32(self) -> u32 {
         match self {
-            WireFinish::Unknown => 0,
-            WireFinish::Stop => 1,
-            WireFinish::Length => 2,
-            WireFinish::Cancelled => 3,
-            WireFinish::Deadline => 4,
-            WireFinish::Error => 5,
+            Finish::Unknown => 0,
+            Finish::Stop => 1,
+            Finish::Length => 2,
+            Finish::Cancelled => 3,
+            Finish::Deadline => 4,
+            Finish::Error => 5,
         }
     }
 
     /// Decodes a wire value (anything unknown is `Unknown`).
     pub const fn from_u32(v: u32) -> Self {
         match v {
-            1 => WireFinish::Stop,
-            2 => WireFinish::Length,
-            3 => WireFinish::Cancelled,
-            4 => WireFinish::Deadline,
-            5 => WireFinish::Error,
-            _ => WireFinish::Unknown,
+            1 => Finish::Stop,
+            2 => Finish::Length,
+            3 => Finish::Cancelled,
+            4 => Finish::Deadline,
+            5 => Finish::Error,
+            _ => Finish::Unknown,
         }
     }
 }
@@ -105,15 +105,15 @@ mod tests {
     #[test]
     fn finish_reasons_round_trip() {
         for f in [
-            WireFinish::Unknown,
-            WireFinish::Stop,
-            WireFinish::Length,
-            WireFinish::Cancelled,
-            WireFinish::Deadline,
-            WireFinish::Error,
+            Finish::Unknown,
+            Finish::Stop,
+            Finish::Length,
+            Finish::Cancelled,
+            Finish::Deadline,
+            Finish::Error,
         ] {
-            assert_eq!(WireFinish::from_u32(f.to_u32()), f);
+            assert_eq!(Finish::from_u32(f.to_u32()), f);
         }
-        assert_eq!(WireFinish::from_u32(77), WireFinish::Unknown);
+        assert_eq!(Finish::from_u32(77), Finish::Unknown);
     }
 }

@@ -1,12 +1,14 @@
 //! What a worker runs for each request: the [`Engine`] trait, and the `echo` engine.
 //!
-//! The worker loop ([`crate::worker`]) owns the shared memory; an engine only sees owned,
+//! The worker loop owns the shared memory; an engine only sees owned,
 //! validated strings and pushes its answer, piece by piece, into a [`ResponseSink`]. The sink
 //! enforces the response limit on a char boundary, so an engine never has to know the wire.
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::Usage;
 use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::wire::status::Finish;
 
 /// One request, as the engine sees it: both prompts are valid UTF-8 without NUL bytes.
 #[derive(Debug, Clone, Copy)]
@@ -26,45 +28,25 @@ pub trait ResponseSink {
     fn push(&mut self, piece: &str) -> bool;
 }
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// The engine finished its answer (end of turn / end of generation token).
-    Stop,
-    /// The answer hit a length limit (token budget or the response area).
-    Length,
-    /// The request was cancelled (client gone, worker shutting down, or an explicit cancel).
-    Cancelled,
-}
-
 /// What an engine reports after a successful generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Generation {
-    /// Why generation ended.
-    pub finish: FinishReason,
-    /// Tokens in the evaluated prompt (0 for engines without tokens).
-    pub prompt_tokens: u32,
-    /// Tokens generated.
-    pub generated_tokens: u32,
-    /// Time spent evaluating the prompt.
-    pub prompt_time: Duration,
-    /// Time spent generating.
-    pub generation_time: Duration,
-    /// Prompt tokens whose KV cache was reused from the previous request (0 without a cache).
-    pub cached_tokens: u32,
+    /// Why generation ended: [`Finish::Stop`] (end of turn / end of generation),
+    /// [`Finish::Length`] (a token budget or the response area) or [`Finish::Cancelled`]
+    /// (client gone, worker stopping, or an explicit cancel). The worker reports a deadline
+    /// or a cut answer itself.
+    pub finish: Finish,
+    /// What it took (zeros for engines without tokens).
+    pub usage: Usage,
 }
 
 impl Generation {
-    /// A generation that ended with `finish` having done nothing yet (all counts zero);
-    /// engines fill in what they did with struct update syntax.
-    pub fn new(finish: FinishReason) -> Self {
+    /// A generation that ended with `finish` having done nothing yet (usage zero); engines
+    /// fill in what they did.
+    pub fn new(finish: Finish) -> Self {
         Self {
             finish,
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            prompt_time: Duration::ZERO,
-            generation_time: Duration::ZERO,
-            cached_tokens: 0,
+            usage: Usage::default(),
         }
     }
 }
@@ -200,12 +182,15 @@ impl Engine for EchoEngine {
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
         let ended = |finish, generated_tokens| Generation {
-            generated_tokens,
-            generation_time: started.elapsed(),
-            ..Generation::new(finish)
+            finish,
+            usage: Usage {
+                generated_tokens,
+                generation_time: started.elapsed(),
+                ..Usage::default()
+            },
         };
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
-            return Ok(ended(FinishReason::Cancelled, 0));
+            return Ok(ended(Finish::Cancelled, 0));
         }
         if let Some(n) = self.answer_bytes {
             // The echo repeated (its "\n" makes every round at least one byte) until `n` bytes,
@@ -220,16 +205,16 @@ impl Engine for EchoEngine {
                     left -= cut;
                 }
             }
-            return Ok(ended(FinishReason::Stop, 0));
+            return Ok(ended(Finish::Stop, 0));
         }
-        let mut finish = FinishReason::Stop;
+        let mut finish = Finish::Stop;
         let mut pieces = 0u32;
         let budget = request.max_tokens.unwrap_or(u32::MAX);
         'outer: for _ in 0..self.repeat.max(1) {
             for part in [request.system, "\n", request.user] {
                 if self.piece_delay.is_zero() {
                     if !out.push(part) {
-                        finish = FinishReason::Length;
+                        finish = Finish::Length;
                         break 'outer;
                     }
                     continue;
@@ -237,11 +222,11 @@ impl Engine for EchoEngine {
                 let mut rest = part;
                 while !rest.is_empty() {
                     if pieces >= budget {
-                        finish = FinishReason::Length;
+                        finish = Finish::Length;
                         break 'outer;
                     }
                     if !cancel.sleep(self.piece_delay) {
-                        return Ok(ended(FinishReason::Cancelled, pieces));
+                        return Ok(ended(Finish::Cancelled, pieces));
                     }
                     let mut cut = rest.len().min(4);
                     while !rest.is_char_boundary(cut) {
@@ -251,7 +236,7 @@ impl Engine for EchoEngine {
                     rest = tail;
                     pieces += 1;
                     if !out.push(piece) {
-                        finish = FinishReason::Length;
+                        finish = Finish::Length;
                         break 'outer;
                     }
                 }

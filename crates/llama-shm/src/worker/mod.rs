@@ -3,12 +3,11 @@
 //! Generic over the protocol's primitives like [`protocol`](crate::protocol).
 
 pub mod engine;
+pub mod host;
 mod serve;
 mod sink;
 
-pub use engine::{
-    Cancel, EchoEngine, Engine, EngineError, EngineRequest, FinishReason, Generation, ResponseSink,
-};
+pub use engine::{Cancel, EchoEngine, Engine, EngineError, EngineRequest, Generation, ResponseSink};
 pub use serve::{serve, ServeEnd, ServeOptions};
 pub use sink::LimitedSink;
 

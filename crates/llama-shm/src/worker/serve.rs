@@ -6,12 +6,12 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, Semaphore, Usage};
+use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, Semaphore};
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
-use crate::wire::status::{StatusCode, WireFinish};
-use crate::worker::engine::{Cancel, Engine, EngineError, EngineRequest, FinishReason, Generation};
+use crate::wire::status::{Finish, StatusCode};
+use crate::worker::engine::{Cancel, Engine, EngineError, EngineRequest, Generation};
 
 use super::sink::{Refusal, WireSink};
 
@@ -171,7 +171,7 @@ where
         };
         // Cancelled before it started (the client gave up while we were busy): no work.
         let result = match sink.check() {
-            Some(_) => Ok(Generation::new(FinishReason::Cancelled)),
+            Some(_) => Ok(Generation::new(Finish::Cancelled)),
             None => engine.generate(
                 &EngineRequest {
                     system: &system,
@@ -193,13 +193,6 @@ where
         if let Some(e) = error {
             return Err(e);
         }
-        let usage = |g: &Generation| Usage {
-            prompt_tokens: g.prompt_tokens,
-            generated_tokens: g.generated_tokens,
-            prompt_time: g.prompt_time,
-            generation_time: g.generation_time,
-            cached_tokens: g.cached_tokens,
-        };
         let message;
         let outcome = match (&result, refused) {
             (_, Some(Refusal::Stopping)) => {
@@ -207,7 +200,7 @@ where
                     StatusCode::ShuttingDown,
                     "the worker is shutting down; request not finished",
                 );
-                o.finish = WireFinish::Cancelled;
+                o.finish = Finish::Cancelled;
                 o
             }
             (_, Some(Refusal::Stalled)) => Outcome::error(
@@ -220,7 +213,7 @@ where
                     "the client of the request in progress is gone; request given up"
                 );
                 let mut o = Outcome::error(StatusCode::EngineFailed, "the client is gone; request given up");
-                o.finish = WireFinish::Cancelled;
+                o.finish = Finish::Cancelled;
                 o
             }
             (_, Some(Refusal::Garbled)) => Outcome::error(
@@ -238,13 +231,12 @@ where
                     },
                 error: "",
                 error_args: (0, 0),
-                usage: usage(g),
+                usage: g.usage,
                 finish: match (refused, g.finish) {
-                    (Some(Refusal::Cancelled), _) => WireFinish::Cancelled,
-                    (Some(Refusal::Deadline), _) => WireFinish::Deadline,
-                    (Some(Refusal::Full), _) | (_, FinishReason::Length) => WireFinish::Length,
-                    (_, FinishReason::Stop) => WireFinish::Stop,
-                    (_, FinishReason::Cancelled) => WireFinish::Cancelled,
+                    (Some(Refusal::Cancelled), _) => Finish::Cancelled,
+                    (Some(Refusal::Deadline), _) => Finish::Deadline,
+                    (Some(Refusal::Full), _) | (_, Finish::Length) => Finish::Length,
+                    (_, finish) => finish,
                 },
             },
             (Err(e @ EngineError::PromptTooLong { tokens, ctx }), _) => {

@@ -5,6 +5,7 @@ use std::io;
 use std::time::Instant;
 
 use crate::protocol::{Channel, Region, Room, Semaphore, StreamState};
+use crate::wire::layout::RESPONSE_LEN;
 use crate::wire::text::floor_char_boundary;
 use crate::worker::engine::{Cancel, ResponseSink};
 
@@ -27,6 +28,10 @@ impl<'a> LimitedSink<'a> {
             limit,
             full: false,
         }
+    }
+    /// A sink that keeps what the seed's response field holds (32 767 bytes and its NUL).
+    pub fn seed_sized(buf: &'a mut String) -> Self {
+        Self::new(buf, RESPONSE_LEN - 1)
     }
     /// Whether a push did not fit.
     pub fn is_full(&self) -> bool {

@@ -3,10 +3,11 @@
 use super::*;
 use crate::protocol::mem::{CountingSemaphore, MemRegion};
 use crate::protocol::Channel;
+use crate::protocol::Prompts;
 use crate::protocol::{PreparedRequest, Region, RequestParams, Semaphore};
 use crate::wire::layout::RESPONSE_LEN;
 use crate::wire::layout::{ObjectKind, Word64, REQUEST_STREAM};
-use crate::wire::status::{StatusCode, WireFinish};
+use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::Policy;
 use crate::worker::engine::EchoEngine;
 use std::time::Duration;
@@ -30,7 +31,14 @@ fn serve_one_with(
         MemRegion::initialised(kind, 0),
     );
     ch.adaptive = crate::protocol::AdaptiveWait::off();
-    let mut req = PreparedRequest::encode("s", "abcdefghij", Policy::Truncate).unwrap();
+    let mut req = PreparedRequest::encode(
+        Prompts {
+            system: "s",
+            user: "abcdefghij",
+        },
+        Policy::Truncate,
+    )
+    .unwrap();
     req.seq = 7;
     req.params = RequestParams {
         flags,
@@ -79,7 +87,7 @@ fn serve_publishes_per_piece_only_when_streaming_and_honours_cancel() {
     let (r, posts) = serve_one(REQUEST_STREAM, false);
     assert_eq!(
         (r.text.as_str(), r.finish, r.intact),
-        ("s\nabcdefghij", WireFinish::Stop, true)
+        ("s\nabcdefghij", Finish::Stop, true)
     );
     assert_eq!(posts, 6, "5 pieces (s, \\n, abcd, efgh, ij) and the end");
     let (r, posts) = serve_one(0, false);
@@ -88,7 +96,7 @@ fn serve_publishes_per_piece_only_when_streaming_and_honours_cancel() {
     let (r, _) = serve_one(REQUEST_STREAM, true);
     assert_eq!(
         (r.text.as_str(), r.finish, r.intact),
-        ("", WireFinish::Cancelled, true)
+        ("", Finish::Cancelled, true)
     );
 }
 
@@ -108,7 +116,7 @@ fn a_long_answer_is_cut_for_seed_clients_and_ringed_for_extended_ones() {
     let (r, _) = serve_one_with(ObjectKind::Extended, 0, false, Some(40_000));
     assert_eq!(
         (r.status, r.finish),
-        (StatusCode::EngineFailed, WireFinish::Error),
+        (StatusCode::EngineFailed, Finish::Error),
         "{r:?}"
     );
 }
