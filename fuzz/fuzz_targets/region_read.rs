@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use llama_shm::internals::protocol::mem::{MemRegion, NoopSemaphore};
 use llama_shm::internals::protocol::{
     response_checksum, text_hash, Channel, Outcome, Region, ResponseMeta, Usage, WaitError,
 };
@@ -21,10 +22,9 @@ use llama_shm::internals::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, ERROR_MESSAGE_LEN, EXT_MAGIC, EXT_VERSION, OBJECT_SIZE,
     RESPONSE_LEN, RESPONSE_TRUNCATED, SEED_SIZE,
 };
-use llama_shm::internals::protocol::mem::{MemRegion, NoopSemaphore};
-use llama_shm::internals::wire::status::{StatusCode, Finish};
+use llama_shm::internals::wire::status::{Finish, StatusCode};
 use llama_shm::internals::wire::text;
-use llama_shm_fuzz::{check_decoded, kept_prefix, RegionInput, WORD32_ALL, WORD64_ALL};
+use llama_shm_fuzz::{check_decoded, kept_prefix, RegionInput};
 
 fn ne32(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
@@ -72,7 +72,7 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
             assert!(part.iter().all(|&b| b == 0));
         }
     }
-    for w in WORD32_ALL {
+    for &w in Word32::ALL {
         let want = if extended {
             ne32(&input.bytes, w.offset())
         } else {
@@ -80,7 +80,7 @@ fn check_kind(input: &RegionInput, kind: ObjectKind) {
         };
         assert_eq!(region.load32(w), want, "{w:?}");
     }
-    for w in WORD64_ALL {
+    for &w in Word64::ALL {
         let want = if extended {
             ne64(&input.bytes, w.offset())
         } else {

@@ -11,13 +11,17 @@
 //! the round trip asks for shutdown instead of a request.
 #![no_main]
 
-use llama_shm::Prompts;
 use libfuzzer_sys::fuzz_target;
-use llama_shm::internals::protocol::{request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams};
-use llama_shm::internals::wire::layout::{Field, ObjectKind, Word32, Word64, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN};
 use llama_shm::internals::protocol::mem::{MemRegion, NoopSemaphore};
+use llama_shm::internals::protocol::{
+    request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams,
+};
+use llama_shm::internals::wire::layout::{
+    Field, ObjectKind, Word32, Word64, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN,
+};
 use llama_shm::internals::wire::status::StatusCode;
 use llama_shm::internals::wire::text::{self, DecodeFlags, Policy};
+use llama_shm::Prompts;
 use llama_shm_fuzz::{check_decoded, kept_prefix, payload, RegionInput};
 
 type MemChannel = Channel<NoopSemaphore, MemRegion>;
@@ -146,7 +150,10 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
                 assert_eq!(status, StatusCode::BadRequest);
                 // A bad shutdown byte, prompt lengths past the fields, or a checksum that does
                 // not match.
-                assert!(shutdown > 1 || !intact || (shutdown == 0 && bad_lens), "{message}");
+                assert!(
+                    shutdown > 1 || !intact || (shutdown == 0 && bad_lens),
+                    "{message}"
+                );
             }
             // A refusal clears the shutdown byte, so the next request is not refused too.
             assert_eq!(after[shutdown_off], 0);
@@ -177,7 +184,14 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
         assert_eq!(incoming, Incoming::Shutdown, "seq {seq}");
         return;
     }
-    let mut req = PreparedRequest::encode(Prompts { system: &system_text, user: &user_text }, Policy::Truncate).unwrap();
+    let mut req = PreparedRequest::encode(
+        Prompts {
+            system: &system_text,
+            user: &user_text,
+        },
+        Policy::Truncate,
+    )
+    .unwrap();
     req.seq = seq;
     req.token = extended.then_some(&token);
     req.client_pid = input.seq as u32;

@@ -34,7 +34,7 @@
 
 use std::ops::Range;
 
-use llama_shm::internals::wire::layout::{Field, Word32, Word64, EXT_OFFSET, OBJECT_SIZE};
+use llama_shm::internals::wire::layout::{Field, EXT_OFFSET, OBJECT_SIZE};
 use llama_shm::internals::wire::text::DecodeFlags;
 
 /// Length of the region input's header.
@@ -43,36 +43,6 @@ pub const HEADER_LEN: usize = 19;
 /// How many bytes of the extension page come right after the shutdown byte: everything
 /// before the error message.
 pub const EXT_HEAD: usize = 256;
-
-/// Every [`Word32`] (the layout has no `ALL` for words).
-pub const WORD32_ALL: [Word32; 14] = [
-    Word32::Version,
-    Word32::PageSize,
-    Word32::CreatorPid,
-    Word32::WorkerPid,
-    Word32::Features,
-    Word32::ClientPid,
-    Word32::RequestFlags,
-    Word32::Status,
-    Word32::ResponseLen,
-    Word32::ResponseFlags,
-    Word32::ErrorLen,
-    Word32::PromptTokens,
-    Word32::GeneratedTokens,
-    Word32::FinishReason,
-];
-
-/// Every [`Word64`].
-pub const WORD64_ALL: [Word64; 8] = [
-    Word64::RequestSeq,
-    Word64::ResponseSeq,
-    Word64::ErrorArg0,
-    Word64::ErrorArg1,
-    Word64::PromptMicros,
-    Word64::GenerationMicros,
-    Word64::ResponseChecksum,
-    Word64::RequestChecksum,
-];
 
 /// A region input, decoded.
 #[derive(Debug, Clone)]

@@ -110,10 +110,8 @@ impl Semaphore for LoomSemaphore {
     }
 }
 
-const N_WORD32: usize = 21;
-const N_WORD64: usize = 13;
-const _: () =
-    assert!(Word32::GuardianPid as usize + 1 == N_WORD32 && Word64::DeadlineMicros as usize + 1 == N_WORD64);
+const N_WORD32: usize = Word32::COUNT;
+const N_WORD64: usize = Word64::COUNT;
 
 /// Capacity of the response area used as a ring in the models: small, so a few bytes of
 /// answer wrap around and fill it (production uses the whole 32 KiB area).

@@ -328,133 +328,80 @@ impl Field {
     }
 }
 
-/// A 32-bit word of the extension page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Word32 {
-    /// [`ExtensionPage::version`].
-    Version,
-    /// [`ExtensionPage::page_size`].
-    PageSize,
-    /// [`ExtensionPage::creator_pid`].
-    CreatorPid,
-    /// [`ExtensionPage::worker_pid`].
-    WorkerPid,
-    /// [`ExtensionPage::features`].
-    Features,
-    /// [`ExtensionPage::client_pid`].
-    ClientPid,
-    /// [`ExtensionPage::request_flags`].
-    RequestFlags,
-    /// [`ExtensionPage::status`].
-    Status,
-    /// [`ExtensionPage::response_len`].
-    ResponseLen,
-    /// [`ExtensionPage::response_flags`].
-    ResponseFlags,
-    /// [`ExtensionPage::error_len`].
-    ErrorLen,
-    /// [`ExtensionPage::prompt_tokens`].
-    PromptTokens,
-    /// [`ExtensionPage::generated_tokens`].
-    GeneratedTokens,
-    /// [`ExtensionPage::finish_reason`].
-    FinishReason,
-    /// [`ExtensionPage::max_tokens`].
-    MaxTokens,
-    /// [`ExtensionPage::worker_cpu`].
-    WorkerCpu,
-    /// [`ExtensionPage::client_cpu`].
-    ClientCpu,
-    /// [`ExtensionPage::cached_tokens`].
-    CachedTokens,
-    /// [`ExtensionPage::system_len`].
-    SystemLen,
-    /// [`ExtensionPage::user_len`].
-    UserLen,
-    /// [`ExtensionPage::guardian_pid`].
-    GuardianPid,
+/// Defines a word enum from one table (variant => `ExtensionPage` field): the enum, its
+/// offsets and the list of all its words, so that the list exists once for the layout, its
+/// tests, the in-memory region and the loom models.
+macro_rules! words {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $field:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $(
+                #[doc = concat!("[`ExtensionPage::", stringify!($field), "`].")]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every word, in declaration order (`word as usize` indexes it).
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// How many words there are.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Offset of the word from the start of the object.
+            pub const fn offset(self) -> usize {
+                EXT_OFFSET
+                    + match self {
+                        $($name::$variant => offset_of!(ExtensionPage, $field),)+
+                    }
+            }
+        }
+    };
 }
 
-impl Word32 {
-    /// Offset of the word from the start of the object (4-byte aligned).
-    pub const fn offset(self) -> usize {
-        EXT_OFFSET
-            + match self {
-                Word32::Version => offset_of!(ExtensionPage, version),
-                Word32::PageSize => offset_of!(ExtensionPage, page_size),
-                Word32::CreatorPid => offset_of!(ExtensionPage, creator_pid),
-                Word32::WorkerPid => offset_of!(ExtensionPage, worker_pid),
-                Word32::Features => offset_of!(ExtensionPage, features),
-                Word32::ClientPid => offset_of!(ExtensionPage, client_pid),
-                Word32::RequestFlags => offset_of!(ExtensionPage, request_flags),
-                Word32::Status => offset_of!(ExtensionPage, status),
-                Word32::ResponseLen => offset_of!(ExtensionPage, response_len),
-                Word32::ResponseFlags => offset_of!(ExtensionPage, response_flags),
-                Word32::ErrorLen => offset_of!(ExtensionPage, error_len),
-                Word32::PromptTokens => offset_of!(ExtensionPage, prompt_tokens),
-                Word32::GeneratedTokens => offset_of!(ExtensionPage, generated_tokens),
-                Word32::FinishReason => offset_of!(ExtensionPage, finish_reason),
-                Word32::MaxTokens => offset_of!(ExtensionPage, max_tokens),
-                Word32::WorkerCpu => offset_of!(ExtensionPage, worker_cpu),
-                Word32::ClientCpu => offset_of!(ExtensionPage, client_cpu),
-                Word32::CachedTokens => offset_of!(ExtensionPage, cached_tokens),
-                Word32::SystemLen => offset_of!(ExtensionPage, system_len),
-                Word32::UserLen => offset_of!(ExtensionPage, user_len),
-                Word32::GuardianPid => offset_of!(ExtensionPage, guardian_pid),
-            }
+words! {
+    /// A 32-bit word of the extension page (4-byte aligned).
+    Word32 {
+        Version => version,
+        PageSize => page_size,
+        CreatorPid => creator_pid,
+        WorkerPid => worker_pid,
+        Features => features,
+        ClientPid => client_pid,
+        RequestFlags => request_flags,
+        Status => status,
+        ResponseLen => response_len,
+        ResponseFlags => response_flags,
+        ErrorLen => error_len,
+        PromptTokens => prompt_tokens,
+        GeneratedTokens => generated_tokens,
+        FinishReason => finish_reason,
+        MaxTokens => max_tokens,
+        WorkerCpu => worker_cpu,
+        ClientCpu => client_cpu,
+        CachedTokens => cached_tokens,
+        SystemLen => system_len,
+        UserLen => user_len,
+        GuardianPid => guardian_pid,
     }
 }
 
-/// A 64-bit word of the extension page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Word64 {
-    /// [`ExtensionPage::request_seq`].
-    RequestSeq,
-    /// [`ExtensionPage::response_seq`].
-    ResponseSeq,
-    /// [`ExtensionPage::error_arg0`].
-    ErrorArg0,
-    /// [`ExtensionPage::error_arg1`].
-    ErrorArg1,
-    /// [`ExtensionPage::prompt_us`].
-    PromptMicros,
-    /// [`ExtensionPage::generation_us`].
-    GenerationMicros,
-    /// [`ExtensionPage::response_checksum`].
-    ResponseChecksum,
-    /// [`ExtensionPage::request_checksum`].
-    RequestChecksum,
-    /// [`ExtensionPage::stream_seq`].
-    StreamSeq,
-    /// [`ExtensionPage::stream_written`].
-    StreamWritten,
-    /// [`ExtensionPage::stream_read`].
-    StreamRead,
-    /// [`ExtensionPage::cancel_seq`].
-    CancelSeq,
-    /// [`ExtensionPage::deadline_us`].
-    DeadlineMicros,
-}
-
-impl Word64 {
-    /// Offset of the word from the start of the object (8-byte aligned).
-    pub const fn offset(self) -> usize {
-        EXT_OFFSET
-            + match self {
-                Word64::RequestSeq => offset_of!(ExtensionPage, request_seq),
-                Word64::ResponseSeq => offset_of!(ExtensionPage, response_seq),
-                Word64::ErrorArg0 => offset_of!(ExtensionPage, error_arg0),
-                Word64::ErrorArg1 => offset_of!(ExtensionPage, error_arg1),
-                Word64::PromptMicros => offset_of!(ExtensionPage, prompt_us),
-                Word64::GenerationMicros => offset_of!(ExtensionPage, generation_us),
-                Word64::ResponseChecksum => offset_of!(ExtensionPage, response_checksum),
-                Word64::RequestChecksum => offset_of!(ExtensionPage, request_checksum),
-                Word64::StreamSeq => offset_of!(ExtensionPage, stream_seq),
-                Word64::StreamWritten => offset_of!(ExtensionPage, stream_written),
-                Word64::StreamRead => offset_of!(ExtensionPage, stream_read),
-                Word64::CancelSeq => offset_of!(ExtensionPage, cancel_seq),
-                Word64::DeadlineMicros => offset_of!(ExtensionPage, deadline_us),
-            }
+words! {
+    /// A 64-bit word of the extension page (8-byte aligned).
+    Word64 {
+        RequestSeq => request_seq,
+        ResponseSeq => response_seq,
+        ErrorArg0 => error_arg0,
+        ErrorArg1 => error_arg1,
+        PromptMicros => prompt_us,
+        GenerationMicros => generation_us,
+        ResponseChecksum => response_checksum,
+        RequestChecksum => request_checksum,
+        StreamSeq => stream_seq,
+        StreamWritten => stream_written,
+        StreamRead => stream_read,
+        CancelSeq => cancel_seq,
+        DeadlineMicros => deadline_us,
     }
 }
 
@@ -558,49 +505,11 @@ mod tests {
             .iter()
             .map(|f| (f.span().offset, f.span().offset + f.span().len, format!("{f:?}")))
             .collect();
-        use Word32 as W;
-        for w in [
-            W::Version,
-            W::PageSize,
-            W::CreatorPid,
-            W::WorkerPid,
-            W::Features,
-            W::ClientPid,
-            W::RequestFlags,
-            W::Status,
-            W::ResponseLen,
-            W::ResponseFlags,
-            W::ErrorLen,
-            W::PromptTokens,
-            W::GeneratedTokens,
-            W::FinishReason,
-            W::MaxTokens,
-            W::WorkerCpu,
-            W::ClientCpu,
-            W::CachedTokens,
-            W::SystemLen,
-            W::UserLen,
-            W::GuardianPid,
-        ] {
+        for w in Word32::ALL {
             assert_eq!(w.offset() % 4, 0);
             ranges.push((w.offset(), w.offset() + 4, format!("{w:?}")));
         }
-        use Word64 as D;
-        for w in [
-            D::RequestSeq,
-            D::ResponseSeq,
-            D::ErrorArg0,
-            D::ErrorArg1,
-            D::PromptMicros,
-            D::GenerationMicros,
-            D::ResponseChecksum,
-            D::RequestChecksum,
-            D::StreamSeq,
-            D::StreamWritten,
-            D::StreamRead,
-            D::CancelSeq,
-            D::DeadlineMicros,
-        ] {
+        for w in Word64::ALL {
             assert_eq!(w.offset() % 8, 0);
             ranges.push((w.offset(), w.offset() + 8, format!("{w:?}")));
         }
@@ -632,5 +541,40 @@ mod tests {
             ObjectKind::classify(45000, Some(EXT_MAGIC), 1),
             Ok(ObjectKind::Seed)
         );
+    }
+
+    #[test]
+    fn words_sit_where_wire_md_puts_them() {
+        // Offsets from docs/WIRE.md's table of the extension page (page at 45056).
+        let page = 45056;
+        assert_eq!(Word32::Version.offset(), page + 8);
+        assert_eq!(Word32::Features.offset(), page + 24);
+        assert_eq!(Word32::FinishReason.offset(), page + 144);
+        assert_eq!(Word32::GuardianPid.offset(), page + 148);
+        assert_eq!(Word32::UserLen.offset(), page + 572);
+        assert_eq!(Word64::RequestSeq.offset(), page + 32);
+        assert_eq!(Word64::ResponseSeq.offset(), page + 80);
+        assert_eq!(Word64::ResponseChecksum.offset(), page + 152);
+        assert_eq!(Word64::StreamSeq.offset(), page + 512);
+        assert_eq!(Word64::DeadlineMicros.offset(), page + 544);
+        assert_eq!(Field::Magic.span(), Span { offset: page, len: 8 });
+        assert_eq!((Word32::COUNT, Word64::COUNT), (21, 13));
+    }
+
+    #[test]
+    fn flag_bits_are_the_documented_values() {
+        // docs/WIRE.md: features, request and response flags.
+        assert_eq!(FEATURE_TOKEN_REQUIRED, 1);
+        assert_eq!(FEATURE_STREAMING, 2);
+        assert_eq!(REQUEST_STREAM, 1);
+        assert_eq!(RESPONSE_TRUNCATED, 1);
+        assert_eq!(RESPONSE_SYSTEM_REPAIRED, 2);
+        assert_eq!(RESPONSE_USER_REPAIRED, 4);
+    }
+
+    #[test]
+    fn only_the_extension_page_fields_are_extension_fields() {
+        let ext: Vec<Field> = Field::ALL.iter().copied().filter(|f| f.is_extension()).collect();
+        assert_eq!(ext, [Field::Magic, Field::AuthToken, Field::ErrorMessage]);
     }
 }
