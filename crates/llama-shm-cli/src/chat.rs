@@ -13,7 +13,6 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use llama_shm::internals::client::RequestError;
-use llama_shm::internals::wire::layout::{SYSTEM_PROMPT_LEN, USER_PROMPT_LEN};
 use llama_shm::Finish;
 
 use crate::{
@@ -97,14 +96,14 @@ pub(crate) fn run(args: &ChatArgs) -> Result<(), (u8, String)> {
             }
             _ => {}
         }
-        let (system, dropped) = compose(&args.system, &turns, SYSTEM_PROMPT_LEN - 1);
+        let (system, dropped) = compose(&args.system, &turns, Prompts::MAX_SYSTEM_BYTES);
         if dropped > 0 {
             turns.drain(..dropped);
             eprintln!(
                 "(dropped the {dropped} oldest turn(s): the conversation must fit the 4 KiB system field)"
             );
         }
-        if message.len() > USER_PROMPT_LEN - 1 {
+        if message.len() > Prompts::MAX_USER_BYTES {
             eprintln!("(your message is cut to the user field's 4095 bytes)");
         }
         interrupted.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use llama_shm::internals::objects::{self, Presence};
 use llama_shm::internals::os::process::{pid_alive, processes_mapping};
-use llama_shm::internals::wire::layout::{EXT_MAGIC, OBJECT_SIZE};
-use llama_shm::Prefix;
+use llama_shm::{ObjectKind, Prefix};
 
 const DEV_SHM: &str = "/dev/shm";
 
@@ -228,20 +227,11 @@ fn scan(only: Option<&Prefix>) -> std::io::Result<Vec<Prefix>> {
     Ok(found.into_values().collect())
 }
 
-fn classify_object(path: &Path, size: u64) -> Kind {
-    use std::os::unix::fs::FileExt;
-    let Ok(f) = std::fs::File::open(path) else {
-        return Kind::Unreadable;
-    };
-    if size < OBJECT_SIZE as u64 {
-        return Kind::Seed;
-    }
-    let mut magic = [0u8; 8];
-    let at = llama_shm::internals::wire::layout::Field::Magic.span().offset as u64;
-    match f.read_exact_at(&mut magic, at) {
-        Ok(()) if magic == EXT_MAGIC => Kind::Extended,
-        Ok(()) => Kind::Seed,
-        Err(_) => Kind::Unreadable,
+fn classify_object(path: &Path) -> Kind {
+    match objects::file_kind(path) {
+        Some(ObjectKind::Extended) => Kind::Extended,
+        Some(ObjectKind::Seed) => Kind::Seed,
+        None => Kind::Unreadable,
     }
 }
 
@@ -262,7 +252,7 @@ fn inspect(prefix: &Prefix) -> Option<Set> {
     }
     let kind = match &entries[0] {
         None => Kind::NoObject,
-        Some(e) => classify_object(&e.path, e.size),
+        Some(e) => classify_object(&e.path),
     };
     let creator = match kind {
         Kind::Extended => objects::creator_pid(prefix),

@@ -32,6 +32,7 @@ mod client;
 mod objects;
 mod os;
 mod protocol;
+mod stats;
 mod sync;
 mod wire;
 mod worker;
@@ -43,6 +44,7 @@ pub use client::{
 };
 pub use objects::ObjectsError as AttachError;
 pub use protocol::{Prompts, Usage};
+pub use wire::layout::ObjectKind;
 pub use wire::names::{Prefix, PrefixError, SEED_PREFIX};
 pub use wire::status::Finish;
 pub use wire::text::Policy;
@@ -77,6 +79,10 @@ pub mod internals {
     /// See the crate's `worker/`.
     pub mod worker {
         pub use crate::worker::*;
+    }
+    /// See the crate's `stats.rs`.
+    pub mod stats {
+        pub use crate::stats::*;
     }
 }
 

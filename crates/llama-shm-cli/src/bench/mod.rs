@@ -8,7 +8,6 @@
 //! thread) or llama.cpp (a thread pool) exists.
 
 pub mod baselines;
-pub mod stats;
 
 use llama_shm::Prompts;
 use std::path::PathBuf;
@@ -21,7 +20,7 @@ use llama_shm::Pool;
 use llama_shm_worker::llama::{LlamaEngine, LlamaOptions};
 
 use baselines::{pin_current_thread, Payload, Placement, Transport};
-use stats::{fmt_duration, summarize, Summary};
+use llama_shm::internals::stats::{fmt_duration, summarize, Summary};
 
 /// Options of `llama-shm bench`.
 #[derive(Debug, clap::Args)]

@@ -315,3 +315,22 @@ pub fn reclaim(prefix: &Prefix) -> Result<Presence, ObjectsError> {
     }
     Ok(presence)
 }
+
+/// Which protocol the object at `path` speaks, read with `pread` (never mapped: another user's
+/// object may shrink under us); `None` when it cannot be read.
+pub fn file_kind(path: &std::path::Path) -> Option<ObjectKind> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    if size < OBJECT_SIZE as u64 {
+        return Some(ObjectKind::Seed);
+    }
+    let mut magic = [0u8; 8];
+    f.read_exact_at(&mut magic, Field::Magic.span().offset as u64)
+        .ok()?;
+    Some(if magic == EXT_MAGIC {
+        ObjectKind::Extended
+    } else {
+        ObjectKind::Seed
+    })
+}

@@ -1,4 +1,5 @@
-//! Latency summaries: nearest-rank percentiles and a compact duration format.
+//! Latency summaries, one definition for the benchmark and the tests: nearest-rank
+//! percentiles and a compact duration format.
 
 use std::time::Duration;
 
