@@ -1,0 +1,147 @@
+//! Unit tests of the status codes and the boundary helpers.
+
+use super::*;
+use crate::boundary::*;
+use crate::handles::*;
+use std::ffi::{c_char, CStr};
+
+#[test]
+fn every_status_has_its_own_message() {
+    let codes: Vec<Status> = (LSHM_OK..=LSHM_E_ANSWER_TOO_LONG).collect();
+    let mut seen = std::collections::HashSet::new();
+    for code in codes {
+        let m = message_of(code).to_str().unwrap();
+        assert_ne!(m, "unknown status code", "code {code} has no message");
+        assert!(seen.insert(m), "code {code} shares its message {m:?}");
+    }
+    assert_eq!(message_of(999).to_str().unwrap(), "unknown status code");
+    assert_eq!(message_of(-1).to_str().unwrap(), "unknown status code");
+}
+
+#[test]
+fn finish_values_are_the_wire_values() {
+    use llama_shm::Finish;
+    assert_eq!(Finish::Unknown.to_u32(), LSHM_FINISH_UNKNOWN);
+    assert_eq!(Finish::Stop.to_u32(), LSHM_FINISH_STOP);
+    assert_eq!(Finish::Length.to_u32(), LSHM_FINISH_LENGTH);
+    assert_eq!(Finish::Cancelled.to_u32(), LSHM_FINISH_CANCELLED);
+    assert_eq!(Finish::Deadline.to_u32(), LSHM_FINISH_DEADLINE);
+    assert_eq!(Finish::Error.to_u32(), LSHM_FINISH_ERROR);
+}
+
+/// Every entry point runs its body through `run`: a panic there comes back as
+/// `LSHM_E_PANIC` with its message, and unwinds no further.
+#[test]
+fn a_panic_becomes_a_status_not_an_unwind() {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `err` is a live out-pointer.
+    let status = unsafe { run(&mut err, || panic!("planted for the test")) };
+    assert_eq!(status, LSHM_E_PANIC);
+    // SAFETY: `run` set `err` to a NUL-terminated string of ours.
+    let msg = unsafe { CStr::from_ptr(err) }.to_str().unwrap().to_owned();
+    assert!(msg.contains("planted for the test"), "{msg}");
+    // SAFETY: a string returned by the library, freed once.
+    unsafe { lshm_string_free(err) };
+    // A body that succeeds reports OK and leaves no message.
+    // SAFETY: as above.
+    assert_eq!(unsafe { run(&mut err, || Ok(())) }, LSHM_OK);
+    assert!(err.is_null());
+}
+
+#[test]
+fn null_arguments_are_invalid_argument_not_a_crash() {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    let mut resp = LshmResponse::EMPTY;
+    // SAFETY: NULL handles and strings are what is being tested; the out-pointers are live.
+    unsafe {
+        let s = lshm_request(
+            std::ptr::null_mut(),
+            c"u".as_ptr(),
+            c"s".as_ptr(),
+            0,
+            0,
+            &mut resp,
+            &mut err,
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        assert!(!err.is_null());
+        assert!(CStr::from_ptr(err).to_str().unwrap().contains("client"));
+        lshm_string_free(err);
+        assert!(resp.text.is_null());
+        let mut out: *mut LshmClient = std::ptr::null_mut();
+        let s = lshm_client_new(
+            std::ptr::null(),
+            std::ptr::null(),
+            2,
+            0,
+            &mut out,
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        assert!(out.is_null());
+        assert_eq!(
+            lshm_cancel(std::ptr::null(), std::ptr::null_mut()),
+            LSHM_E_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            lshm_client_shutdown(std::ptr::null_mut(), std::ptr::null_mut()),
+            LSHM_E_INVALID_ARGUMENT
+        );
+        lshm_client_free(std::ptr::null_mut());
+        lshm_canceller_free(std::ptr::null_mut());
+        lshm_string_free(std::ptr::null_mut());
+        lshm_response_free(std::ptr::null_mut());
+    }
+}
+
+#[test]
+fn invalid_utf8_arguments_are_rejected_before_spawning() {
+    let bad = [0xffu8, 0xfe, 0];
+    let args = [bad.as_ptr().cast::<c_char>()];
+    let mut out: *mut LshmClient = std::ptr::null_mut();
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `args` holds one NUL-terminated (non-UTF-8) string; the out-pointers are live.
+    let s = unsafe { lshm_client_new(c"/nonexistent".as_ptr(), args.as_ptr(), 1, 0, &mut out, &mut err) };
+    assert_eq!(s, LSHM_E_INVALID_UTF8);
+    assert!(out.is_null());
+    // SAFETY: `err` was set by the call to a string of ours.
+    unsafe {
+        assert!(CStr::from_ptr(err).to_str().unwrap().contains("argv[0]"));
+        lshm_string_free(err);
+    }
+}
+
+#[test]
+fn a_missing_worker_binary_is_worker_not_found() {
+    let mut out: *mut LshmClient = std::ptr::null_mut();
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: valid strings and live out-pointers.
+    let s = unsafe {
+        lshm_client_new(
+            c"/nonexistent/llama-shm-worker".as_ptr(),
+            std::ptr::null(),
+            0,
+            0,
+            &mut out,
+            &mut err,
+        )
+    };
+    assert_eq!(s, LSHM_E_WORKER_NOT_FOUND);
+    assert!(out.is_null());
+    // SAFETY: `err` was set by the call to a string of ours.
+    unsafe {
+        let m = CStr::from_ptr(err).to_str().unwrap().to_owned();
+        lshm_string_free(err);
+        assert!(m.contains("/nonexistent/llama-shm-worker"), "{m}");
+    }
+}
+
+#[test]
+fn malloc_string_keeps_the_bytes_and_adds_a_nul() {
+    let p = malloc_string("é\u{0}x".as_bytes()).unwrap();
+    // SAFETY: `p` holds 4 bytes and a NUL (just written).
+    let got = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), 5) }.to_vec();
+    // SAFETY: `p` is ours and freed once.
+    unsafe { lshm_string_free(p) };
+    assert_eq!(got, [0xc3, 0xa9, 0, b'x', 0]);
+}
