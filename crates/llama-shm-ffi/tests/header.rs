@@ -1,12 +1,17 @@
-//! The hand-written header `include/llama_shm.h` against the Rust source `src/lib.rs`: every
-//! exported function is declared with the same number of parameters, every status and finish
+//! The hand-written header `include/llama_shm.h` against the Rust sources (`src/status.rs`,
+//! `src/handles.rs`, `src/entry.rs`): every exported function is declared with the same number of parameters, every status and finish
 //! constant has the same value, and `lshm_response` has the same fields in the same order with
 //! matching types — so the two cannot drift apart.
 
 use std::collections::BTreeMap;
 
 const HEADER: &str = include_str!("../include/llama_shm.h");
-const SOURCE: &str = include_str!("../src/lib.rs");
+/// The Rust side: every source file that declares part of the C ABI.
+const SOURCE: &str = concat!(
+    include_str!("../src/status.rs"),
+    include_str!("../src/handles.rs"),
+    include_str!("../src/entry.rs"),
+);
 
 /// The text between the `(` at `open` and its matching `)`.
 fn parenthesised(text: &str, open: usize) -> &str {
@@ -121,10 +126,10 @@ fn header_constants() -> BTreeMap<String, i64> {
 fn every_exported_function_is_declared_with_the_same_arity() {
     let rust = rust_functions();
     let header = header_functions();
-    assert!(rust.len() >= 13, "found only {rust:?} in src/lib.rs");
+    assert!(rust.len() >= 13, "found only {rust:?} in src/");
     assert_eq!(
         rust, header,
-        "src/lib.rs (left) and include/llama_shm.h (right) differ"
+        "src/ (left) and include/llama_shm.h (right) differ"
     );
 }
 
@@ -135,7 +140,7 @@ fn every_constant_has_the_same_value() {
     assert!(rust.contains_key("LSHM_E_INVALID_ARGUMENT") && rust.contains_key("LSHM_FINISH_CANCELLED"));
     assert_eq!(
         rust, header,
-        "src/lib.rs (left) and include/llama_shm.h (right) differ"
+        "src/ (left) and include/llama_shm.h (right) differ"
     );
 }
 
