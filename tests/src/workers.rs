@@ -1,0 +1,162 @@
+//! Workers under test: where the binaries are, unique prefixes, a standalone echo worker,
+//! and ending one (politely, or with its guardian).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use llama_shm::internals::wire::names::Prefix;
+
+use crate::processes::{alive, eventually};
+use crate::shm::shm_entries;
+
+/// The worker binary built with this workspace.
+pub fn worker_path() -> PathBuf {
+    llama_shm::internals::client::default_worker_path()
+        .expect("llama-shm-worker not found next to the test binary; build the workspace first")
+}
+
+/// The `llama-shm` CLI binary built with this workspace (next to the worker).
+pub fn cli_path() -> PathBuf {
+    worker_path().with_file_name("llama-shm")
+}
+
+/// A prefix unique to this test process and `tag`.
+pub fn unique_prefix(tag: &str) -> Prefix {
+    let mut b = [0u8; 4];
+    getrandom(&mut b);
+    Prefix::new(&format!(
+        "lst_{tag}_{}_{:08x}",
+        std::process::id(),
+        u32::from_ne_bytes(b)
+    ))
+    .unwrap()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}
+
+/// A child process stopped and reaped when dropped, so a failing test leaves neither a worker
+/// nor its objects behind: SIGTERM first (a worker then removes its names itself), SIGKILL
+/// after 2 s, and finally the names of `prefix` (if set) are removed if they are still there.
+pub struct ChildGuard(pub Option<std::process::Child>, pub Option<Prefix>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child), None)
+    }
+    /// Guards `child`, a worker serving `prefix`.
+    pub fn worker(child: std::process::Child, prefix: &Prefix) -> Self {
+        Self(Some(child), Some(prefix.clone()))
+    }
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    /// Takes the child out of the guard; the caller now owns its cleanup (and its names').
+    pub fn take(mut self) -> std::process::Child {
+        self.1 = None;
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if !eventually(Duration::from_secs(2), || matches!(c.try_wait(), Ok(Some(_)))) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(prefix) = &self.1 {
+            let _ = llama_shm::internals::objects::unlink_prefix(prefix);
+        }
+    }
+}
+
+/// Starts a standalone echo worker on `prefix` (plus `extra` arguments) and waits until it
+/// has created its objects.
+pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
+    let child = ChildGuard::worker(
+        std::process::Command::new(worker_path())
+            .args(["--engine", "echo", "--prefix", prefix.as_str()])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        prefix,
+    );
+    assert!(
+        wait_served_by(prefix, child.id()),
+        "worker did not create its objects"
+    );
+    child
+}
+
+/// Sends SIGTERM to a standalone worker and returns its exit code.
+///
+/// A worker that exits 0 removed its names itself (the callers check that nothing is left);
+/// one that does not, had no chance to: its names are removed here, so a failing test does not
+/// leave them behind for the next one.
+pub fn terminate(child: ChildGuard) -> Option<i32> {
+    let prefix = child.1.clone();
+    let mut child = child.take();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let code = child.wait().unwrap().code();
+    if code != Some(0) {
+        if let Some(prefix) = prefix {
+            let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
+        }
+    }
+    code
+}
+
+/// SIGKILLs a standalone worker serving `prefix` together with its guardian (the guardian
+/// first), as the OOM killer or a `kill -9` of everything would: the one way its names stay
+/// behind, stale, for `ls`, `clean` and the next worker's reclaim to deal with.
+pub fn kill_with_guardian(child: ChildGuard, prefix: &Prefix) {
+    if let Some(guardian) = guardian_of(prefix) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(guardian as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        eventually(Duration::from_secs(5), || !alive(guardian));
+    }
+    let mut child = child.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The guardian a standalone worker serving `prefix` recorded in its extension page.
+pub fn guardian_of(prefix: &Prefix) -> Option<u32> {
+    llama_shm::internals::objects::page_pids(prefix).and_then(|(_, guardian)| guardian)
+}
+
+/// Waits until the standalone worker `pid` has created (or re-created) the objects of
+/// `prefix` and recorded itself as their creator.
+pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
+    eventually(Duration::from_secs(10), || {
+        llama_shm::internals::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == 4
+    })
+}
+
+/// Pid of the process whose command line contains `--prefix <prefix>` (a spawned worker).
+pub fn find_worker(prefix: &Prefix) -> Option<u32> {
+    let needle = format!("--prefix\0{}\0", prefix.as_str());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd).contains(&needle).then_some(pid)
+    })
+}
