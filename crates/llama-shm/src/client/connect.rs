@@ -135,25 +135,20 @@ impl ClientBuilder {
         let dead = Arc::new(AtomicBool::new(false));
         let worker_pid = proc.child.id();
         let watcher = start_watcher(&[worker_pid], &channel, &dead);
-        let mut client = Client {
-            cancel_slot: CancelSlot::new(&channel),
-            channel,
-            kind: ObjectKind::Extended,
-            child: Some(proc),
-            watcher,
-            dead,
-            worker_pid: Some(worker_pid),
-            token: Some(token),
-            next_seq: 1,
-            holding_turn: false,
-            turn_lock: false,
-            closed: None,
-            restartable: false,
-            restart_attempts: 0,
-            scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
-            pid: std::process::id(),
-            cfg: self,
-        };
+        let mut client = Client::new(
+            Connection {
+                channel,
+                kind: ObjectKind::Extended,
+                child: Some(proc),
+                watcher,
+                dead,
+                worker_pid: Some(worker_pid),
+                token: Some(token),
+                first_seq: 1,
+                shared: false,
+            },
+            self,
+        );
         let alive = client.alive_fn();
         let waited = client
             .channel
@@ -216,25 +211,21 @@ impl ClientBuilder {
             None if !mappers.is_empty() => start_watcher(&mappers, &channel, &dead),
             None => None,
         };
-        Ok(Client {
-            cancel_slot: CancelSlot::new(&channel),
-            channel,
-            kind,
-            child: None,
-            watcher,
-            dead,
-            worker_pid,
-            token: self.token,
-            next_seq: first_attach_seq(),
-            holding_turn: false,
-            turn_lock: true,
-            closed: None,
-            restartable: false,
-            restart_attempts: 0,
-            scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
-            pid: std::process::id(),
-            cfg: self,
-        })
+        let token = self.token;
+        Ok(Client::new(
+            Connection {
+                channel,
+                kind,
+                child: None,
+                watcher,
+                dead,
+                worker_pid,
+                token,
+                first_seq: first_attach_seq(),
+                shared: true,
+            },
+            self,
+        ))
     }
 }
 
@@ -278,4 +269,42 @@ pub(super) fn start_watcher(
     })
     .map_err(|e| tracing::warn!("cannot start the worker watcher: {e}"))
     .ok()
+}
+
+/// What a spawn or an attach found: everything of a [`Client`] that differs between the two.
+pub(super) struct Connection {
+    pub(super) channel: Arc<PosixChannel>,
+    pub(super) kind: ObjectKind,
+    pub(super) child: Option<ChildProc>,
+    pub(super) watcher: Option<Watcher>,
+    pub(super) dead: Arc<AtomicBool>,
+    pub(super) worker_pid: Option<u32>,
+    pub(super) token: Option<[u8; TOKEN_LEN]>,
+    pub(super) first_seq: u64,
+    /// Attached to a worker others share: each request holds the turn lock.
+    pub(super) shared: bool,
+}
+
+impl Client {
+    pub(super) fn new(c: Connection, cfg: ClientBuilder) -> Self {
+        Client {
+            cancel_slot: CancelSlot::new(&c.channel),
+            channel: c.channel,
+            kind: c.kind,
+            child: c.child,
+            watcher: c.watcher,
+            dead: c.dead,
+            worker_pid: c.worker_pid,
+            token: c.token,
+            next_seq: c.first_seq,
+            holding_turn: false,
+            turn_lock: c.shared,
+            closed: None,
+            restartable: false,
+            restart_attempts: 0,
+            scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
+            pid: std::process::id(),
+            cfg,
+        }
+    }
 }

@@ -203,6 +203,14 @@ pub fn paths(prefix: &Prefix) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Which object of which prefix the `/dev/shm` file `file` is (0: the shared memory, 1–3
+/// the semaphores), if it follows the naming scheme: a semaphore's file for a semaphore's
+/// name, the object's for the object's.
+pub fn object_of_file(file: &str) -> Option<(Prefix, usize)> {
+    let (name, semaphore) = crate::os::ipc_name_of_file(file);
+    Prefix::of_object_name(name).filter(|(_, i)| (*i != 0) == semaphore)
+}
+
 /// Removes whatever names of `prefix` exist. Returns how many were removed.
 ///
 /// # Errors

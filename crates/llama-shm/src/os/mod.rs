@@ -78,14 +78,29 @@ pub(crate) fn link_unnamed(fd: &OwnedFd, path: &std::path::Path) -> Result<(), E
     )
 }
 
+/// Where glibc keeps POSIX shared memory and named semaphores.
+pub const DEV_SHM: &str = "/dev/shm";
+/// What glibc puts before a semaphore's name in [`DEV_SHM`].
+pub const SEM_FILE_PREFIX: &str = "sem.";
+
+/// The IPC name (without its `/`) and whether it is a semaphore, of a file name in
+/// [`DEV_SHM`] (the inverse of [`dev_shm_path`]).
+pub fn ipc_name_of_file(file: &str) -> (&str, bool) {
+    match file.strip_prefix(SEM_FILE_PREFIX) {
+        Some(name) => (name, true),
+        None => (file, false),
+    }
+}
+
 /// The path under `/dev/shm` that backs a POSIX IPC name (glibc: `/name` → `/dev/shm/name`,
 /// semaphores `/name` → `/dev/shm/sem.name`).
-pub(crate) fn dev_shm_path(name: &CStr, semaphore: bool) -> std::path::PathBuf {
+pub fn dev_shm_path(name: &CStr, semaphore: bool) -> std::path::PathBuf {
     let bare = name.to_string_lossy();
     let bare = bare.trim_start_matches('/');
+    let dir = std::path::Path::new(DEV_SHM);
     if semaphore {
-        format!("/dev/shm/sem.{bare}").into()
+        dir.join(format!("{SEM_FILE_PREFIX}{bare}"))
     } else {
-        format!("/dev/shm/{bare}").into()
+        dir.join(bare)
     }
 }

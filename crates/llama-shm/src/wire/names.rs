@@ -6,6 +6,15 @@ use std::fmt;
 
 /// The seed's prefix: its objects are `/llama_cpp_shared_mem` and `/llama_cpp_sem_*`.
 pub const SEED_PREFIX: &str = "llama_cpp";
+/// What follows `P_` in the four names: the shared memory, then the semaphores in protocol
+/// order.
+pub const OBJECT_SUFFIXES: [&str; 4] = [
+    "shared_mem",
+    "sem_ready",
+    "sem_prompts_written",
+    "sem_response_written",
+];
+
 /// Longest prefix accepted (the longest name, `/P_sem_response_written`, stays well under
 /// `NAME_MAX` once glibc adds `sem.`).
 pub const MAX_PREFIX_LEN: usize = 200;
@@ -80,6 +89,15 @@ impl Prefix {
         &self.0
     }
 
+    /// The prefix whose object `index` (0 the shared memory, 1–3 the semaphores in protocol
+    /// order, as [`OBJECT_SUFFIXES`]) is named `/{name}`; `None` for any other name.
+    pub fn of_object_name(name: &str) -> Option<(Prefix, usize)> {
+        OBJECT_SUFFIXES.iter().enumerate().find_map(|(i, suffix)| {
+            let p = name.strip_suffix(suffix)?.strip_suffix('_')?;
+            Some((Prefix::new(p).ok()?, i))
+        })
+    }
+
     fn name(&self, suffix: &str) -> CString {
         // Validation guarantees no NUL.
         CString::new(format!("/{}_{suffix}", self.0)).expect("validated prefix has no NUL")
@@ -87,19 +105,19 @@ impl Prefix {
 
     /// `/P_shared_mem`.
     pub fn shm(&self) -> CString {
-        self.name("shared_mem")
+        self.name(OBJECT_SUFFIXES[0])
     }
     /// `/P_sem_ready`.
     pub fn sem_ready(&self) -> CString {
-        self.name("sem_ready")
+        self.name(OBJECT_SUFFIXES[1])
     }
     /// `/P_sem_prompts_written`.
     pub fn sem_prompts_written(&self) -> CString {
-        self.name("sem_prompts_written")
+        self.name(OBJECT_SUFFIXES[2])
     }
     /// `/P_sem_response_written`.
     pub fn sem_response_written(&self) -> CString {
-        self.name("sem_response_written")
+        self.name(OBJECT_SUFFIXES[3])
     }
     /// The three semaphore names, in protocol order.
     pub fn sems(&self) -> [CString; 3] {
