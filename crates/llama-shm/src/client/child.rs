@@ -65,18 +65,7 @@ impl ChildProc {
 }
 
 pub(super) fn wait_fd_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout};
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) if left.is_zero() => return false,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return false,
-        }
-    }
+    crate::os::process::wait_readable(fd, deadline).unwrap_or(false)
 }
 
 /// Keeps the last lines a worker wrote to stderr (and logs them at debug level).

@@ -13,8 +13,6 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-
 use crate::wire::layout::TOKEN_LEN;
 
 /// A message from the worker.
@@ -109,19 +107,10 @@ impl Receiver {
 }
 
 fn wait_readable(sock: &UnixStream, deadline: Instant) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    if super::process::wait_readable(sock.as_fd(), deadline)? {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::TimedOut.into())
     }
 }
 

@@ -5,8 +5,10 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
 /// How a process ended.
@@ -264,4 +266,23 @@ pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
     matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+/// Waits until `fd` is readable (data, end of file or hang-up) or `deadline` passes:
+/// `Ok(true)` when readable, `Ok(false)` at the deadline. `EINTR` is retried.
+///
+/// # Errors
+/// The OS error of `poll(2)`.
+pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up, so a wait never ends a fraction of a millisecond early.
+        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return Ok(true),
+            Ok(_) if left.is_zero() => return Ok(false),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
