@@ -39,6 +39,26 @@ fn names(prefix: &str) -> (CString, [CString; 3]) {
     )
 }
 
+/// Maps the first [`SEED_TOTAL`] bytes of the shared-memory object `fd` (at least that large,
+/// checked by the caller) read-write, then closes `fd` (the mapping keeps the object).
+fn map_and_close(fd: libc::c_int) -> *mut libc::c_void {
+    // SAFETY: mapping SEED_TOTAL bytes of an object at least that large (the caller's check).
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SEED_TOTAL,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: the mapping keeps the object alive; the fd is ours to close, once.
+    unsafe { libc::close(fd) };
+    assert_ne!(base, libc::MAP_FAILED);
+    base
+}
+
 impl SeedPeer {
     /// Client side: opens existing objects and maps all 40961 bytes, as the seed's C# does
     /// (with its defect fixed: the whole region, not less). `None` if they do not exist yet.
@@ -59,20 +79,7 @@ impl SeedPeer {
             unsafe { libc::close(fd) };
             return None;
         }
-        // SAFETY: mapping SEED_TOTAL bytes of an object at least that large.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SEED_TOTAL,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        // SAFETY: the mapping keeps the object alive; the fd is ours to close.
-        unsafe { libc::close(fd) };
-        assert_ne!(base, libc::MAP_FAILED);
+        let base = map_and_close(fd);
         let mut handles: [*mut libc::sem_t; 3] = [std::ptr::null_mut(); 3];
         for (h, n) in handles.iter_mut().zip(&sems) {
             // SAFETY: valid C string, no O_CREAT.
@@ -105,20 +112,7 @@ impl SeedPeer {
         assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
         // SAFETY: valid fd.
         assert_eq!(unsafe { libc::ftruncate(fd, SEED_TOTAL as libc::off_t) }, 0);
-        // SAFETY: mapping SEED_TOTAL bytes of an object of exactly that size.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SEED_TOTAL,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
-        assert_ne!(base, libc::MAP_FAILED);
+        let base = map_and_close(fd);
         let mut handles: [*mut libc::sem_t; 3] = [std::ptr::null_mut(); 3];
         for (h, n) in handles.iter_mut().zip(&sems) {
             // SAFETY: valid C string; O_CREAT reads mode and value.
@@ -287,6 +281,14 @@ impl SeedPeer {
             self.post(2);
             served += 1;
         }
+    }
+}
+
+impl SeedPeer {
+    /// Unmaps and closes everything but leaves the names, as a crashed seed-era process
+    /// leaves its objects behind.
+    pub fn leave(mut self) {
+        self.names = None;
     }
 }
 

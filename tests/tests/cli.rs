@@ -247,33 +247,7 @@ fn seed_era_objects_are_listed_as_seed_and_removed_only_when_unmapped_and_asked(
 /// The seed's four objects (a 40961-byte object without extension page), created and then
 /// closed, as a crashed seed-era chatbot leaves them.
 fn create_unmapped_seed_objects(prefix: &Prefix) {
-    let shm = prefix.shm();
-    // SAFETY: valid C string; creating a new object.
-    let fd = unsafe { libc::shm_open(shm.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) };
-    assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
-    // SAFETY: our fd.
-    assert_eq!(unsafe { libc::ftruncate(fd, 40961) }, 0);
-    // SAFETY: our fd, closed once.
-    unsafe { libc::close(fd) };
-    for name in prefix.sems() {
-        // SAFETY: valid C string; O_CREAT reads mode and value.
-        let s = unsafe {
-            libc::sem_open(
-                name.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL,
-                0o600 as libc::c_uint,
-                0,
-            )
-        };
-        assert_ne!(
-            s,
-            libc::SEM_FAILED,
-            "sem_open: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: from sem_open, closed once (this unmaps it).
-        unsafe { libc::sem_close(s) };
-    }
+    llama_shm_tests::seed::SeedPeer::create(prefix.as_str()).leave();
 }
 
 // --- `chat`, Ctrl-C, `bench` ---------------------------------------------------------------------
