@@ -13,7 +13,7 @@ fn echo_pool(n: usize, extra: &[&str]) -> Pool {
     Pool::new(
         Client::builder()
             .worker(worker_path())
-            .args(["--engine", "echo"])
+            .echo_engine()
             .args(extra)
             .request_timeout(Duration::from_secs(20)),
         n,

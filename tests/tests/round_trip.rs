@@ -12,7 +12,7 @@ use llama_shm_tests::{own_entries, worker_path};
 fn echo() -> ClientBuilder {
     Client::builder()
         .worker(worker_path())
-        .args(["--engine", "echo"])
+        .echo_engine()
         .startup_timeout(Duration::from_secs(20))
 }
 

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Protocol, RestartPolicy};
+use super::{EngineSettings, Protocol, RestartPolicy};
 use crate::objects::Trust;
 use crate::wire::layout::TOKEN_LEN;
 use crate::wire::names::Prefix;
@@ -15,6 +15,7 @@ use crate::wire::text::Policy;
 pub struct ClientBuilder {
     pub(super) worker: Option<PathBuf>,
     pub(super) args: Vec<OsString>,
+    pub(super) engine: EngineSettings,
     pub(super) envs: Vec<(OsString, OsString)>,
     pub(super) prefix: Option<Prefix>,
     pub(super) protocol: Protocol,
@@ -42,6 +43,7 @@ impl Default for ClientBuilder {
         Self {
             worker: None,
             args: Vec::new(),
+            engine: EngineSettings::default(),
             envs: Vec::new(),
             prefix: None,
             protocol: Protocol::Auto,
@@ -68,7 +70,25 @@ impl ClientBuilder {
         self
     }
 
-    /// Appends one argument for the worker (e.g. `--engine`, `echo`).
+    /// The spawned worker answers with the echo engine (`{system}\n{user}`, no model).
+    pub fn echo_engine(mut self) -> Self {
+        self.engine.echo = true;
+        self
+    }
+
+    /// The GGUF model the spawned worker loads.
+    pub fn model(mut self, path: impl Into<PathBuf>) -> Self {
+        self.engine.model = Some(path.into());
+        self
+    }
+
+    /// All of the spawned worker's engine settings at once (see [`EngineSettings`]).
+    pub fn engine(mut self, settings: EngineSettings) -> Self {
+        self.engine = settings;
+        self
+    }
+
+    /// Appends one raw argument for the worker (a flag the typed settings do not cover).
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self

@@ -48,7 +48,8 @@ impl ClientBuilder {
         // creating and unlinking them leaves nothing).
         let (mut control_sock, worker_end) = UnixStream::pair()?;
         let mut cmd = Command::new(&path);
-        cmd.args(&self.args)
+        cmd.args(self.engine.worker_args())
+            .args(&self.args)
             .arg("--prefix")
             .arg(prefix.as_str())
             .arg("--mode")

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use llama_shm::Client;
-//! let mut client = Client::builder().worker("target/release/llama-shm-worker").arg("--engine").arg("echo").spawn()?;
+//! let mut client = Client::builder().worker("target/release/llama-shm-worker").echo_engine().spawn()?;
 //! let answer = client.send_request("Hello", "You are terse.")?;
 //! println!("{}", answer.text);
 //! client.shutdown()?;
@@ -24,7 +24,7 @@ mod shutdown;
 pub use builder::{default_worker_path, ClientBuilder, DEFAULT_MAX_ANSWER_BYTES};
 pub use cancel::Canceller;
 pub use error::{AttachError, Phase, PromptField, RequestError, ShutdownError, SpawnError};
-pub use options::{Protocol, RequestOptions, Response, RestartPolicy};
+pub use options::{EngineSettings, Protocol, RequestOptions, Response, RestartPolicy};
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ use crate::wire::layout::{ObjectKind, TOKEN_LEN};
 ///
 /// ```no_run
 /// use llama_shm::Client;
-/// let mut client = Client::builder().worker("target/release/llama-shm-worker").arg("--engine").arg("echo").spawn()?;
+/// let mut client = Client::builder().worker("target/release/llama-shm-worker").echo_engine().spawn()?;
 /// let answer = client.send_request("Hello", "You are terse.")?;
 /// println!("{}", answer.text);
 /// client.shutdown()?;

@@ -1,6 +1,8 @@
 //! What a caller chooses: the protocol to speak, the restart policy, per-request options, and
 //! what a request gives back.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::Usage;
@@ -14,6 +16,62 @@ pub enum Protocol {
     Auto,
     /// Speak only the seed's protocol, even to a worker with an extension page.
     Seed,
+}
+
+/// What a spawned worker of this project runs, as typed settings instead of its flags (each
+/// unset setting keeps the worker's default; raw flags from [`ClientBuilder::arg`] come after
+/// these and so win).
+///
+/// [`ClientBuilder::arg`]: super::ClientBuilder::arg
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineSettings {
+    /// Answer `{system}\n{user}` with no model (tests, benchmarks) instead of llama.cpp.
+    pub echo: bool,
+    /// The GGUF model to load (default: the worker's, see the README).
+    pub model: Option<PathBuf>,
+    /// Context size in tokens.
+    pub context_tokens: Option<u32>,
+    /// Threads for prompt processing and generation.
+    pub threads: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Sampling seed (the same seed gives the same answer).
+    pub seed: Option<u32>,
+    /// Greedy (deterministic) sampling.
+    pub greedy: bool,
+}
+
+impl EngineSettings {
+    /// The worker's flags for these settings.
+    pub fn worker_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: Option<OsString>| {
+            args.push(name.into());
+            args.extend(value);
+        };
+        if self.echo {
+            flag("--engine", Some("echo".into()));
+        }
+        if let Some(m) = &self.model {
+            flag("--model", Some(m.clone().into()));
+        }
+        if let Some(n) = self.context_tokens {
+            flag("--ctx", Some(n.to_string().into()));
+        }
+        if let Some(n) = self.threads {
+            flag("--threads", Some(n.to_string().into()));
+        }
+        if let Some(t) = self.temperature {
+            flag("--temp", Some(t.to_string().into()));
+        }
+        if let Some(s) = self.seed {
+            flag("--seed", Some(s.to_string().into()));
+        }
+        if self.greedy {
+            flag("--greedy", None);
+        }
+        args
+    }
 }
 
 /// When a spawned worker has died, whether and how the client starts a new one.
@@ -97,4 +155,47 @@ pub struct Response {
     pub usage: Usage,
     /// Why the answer ended (`Unknown` in seed mode).
     pub finish: Finish,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_become_the_workers_flags() {
+        assert!(EngineSettings::default().worker_args().is_empty());
+        let s = EngineSettings {
+            echo: true,
+            model: Some("m.gguf".into()),
+            context_tokens: Some(512),
+            threads: Some(2),
+            temperature: Some(0.5),
+            seed: Some(7),
+            greedy: true,
+        };
+        let args: Vec<String> = s
+            .worker_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        // The flags of `llama-shm-worker --help`.
+        assert_eq!(
+            args,
+            [
+                "--engine",
+                "echo",
+                "--model",
+                "m.gguf",
+                "--ctx",
+                "512",
+                "--threads",
+                "2",
+                "--temp",
+                "0.5",
+                "--seed",
+                "7",
+                "--greedy"
+            ]
+        );
+    }
 }

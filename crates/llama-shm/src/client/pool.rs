@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use llama_shm::{Client, Pool, Prompts, RequestOptions};
-//! let pool = Pool::new(Client::builder().worker("target/release/llama-shm-worker").args(["--engine", "echo"]), 2)?;
+//! let pool = Pool::new(Client::builder().worker("target/release/llama-shm-worker").echo_engine(), 2)?;
 //! std::thread::scope(|s| {
 //!     for i in 0..4 {
 //!         let pool = &pool;
