@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
-use crate::objects::PosixChannel;
+use crate::objects::turn::Turn;
 use crate::os::process::{self, ExitInfo};
 use crate::protocol::Prompts;
 use crate::protocol::{PreparedRequest, RequestParams, WaitError};
@@ -15,15 +15,6 @@ use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
 
 /// Releases the turn lock when dropped.
-pub(super) struct TurnGuard(pub(super) Option<Arc<PosixChannel>>);
-
-impl Drop for TurnGuard {
-    fn drop(&mut self) {
-        if let Some(ch) = &self.0 {
-            ch.region.shm().unlock();
-        }
-    }
-}
 
 impl Client {
     pub(super) fn alive_fn(&self) -> impl Fn() -> bool + '_ {
@@ -214,16 +205,18 @@ impl Client {
 
     /// Takes the turn lock (attached clients only), retrying with a short backoff until
     /// `deadline`; a dead worker ends the wait at once.
-    pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<TurnGuard, RequestError> {
+    /// Takes the turn lock of a shared worker, waiting until `deadline` (none for a client
+    /// with a worker of its own).
+    pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<Option<Turn>, RequestError> {
         if !self.turn_lock {
-            return Ok(TurnGuard(None));
+            return Ok(None);
         }
         let started = Instant::now();
         let mut backoff = Duration::from_micros(20);
         loop {
-            match self.channel.region.shm().try_lock() {
-                Ok(true) => return Ok(TurnGuard(Some(Arc::clone(&self.channel)))),
-                Ok(false) => {}
+            match Turn::try_take(&self.channel) {
+                Ok(Some(turn)) => return Ok(Some(turn)),
+                Ok(None) => {}
                 Err(e) => {
                     return Err(RequestError::Os {
                         phase: Phase::WaitingTurn,

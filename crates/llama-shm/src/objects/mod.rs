@@ -7,6 +7,7 @@ use std::time::Instant;
 pub mod channel;
 pub mod clients;
 pub mod guardian;
+pub mod turn;
 
 pub use channel::{PosixChannel, ShmRegion};
 
