@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::turn::Turn;
 use crate::os::process::{self, ExitInfo};
-use crate::protocol::Prompts;
-use crate::protocol::{PreparedRequest, RequestParams, WaitError};
+use crate::protocol::{PreparedRequest, Prompts, RequestParams, WaitError};
 use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
-
-/// Releases the turn lock when dropped.
 
 impl Client {
     pub(super) fn alive_fn(&self) -> impl Fn() -> bool + '_ {
