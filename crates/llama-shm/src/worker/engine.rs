@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::protocol::Usage;
-use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::wire::status::Finish;
 
 /// One request, as the engine sees it: both prompts are valid UTF-8 without NUL bytes.
@@ -79,14 +79,14 @@ pub struct Cancel(Arc<CancelInner>);
 #[derive(Debug)]
 struct CancelInner {
     flag: AtomicBool,
-    deadline: std::sync::Mutex<Option<Instant>>,
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl Default for Cancel {
     fn default() -> Self {
         Self(Arc::new(CancelInner {
             flag: AtomicBool::new(false),
-            deadline: std::sync::Mutex::new(None),
+            deadline: Mutex::new(None),
         }))
     }
 }
