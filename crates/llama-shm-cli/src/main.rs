@@ -78,6 +78,9 @@ enum Command {
     /// Measure: round trips against a Unix socket, a pipe, TCP and HTTP; start-up, shutdown,
     /// death detection; LLM tokens/s through the worker versus in-process; the prefix cache.
     Bench(bench::BenchArgs),
+    /// Internal: the server process of one comparison transport of `bench`.
+    #[command(name = "__bench-server", hide = true)]
+    BenchServer(bench::ServerArgs),
     /// List the objects in /dev/shm per prefix, with their creator and whether they are in use.
     ///
     /// States: live (the creator recorded in the extension page is running, or some process
@@ -162,6 +165,10 @@ struct ChatArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A benchmark server talks on its standard streams: before anything else could use them.
+    if let Command::BenchServer(args) = &cli.command {
+        return ExitCode::from(bench::serve_transport(args));
+    }
     // The benchmark runs llama.cpp in this process too: with the worker's OpenMP settings.
     if matches!(&cli.command, Command::Bench(b) if b.runs_llm()) {
         llama_shm_worker::llama::reexec_with_short_openmp_spin();
@@ -170,7 +177,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ask(args) => ask(&args),
         Command::Chat(args) => chat::run(&args),
-        Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, e)),
+        Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, format!("{e:#}"))),
+        Command::BenchServer(_) => unreachable!("served above"),
         Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Clean(args) => match inventory::clean(&args) {
             Ok(true) => Ok(()),
