@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llama_shm::internals::client::{Client, RequestError, RequestOptions, Response, SpawnError};
 use llama_shm::Finish;
 use llama_shm::Prefix;
+use llama_shm::{Client, EngineSettings, RequestError, RequestOptions, Response, SpawnError};
 
 mod bench;
 mod chat;
@@ -31,6 +31,15 @@ mod exit {
     pub const STARTUP: u8 = 3;
     /// Interrupted by Ctrl-C (the partial answer was printed).
     pub const INTERRUPTED: u8 = 130;
+}
+
+/// The spawned worker's engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// A GGUF model through llama.cpp.
+    Llama,
+    /// Answers `{system}\n{user}`, no model.
+    Echo,
 }
 
 /// Talk to a local llama.cpp model through POSIX shared memory.
@@ -107,8 +116,8 @@ struct ConnArgs {
     #[arg(long)]
     seed: Option<u32>,
     /// Engine: llama (default) or echo (no model; for trying the plumbing).
-    #[arg(long, default_value = "llama")]
-    engine: String,
+    #[arg(long, value_enum, default_value = "llama")]
+    engine: EngineKind,
     /// Use a running worker with this prefix instead of spawning one.
     #[arg(long)]
     attach: Option<Prefix>,
@@ -121,7 +130,7 @@ struct ConnArgs {
     worker_args: Vec<String>,
     /// Refuse an answer longer than N bytes (the request is cancelled, exit 1): what an
     /// endless answer can cost in memory.
-    #[arg(long, value_name = "N", default_value_t = llama_shm::internals::client::DEFAULT_MAX_ANSWER_BYTES)]
+    #[arg(long, value_name = "N", default_value_t = llama_shm::DEFAULT_MAX_ANSWER_BYTES)]
     max_answer_bytes: u64,
 }
 
@@ -298,38 +307,23 @@ fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
     let interrupted = interrupt_flag();
     let mut client = connect(&args.conn, timeout)?;
     let opts = request_options(args.max_tokens, args.deadline);
-    let result = {
+    let prompts = Prompts {
+        system: &args.system,
+        user: &args.prompt,
+    };
+    let (result, printed) = {
         let _watch = CancelOnInterrupt::start(&interrupted, client.canceller());
         if args.json {
-            client.request(
-                Prompts {
-                    system: &args.system,
-                    user: &args.prompt,
-                },
-                &opts,
-            )
+            (client.request(prompts, &opts), Ok(()))
         } else {
             let mut printer = Printer::new(std::io::stdout().lock());
-            let r = client.stream(
-                Prompts {
-                    system: &args.system,
-                    user: &args.prompt,
-                },
-                &opts,
-                |c| printer.chunk(c),
-            );
-            let printed = printer.finish();
-            r.and_then(|r| {
-                printed
-                    .map_err(|e| RequestError::Closed {
-                        reason: format!("writing the answer: {e}"),
-                    })
-                    .map(|()| r)
-            })
+            let r = client.stream(prompts, &opts, |c| printer.chunk(c));
+            (r, printer.finish())
         }
     };
     disconnect(client, args.conn.attach.is_some());
     let response = result.map_err(|e| (exit::REQUEST, describe(&e)))?;
+    printed.map_err(|e| (exit::REQUEST, format!("writing the answer: {e}")))?;
     if args.json {
         print_json(&response).map_err(|e| (exit::REQUEST, format!("writing the answer: {e}")))?;
     }
@@ -380,22 +374,19 @@ fn spawn(conn: &ConnArgs, timeout: Duration) -> Result<Client, SpawnError> {
         .clone()
         .or_else(llama_shm::internals::client::default_worker_path)
         .unwrap_or_else(|| PathBuf::from("llama-shm-worker"));
-    let mut b = Client::builder()
+    let b = Client::builder()
         .worker(worker)
         .startup_timeout(timeout)
         .request_timeout(timeout)
         .max_answer_bytes(conn.max_answer_bytes)
-        .args(["--engine", &conn.engine]);
-    if let Some(m) = &conn.model {
-        b = b.arg("--model").arg(m);
-    }
-    if conn.greedy {
-        b = b.arg("--greedy");
-    }
-    if let Some(s) = conn.seed {
-        b = b.arg("--seed").arg(s.to_string());
-    }
-    b = b.args(&conn.worker_args);
+        .engine(EngineSettings {
+            echo: conn.engine == EngineKind::Echo,
+            model: conn.model.clone(),
+            seed: conn.seed,
+            greedy: conn.greedy,
+            ..EngineSettings::default()
+        })
+        .args(&conn.worker_args);
     let spinner = std::io::stderr().is_terminal().then(|| {
         let s = indicatif::ProgressBar::new_spinner().with_message("loading the model…");
         s.enable_steady_tick(Duration::from_millis(100));

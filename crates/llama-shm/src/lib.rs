@@ -39,8 +39,9 @@ mod worker;
 
 pub use client::pool::Pool;
 pub use client::{
-    Canceller, Client, ClientBuilder, EngineSettings, Phase, PromptField, Protocol, RequestError,
-    RequestOptions, Response, RestartPolicy, ShutdownError, SpawnError, DEFAULT_MAX_ANSWER_BYTES,
+    Canceller, Client, ClientBuilder, ClosedReason, EngineSettings, Phase, PromptField, Protocol,
+    RequestError, RequestOptions, Response, RestartPolicy, ShutdownError, SpawnError,
+    DEFAULT_MAX_ANSWER_BYTES,
 };
 pub use objects::ObjectsError as AttachError;
 pub use protocol::{Prompts, Usage};

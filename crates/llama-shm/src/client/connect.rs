@@ -5,6 +5,7 @@
 //! wait for "attached" → unlink every name (from here a crash of either side leaves nothing
 //! behind) → watch the worker's pidfd → wait for `ready` with the start-up deadline.
 
+use super::ClosedReason;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -162,11 +163,11 @@ impl ClientBuilder {
             }
             Err(WaitError::PeerGone) => {
                 let mut proc = client.child.take().expect("spawned client has a child");
-                client.closed = Some("worker died during start-up".into());
+                client.closed = Some(ClosedReason::StartupFailed);
                 Err(fail(&mut proc, None))
             }
             Err(WaitError::TimedOut | WaitError::Garbled(_) | WaitError::TooLong { .. }) => {
-                client.closed = Some("start-up timed out".into());
+                client.closed = Some(ClosedReason::StartupFailed);
                 if let Some(mut p) = client.child.take() {
                     p.kill();
                 }

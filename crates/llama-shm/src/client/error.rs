@@ -191,7 +191,7 @@ pub enum RequestError {
     #[error("client is closed: {reason}")]
     Closed {
         /// Why.
-        reason: String,
+        reason: ClosedReason,
     },
     /// A semaphore failed.
     #[error("semaphore failure {phase}: {source}")]
@@ -246,4 +246,54 @@ pub enum ShutdownError {
         /// How long we waited.
         waited: Duration,
     },
+}
+
+/// Why a client takes no more requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// The worker died (and no restart policy replaces it).
+    WorkerDied {
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// The worker died or timed out during start-up.
+    StartupFailed,
+    /// A seed-mode request timed out: without sequence numbers its late answer would be
+    /// taken for the next request's.
+    SeedTimeout,
+    /// A seed-mode answer was refused as longer than the client's bound (its remainder
+    /// would be taken for the next answer).
+    SeedAnswerTooLong,
+    /// The worker died and the restart policy's attempts all failed.
+    RestartsExhausted {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Every worker of a pool died and could not be replaced.
+    PoolExhausted,
+    /// The client was shut down or detached.
+    Ended,
+}
+
+impl std::fmt::Display for ClosedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClosedReason::WorkerDied { exit } => write!(f, "worker {exit}"),
+            ClosedReason::StartupFailed => write!(f, "the worker's start-up failed"),
+            ClosedReason::SeedTimeout => {
+                write!(
+                    f,
+                    "a seed-mode request timed out; the late answer would be misread"
+                )
+            }
+            ClosedReason::SeedAnswerTooLong => write!(f, "a seed-mode answer was refused as too long"),
+            ClosedReason::RestartsExhausted { attempts } => {
+                write!(f, "worker died and {attempts} restart attempt(s) failed")
+            }
+            ClosedReason::PoolExhausted => {
+                write!(f, "every worker of the pool died and could not be replaced")
+            }
+            ClosedReason::Ended => write!(f, "shut down or detached"),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! One request from start to end: take the turn, write, wait, read; the worker's death and
 //! its replacement.
 
+use super::ClosedReason;
 use std::io::{self};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ impl Client {
                 .unwrap_or(ExitInfo::Unknown),
             None => ExitInfo::Unknown,
         };
-        self.closed = Some(format!("worker {exit}"));
+        self.closed = Some(ClosedReason::WorkerDied { exit });
         self.restartable = self.child.is_some() && self.cfg.restart.max_attempts > 0;
         RequestError::WorkerDied { phase, exit }
     }
@@ -149,8 +150,7 @@ impl Client {
                 // (client_receive cancelled the request, so the worker stops at once.)
                 if !extended {
                     // Without sequence numbers a late answer would be taken for the next one.
-                    self.closed =
-                        Some("a seed-mode request timed out; the late answer would be misread".into());
+                    self.closed = Some(ClosedReason::SeedTimeout);
                 }
                 return Err(RequestError::Timeout {
                     phase: Phase::WaitingResponse,
@@ -161,7 +161,7 @@ impl Client {
             Err(WaitError::TooLong { limit }) => {
                 // (Cancelled: the worker stops; its last posts are drained by the next turn.)
                 if !extended {
-                    self.closed = Some("a seed-mode answer was refused as too long".into());
+                    self.closed = Some(ClosedReason::SeedAnswerTooLong);
                 }
                 return Err(RequestError::AnswerTooLong { limit });
             }
@@ -243,10 +243,9 @@ impl Client {
             if self.restart_attempts >= policy.max_attempts {
                 self.restartable = false;
                 return Err(RequestError::Closed {
-                    reason: format!(
-                        "worker died and {} restart attempt(s) failed",
-                        self.restart_attempts
-                    ),
+                    reason: ClosedReason::RestartsExhausted {
+                        attempts: self.restart_attempts,
+                    },
                 });
             }
             if self.restart_attempts > 0 {

@@ -23,7 +23,7 @@ mod shutdown;
 
 pub use builder::{default_worker_path, ClientBuilder, DEFAULT_MAX_ANSWER_BYTES};
 pub use cancel::Canceller;
-pub use error::{AttachError, Phase, PromptField, RequestError, ShutdownError, SpawnError};
+pub use error::{AttachError, ClosedReason, Phase, PromptField, RequestError, ShutdownError, SpawnError};
 pub use options::{EngineSettings, Protocol, RequestOptions, Response, RestartPolicy};
 
 use std::sync::atomic::AtomicBool;
@@ -63,7 +63,7 @@ pub struct Client {
     holding_turn: bool,
     /// Attached clients share the worker: each request holds the turn lock (`flock`).
     turn_lock: bool,
-    closed: Option<String>,
+    closed: Option<ClosedReason>,
     /// Set when the worker died and the restart policy may replace it.
     restartable: bool,
     /// Failed spawn attempts in the current outage.

@@ -19,6 +19,7 @@
 //! this 2-core machine one worker with two llama.cpp threads and two workers with one thread
 //! each are the two ways to use the cores; `llama-shm bench` measures both.
 
+use crate::client::ClosedReason;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -110,7 +111,7 @@ impl Pool {
         loop {
             if st.live == 0 {
                 return Err(RequestError::Closed {
-                    reason: "every worker of the pool died and could not be replaced".into(),
+                    reason: ClosedReason::PoolExhausted,
                 });
             }
             if let Some(client) = st.idle.pop() {

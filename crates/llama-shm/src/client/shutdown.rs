@@ -1,5 +1,6 @@
 //! Ending a client: shut its worker down (confirmed), or detach from a shared one.
 
+use super::ClosedReason;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ impl Client {
             }
             return;
         }
-        self.closed = Some("detached".into());
+        self.closed = Some(ClosedReason::Ended);
     }
 
     pub(super) fn shutdown_inner(&mut self) -> Result<(), ShutdownError> {
@@ -38,7 +39,7 @@ impl Client {
             return Ok(());
         }
         let was_dead = self.dead.load(Ordering::SeqCst);
-        self.closed = Some("shut down".into());
+        self.closed = Some(ClosedReason::Ended);
         let started = Instant::now();
         let deadline = started + self.cfg.shutdown_timeout;
         let mut posted = Ok(());
