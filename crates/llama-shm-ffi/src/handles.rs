@@ -33,7 +33,7 @@ impl LshmClient {
 pub struct LshmCanceller(pub(crate) Canceller);
 
 /// The result of a request (`lshm_response` in C). `text` is owned by the caller once the
-/// call returns: release it with [`lshm_response_free`] or [`lshm_string_free`].
+/// call returns: release it with [`lshm_response_free`](crate::lshm_response_free) or [`lshm_string_free`](crate::lshm_string_free).
 #[repr(C)]
 #[derive(Debug)]
 pub struct LshmResponse {
@@ -71,7 +71,7 @@ impl LshmResponse {
     };
 }
 
-/// The C callback of [`lshm_stream`]: `chunk` points at `len` bytes of UTF-8 followed by a
+/// The C callback of [`lshm_stream`](crate::lshm_stream): `chunk` points at `len` bytes of UTF-8 followed by a
 /// NUL, valid only during the call.
 pub type ChunkCallback = unsafe extern "C" fn(chunk: *const c_char, len: usize, user_data: *mut c_void);
 

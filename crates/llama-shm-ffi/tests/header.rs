@@ -127,10 +127,7 @@ fn every_exported_function_is_declared_with_the_same_arity() {
     let rust = rust_functions();
     let header = header_functions();
     assert!(rust.len() >= 13, "found only {rust:?} in src/");
-    assert_eq!(
-        rust, header,
-        "src/ (left) and include/llama_shm.h (right) differ"
-    );
+    assert_eq!(rust, header, "src/ (left) and include/llama_shm.h (right) differ");
 }
 
 #[test]
@@ -138,10 +135,7 @@ fn every_constant_has_the_same_value() {
     let rust = rust_constants();
     let header = header_constants();
     assert!(rust.contains_key("LSHM_E_INVALID_ARGUMENT") && rust.contains_key("LSHM_FINISH_CANCELLED"));
-    assert_eq!(
-        rust, header,
-        "src/ (left) and include/llama_shm.h (right) differ"
-    );
+    assert_eq!(rust, header, "src/ (left) and include/llama_shm.h (right) differ");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use llama_shm::{Cancel, Engine, EngineError, EngineRequest, Finish, Generation, 
 
 use super::*;
 
-/// A model and its context, ready to answer requests (see the [module docs](self)).
+/// A model and its context, ready to answer requests (see the [module docs](crate::llama)).
 ///
 /// The model is loaded once and deliberately leaked (it lives until the process exits) so
 /// that the context, which borrows it, can live in the same struct without `unsafe`. Load one

@@ -16,7 +16,7 @@ pub(super) const MODEL_HINT: &str =
 /// The first four bytes of every GGUF file.
 pub(super) const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
-/// Why [`LlamaEngine::load`] failed.
+/// Why [`LlamaEngine::load`](crate::llama::LlamaEngine::load) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The model file does not exist.

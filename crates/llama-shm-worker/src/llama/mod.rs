@@ -1,4 +1,4 @@
-//! The llama.cpp engine: an [`Engine`] that runs a GGUF model through the `llama-cpp-2` crate.
+//! The llama.cpp engine: an [`Engine`](llama_shm::Engine) that runs a GGUF model through the `llama-cpp-2` crate.
 //!
 //! [`LlamaEngine::load`] checks the model file, initialises the process-global llama.cpp
 //! backend (once), loads the model and makes one context that serves every request. Each
@@ -13,10 +13,10 @@
 //! 3. clears the KV cache, evaluates the prompt, then samples token by token with a fresh
 //!    sampler (min-p → temperature → seeded distribution, or greedy), so the same seed gives
 //!    the same answer;
-//! 4. streams the text into the [`ResponseSink`], carrying incomplete UTF-8 sequences from one
+//! 4. streams the text into the [`ResponseSink`](llama_shm::ResponseSink), carrying incomplete UTF-8 sequences from one
 //!    token to the next and dropping NUL bytes, until an end-of-generation token
-//!    ([`Finish::Stop`]), the token budget, a full context or a full response area
-//!    ([`Finish::Length`]), or the cancel flag ([`Finish::Cancelled`]).
+//!    ([`Finish::Stop`](llama_shm::Finish::Stop)), the token budget, a full context or a full response area
+//!    ([`Finish::Length`](llama_shm::Finish::Length)), or the cancel flag ([`Finish::Cancelled`](llama_shm::Finish::Cancelled)).
 //!
 //! llama.cpp's own log lines go to `tracing` under the target `llama-cpp-2` (its chatty
 //! model-load report is ~140 INFO lines), so a filter such as `info,llama-cpp-2=warn` keeps

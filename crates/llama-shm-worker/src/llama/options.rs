@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Smallest context accepted by [`LlamaEngine::load`].
 pub(super) const MIN_CTX: u32 = 64;
 
-/// Settings for [`LlamaEngine::load`].
+/// Settings for [`LlamaEngine::load`](crate::llama::LlamaEngine::load).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaOptions {
     /// The GGUF model file.
@@ -46,7 +46,7 @@ impl Default for LlamaOptions {
 }
 
 /// How tokens are chosen: at load time ([`LlamaOptions::sampling`]) and per request after it
-/// ([`LlamaEngine::sampling_mut`]).
+/// ([`LlamaEngine::sampling_mut`](crate::llama::LlamaEngine::sampling_mut)).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// Sampling temperature. Default 0.7.
