@@ -10,7 +10,7 @@
 //! Its words are plain native-endian bytes, not atomics: a `MemRegion` is not `Sync` and is
 //! never shared between threads.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::time::Instant;
@@ -24,6 +24,8 @@ use crate::wire::layout::{
 pub struct MemRegion {
     bytes: RefCell<Vec<u8>>,
     kind: ObjectKind,
+    /// What [`Region::current_cpu`] reports (see [`MemRegion::set_cpu`]).
+    cpu: Cell<u32>,
 }
 
 impl fmt::Debug for MemRegion {
@@ -56,6 +58,7 @@ impl MemRegion {
         Self {
             bytes: RefCell::new(buf),
             kind,
+            cpu: Cell::new(0),
         }
     }
 
@@ -75,6 +78,13 @@ impl MemRegion {
             region.write(Field::Magic, 0, &EXT_MAGIC);
         }
         region
+    }
+
+    /// Makes [`Region::current_cpu`] report `cpu` (a CPU plus one, as a thread running on it
+    /// would see it; 0, the default, is unknown), so tests can check what a side advertises
+    /// in `worker_cpu` / `client_cpu` after its waits.
+    pub fn set_cpu(&self, cpu: u32) {
+        self.cpu.set(cpu);
     }
 
     /// A copy of the region's bytes.
@@ -163,6 +173,10 @@ impl Region for MemRegion {
 
     fn store64(&self, word: Word64, value: u64) {
         self.set_word(word.offset(), &value.to_ne_bytes());
+    }
+
+    fn current_cpu(&self) -> u32 {
+        self.cpu.get()
     }
 }
 
