@@ -11,19 +11,11 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use llama_shm::internals::objects::{self, Presence};
+use llama_shm::internals::objects::{self, Presence, OBJECT_SUFFIXES};
 use llama_shm::internals::os::process::{pid_alive, processes_mapping};
 use llama_shm::{ObjectKind, Prefix};
 
-const DEV_SHM: &str = "/dev/shm";
-
-/// The four objects of a prefix: short label, and the `/dev/shm` entry name's suffix.
-const OBJECTS: [(&str, &str); 4] = [
-    ("shared_mem", "_shared_mem"),
-    ("sem_ready", "_sem_ready"),
-    ("sem_prompts_written", "_sem_prompts_written"),
-    ("sem_response_written", "_sem_response_written"),
-];
+use llama_shm::internals::os::DEV_SHM;
 
 /// Options of `llama-shm ls`.
 #[derive(Debug, clap::Args)]
@@ -151,10 +143,10 @@ impl Set {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let objects: serde_json::Map<String, serde_json::Value> = OBJECTS
+        let objects: serde_json::Map<String, serde_json::Value> = OBJECT_SUFFIXES
             .iter()
             .zip(&self.entries)
-            .map(|((label, _), e)| {
+            .map(|(label, e)| {
                 let v = match e {
                     Some(e) => serde_json::json!({
                         "exists": true,
@@ -187,29 +179,12 @@ impl Set {
 }
 
 fn path_of(prefix: &Prefix, index: usize) -> PathBuf {
-    let (_, suffix) = OBJECTS[index];
-    let name = format!("{}{suffix}", prefix.as_str());
-    if index == 0 {
-        Path::new(DEV_SHM).join(name)
-    } else {
-        Path::new(DEV_SHM).join(format!("sem.{name}"))
-    }
+    objects::paths(prefix).swap_remove(index)
 }
 
 /// Which object of which prefix a `/dev/shm` entry name is, if it follows the naming scheme.
 fn parse_entry(name: &str) -> Option<(Prefix, usize)> {
-    let (body, sem) = match name.strip_prefix("sem.") {
-        Some(rest) => (rest, true),
-        None => (name, false),
-    };
-    OBJECTS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| (*i != 0) == sem)
-        .find_map(|(i, (_, suffix))| {
-            let p = body.strip_suffix(suffix)?;
-            Some((Prefix::new(p).ok()?, i))
-        })
+    objects::object_of_file(name)
 }
 
 /// The prefixes present in `/dev/shm` (optionally only `only`).

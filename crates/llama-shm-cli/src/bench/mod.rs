@@ -91,9 +91,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn default_model() -> PathBuf {
-    std::env::var_os("LLAMA_SHM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    llama_shm::internals::os::locate::default_model()
 }
 
 fn machine_header(worker: &Path) {

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod guardian;
 pub mod turn;
 
+pub use crate::wire::names::OBJECT_SUFFIXES;
 pub use channel::{PosixChannel, ShmRegion};
 
 use crate::os::process::{pid_alive, processes_mapping};
