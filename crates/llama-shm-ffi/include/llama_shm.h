@@ -73,6 +73,31 @@ enum {
     LSHM_FINISH_ERROR = 5      /* the engine failed part-way */
 };
 
+/* The ABI of this header: compare with lshm_abi_version() and refuse a library that differs. */
+enum {
+    LSHM_ABI_VERSION = 2
+};
+
+/* lshm_options.prompt_policy */
+enum {
+    LSHM_POLICY_TRUNCATE = 0, /* cut a prompt that does not fit on a character boundary (default) */
+    LSHM_POLICY_STRICT = 1    /* refuse a prompt that does not fit whole or holds a NUL (LSHM_E_ENCODE) */
+};
+
+/* How a client is started and bounded. Start from lshm_options_default() and change what you
+ * need; a zero field means the library's default. */
+typedef struct lshm_options {
+    uint32_t struct_size;            /* sizeof(lshm_options): another size is LSHM_E_INVALID_ARGUMENT */
+    uint32_t prompt_policy;          /* an LSHM_POLICY_* value */
+    uint64_t startup_timeout_ms;     /* deadline for the worker's start-up; 0 = 120 s */
+    uint64_t request_timeout_ms;     /* bound on each request; 0 = 600 s */
+    uint64_t max_answer_bytes;       /* most bytes one answer may have; 0 = 8 MiB */
+    uint32_t restart_max_attempts;   /* spawn attempts after the worker died, per outage; 0 = never */
+    uint32_t reserved;               /* 0 */
+    uint64_t restart_backoff_ms;     /* wait before the second attempt of an outage (doubling) */
+    uint64_t restart_max_backoff_ms; /* longest wait between attempts */
+} lshm_options;
+
 /* Opaque handles. */
 typedef struct lshm_client lshm_client;
 typedef struct lshm_canceller lshm_canceller;
@@ -102,6 +127,12 @@ const char *lshm_version(void);
 /* A short description of `code` (static; do not free). */
 const char *lshm_status_message(lshm_status code);
 
+/* The library's ABI version: LSHM_ABI_VERSION of the header it was built with. */
+uint32_t lshm_abi_version(void);
+
+/* The default options: struct_size set, every other field 0. */
+lshm_options lshm_options_default(void);
+
 /* Spawns a worker and waits until it is ready (start-up timeout 120 s).
  *   worker: path of llama-shm-worker, or NULL for the default ($LLAMA_SHM_WORKER, else next
  *           to this library, else next to the executable).
@@ -114,7 +145,15 @@ lshm_status lshm_client_new(const char *worker, const char *const *argv, size_t 
                             uint64_t request_timeout_ms, lshm_client **out_client,
                             char **out_error);
 
-/* The worker's process id. Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_CLOSED. */
+/* lshm_client_new with `options` (NULL: the defaults) instead of a request timeout only.
+ * Errors: as lshm_client_new; LSHM_E_INVALID_ARGUMENT also for another struct_size, an unknown
+ * prompt_policy or a non-zero reserved field. */
+lshm_status lshm_client_new_with(const char *worker, const char *const *argv, size_t argc,
+                                 const lshm_options *options, lshm_client **out_client,
+                                 char **out_error);
+
+/* The worker's process id (updated after each request: a restart may replace the worker).
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_CLOSED. */
 lshm_status lshm_client_worker_pid(const lshm_client *client, uint32_t *out_pid);
 
 /* The most bytes one answer may have (default 8 MiB). A worker that goes on past it (an

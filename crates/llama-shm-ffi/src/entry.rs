@@ -4,10 +4,9 @@ use llama_shm::Prompts;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use llama_shm::Client;
 use llama_shm::{RequestOptions, ShutdownError};
 
 use crate::boundary::*;
@@ -28,7 +27,33 @@ pub extern "C" fn lshm_status_message(code: Status) -> *const c_char {
     message_of(code).as_ptr()
 }
 
+/// The ABI version of this library ([`LSHM_ABI_VERSION`] when it was built): a frontend
+/// compares it with the `LSHM_ABI_VERSION` of the header it was built against and refuses a
+/// library that differs.
+#[no_mangle]
+pub extern "C" fn lshm_abi_version() -> u32 {
+    LSHM_ABI_VERSION
+}
+
+/// The default options: `struct_size` set, every other field 0 (the library's defaults:
+/// 120 s start-up, 600 s per request, 8 MiB answers, truncating prompts, no restarts).
+#[no_mangle]
+pub extern "C" fn lshm_options_default() -> LshmOptions {
+    LshmOptions {
+        struct_size: std::mem::size_of::<LshmOptions>() as u32,
+        prompt_policy: LSHM_POLICY_TRUNCATE,
+        startup_timeout_ms: 0,
+        request_timeout_ms: 0,
+        max_answer_bytes: 0,
+        restart_max_attempts: 0,
+        reserved: 0,
+        restart_backoff_ms: 0,
+        restart_max_backoff_ms: 0,
+    }
+}
+
 /// Spawns a worker and connects to it; waits until it is ready (start-up timeout 120 s).
+/// [`lshm_client_new_with`] with default options but for `request_timeout_ms`.
 ///
 /// `worker`: path of `llama-shm-worker`, or NULL for the default (`$LLAMA_SHM_WORKER`, else
 /// next to this library, else next to the executable). `argv`/`argc`: extra worker arguments
@@ -54,12 +79,43 @@ pub unsafe extern "C" fn lshm_client_new(
     out_client: *mut *mut LshmClient,
     out_error: *mut *mut c_char,
 ) -> Status {
+    let options = LshmOptions {
+        request_timeout_ms,
+        ..lshm_options_default()
+    };
+    // SAFETY: the same contract, and `options` is a valid struct on this stack.
+    unsafe { lshm_client_new_with(worker, argv, argc, &options, out_client, out_error) }
+}
+
+/// Spawns a worker and connects to it with `options` (NULL: the defaults, see
+/// [`lshm_options_default`]); otherwise as [`lshm_client_new`].
+///
+/// # Errors
+/// As [`lshm_client_new`]; also [`LSHM_E_INVALID_ARGUMENT`] for options of another
+/// `struct_size`, an unknown `prompt_policy` or a non-zero `reserved`.
+///
+/// # Safety
+/// As [`lshm_client_new`]; `options` is NULL or points at a readable `lshm_options`.
+#[no_mangle]
+pub unsafe extern "C" fn lshm_client_new_with(
+    worker: *const c_char,
+    argv: *const *const c_char,
+    argc: usize,
+    options: *const LshmOptions,
+    out_client: *mut *mut LshmClient,
+    out_error: *mut *mut c_char,
+) -> Status {
     let body = || {
         if out_client.is_null() {
             return Err(Failure::null("out_client"));
         }
         // SAFETY: not NULL and writable per the contract.
         unsafe { put(out_client, std::ptr::null_mut()) };
+        // SAFETY: NULL or readable per the contract; `struct_size` is checked before any other
+        // field is used (read as a whole: the struct is plain data).
+        let options = unsafe { options.as_ref() }
+            .copied()
+            .unwrap_or(lshm_options_default());
         if argv.is_null() && argc > 0 {
             return Err(Failure::null("argv (with argc > 0)"));
         }
@@ -82,16 +138,14 @@ pub unsafe extern "C" fn lshm_client_new(
             // SAFETY: not NULL, NUL-terminated per the contract.
             PathBuf::from(unsafe { input_str(worker, "worker") }?)
         };
-        let mut builder = Client::builder().worker(path).args(args);
-        if request_timeout_ms > 0 {
-            builder = builder.request_timeout(Duration::from_millis(request_timeout_ms));
-        }
-        let client = builder
+        let client = builder_with(&options)?
+            .worker(path)
+            .args(args)
             .spawn()
             .map_err(|e| Failure::new(spawn_status(&e), e.to_string()))?;
         let handle = Box::new(LshmClient {
             canceller: client.canceller(),
-            worker_pid: client.worker_pid(),
+            worker_pid: AtomicU32::new(client.worker_pid().unwrap_or(0)),
             client: Mutex::new(client),
         });
         // SAFETY: not NULL and writable (checked above).
@@ -117,9 +171,10 @@ pub unsafe extern "C" fn lshm_client_worker_pid(client: *const LshmClient, out_p
         }
         // SAFETY: NULL or a live handle (the contract); shared access only.
         let client = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
-        let pid = client
-            .worker_pid
-            .ok_or_else(|| Failure::new(LSHM_E_CLOSED, "worker pid unknown"))?;
+        let pid = match client.worker_pid.load(Ordering::Relaxed) {
+            0 => return Err(Failure::new(LSHM_E_CLOSED, "worker pid unknown")),
+            pid => pid,
+        };
         // SAFETY: not NULL, writable per the contract.
         unsafe { put(out_pid, pid) };
         Ok(())
@@ -192,6 +247,9 @@ pub(crate) unsafe fn exchange(
             })
         }
     };
+    handle
+        .worker_pid
+        .store(client.worker_pid().unwrap_or(0), Ordering::Relaxed);
     drop(client);
     let response = result.map_err(|e| Failure::new(request_status(&e), e.to_string()))?;
     let filled = fill_response(&response)?;

@@ -1,11 +1,11 @@
 //! The handles C holds (client, canceller) and the response struct it reads.
 
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use llama_shm::{Canceller, RequestOptions};
-use llama_shm::{Client, Response};
+use llama_shm::{Canceller, Client, ClientBuilder, Policy, RequestOptions, Response, RestartPolicy};
 
 use crate::boundary::*;
 use crate::status::*;
@@ -16,9 +16,10 @@ use crate::status::*;
 pub struct LshmClient {
     pub(crate) client: Mutex<Client>,
     pub(crate) canceller: Canceller,
-    /// Fixed for the handle's life (the FFI never restarts a worker), so reading it does not
-    /// wait for a request in flight.
-    pub(crate) worker_pid: Option<u32>,
+    /// The worker's pid (0: unknown), kept outside the mutex so reading it does not wait for
+    /// a request in flight; updated after each request (a restart policy may have replaced
+    /// the worker).
+    pub(crate) worker_pid: AtomicU32,
 }
 
 impl LshmClient {
@@ -71,6 +72,33 @@ impl LshmResponse {
     };
 }
 
+/// How a client is started and bounded (`lshm_options` in C). Start from
+/// [`lshm_options_default`](crate::lshm_options_default) and change what you need; a zero
+/// field means the library's default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LshmOptions {
+    /// `sizeof(lshm_options)` as the caller was compiled: the library refuses a struct of
+    /// another size (another ABI) with `LSHM_E_INVALID_ARGUMENT`.
+    pub struct_size: u32,
+    /// `LSHM_POLICY_TRUNCATE` (default) or `LSHM_POLICY_STRICT`.
+    pub prompt_policy: u32,
+    /// Deadline for the worker's start-up in ms; 0 = 120 s.
+    pub startup_timeout_ms: u64,
+    /// Bound on each request in ms; 0 = 600 s.
+    pub request_timeout_ms: u64,
+    /// Most bytes one answer may have; 0 = 8 MiB.
+    pub max_answer_bytes: u64,
+    /// Spawn attempts after the worker died, per outage; 0 = never restart.
+    pub restart_max_attempts: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// Wait before the second restart attempt of an outage, in ms (doubling).
+    pub restart_backoff_ms: u64,
+    /// Longest wait between restart attempts, in ms.
+    pub restart_max_backoff_ms: u64,
+}
+
 /// The C callback of [`lshm_stream`](crate::lshm_stream): `chunk` points at `len` bytes of UTF-8 followed by a
 /// NUL, valid only during the call.
 pub type ChunkCallback = unsafe extern "C" fn(chunk: *const c_char, len: usize, user_data: *mut c_void);
@@ -96,4 +124,55 @@ pub(crate) fn fill_response(r: &Response) -> Result<LshmResponse, Failure> {
         prompt_time_us: u64::try_from(r.usage.prompt_time.as_micros()).unwrap_or(u64::MAX),
         generation_time_us: u64::try_from(r.usage.generation_time.as_micros()).unwrap_or(u64::MAX),
     })
+}
+
+/// A builder set up from C's options, which are checked first.
+pub(crate) fn builder_with(o: &LshmOptions) -> Result<ClientBuilder, Failure> {
+    if o.struct_size as usize != std::mem::size_of::<LshmOptions>() {
+        return Err(Failure::new(
+            LSHM_E_INVALID_ARGUMENT,
+            format!(
+                "options.struct_size is {}, this library's lshm_options has {} bytes (ABI {})",
+                o.struct_size,
+                std::mem::size_of::<LshmOptions>(),
+                LSHM_ABI_VERSION
+            ),
+        ));
+    }
+    if o.reserved != 0 {
+        return Err(Failure::new(
+            LSHM_E_INVALID_ARGUMENT,
+            "options.reserved must be 0",
+        ));
+    }
+    let policy =
+        match o.prompt_policy {
+            LSHM_POLICY_TRUNCATE => Policy::Truncate,
+            LSHM_POLICY_STRICT => Policy::Strict,
+            other => return Err(Failure::new(
+                LSHM_E_INVALID_ARGUMENT,
+                format!(
+                    "options.prompt_policy {other} is neither LSHM_POLICY_TRUNCATE nor LSHM_POLICY_STRICT"
+                ),
+            )),
+        };
+    let ms = Duration::from_millis;
+    let mut b = Client::builder().policy(policy);
+    if o.startup_timeout_ms > 0 {
+        b = b.startup_timeout(ms(o.startup_timeout_ms));
+    }
+    if o.request_timeout_ms > 0 {
+        b = b.request_timeout(ms(o.request_timeout_ms));
+    }
+    if o.max_answer_bytes > 0 {
+        b = b.max_answer_bytes(o.max_answer_bytes);
+    }
+    if o.restart_max_attempts > 0 {
+        b = b.restart(RestartPolicy {
+            max_attempts: o.restart_max_attempts,
+            backoff: ms(o.restart_backoff_ms),
+            max_backoff: ms(o.restart_max_backoff_ms.max(o.restart_backoff_ms)),
+        });
+    }
+    Ok(b)
 }

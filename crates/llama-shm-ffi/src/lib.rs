@@ -25,7 +25,7 @@ mod locate;
 mod status;
 
 pub use entry::*;
-pub use handles::{ChunkCallback, LshmCanceller, LshmClient, LshmResponse};
+pub use handles::{ChunkCallback, LshmCanceller, LshmClient, LshmOptions, LshmResponse};
 pub use status::*;
 
 #[cfg(test)]

@@ -5,6 +5,17 @@ use std::ffi::CStr;
 
 use llama_shm::{RequestError, SpawnError};
 
+/// The ABI this library implements: a frontend built against another value refuses the
+/// library ([`lshm_abi_version`](crate::lshm_abi_version) returns it).
+pub const LSHM_ABI_VERSION: u32 = 2;
+
+/// [`LshmOptions::prompt_policy`](crate::LshmOptions): cut a prompt that does not fit on a
+/// character boundary (and at a NUL).
+pub const LSHM_POLICY_TRUNCATE: u32 = 0;
+/// [`LshmOptions::prompt_policy`](crate::LshmOptions): refuse a prompt that does not fit whole
+/// or holds a NUL ([`LSHM_E_ENCODE`]).
+pub const LSHM_POLICY_STRICT: u32 = 1;
+
 /// A status code (`lshm_status` in C, an `int32_t`). 0 is success.
 pub type Status = i32;
 

@@ -138,10 +138,14 @@ fn every_constant_has_the_same_value() {
     assert_eq!(rust, header, "src/ (left) and include/llama_shm.h (right) differ");
 }
 
-#[test]
-fn the_response_struct_has_the_same_fields_and_types() {
+/// Struct fields as (name, C type), in order.
+type Fields = Vec<(String, String)>;
+
+/// The fields of `pub struct {rust}` in the Rust source and of `typedef struct {c}` in the
+/// header, as (name, C type) in order.
+fn struct_fields(rust: &str, c: &str) -> (Fields, Fields) {
     let rust_body = SOURCE
-        .split("pub struct LshmResponse {")
+        .split(&format!("pub struct {rust} {{"))
         .nth(1)
         .unwrap()
         .split('}')
@@ -164,7 +168,7 @@ fn the_response_struct_has_the_same_fields_and_types() {
         .collect();
     let code = strip_comments(HEADER);
     let c_body = code
-        .split("typedef struct lshm_response {")
+        .split(&format!("typedef struct {c} {{"))
         .nth(1)
         .unwrap()
         .split('}')
@@ -180,6 +184,19 @@ fn the_response_struct_has_the_same_fields_and_types() {
             (d[split..].to_string(), ty.replace("char*", "char *"))
         })
         .collect();
+    (rust, c)
+}
+
+#[test]
+fn the_response_struct_has_the_same_fields_and_types() {
+    let (rust, c) = struct_fields("LshmResponse", "lshm_response");
     assert_eq!(rust.len(), 9);
     assert_eq!(rust, c, "LshmResponse (left) and lshm_response (right) differ");
+}
+
+#[test]
+fn the_options_struct_has_the_same_fields_and_types() {
+    let (rust, c) = struct_fields("LshmOptions", "lshm_options");
+    assert_eq!(rust.len(), 9);
+    assert_eq!(rust, c, "LshmOptions (left) and lshm_options (right) differ");
 }

@@ -161,6 +161,51 @@ int main(int argc, char **argv) {
         lshm_string_free(err);
     }
 
+    /* The ABI version and the options struct: another ABI or a malformed struct is refused. */
+    {
+        CHECK(lshm_abi_version() == LSHM_ABI_VERSION, "abi version %u", lshm_abi_version());
+        lshm_options o = lshm_options_default();
+        CHECK(o.struct_size == sizeof(lshm_options), "default options: struct_size %u", o.struct_size);
+        CHECK(o.prompt_policy == LSHM_POLICY_TRUNCATE && o.request_timeout_ms == 0 && o.restart_max_attempts == 0,
+              "default options are the defaults");
+        const char *echo[] = {"--engine", "echo"};
+        lshm_client *c = NULL;
+        char *e = NULL;
+        o.struct_size = (uint32_t)sizeof(lshm_options) - 8;
+        CHECK(lshm_client_new_with(worker, echo, 2, &o, &c, &e) == LSHM_E_INVALID_ARGUMENT && c == NULL,
+              "new_with: another struct_size is refused");
+        CHECK(e != NULL && strstr(e, "struct_size") != NULL, "new_with: message names struct_size: %s", e ? e : "");
+        lshm_string_free(e);
+        e = NULL;
+        o = lshm_options_default();
+        o.prompt_policy = 7;
+        CHECK(lshm_client_new_with(worker, echo, 2, &o, &c, NULL) == LSHM_E_INVALID_ARGUMENT, "new_with: bad policy");
+        /* Strict prompts: an over-long prompt is refused before anything is sent. */
+        o = lshm_options_default();
+        o.prompt_policy = LSHM_POLICY_STRICT;
+        o.startup_timeout_ms = 10000;
+        lshm_status st = lshm_client_new_with(worker, echo, 2, &o, &c, &e);
+        CHECK(st == LSHM_OK && c != NULL, "new_with: %s (%s)", lshm_status_message(st), e ? e : "");
+        lshm_string_free(e);
+        e = NULL;
+        if (c != NULL) {
+            char *big = repeat('x', 5000);
+            lshm_response rr;
+            CHECK(lshm_request(c, big, "s", 0, 0, &rr, NULL) == LSHM_E_ENCODE, "strict: a 5000-byte prompt");
+            CHECK(lshm_request(c, "fits", "s", 0, 0, &rr, NULL) == LSHM_OK && strcmp(rr.text, "s\nfits") == 0,
+                  "strict: a prompt that fits");
+            lshm_response_free(&rr);
+            free(big);
+            CHECK(lshm_client_shutdown(c, NULL) == LSHM_OK, "new_with: shutdown");
+        }
+        /* NULL options are the defaults. */
+        c = NULL;
+        CHECK(lshm_client_new_with(worker, echo, 2, NULL, &c, NULL) == LSHM_OK && c != NULL, "new_with: NULL options");
+        if (c != NULL) {
+            CHECK(lshm_client_shutdown(c, NULL) == LSHM_OK, "new_with NULL: shutdown");
+        }
+    }
+
     const char *args[] = {"--engine", "echo", "--echo-piece-us", "2000"};
     lshm_client *client = NULL;
     char *err = NULL;
