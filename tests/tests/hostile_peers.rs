@@ -3,7 +3,6 @@
 //! promise under test: every wait ends by its deadline whatever anyone posts, and one dead
 //! client never wedges a worker for the others.
 
-use llama_shm::Prompts;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use llama_shm::internals::os::NamedSemaphore;
 use llama_shm::internals::protocol::Region;
 use llama_shm::internals::wire::layout::{Field, Word64};
 use llama_shm::internals::wire::names::Prefix;
+use llama_shm::Prompts;
 use llama_shm::RequestOptions;
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{cli_path, shm_entries, spawn_helper_with, standalone_echo, terminate, unique_prefix};
@@ -251,7 +251,7 @@ fn a_client_that_dies_holding_the_turn_does_not_wedge_a_standalone_worker() {
 /// 1 s, although the answer would have taken 20 s more. The seed-era case holds only while no
 /// other client maps the object when the worker first looks (100 ms into the request), so
 /// there the next client attaches after that look: with other clients mapping, a dead seed
-/// client's answer is generated to its end (see `standalone.rs`).
+/// client's answer is generated to its end (see `objects/clients.rs`).
 #[test]
 fn a_client_that_dies_during_its_answer_does_not_hold_a_standalone_worker() {
     for mode in ["ext-posted", "seed-posted"] {

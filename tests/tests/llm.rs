@@ -2,13 +2,13 @@
 //! the shared-memory worker and in `--test` mode. Real model, no mocks: these tests need the
 //! model file and a worker built with the `llama` feature.
 
-use llama_shm::Prompts;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use llama_shm::internals::client::{Client, RequestError, RequestOptions, SpawnError};
 use llama_shm::internals::os::process::ExitInfo;
+use llama_shm::Prompts;
 use llama_shm_tests::{own_entries, worker_path};
 
 const SYSTEM: &str = "You are a helpful assistant.";

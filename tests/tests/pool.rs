@@ -1,12 +1,12 @@
 //! The worker pool: requests from many threads go to idle workers, every answer reaches the
 //! thread that asked, and a worker that dies is replaced.
 
-use llama_shm::Prompts;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use llama_shm::internals::client::{Client, RequestError, RequestOptions};
 use llama_shm::Pool;
+use llama_shm::Prompts;
 use llama_shm_tests::{own_entries, worker_path};
 
 fn echo_pool(n: usize, extra: &[&str]) -> Pool {

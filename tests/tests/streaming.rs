@@ -1,11 +1,11 @@
 //! Streaming, cancellation, deadlines and token budgets against the real worker binary (echo
 //! engine, paced with `--echo-piece-us` so it behaves like a model emitting tokens).
 
-use llama_shm::Prompts;
 use std::time::{Duration, Instant};
 
 use llama_shm::internals::client::{Client, ClientBuilder, RequestError, RequestOptions};
 use llama_shm::internals::wire::status::Finish;
+use llama_shm::Prompts;
 use llama_shm_tests::{own_entries, worker_path};
 
 fn echo(extra: &[&str]) -> ClientBuilder {

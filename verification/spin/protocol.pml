@@ -92,7 +92,7 @@ bool cgone = 0;   /* the client process has ended: the control socket has hung u
 
 #ifndef SEED
 bool dead = 0;    /* client/ Client::dead, set by the pidfd watcher */
-bool stop = 0;    /* llama-shm-worker main.rs StopState::stop */
+bool stop = 0;    /* llama-shm worker/host.rs run: the stop flag */
 bool cancel = 0;  /* worker/engine.rs Cancel, set with stop */
 #define W_IDLE    0
 #define W_FIRED   1
@@ -244,7 +244,7 @@ active proctype Worker()
 #endif
 		response_written++                   /* response_written.post() */
 	od;
-	wgone = true                             /* serve returned: run_server returns, exit */
+	wgone = true                             /* serve returned: host::run returns, exit */
 	} unless { atomic { wkill -> wgone = true; w_taking = false; w_writing = false } }
 }
 
@@ -380,7 +380,7 @@ client_exit:
 }
 
 #ifndef SEED
-/* client/ start_watcher: a thread polling the worker's pidfd; fires once. Part of the
+/* client/connect.rs start_watcher: a thread polling the worker's pidfd; fires once. Part of the
    client process: dies with it. */
 active proctype PidfdWatcher()
 {
@@ -394,7 +394,7 @@ end_watch:
 	}
 }
 
-/* llama-shm-worker main.rs run_server: the stop Watcher (SIGINT/SIGTERM self-pipe, control
+/* llama-shm worker/host.rs start_stop_watcher: the stop Watcher (SIGINT/SIGTERM self-pipe, control
    socket POLLRDHUP); fires once. Part of the worker process: dies with it. */
 active proctype StopWatcher()
 {

@@ -4,7 +4,7 @@
  * file models what crates/llama-shm does for an extended client (the protocol code of commit
  * c9bb174, unchanged up to 3ddc9b1):
  *
- *   worker/serve.rs serve + WireSink (check / append / push), protocol/ worker_stream_begin,
+ *   worker/serve.rs serve + worker/sink.rs WireSink (check / append / push), protocol/ worker_stream_begin,
  *   worker_stream_room, worker_stream_write, worker_stream_publish, worker_finish,
  *   worker_cancel_requested; client/ exchange (client_acquire, client_write,
  *   client_receive, consume, client_cancel), Canceller::cancel, shutdown_inner.
@@ -132,7 +132,7 @@ bool ckill = 0;
 bool sigterm = 0;
 bool cgone = 0;
 bool dead = 0;    /* Client::dead, set by the pidfd watcher */
-bool stop = 0;    /* llama-shm-worker StopState::stop (also sets the engine's Cancel) */
+bool stop = 0;    /* llama-shm worker/host.rs stop flag (also sets the engine's Cancel) */
 #define W_IDLE    0
 #define W_FIRED   1
 #define W_STOPPED 2
@@ -268,7 +268,7 @@ inline stop_watcher()
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Worker: worker/serve.rs serve, WireSink                                                        */
+/* Worker: worker/serve.rs serve, sink.rs WireSink                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
 /* WireSink::check: stop, then the cancel word (then the deadline, not modelled), read in one
@@ -540,7 +540,7 @@ end_cancel:
 }
 #endif
 
-/* client/ start_watcher: fires once when the worker's pidfd becomes readable. */
+/* client/connect.rs start_watcher: fires once when the worker's pidfd becomes readable. */
 active proctype PidfdWatcher()
 {
 end_watch:

@@ -13,13 +13,13 @@
 #![cfg(loom)]
 #![warn(missing_docs)]
 
-use llama_shm::Prompts;
 use std::io;
 use std::time::{Duration, Instant};
 
 use llama_shm::internals::protocol::{Channel, Region, Semaphore};
 use llama_shm::internals::wire::layout::{Field, ObjectKind, Word32, Word64};
 use llama_shm::internals::worker::{serve, ServeEnd, ServeOptions};
+use llama_shm::Prompts;
 use llama_shm::{Cancel, Engine, EngineError, EngineRequest, Finish, Generation, ResponseSink};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -7,13 +7,13 @@
 //! many. Keeping the transcript at the *end* of the system prompt also keeps the start of the
 //! prompt stable from turn to turn, which is what the worker's prefix cache reuses.
 
-use llama_shm::Prompts;
 use std::collections::VecDeque;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use llama_shm::internals::client::RequestError;
 use llama_shm::Finish;
+use llama_shm::Prompts;
 
 use crate::{
     connect, disconnect, exit, interrupt_flag, request_options, CancelOnInterrupt, ChatArgs, Printer,

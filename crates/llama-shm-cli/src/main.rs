@@ -3,7 +3,6 @@
 //! failure is one line on stderr and a non-zero exit. `llama-shm ls` lists the objects in
 //! `/dev/shm` and whether they are in use; `llama-shm clean` removes the leftovers.
 
-use llama_shm::Prompts;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use llama_shm::Finish;
 use llama_shm::Prefix;
+use llama_shm::Prompts;
 use llama_shm::{Client, EngineSettings, RequestError, RequestOptions, Response, SpawnError};
 
 mod bench;

@@ -1,12 +1,12 @@
 //! The entry points, in the order of a client's life (see the crate docs' diagram).
 
-use llama_shm::Prompts;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use llama_shm::Prompts;
 use llama_shm::{RequestOptions, ShutdownError};
 
 use crate::boundary::*;

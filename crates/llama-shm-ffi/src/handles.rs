@@ -145,17 +145,18 @@ pub(crate) fn builder_with(o: &LshmOptions) -> Result<ClientBuilder, Failure> {
             "options.reserved must be 0",
         ));
     }
-    let policy =
-        match o.prompt_policy {
-            LSHM_POLICY_TRUNCATE => Policy::Truncate,
-            LSHM_POLICY_STRICT => Policy::Strict,
-            other => return Err(Failure::new(
+    let policy = match o.prompt_policy {
+        LSHM_POLICY_TRUNCATE => Policy::Truncate,
+        LSHM_POLICY_STRICT => Policy::Strict,
+        other => {
+            return Err(Failure::new(
                 LSHM_E_INVALID_ARGUMENT,
                 format!(
                     "options.prompt_policy {other} is neither LSHM_POLICY_TRUNCATE nor LSHM_POLICY_STRICT"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let ms = Duration::from_millis;
     let mut b = Client::builder().policy(policy);
     if o.startup_timeout_ms > 0 {

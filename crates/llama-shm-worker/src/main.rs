@@ -163,7 +163,7 @@ fn main() -> ExitCode {
         return run_guardian();
     }
     if !args.test {
-        // Held back from here until the handlers are in place (`run_server`): a stop signal
+        // Held back from here until the handlers are in place (`host::run`): a stop signal
         // at any moment of start-up — during the re-exec below, while the objects are
         // created, during the model load — is then a graceful exit that removes what was
         // created, never the default action with the names left behind. (The mask survives
@@ -290,18 +290,12 @@ fn dump_tokens(_: &Args, _: &str) -> Result<(), WorkerError> {
 }
 
 fn run_server(args: &Args) -> Result<(), WorkerError> {
-    let token = args
-        .token_file
-        .as_deref()
-        .map(host::read_token_file)
-        .transpose()
-        .map_err(|e| WorkerError::Startup(e.to_string()))?;
     let opts = HostOptions {
         prefix: args.prefix.clone(),
         permissions: args.mode,
         accept_permissions: args.others_may_crash_this_worker,
         spawned: args.control_stdin,
-        token,
+        token_file: args.token_file.clone(),
         spin: Duration::from_micros(args.spin_us),
         startup_pause: Duration::from_millis(args.startup_pause_ms),
     };

@@ -39,11 +39,10 @@ mod worker;
 
 pub use client::pool::Pool;
 pub use client::{
-    Canceller, Client, ClientBuilder, ClosedReason, EngineSettings, Phase, PromptField, Protocol,
-    RequestError, RequestOptions, Response, RestartPolicy, ShutdownError, SpawnError,
+    AttachError, Canceller, Client, ClientBuilder, ClosedReason, EngineSettings, Phase, PromptField,
+    Protocol, RequestError, RequestOptions, Response, RestartPolicy, ShutdownError, SpawnError,
     DEFAULT_MAX_ANSWER_BYTES,
 };
-pub use objects::ObjectsError as AttachError;
 pub use protocol::{Prompts, Usage};
 pub use wire::layout::ObjectKind;
 pub use wire::names::{Prefix, PrefixError, SEED_PREFIX};

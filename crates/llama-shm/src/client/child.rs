@@ -46,7 +46,7 @@ impl ChildProc {
             return Some(ExitInfo::from_status(status));
         }
         if let Ok(pidfd) = process::pidfd_open(self.child.id()) {
-            wait_fd_readable(pidfd.as_fd(), deadline);
+            let _ = process::wait_readable(pidfd.as_fd(), deadline);
         } else {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -62,10 +62,6 @@ impl ChildProc {
         let _ = self.child.kill();
         self.child.wait().ok().map(ExitInfo::from_status)
     }
-}
-
-pub(super) fn wait_fd_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> bool {
-    crate::os::process::wait_readable(fd, deadline).unwrap_or(false)
 }
 
 /// Keeps the last lines a worker wrote to stderr (and logs them at debug level).

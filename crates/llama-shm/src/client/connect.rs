@@ -5,7 +5,6 @@
 //! wait for "attached" → unlink every name (from here a crash of either side leaves nothing
 //! behind) → watch the worker's pidfd → wait for `ready` with the start-up deadline.
 
-use super::ClosedReason;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -17,6 +16,7 @@ use std::time::Instant;
 
 use super::cancel::CancelSlot;
 use super::child::{ChildProc, StderrTail};
+use super::ClosedReason;
 use super::{AttachError, Client, ClientBuilder, Protocol, SpawnError};
 use crate::objects::{self, ExtInit, PosixChannel};
 use crate::os::control::{self, ControlMsg};
@@ -184,7 +184,7 @@ impl ClientBuilder {
     /// no more than the trusted mode.
     ///
     /// # Errors
-    /// [`ObjectsError`](crate::objects::ObjectsError) when the objects are missing, untrusted or malformed.
+    /// [`AttachError`](crate::AttachError) when the objects are missing, untrusted or malformed.
     pub fn attach(self, prefix: &Prefix) -> Result<Client, AttachError> {
         objects::check_mode(self.trust.max_mode, self.others_may_crash)?;
         let mut channel = objects::open(prefix, self.trust)?;
@@ -233,7 +233,7 @@ impl ClientBuilder {
 
 /// Attached clients share a worker: start their sequence numbers far apart so that one
 /// client's stale response is never taken for another's.
-pub(super) fn first_attach_seq() -> u64 {
+fn first_attach_seq() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);
     (u64::from_ne_bytes(b) >> 16).max(1)
@@ -241,11 +241,7 @@ pub(super) fn first_attach_seq() -> u64 {
 
 /// Watches the worker: `pids` is its pid, or the processes one of which is the worker (it is
 /// taken for dead once all of them have exited).
-pub(super) fn start_watcher(
-    pids: &[u32],
-    channel: &Arc<PosixChannel>,
-    dead: &Arc<AtomicBool>,
-) -> Option<Watcher> {
+fn start_watcher(pids: &[u32], channel: &Arc<PosixChannel>, dead: &Arc<AtomicBool>) -> Option<Watcher> {
     let mut watches = Vec::with_capacity(pids.len());
     for &pid in pids {
         match process::pidfd_open(pid) {
@@ -274,21 +270,21 @@ pub(super) fn start_watcher(
 }
 
 /// What a spawn or an attach found: everything of a [`Client`] that differs between the two.
-pub(super) struct Connection {
-    pub(super) channel: Arc<PosixChannel>,
-    pub(super) kind: ObjectKind,
-    pub(super) child: Option<ChildProc>,
-    pub(super) watcher: Option<Watcher>,
-    pub(super) dead: Arc<AtomicBool>,
-    pub(super) worker_pid: Option<u32>,
-    pub(super) token: Option<[u8; TOKEN_LEN]>,
-    pub(super) first_seq: u64,
+struct Connection {
+    channel: Arc<PosixChannel>,
+    kind: ObjectKind,
+    child: Option<ChildProc>,
+    watcher: Option<Watcher>,
+    dead: Arc<AtomicBool>,
+    worker_pid: Option<u32>,
+    token: Option<[u8; TOKEN_LEN]>,
+    first_seq: u64,
     /// Attached to a worker others share: each request holds the turn lock.
-    pub(super) shared: bool,
+    shared: bool,
 }
 
 impl Client {
-    pub(super) fn new(c: Connection, cfg: ClientBuilder) -> Self {
+    fn new(c: Connection, cfg: ClientBuilder) -> Self {
         Client {
             cancel_slot: CancelSlot::new(&c.channel),
             channel: c.channel,

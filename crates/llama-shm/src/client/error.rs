@@ -90,7 +90,7 @@ pub enum SpawnError {
     Io(#[from] io::Error),
 }
 
-pub(super) fn stderr_suffix(lines: &[String]) -> String {
+fn stderr_suffix(lines: &[String]) -> String {
     if lines.is_empty() {
         String::new()
     } else {

@@ -1,12 +1,12 @@
 //! One request from start to end: take the turn, write, wait, read; the worker's death and
 //! its replacement.
 
-use super::ClosedReason;
 use std::io::{self};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ClosedReason;
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::turn::Turn;
 use crate::os::process::{self, ExitInfo};
@@ -200,10 +200,8 @@ impl Client {
         }
     }
 
-    /// Takes the turn lock (attached clients only), retrying with a short backoff until
-    /// `deadline`; a dead worker ends the wait at once.
-    /// Takes the turn lock of a shared worker, waiting until `deadline` (none for a client
-    /// with a worker of its own).
+    /// Takes the turn lock of a shared worker (none for a client with a worker of its own),
+    /// retrying with a short backoff until `deadline`; a dead worker ends the wait at once.
     pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<Option<Turn>, RequestError> {
         if !self.turn_lock {
             return Ok(None);

@@ -19,8 +19,8 @@ pub enum Protocol {
 }
 
 /// What a spawned worker of this project runs, as typed settings instead of its flags (each
-/// unset setting keeps the worker's default; raw flags from [`ClientBuilder::arg`] come after
-/// these and so win).
+/// unset setting keeps the worker's default). Raw flags from [`ClientBuilder::arg`] must not
+/// repeat one of these: the worker refuses a flag given twice (exit 2).
 ///
 /// [`ClientBuilder::arg`]: super::ClientBuilder::arg
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -19,10 +19,10 @@
 //! this 2-core machine one worker with two llama.cpp threads and two workers with one thread
 //! each are the two ways to use the cores; `llama-shm bench` measures both.
 
-use crate::client::ClosedReason;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::ClosedReason;
 use crate::client::{Client, ClientBuilder, Phase, RequestError, RequestOptions, Response, SpawnError};
 use crate::protocol::Prompts;
 

@@ -1,9 +1,9 @@
 //! Ending a client: shut its worker down (confirmed), or detach from a shared one.
 
-use super::ClosedReason;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::ClosedReason;
 use super::{Client, ShutdownError};
 use crate::os::process::ExitInfo;
 use crate::protocol::WaitError;

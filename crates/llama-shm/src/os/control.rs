@@ -63,6 +63,9 @@ pub fn send(sock: &mut UnixStream, msg: &ControlMsg) -> io::Result<()> {
     sock.write_all(line.as_bytes())
 }
 
+/// The longest control line a client accepts (an error message is far shorter).
+const MAX_LINE: usize = 64 * 1024;
+
 /// Reads control messages (client side), keeping partial lines between calls.
 #[derive(Debug, Default)]
 pub struct Receiver {
@@ -92,6 +95,12 @@ impl Receiver {
             }
             if self.eof {
                 return Ok(None);
+            }
+            if self.pending.len() > MAX_LINE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("control line longer than {MAX_LINE} bytes"),
+                ));
             }
             wait_readable(sock, deadline)?;
             let mut buf = [0u8; 1024];
@@ -135,6 +144,38 @@ mod tests {
             Some(ControlMsg::Error("no model | at /x".into()))
         );
         assert_eq!(rx.recv(&mut a, deadline).unwrap(), None);
+    }
+
+    #[test]
+    fn a_recv_past_its_deadline_reads_nothing_however_much_is_waiting() {
+        // A worker that keeps writing lines the client does not know must not hold the
+        // client's recv past its deadline: once the deadline has passed, recv reads nothing
+        // more, even with the socket full.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let lines = b"noise\n".repeat(1000);
+        b.write_all(&lines).unwrap();
+        let err = Receiver::default().recv(&mut a, Instant::now()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        a.set_nonblocking(true).unwrap();
+        let mut left = Vec::new();
+        let _ = a.read_to_end(&mut left);
+        assert_eq!(left.len(), lines.len(), "recv read past its deadline");
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_not_kept() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = [b'x'; 4096];
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) && b.write_all(&chunk).is_ok() {}
+        });
+        let err = Receiver::default()
+            .recv(&mut a, Instant::now() + Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        drop(a);
+        writer.join().unwrap();
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Safe handles over the POSIX objects the protocol runs on.
+//! Safe handles over the POSIX objects the protocol runs on, and the rest of the OS glue.
 //!
-//! This is the only place in the crate that says `unsafe`: each submodule owns the raw calls
-//! for one kind of OS object and hands out owned types that clean up on drop and typed errors.
-//! Everything above `os` sees [`SharedMemory`], [`NamedSemaphore`] and [`process`] helpers.
+//! This is the only place in the crate that says `unsafe`: `shm`, `sem`, `process` and
+//! `signals` each own the raw calls for one kind of OS object and hand out owned types that
+//! clean up on drop and typed errors. `control` (the spawn handshake's socket) and `locate`
+//! (where the worker binary and the default model are) are plain std code. Everything above
+//! `os` sees [`SharedMemory`], [`NamedSemaphore`] and [`process`] helpers.
 
 pub mod control;
 pub mod locate;

@@ -263,26 +263,50 @@ pub fn processes_mapping_inode(ino: u64) -> Vec<u32> {
 
 /// Whether the process behind `pidfd` has exited (a poll that does not wait).
 pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
     matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
+
 /// Waits until `fd` is readable (data, end of file or hang-up) or `deadline` passes:
-/// `Ok(true)` when readable, `Ok(false)` at the deadline. `EINTR` is retried.
+/// `Ok(true)` when readable, `Ok(false)` at the deadline — also when the deadline has passed
+/// already, whatever is readable, so a caller's loop over a peer that keeps writing ends by
+/// it. `EINTR` is retried.
 ///
 /// # Errors
 /// The OS error of `poll(2)`.
 pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
         // Rounded up, so a wait never ends a fraction of a millisecond early.
         let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
             Ok(n) if n > 0 => return Ok(true),
-            Ok(_) if left.is_zero() => return Ok(false),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    #[test]
+    fn wait_readable_is_false_once_the_deadline_has_passed_even_with_data_waiting() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut b, b"x").unwrap();
+        assert!(wait_readable(a.as_fd(), Instant::now() + Duration::from_secs(5)).unwrap());
+        assert!(!wait_readable(a.as_fd(), Instant::now()).unwrap());
+        let (c, _d) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        let limit = Duration::from_millis(30);
+        assert!(!wait_readable(c.as_fd(), started + limit).unwrap());
+        assert!(started.elapsed() >= limit, "returned before its deadline");
     }
 }

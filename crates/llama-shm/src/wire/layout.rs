@@ -140,7 +140,7 @@ pub struct ExtensionPage {
     pub prompt_us: u64,
     /// Usage: generation time, µs.
     pub generation_us: u64,
-    /// Why generation ended (a `FinishReason` value, 0 = unknown).
+    /// Why generation ended (a `Finish` wire value, 0 = unknown).
     pub finish_reason: u32,
     /// A standalone worker's guardian process, which removes the worker's names when the
     /// worker dies by SIGKILL (0: none). A successor does not reclaim the prefix while it

@@ -34,7 +34,7 @@ pub struct Generation {
     /// Why generation ended: [`Finish::Stop`] (end of turn / end of generation),
     /// [`Finish::Length`] (a token budget or the response area) or [`Finish::Cancelled`]
     /// (client gone, worker stopping, or an explicit cancel). The worker reports a deadline
-    /// or a cut answer itself.
+    /// or a cut answer itself; any other value is passed to the client as it is.
     pub finish: Finish,
     /// What it took (zeros for engines without tokens).
     pub usage: Usage,

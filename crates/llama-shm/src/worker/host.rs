@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Cancel, Engine};
 use super::serve::{serve, ServeEnd, ServeOptions};
+use super::token::{read_token_file, TokenFileError};
 use crate::objects::clients::SharedClients;
 use crate::objects::guardian::Guardian;
 use crate::objects::{self, ExtInit, ObjectsError, PosixChannel, Presence, Trust};
@@ -41,8 +42,10 @@ pub struct HostOptions {
     /// Spawned by a client: attach to its objects, read the token from stdin (a socket), stop
     /// when it hangs up. Otherwise standalone: create the objects and serve everyone.
     pub spawned: bool,
-    /// A standalone worker's auth token, required on every request.
-    pub token: Option<[u8; TOKEN_LEN]>,
+    /// A standalone worker's auth token file (64 hex digits): the token is then required on
+    /// every request. Read only by a standalone worker (a spawned one gets its token from its
+    /// client).
+    pub token_file: Option<PathBuf>,
     /// The adaptive wait's budget (zero blocks at once).
     pub spin: Duration,
     /// Tests: a pause at each step of start-up, so a signal can land in each window.
@@ -64,6 +67,9 @@ pub enum HostError {
     /// The objects could not be created, reclaimed or opened.
     #[error(transparent)]
     Objects(ObjectsError),
+    /// The token file could not be used.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
     /// The control socket to the spawning client failed.
     #[error("control socket: {0}")]
     Control(io::Error),
@@ -126,8 +132,9 @@ pub fn run(
         let (channel, sock, token) = attach_to_spawner(opts)?;
         (None, channel, Some(sock), Some(token))
     } else {
-        let (guardian, channel) = create_standalone(opts, me)?;
-        (Some(guardian), channel, None, opts.token)
+        let token = opts.token_file.as_deref().map(read_token_file).transpose()?;
+        let (guardian, channel) = create_standalone(opts, me, token.is_some())?;
+        (Some(guardian), channel, None, token)
     };
     pause(opts, "objects created");
     channel.region.store32(Word32::WorkerPid, me);
@@ -207,17 +214,17 @@ fn attach_to_spawner(opts: &HostOptions) -> Result<(PosixChannel, UnixStream, [u
 /// A standalone worker's start: the guardian, then stale names reclaimed, then the objects,
 /// each told to the guardian before its name appears (no SIGKILL can leave a name the
 /// guardian does not know).
-fn create_standalone(opts: &HostOptions, me: u32) -> Result<(Guardian, PosixChannel), HostError> {
+fn create_standalone(
+    opts: &HostOptions,
+    me: u32,
+    token_required: bool,
+) -> Result<(Guardian, PosixChannel), HostError> {
     let mut guardian =
         Guardian::spawn(Path::new("/proc/self/exe"), &["--guard"]).map_err(HostError::Guardian)?;
     objects::reclaim(&opts.prefix).map_err(HostError::Objects)?;
     let init = ExtInit {
         creator_pid: me,
-        features: if opts.token.is_some() {
-            FEATURE_TOKEN_REQUIRED
-        } else {
-            0
-        },
+        features: if token_required { FEATURE_TOKEN_REQUIRED } else { 0 },
         guardian_pid: guardian.pid(),
     };
     let channel = objects::create_guarded(&opts.prefix, opts.permissions, init, &mut |id| guardian.guard(id))
@@ -265,48 +272,6 @@ fn start_stop_watcher(
 pub fn run_guardian() -> Vec<PathBuf> {
     signals::ignore_terminal_signals();
     objects::guardian::watch(std::io::stdin().lock())
-}
-
-/// Why a token file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
-    /// It could not be read.
-    #[error("cannot read token file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// It does not hold exactly 64 hex digits (surrounding white space aside).
-    #[error("token file {path} must hold {} hex digits", TOKEN_LEN * 2)]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// Reads an auth token from a file of 64 hex digits.
-///
-/// # Errors
-/// [`TokenFileError`].
-pub fn read_token_file(path: &Path) -> Result<[u8; TOKEN_LEN], TokenFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let malformed = || TokenFileError::Malformed {
-        path: path.to_owned(),
-    };
-    let hex = text.trim();
-    if hex.len() != TOKEN_LEN * 2 || !hex.is_ascii() {
-        return Err(malformed());
-    }
-    let mut token = [0u8; TOKEN_LEN];
-    for (i, b) in token.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| malformed())?;
-    }
-    Ok(token)
 }
 
 /// With a start-up pause (tests): sleeps at the named step, so a signal can land in each window.

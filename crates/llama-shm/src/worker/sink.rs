@@ -107,7 +107,7 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
         Some(why)
     }
 
-    /// Asks [`Clients::requester_present`], at most every `presence_every`.
+    /// Asks [`Clients::requester_present`](crate::protocol::Clients::requester_present), at most every `presence_every`.
     fn requester_gone(&mut self) -> bool {
         let Some(clients) = &self.opts.clients else {
             return false;

@@ -3,8 +3,7 @@
 use super::*;
 use crate::protocol::mem::{CountingSemaphore, MemRegion};
 use crate::protocol::Channel;
-use crate::protocol::Prompts;
-use crate::protocol::{PreparedRequest, Region, RequestParams, Semaphore};
+use crate::protocol::{PreparedRequest, Prompts, Region, RequestParams, Semaphore};
 use crate::wire::layout::RESPONSE_LEN;
 use crate::wire::layout::{ObjectKind, Word64, REQUEST_STREAM};
 use crate::wire::status::{Finish, StatusCode};
