@@ -178,10 +178,6 @@ impl Set {
     }
 }
 
-fn path_of(prefix: &Prefix, index: usize) -> PathBuf {
-    objects::paths(prefix).swap_remove(index)
-}
-
 /// Which object of which prefix a `/dev/shm` entry name is, if it follows the naming scheme.
 fn parse_entry(name: &str) -> Option<(Prefix, usize)> {
     objects::object_of_file(name)
@@ -212,8 +208,9 @@ fn classify_object(path: &Path) -> Kind {
 
 /// Inspects one prefix; `None` if none of its names exists (any more).
 fn inspect(prefix: &Prefix) -> Option<Set> {
+    let paths = objects::paths(prefix);
     let entries: [Option<Entry>; 4] = std::array::from_fn(|i| {
-        let path = path_of(prefix, i);
+        let path = paths[i].clone();
         let md = std::fs::metadata(&path).ok()?;
         Some(Entry {
             uid: md.uid(),
@@ -423,7 +420,8 @@ mod tests {
     #[test]
     fn paths_follow_glibc_naming() {
         let p = Prefix::new("abc").unwrap();
-        assert_eq!(path_of(&p, 0), Path::new("/dev/shm/abc_shared_mem"));
-        assert_eq!(path_of(&p, 3), Path::new("/dev/shm/sem.abc_sem_response_written"));
+        let paths = objects::paths(&p);
+        assert_eq!(paths[0], Path::new("/dev/shm/abc_shared_mem"));
+        assert_eq!(paths[3], Path::new("/dev/shm/sem.abc_sem_response_written"));
     }
 }

@@ -37,27 +37,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let system = "s".repeat(sys);
     let opts = llama_shm::RequestOptions::default();
     let mut out = String::new();
+    let prompts = Prompts {
+        system: &system,
+        user: &user,
+    };
     for _ in 0..1000 {
-        client.request_into(
-            Prompts {
-                system: &system,
-                user: &user,
-            },
-            &opts,
-            &mut out,
-        )?;
+        client.request_into(prompts, &opts, &mut out)?;
     }
     let mut samples: Vec<Duration> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        client.request_into(
-            Prompts {
-                system: &system,
-                user: &user,
-            },
-            &opts,
-            &mut out,
-        )?;
+        client.request_into(prompts, &opts, &mut out)?;
         samples.push(t.elapsed());
     }
     assert_eq!(out.len(), answer);

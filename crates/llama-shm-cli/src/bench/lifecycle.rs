@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use llama_shm::internals::client::{Client, RequestError};
-use llama_shm::internals::stats::{fmt_duration, summarize};
+use llama_shm::internals::stats::summarize;
 
-use super::table::Table;
+use super::table::{latency_cells, Table};
 use super::BenchArgs;
 
 /// Spawns and shuts down 50 workers, then kills `args.kills` of them mid-request.
@@ -61,15 +61,7 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
         ("shutdown (request to exit reaped)", &mut shutdown),
         ("worker SIGKILLed mid-request → client error", &mut detect),
     ] {
-        let s = summarize(v);
-        table.row([
-            label.to_owned(),
-            s.n.to_string(),
-            fmt_duration(s.p50),
-            fmt_duration(s.p99),
-            fmt_duration(s.p999),
-            fmt_duration(s.max),
-        ]);
+        table.row(latency_cells(label, &summarize(v)));
     }
     table.print();
     Ok(())

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use llama_shm::internals::client::{Client, RequestOptions};
-use llama_shm::internals::stats::{fmt_duration, summarize, Summary};
+use llama_shm::internals::stats::{summarize, Summary};
 use llama_shm::Prompts;
 
-use super::table::Table;
+use super::table::{latency_cells, Table};
 use super::transports::{self, pin_current_thread, Payload, Placement, Transport};
 use super::BenchArgs;
 
@@ -85,15 +85,7 @@ fn row(table: &mut Table, label: &str, s: &Summary, ours: Option<&Summary>) {
         || "—".to_string(),
         |o| format!("{:.2}×", s.p50.as_secs_f64() / o.p50.as_secs_f64()),
     );
-    table.row([
-        label.to_owned(),
-        s.n.to_string(),
-        fmt_duration(s.p50),
-        fmt_duration(s.p99),
-        fmt_duration(s.p999),
-        fmt_duration(s.max),
-        ratio,
-    ]);
+    table.row(latency_cells(label, s).into_iter().chain([ratio]));
 }
 
 /// Warm-up and measured round trips for `payload`: the large payload runs a quarter as many.

@@ -23,17 +23,14 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
         let t = Instant::now();
         let mut first = None;
         let user = format!("{USER} (round {i})");
+        let prompts = Prompts {
+            system: SYSTEM,
+            user: &user,
+        };
         client
-            .stream(
-                Prompts {
-                    system: SYSTEM,
-                    user: &user,
-                },
-                &opts,
-                |_| {
-                    first.get_or_insert_with(|| t.elapsed());
-                },
-            )
+            .stream(prompts, &opts, |_| {
+                first.get_or_insert_with(|| t.elapsed());
+            })
             .context("stream")?;
         fulls.push(t.elapsed());
         firsts.push(first.context("no chunk arrived")?);
@@ -42,20 +39,13 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
         let mut seen = 0;
         let mut at = None;
         let r = client
-            .stream(
-                Prompts {
-                    system: SYSTEM,
-                    user: &user,
-                },
-                &opts,
-                |_| {
-                    seen += 1;
-                    if seen == 3 {
-                        canceller.cancel();
-                        at = Some(Instant::now());
-                    }
-                },
-            )
+            .stream(prompts, &opts, |_| {
+                seen += 1;
+                if seen == 3 {
+                    canceller.cancel();
+                    at = Some(Instant::now());
+                }
+            })
             .context("stream")?;
         if let Some(at) = at {
             if r.finish == llama_shm::Finish::Cancelled {

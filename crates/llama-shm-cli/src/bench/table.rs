@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use llama_shm::internals::stats::{fmt_duration, Summary};
+
 /// A Markdown table, printed with [`Table::print`] (or formatted with `Display`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -23,14 +25,15 @@ impl Table {
     /// # Panics
     ///
     /// If the row's length is not the number of columns (a bug in the caller).
-    pub fn row<const N: usize>(&mut self, cells: [String; N]) -> &mut Self {
+    pub fn row(&mut self, cells: impl IntoIterator<Item = String>) -> &mut Self {
+        let cells: Vec<String> = cells.into_iter().collect();
         assert_eq!(
-            N,
+            cells.len(),
             self.headers.len(),
             "row {cells:?} for columns {:?}",
             self.headers
         );
-        self.rows.push(cells.into());
+        self.rows.push(cells);
         self
     }
 
@@ -38,6 +41,18 @@ impl Table {
     pub fn print(&self) {
         println!("{self}");
     }
+}
+
+/// The cells of a latency row: `label`, then the summary's n, p50, p99, p99.9 and max.
+pub fn latency_cells(label: &str, s: &Summary) -> [String; 6] {
+    [
+        label.to_owned(),
+        s.n.to_string(),
+        fmt_duration(s.p50),
+        fmt_duration(s.p99),
+        fmt_duration(s.p999),
+        fmt_duration(s.max),
+    ]
 }
 
 /// One `| a | b |` line; an empty cell is `| |`.

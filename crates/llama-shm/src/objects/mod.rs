@@ -247,9 +247,7 @@ pub enum Presence {
 /// to remove them); otherwise any process mapping the object or a semaphore (seen in
 /// `/proc/*/maps`) means in use; otherwise stale.
 pub fn presence(prefix: &Prefix) -> Presence {
-    let shm_name = prefix.shm();
-    let mut paths = vec![dev_shm_path(&shm_name, false)];
-    paths.extend(prefix.sems().iter().map(|n| dev_shm_path(n, true)));
+    let paths = paths(prefix);
     if !paths.iter().any(|p| p.exists()) {
         return Presence::Absent;
     }
