@@ -15,6 +15,9 @@ pub const OBJECT_SUFFIXES: [&str; 4] = [
     "sem_response_written",
 ];
 
+/// What follows `P_` in the name of the streaming service's fourth semaphore.
+pub const CHUNK_READY_SUFFIX: &str = "sem_chunk_ready";
+
 /// Longest prefix accepted (the longest name, `/P_sem_response_written`, stays well under
 /// `NAME_MAX` once glibc adds `sem.`).
 pub const MAX_PREFIX_LEN: usize = 200;
@@ -118,6 +121,11 @@ impl Prefix {
     /// `/P_sem_response_written`.
     pub fn sem_response_written(&self) -> CString {
         self.name(OBJECT_SUFFIXES[3])
+    }
+    /// `/P_sem_chunk_ready`: the fourth semaphore of the seed's streaming service (posted per
+    /// streamed update); only a standalone worker creates it.
+    pub fn sem_chunk_ready(&self) -> CString {
+        self.name(CHUNK_READY_SUFFIX)
     }
     /// The three semaphore names, in protocol order.
     pub fn sems(&self) -> [CString; 3] {
