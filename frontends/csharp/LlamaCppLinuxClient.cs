@@ -58,6 +58,8 @@ namespace LlamaShm
             public uint generated_tokens;
             public ulong prompt_time_us;
             public ulong generation_time_us;
+            public uint cached_tokens;
+            public uint reserved;
         }
 
         [DllImport(Lib)]

@@ -75,7 +75,7 @@ enum {
 
 /* The ABI of this header: compare with lshm_abi_version() and refuse a library that differs. */
 enum {
-    LSHM_ABI_VERSION = 2
+    LSHM_ABI_VERSION = 3
 };
 
 /* lshm_options.prompt_policy */
@@ -114,6 +114,8 @@ typedef struct lshm_response {
     uint32_t generated_tokens;   /* tokens generated */
     uint64_t prompt_time_us;     /* time spent on the prompt */
     uint64_t generation_time_us; /* time spent generating */
+    uint32_t cached_tokens;      /* prompt tokens whose KV cache was reused (ABI 3) */
+    uint32_t reserved;           /* 0 */
 } lshm_response;
 
 /* Streaming callback: `chunk` is `len` bytes of UTF-8 followed by a NUL, valid only during the

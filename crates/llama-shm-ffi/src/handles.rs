@@ -56,6 +56,10 @@ pub struct LshmResponse {
     pub prompt_time_us: u64,
     /// Time spent generating, in microseconds.
     pub generation_time_us: u64,
+    /// Prompt tokens whose KV cache was reused (counted in `prompt_tokens`, not evaluated).
+    pub cached_tokens: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
 }
 
 impl LshmResponse {
@@ -69,6 +73,8 @@ impl LshmResponse {
         generated_tokens: 0,
         prompt_time_us: 0,
         generation_time_us: 0,
+        cached_tokens: 0,
+        reserved: 0,
     };
 }
 
@@ -123,6 +129,8 @@ pub(crate) fn fill_response(r: &Response) -> Result<LshmResponse, Failure> {
         generated_tokens: r.usage.generated_tokens,
         prompt_time_us: u64::try_from(r.usage.prompt_time.as_micros()).unwrap_or(u64::MAX),
         generation_time_us: u64::try_from(r.usage.generation_time.as_micros()).unwrap_or(u64::MAX),
+        cached_tokens: r.usage.cached_tokens,
+        reserved: 0,
     })
 }
 

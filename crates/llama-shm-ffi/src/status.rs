@@ -7,7 +7,7 @@ use llama_shm::{RequestError, SpawnError};
 
 /// The ABI this library implements: a frontend built against another value refuses the
 /// library ([`lshm_abi_version`](crate::lshm_abi_version) returns it).
-pub const LSHM_ABI_VERSION: u32 = 2;
+pub const LSHM_ABI_VERSION: u32 = 3;
 
 /// [`LshmOptions::prompt_policy`](crate::LshmOptions): cut a prompt that does not fit on a
 /// character boundary (and at a NUL).

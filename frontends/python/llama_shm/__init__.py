@@ -151,6 +151,8 @@ class _CResponse(ctypes.Structure):
         ("generated_tokens", ctypes.c_uint32),
         ("prompt_time_us", ctypes.c_uint64),
         ("generation_time_us", ctypes.c_uint64),
+        ("cached_tokens", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
