@@ -190,7 +190,7 @@ fn struct_fields(rust: &str, c: &str) -> (Fields, Fields) {
 #[test]
 fn the_response_struct_has_the_same_fields_and_types() {
     let (rust, c) = struct_fields("LshmResponse", "lshm_response");
-    assert_eq!(rust.len(), 9);
+    assert_eq!(rust.len(), 11);
     assert_eq!(rust, c, "LshmResponse (left) and lshm_response (right) differ");
 }
 
