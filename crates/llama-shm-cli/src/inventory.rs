@@ -112,7 +112,7 @@ impl State {
 #[derive(Debug, Clone)]
 struct Set {
     prefix: Prefix,
-    entries: [Option<Entry>; 4],
+    entries: [Option<Entry>; OBJECT_SUFFIXES.len()],
     kind: Kind,
     creator: Option<u32>,
     mapped_by: Vec<u32>,
@@ -171,7 +171,7 @@ impl Set {
             "owner_uid": main.map(|e| e.uid),
             "mode": main.map(|e| format!("{:04o}", e.mode)),
             "size": self.entries[0].as_ref().map(|e| e.size),
-            "complete": self.entries.iter().all(Option::is_some),
+            "complete": objects::complete(&self.entries.each_ref().map(Option::is_some)),
             "objects": objects,
             "detail": self.detail(),
         })
@@ -209,7 +209,7 @@ fn classify_object(path: &Path) -> Kind {
 /// Inspects one prefix; `None` if none of its names exists (any more).
 fn inspect(prefix: &Prefix) -> Option<Set> {
     let paths = objects::paths(prefix);
-    let entries: [Option<Entry>; 4] = std::array::from_fn(|i| {
+    let entries: [Option<Entry>; OBJECT_SUFFIXES.len()] = std::array::from_fn(|i| {
         let path = paths[i].clone();
         let md = std::fs::metadata(&path).ok()?;
         Some(Entry {

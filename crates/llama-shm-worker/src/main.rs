@@ -87,6 +87,10 @@ struct Args {
     /// System prompt for --test.
     #[arg(long, default_value = "", requires = "test")]
     system: String,
+    /// With --test: print the answer piece by piece as it is generated (like the seed's
+    /// chatbot in streaming mode).
+    #[arg(long, requires = "test")]
+    stream: bool,
     /// Evaluate every prompt from scratch instead of reusing the KV cache of the previous
     /// request's common prefix.
     #[arg(long)]
@@ -247,22 +251,55 @@ fn run_test(args: &Args) -> Result<(), WorkerError> {
     }
     let mut engine = load_engine(args)?;
     let mut answer = String::new();
-    let mut sink = LimitedSink::seed_sized(&mut answer);
-    engine
-        .generate(
-            &EngineRequest {
-                system: &args.system,
-                user,
-                max_tokens: None,
-            },
-            &mut sink,
-            &Cancel::new(),
-        )
-        .map_err(|e| WorkerError::Runtime(e.to_string()))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{answer}")
-        .and_then(|()| out.flush())
-        .map_err(|e| WorkerError::Runtime(e.to_string()))
+    let request = EngineRequest {
+        system: &args.system,
+        user,
+        max_tokens: None,
+    };
+    let out = std::io::stdout();
+    let written = if args.stream {
+        let mut sink = PrintingSink {
+            kept: LimitedSink::seed_sized(&mut answer),
+            out: out.lock(),
+            failed: None,
+        };
+        let generated = engine.generate(&request, &mut sink, &Cancel::new());
+        if let Some(e) = sink.failed {
+            return Err(WorkerError::Runtime(format!("writing to stdout: {e}")));
+        }
+        generated.map_err(|e| WorkerError::Runtime(e.to_string()))?;
+        let mut out = sink.out;
+        writeln!(out).and_then(|()| out.flush())
+    } else {
+        let mut sink = LimitedSink::seed_sized(&mut answer);
+        engine
+            .generate(&request, &mut sink, &Cancel::new())
+            .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+        let mut out = out.lock();
+        writeln!(out, "{answer}").and_then(|()| out.flush())
+    };
+    written.map_err(|e| WorkerError::Runtime(e.to_string()))
+}
+
+/// `--test --stream`: prints each piece the moment it is generated (the same bound as the
+/// wire's, 32 767 bytes), and stops the engine if stdout fails (a closed pipe, say).
+struct PrintingSink<'a> {
+    kept: LimitedSink<'a>,
+    out: std::io::StdoutLock<'static>,
+    failed: Option<std::io::Error>,
+}
+
+impl llama_shm::ResponseSink for PrintingSink<'_> {
+    fn push(&mut self, piece: &str) -> bool {
+        let before = self.kept.as_str().len();
+        let more = self.kept.push(piece);
+        let new = &self.kept.as_str()[before..];
+        if let Err(e) = self.out.write_all(new.as_bytes()).and_then(|()| self.out.flush()) {
+            self.failed = Some(e);
+            return false;
+        }
+        more
+    }
 }
 
 #[cfg(feature = "llama")]

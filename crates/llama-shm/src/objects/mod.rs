@@ -1,5 +1,6 @@
-//! The four named objects of one prefix, on POSIX: create, open (vetted), inspect for
-//! staleness, unlink. This is where [`protocol`](crate::protocol) meets [`os`](crate::os).
+//! The named objects of one prefix, on POSIX: create, open (vetted), inspect for staleness,
+//! unlink. Four are the seed's; a standalone worker adds the seed streaming service's
+//! `chunk_ready`. This is where [`protocol`](crate::protocol) meets [`os`](crate::os).
 
 use std::io;
 use std::time::Instant;
@@ -18,10 +19,10 @@ use crate::os::shm::{self, OpenCheck, ShmError};
 use crate::os::{dev_shm_path, NamedSemaphore, SharedMemory};
 use crate::protocol::Channel;
 use crate::wire::layout::{
-    ClassifyError, Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION, OBJECT_SIZE,
-    SEED_SIZE,
+    ClassifyError, Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION,
+    FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
 };
-use crate::wire::names::Prefix;
+use crate::wire::names::{Prefix, CHUNK_READY_INDEX};
 
 /// Why the objects of a prefix could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +101,9 @@ pub struct ExtInit {
 }
 
 /// Creates the four objects of `prefix` with permission bits `mode` (`O_EXCL`: nothing
-/// existing is adopted), initialises the extension page, and returns the channel. On failure
-/// everything created so far is removed again.
+/// existing is adopted), initialises the extension page, and returns the channel; with
+/// [`FEATURE_SEED_STREAMING`] in `init.features` also `chunk_ready`, the seed streaming
+/// service's semaphore, last. On failure everything created so far is removed again.
 ///
 /// # Errors
 /// [`ObjectsError`] naming the object that failed (`AlreadyExists` if any name is taken).
@@ -151,11 +153,18 @@ pub fn create_guarded(
     let ready = NamedSemaphore::create_with(&r, mode, 0, &mut *guard)?;
     let prompts_written = NamedSemaphore::create_with(&p, mode, 0, &mut *guard)?;
     let response_written = NamedSemaphore::create_with(&w, mode, 0, &mut *guard)?;
-    Ok(Channel::new(ready, prompts_written, response_written, region))
+    let channel = Channel::new(ready, prompts_written, response_written, region);
+    Ok(if init.features & FEATURE_SEED_STREAMING != 0 {
+        let chunk_ready = NamedSemaphore::create_with(&prefix.sem_chunk_ready(), mode, 0, &mut *guard)?;
+        channel.with_chunk_ready(chunk_ready)
+    } else {
+        channel
+    })
 }
 
 /// Opens the four objects of `prefix` after vetting owner and mode (see [`Trust`]) and size,
-/// and classifies the object as seed or extended.
+/// and classifies the object as seed or extended. (`chunk_ready` is not opened: only the
+/// seed's streaming service uses it, and none of our clients speak that.)
 ///
 /// # Errors
 /// [`ObjectsError`] naming the object that is missing, untrusted or malformed.
@@ -186,7 +195,7 @@ pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError>
     ))
 }
 
-/// Removes the four names of `channel` (the objects live on while handles exist).
+/// Removes the names of `channel` (the objects live on while handles exist).
 ///
 /// # Errors
 /// The first unlink that failed for another reason than "already gone".
@@ -195,17 +204,36 @@ pub fn unlink(channel: &PosixChannel) -> Result<(), ObjectsError> {
     channel.ready.unlink()?;
     channel.prompts_written.unlink()?;
     channel.response_written.unlink()?;
+    if let Some(chunk_ready) = &channel.chunk_ready {
+        chunk_ready.unlink()?;
+    }
     Ok(())
 }
 
-/// The four files under `/dev/shm` that back `prefix`'s names (object, then semaphores).
+/// The semaphore names of `prefix`: the protocol's three, then `chunk_ready`.
+fn all_sems(prefix: &Prefix) -> [std::ffi::CString; 4] {
+    let [r, p, w] = prefix.sems();
+    [r, p, w, prefix.sem_chunk_ready()]
+}
+
+/// The five files under `/dev/shm` that may back `prefix`'s names (object, then semaphores
+/// as [`OBJECT_SUFFIXES`]; the last, `chunk_ready`, exists only for a standalone worker).
 pub fn paths(prefix: &Prefix) -> Vec<std::path::PathBuf> {
     std::iter::once(dev_shm_path(&prefix.shm(), false))
-        .chain(prefix.sems().iter().map(|n| dev_shm_path(n, true)))
+        .chain(all_sems(prefix).iter().map(|n| dev_shm_path(n, true)))
         .collect()
 }
 
-/// Which object of which prefix the `/dev/shm` file `file` is (0: the shared memory, 1–3
+/// Whether the names present for `prefix` (by [`paths`]' order) are a whole set: the four
+/// the protocol needs (`chunk_ready` is optional).
+pub fn complete(present: &[bool]) -> bool {
+    present
+        .iter()
+        .enumerate()
+        .all(|(i, &there)| there || i == CHUNK_READY_INDEX)
+}
+
+/// Which object of which prefix the `/dev/shm` file `file` is (0: the shared memory, 1–4
 /// the semaphores), if it follows the naming scheme: a semaphore's file for a semaphore's
 /// name, the object's for the object's.
 pub fn object_of_file(file: &str) -> Option<(Prefix, usize)> {
@@ -219,7 +247,7 @@ pub fn object_of_file(file: &str) -> Option<(Prefix, usize)> {
 /// The first unlink that failed for another reason than "already gone".
 pub fn unlink_prefix(prefix: &Prefix) -> Result<usize, ObjectsError> {
     let mut n = usize::from(shm::unlink(&prefix.shm())?);
-    for name in prefix.sems() {
+    for name in all_sems(prefix) {
         n += usize::from(sem::unlink(&name)?);
     }
     Ok(n)
@@ -228,7 +256,7 @@ pub fn unlink_prefix(prefix: &Prefix) -> Result<usize, ObjectsError> {
 /// The state of a prefix's names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
-    /// None of the four names exists.
+    /// None of the names exists.
     Absent,
     /// Some names exist but nobody uses them: a crashed run's leftovers.
     Stale {

@@ -21,6 +21,13 @@ pub struct Channel<S, R> {
     pub region: R,
     /// This side's adaptive wait (see [`AdaptiveWait`]); [`AdaptiveWait::off`] blocks at once.
     pub adaptive: AdaptiveWait,
+    /// The seed streaming service's `chunk_ready` (a standalone worker's fifth name, see
+    /// [`Channel::with_chunk_ready`]); `None`: the service is not served on this channel.
+    pub chunk_ready: Option<S>,
+    /// Worker: whether the request [`Channel::worker_take`] took last asked for the seed
+    /// streaming service; consumed by the answer's [`Channel::worker_stream_begin`]. Only the
+    /// worker's serving thread touches it (a std atomic only so the channel stays `Sync`).
+    pub(super) seed_stream_asked: std::sync::atomic::AtomicBool,
 }
 
 /// Whether two advertised CPUs (plus one; 0 = unknown) are known and different.
@@ -46,7 +53,16 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             response_written,
             region,
             adaptive: AdaptiveWait::default(),
+            chunk_ready: None,
+            seed_stream_asked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same channel serving the seed's streaming service too, posting `chunk_ready` per
+    /// update (see [`Channel::worker_seed_update`]).
+    pub fn with_chunk_ready(mut self, chunk_ready: S) -> Self {
+        self.chunk_ready = Some(chunk_ready);
+        self
     }
 
     pub(super) fn extended(&self) -> bool {

@@ -13,7 +13,7 @@ use super::messages::{Incoming, Outcome, RequestParams};
 use super::peer::{Clients, Region, Semaphore};
 use crate::sync::{mutant, Mutant, Ordering};
 use crate::wire::layout::{
-    Field, Word32, Word64, REQUEST_STREAM, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
+    seed_stream, Field, Word32, Word64, REQUEST_STREAM, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
 };
 use crate::wire::status::StatusCode;
 use crate::wire::text::{self, Policy};
@@ -24,6 +24,12 @@ const TURN_CHECK: Duration = Duration::from_millis(100);
 /// Stale `ready` posts [`Channel::worker_ready`] takes back before it posts: a turn given back
 /// by [`Channel::worker_wait`] to a holder that was slow, not gone, leaves one.
 const READY_EXCESS_LIMIT: u32 = 64;
+
+/// Stale `chunk_ready` posts [`Channel::worker_take`] takes back before a seed-mode request:
+/// a streaming client stops waiting at `generation_complete` and leaves the posts it did not
+/// take (one per update it coalesced), and one that died mid-stream leaves the rest. Bounded:
+/// a peer may post in a loop (its own client then just sees updates that are not new).
+const CHUNK_EXCESS_LIMIT: u32 = 1 << 16;
 
 /// The worker's side of one answer in flight: how much it wrote, what it published, and the
 /// running hash. Start one with [`Channel::worker_stream_begin`].
@@ -36,7 +42,20 @@ pub struct StreamState {
     written: u64,
     published: u64,
     read_seen: u64,
+    /// The seed streaming service's progress, when this answer is streamed that way.
+    seed: Option<SeedUpdates>,
     pub(super) hasher: Xxh3,
+}
+
+/// What the worker told a client of the seed's streaming service so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct SeedUpdates {
+    /// The last `update_counter` written.
+    counter: u32,
+    /// Updates announced (the `tokens_generated` shown while streaming).
+    pieces: u32,
+    /// Bytes of the answer the last update showed.
+    shown: u64,
 }
 
 impl StreamState {
@@ -52,6 +71,11 @@ impl StreamState {
     /// Whether the client asked for each piece to be published as it comes.
     pub fn is_streaming(&self) -> bool {
         self.stream
+    }
+    /// Whether the answer goes to a client of the seed's streaming service (`stream_mode` 1):
+    /// the whole answer so far and a `chunk_ready` post per update.
+    pub fn is_seed_streaming(&self) -> bool {
+        self.seed.is_some()
     }
 }
 
@@ -74,6 +98,7 @@ impl std::fmt::Debug for StreamState {
             .field("written", &self.written)
             .field("published", &self.published)
             .field("read_seen", &self.read_seen)
+            .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +223,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         } else {
             (0, 0)
         };
+        let seed_stream = seq == 0 && self.take_seed_stream_mode();
+        self.seed_stream_asked
+            .store(seed_stream, std::sync::atomic::Ordering::Relaxed);
         let mut token = [0u8; TOKEN_LEN];
         let mut params = RequestParams::default();
         if seq != 0 {
@@ -283,6 +311,67 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         }
     }
 
+    /// Worker, for a seed-mode request on a channel with `chunk_ready`: whether `stream_mode`
+    /// asks for the seed's streaming service. The byte is cleared (a seed-era client that
+    /// never writes it must not inherit the last streaming client's 1) and stale `chunk_ready`
+    /// posts are taken back (bounded), so that the new request's first post is its own.
+    fn take_seed_stream_mode(&self) -> bool {
+        let Some(chunk_ready) = &self.chunk_ready else {
+            return false;
+        };
+        let at = seed_stream::within(seed_stream::STREAM_MODE);
+        let mut mode = [0u8];
+        self.region.read(Field::SeedStream, at, &mut mode);
+        if mode[0] != 0 {
+            self.region.write(Field::SeedStream, at, &[0]);
+        }
+        for _ in 0..CHUNK_EXCESS_LIMIT {
+            if !matches!(chunk_ready.try_wait(), Ok(true)) {
+                break;
+            }
+        }
+        mode[0] == 1
+    }
+
+    /// Posts `chunk_ready`. A failure (a peer flooded it to the maximum count) is logged, not
+    /// fatal: the update is in the region, the client sees it at its next wake-up.
+    fn post_chunk_ready(&self) {
+        if let Some(chunk_ready) = &self.chunk_ready {
+            if let Err(e) = chunk_ready.post() {
+                tracing::warn!("posting chunk_ready: {e}");
+            }
+        }
+    }
+
+    /// Worker: for a client of the seed's streaming service, shows what was written since the
+    /// last update: `tokens_generated`, then `update_counter` + 1, then a `chunk_ready` post
+    /// (the text itself is already in place, NUL-terminated, see
+    /// [`Channel::worker_stream_write`]). Nothing for any other answer, or when nothing new
+    /// was written.
+    pub fn worker_seed_update(&self, st: &mut StreamState) {
+        let Some(seed) = st.seed.as_mut() else {
+            return;
+        };
+        if st.written <= seed.shown {
+            return;
+        }
+        seed.shown = st.written;
+        seed.pieces = seed.pieces.saturating_add(1);
+        seed.counter = seed.counter.wrapping_add(1);
+        let (pieces, counter) = (seed.pieces, seed.counter);
+        self.write_seed_i32(seed_stream::TOKENS_GENERATED, pieces);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.write_seed_i32(seed_stream::UPDATE_COUNTER, counter);
+        self.post_chunk_ready();
+    }
+
+    /// Writes one of the seed streaming service's unaligned int32 fields.
+    fn write_seed_i32(&self, absolute: usize, value: u32) {
+        let v = i32::try_from(value).unwrap_or(i32::MAX);
+        self.region
+            .write(Field::SeedStream, seed_stream::within(absolute), &v.to_ne_bytes());
+    }
+
     /// Whether the client asked to cancel request `seq` (extended mode).
     pub fn worker_cancel_requested(&self, seq: u64) -> bool {
         seq != 0 && self.extended() && self.region.load64(Word64::CancelSeq) == seq
@@ -291,12 +380,25 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Worker: starts the answer to request `seq`. For an extended client (`seq != 0`) the
     /// response area becomes a ring: the cursor is reset before `stream_seq` names the
     /// request, so a client that sees its `seq` there never sees an older cursor.
+    ///
+    /// For a seed-mode request that asked for the seed's streaming service (see
+    /// [`Channel::worker_take`]) the answer is streamed that way: its fields are zeroed here,
+    /// each [`Channel::worker_seed_update`] shows the answer so far, and
+    /// [`Channel::worker_finish`] sets `generation_complete`.
     pub fn worker_stream_begin(&self, seq: u64, params: RequestParams) -> StreamState {
         let ring = self.extended() && seq != 0;
         if ring {
             self.region.store64(Word64::StreamWritten, 0);
             self.region.store64(Word64::StreamSeq, seq);
         }
+        let asked = self
+            .seed_stream_asked
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let seed = (asked && !ring && self.chunk_ready.is_some()).then(|| {
+            let span = Field::SeedStream.span();
+            self.region.fill(Field::SeedStream, 0, span.len, 0);
+            SeedUpdates::default()
+        });
         StreamState {
             seq,
             ring,
@@ -304,6 +406,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             written: 0,
             published: 0,
             read_seen: 0,
+            seed,
             hasher: Xxh3::new(),
         }
     }
@@ -335,6 +438,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             if first < bytes.len() {
                 self.region.write(Field::Response, 0, &bytes[first..]);
             }
+        } else if st.seed.is_some() && !bytes.is_empty() {
+            // A client of the seed's streaming service may read the C string at any time: it
+            // must always end in a NUL, at the old end or the new. So the tail and its NUL
+            // first, the byte that overwrites the old NUL last.
+            let pos = st.written as usize;
+            self.region.write(Field::Response, pos + 1, &bytes[1..]);
+            self.region.write(Field::Response, pos + bytes.len(), &[0]);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            self.region.write(Field::Response, pos, &bytes[..1]);
         } else {
             self.region.write(Field::Response, st.written as usize, bytes);
         }
@@ -421,6 +533,21 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 r.store64(Word64::StreamWritten, st.written);
             }
             r.store64(Word64::ResponseSeq, st.seq);
+        }
+        if let Some(seed) = st.seed {
+            // The seed's streaming service: the whole answer is in place; say so, wake the
+            // client once more, and only then post `response_written`.
+            let tokens = if outcome.usage.generated_tokens > 0 {
+                outcome.usage.generated_tokens
+            } else {
+                seed.pieces
+            };
+            self.write_seed_i32(seed_stream::TOKENS_GENERATED, tokens);
+            let at = seed_stream::within(seed_stream::GENERATION_COMPLETE);
+            self.region.write(Field::SeedStream, at, &[1]);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            self.write_seed_i32(seed_stream::UPDATE_COUNTER, seed.counter.wrapping_add(1));
+            self.post_chunk_ready();
         }
         self.response_written.post()
     }

@@ -72,6 +72,10 @@ pub const FEATURE_TOKEN_REQUIRED: u32 = 1 << 0;
 /// (`stream_*` words), honours `cancel_seq`, `deadline_us` and `max_tokens`. A worker
 /// without it answers in one piece of at most 32 767 bytes.
 pub const FEATURE_STREAMING: u32 = 1 << 1;
+/// Feature bit: the worker serves the seed's streaming service (`stream_mode` and the other
+/// [`seed_stream`] fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
+/// do: the seed's `LocalLLMService` starts one with no arguments.
+pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
 
 /// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
 /// publishes only when the ring is full or the answer is complete).
@@ -266,6 +270,12 @@ pub mod seed_stream {
     pub const TOKENS_GENERATED: usize = 40967;
     /// One past the last byte of the fields.
     pub const END: usize = 40971;
+
+    /// Where `absolute` (one of the offsets above) lies within
+    /// [`Field::SeedStream`](super::Field::SeedStream).
+    pub const fn within(absolute: usize) -> usize {
+        absolute - STREAM_MODE
+    }
 }
 
 // The streaming fields follow the shutdown byte, fit within what the C# service maps (45000
@@ -299,15 +309,20 @@ pub enum Field {
     AuthToken,
     /// The extension page's error message.
     ErrorMessage,
+    /// The seed streaming service's fields, 40961..40971 (see [`seed_stream`]): in the gap
+    /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
+    /// of the seed's own 40961.
+    SeedStream,
 }
 
 impl Field {
     /// Every field, for tests and fuzzers that touch them all.
-    pub const ALL: [Field; 7] = [
+    pub const ALL: [Field; 8] = [
         Field::SystemPrompt,
         Field::UserPrompt,
         Field::Response,
         Field::Shutdown,
+        Field::SeedStream,
         Field::Magic,
         Field::AuthToken,
         Field::ErrorMessage,
@@ -343,6 +358,10 @@ impl Field {
             Field::ErrorMessage => Span {
                 offset: EXT_OFFSET + offset_of!(ExtensionPage, error_message),
                 len: ERROR_MESSAGE_LEN,
+            },
+            Field::SeedStream => Span {
+                offset: seed_stream::STREAM_MODE,
+                len: seed_stream::END - seed_stream::STREAM_MODE,
             },
         }
     }
@@ -619,5 +638,13 @@ mod tests {
             (40961, 40962, 40966, 40967, 40971)
         );
         assert_eq!(Field::Shutdown.span().offset + 1, STREAM_MODE);
+        assert_eq!(
+            Field::SeedStream.span(),
+            Span {
+                offset: 40961,
+                len: 10
+            }
+        );
+        assert!(!Field::SeedStream.is_extension());
     }
 }

@@ -1,22 +1,30 @@
-//! Object names. A prefix `P` names four objects: `/P_shared_mem`, `/P_sem_ready`,
-//! `/P_sem_prompts_written` and `/P_sem_response_written`. The seed's prefix is `llama_cpp`.
+//! Object names. A prefix `P` names the seed's four objects, `/P_shared_mem`, `/P_sem_ready`,
+//! `/P_sem_prompts_written` and `/P_sem_response_written`, and the seed streaming service's
+//! fifth, `/P_sem_chunk_ready` (only a standalone worker creates it). The seed's prefix is
+//! `llama_cpp`.
 
 use std::ffi::CString;
 use std::fmt;
 
 /// The seed's prefix: its objects are `/llama_cpp_shared_mem` and `/llama_cpp_sem_*`.
 pub const SEED_PREFIX: &str = "llama_cpp";
-/// What follows `P_` in the four names: the shared memory, then the semaphores in protocol
-/// order.
-pub const OBJECT_SUFFIXES: [&str; 4] = [
+/// What follows `P_` in the five names: the shared memory, the three semaphores of the
+/// protocol in protocol order, then the seed streaming service's `chunk_ready`.
+pub const OBJECT_SUFFIXES: [&str; 5] = [
     "shared_mem",
     "sem_ready",
     "sem_prompts_written",
     "sem_response_written",
+    CHUNK_READY_SUFFIX,
 ];
 
-/// What follows `P_` in the name of the streaming service's fourth semaphore.
+/// What follows `P_` in the name of the seed streaming service's semaphore (the fourth
+/// semaphore of that service, the fifth name of a prefix).
 pub const CHUNK_READY_SUFFIX: &str = "sem_chunk_ready";
+
+/// The index in [`OBJECT_SUFFIXES`] of `chunk_ready`: a prefix's names are complete without it
+/// (spawned workers and seed-era workers never create it).
+pub const CHUNK_READY_INDEX: usize = 4;
 
 /// Longest prefix accepted (the longest name, `/P_sem_response_written`, stays well under
 /// `NAME_MAX` once glibc adds `sem.`).
@@ -93,7 +101,8 @@ impl Prefix {
     }
 
     /// The prefix whose object `index` (0 the shared memory, 1–3 the semaphores in protocol
-    /// order, as [`OBJECT_SUFFIXES`]) is named `/{name}`; `None` for any other name.
+    /// order, 4 `chunk_ready`, as [`OBJECT_SUFFIXES`]) is named `/{name}`; `None` for any other
+    /// name.
     pub fn of_object_name(name: &str) -> Option<(Prefix, usize)> {
         OBJECT_SUFFIXES.iter().enumerate().find_map(|(i, suffix)| {
             let p = name.strip_suffix(suffix)?.strip_suffix('_')?;
@@ -125,7 +134,7 @@ impl Prefix {
     /// `/P_sem_chunk_ready`: the fourth semaphore of the seed's streaming service (posted per
     /// streamed update); only a standalone worker creates it.
     pub fn sem_chunk_ready(&self) -> CString {
-        self.name(CHUNK_READY_SUFFIX)
+        self.name(OBJECT_SUFFIXES[CHUNK_READY_INDEX])
     }
     /// The three semaphore names, in protocol order.
     pub fn sems(&self) -> [CString; 3] {
@@ -166,6 +175,15 @@ mod tests {
         assert_eq!(
             p.sem_response_written().to_str().unwrap(),
             "/llama_cpp_sem_response_written"
+        );
+        // The name seed-streaming.md gives the streaming service's fourth semaphore.
+        assert_eq!(
+            p.sem_chunk_ready().to_str().unwrap(),
+            "/llama_cpp_sem_chunk_ready"
+        );
+        assert_eq!(
+            Prefix::of_object_name("llama_cpp_sem_chunk_ready"),
+            Some((p.clone(), CHUNK_READY_INDEX))
         );
     }
 

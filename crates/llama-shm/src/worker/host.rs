@@ -27,7 +27,9 @@ use crate::os::control::{self, ControlMsg};
 use crate::os::process::{pidfd_open, Watch, Watcher};
 use crate::os::signals;
 use crate::protocol::{AdaptiveWait, Region};
-use crate::wire::layout::{Word32, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN};
+use crate::wire::layout::{
+    Word32, FEATURE_SEED_STREAMING, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
+};
 use crate::wire::names::Prefix;
 
 /// How a worker process serves (what its command line says).
@@ -222,9 +224,10 @@ fn create_standalone(
     let mut guardian =
         Guardian::spawn(Path::new("/proc/self/exe"), &["--guard"]).map_err(HostError::Guardian)?;
     objects::reclaim(&opts.prefix).map_err(HostError::Objects)?;
+    // The seed's `LocalLLMService` starts a worker with no arguments and needs chunk_ready.
     let init = ExtInit {
         creator_pid: me,
-        features: if token_required { FEATURE_TOKEN_REQUIRED } else { 0 },
+        features: FEATURE_SEED_STREAMING | if token_required { FEATURE_TOKEN_REQUIRED } else { 0 },
         guardian_pid: guardian.pid(),
     };
     let channel = objects::create_guarded(&opts.prefix, opts.permissions, init, &mut |id| guardian.guard(id))

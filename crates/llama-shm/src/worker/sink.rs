@@ -37,6 +37,10 @@ impl<'a> LimitedSink<'a> {
     pub fn is_full(&self) -> bool {
         self.full
     }
+    /// What was kept so far.
+    pub fn as_str(&self) -> &str {
+        self.buf
+    }
 }
 
 impl ResponseSink for LimitedSink<'_> {
@@ -184,7 +188,10 @@ impl<S: Semaphore, R: Region> ResponseSink for WireSink<'_, S, R> {
             return false;
         }
         // The wire is a C string for seed clients: a NUL would end the answer early.
-        piece.split('\0').all(|part| self.append(part)) && (!self.st.is_streaming() || self.publish())
+        let whole = piece.split('\0').all(|part| self.append(part));
+        // A client of the seed's streaming service sees each piece (and a cut one) at once.
+        self.channel.worker_seed_update(&mut self.st);
+        whole && (!self.st.is_streaming() || self.publish())
     }
 }
 

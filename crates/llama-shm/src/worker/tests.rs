@@ -5,7 +5,7 @@ use crate::protocol::mem::{CountingSemaphore, MemRegion};
 use crate::protocol::Channel;
 use crate::protocol::{PreparedRequest, Prompts, Region, RequestParams, Semaphore};
 use crate::wire::layout::RESPONSE_LEN;
-use crate::wire::layout::{ObjectKind, Word64, REQUEST_STREAM};
+use crate::wire::layout::{Field, ObjectKind, Word64, REQUEST_STREAM};
 use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::Policy;
 use crate::worker::engine::EchoEngine;
@@ -139,4 +139,167 @@ fn sink_exact_fit_is_not_full() {
     assert!(!sink.is_full());
     assert!(!sink.push("a"));
     assert_eq!(s, "日");
+}
+
+/// What a client of the seed's streaming service sees in the region: the response C string,
+/// `update_counter`, `tokens_generated`, `generation_complete` (read at the offsets of
+/// seed-streaming.md's table, not through the worker's helpers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeedView {
+    text: String,
+    counter: i32,
+    tokens: i32,
+    complete: u8,
+}
+
+fn seed_view(region: &MemRegion) -> SeedView {
+    let bytes = region.to_bytes();
+    let response = &bytes[8192..8192 + RESPONSE_LEN];
+    let end = response
+        .iter()
+        .position(|&b| b == 0)
+        .expect("the response is NUL-terminated");
+    let i32_at = |at: usize| i32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    SeedView {
+        text: String::from_utf8(response[..end].to_vec()).expect("whole UTF-8 characters"),
+        counter: i32_at(40962),
+        tokens: i32_at(40967),
+        complete: bytes[40966],
+    }
+}
+
+/// One seed-mode request ("s" / "abcdefghij", or `user`) through the real `serve` on a channel
+/// with `chunk_ready`, written by hand as the seed's `LocalLLMService` writes it
+/// (`stream_mode` at 40961; counter, complete and tokens zeroed). `stale` posts wait in
+/// `chunk_ready` beforehand. Returns every distinct view the client could see between the
+/// worker's steps, the `chunk_ready` posts left at the end, the `response_written` posts, and
+/// the `stream_mode` byte after the request.
+fn serve_seed_stream(
+    stream_mode: u8,
+    stale: u32,
+    user: &str,
+    answer_bytes: Option<usize>,
+) -> (Vec<SeedView>, u32, u32, u8) {
+    let mut ch = Channel::new(
+        CountingSemaphore::default(),
+        CountingSemaphore::default(),
+        CountingSemaphore::default(),
+        MemRegion::initialised(ObjectKind::Extended, 0),
+    )
+    .with_chunk_ready(CountingSemaphore::default());
+    ch.adaptive = crate::protocol::AdaptiveWait::off();
+    for _ in 0..stale {
+        ch.chunk_ready.as_ref().unwrap().post().unwrap();
+    }
+    let mut engine = EchoEngine {
+        piece_delay: Duration::from_micros(1),
+        answer_bytes,
+        ..EchoEngine::default()
+    };
+    let views = std::cell::RefCell::new(Vec::<SeedView>::new());
+    let client = || {
+        let r = &ch.region;
+        if ch.ready.value().unwrap() == 1 && ch.ready.try_wait().unwrap() {
+            let mut field = [0u8; 4096];
+            field[..1].copy_from_slice(b"s");
+            r.write(Field::SystemPrompt, 0, &field);
+            let mut field = [0u8; 4096];
+            field[..user.len()].copy_from_slice(user.as_bytes());
+            r.write(Field::UserPrompt, 0, &field);
+            r.fill(Field::Response, 0, RESPONSE_LEN, 0);
+            r.write(Field::Shutdown, 0, &[0]);
+            r.write(Field::SeedStream, 0, &[stream_mode, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            ch.prompts_written.post().unwrap();
+        } else {
+            let v = seed_view(r);
+            let mut views = views.borrow_mut();
+            if views.last() != Some(&v) {
+                views.push(v);
+            }
+        }
+        ch.response_written.value().unwrap() > 0
+    };
+    let (end, served) = serve(
+        &ch,
+        &mut engine,
+        &ServeOptions::default(),
+        &client,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert_eq!((end, served), (ServeEnd::Stopped, 1));
+    let mut views = views.into_inner();
+    let last = seed_view(&ch.region);
+    if views.last() != Some(&last) {
+        views.push(last);
+    }
+    let mode = ch.region.to_bytes()[40961];
+    (
+        views,
+        ch.chunk_ready.as_ref().unwrap().value().unwrap(),
+        ch.response_written.value().unwrap(),
+        mode,
+    )
+}
+
+/// The seed's streaming service (seed-streaming.md): each piece shows the whole answer so
+/// far with `update_counter` one higher and a `chunk_ready` post; the end sets
+/// `generation_complete` and posts `chunk_ready` once more before `response_written`; the
+/// posts a previous client left are taken back first; `stream_mode` is cleared.
+#[test]
+fn a_seed_streaming_request_shows_every_piece_then_completes() {
+    let (views, chunk_posts, response_posts, mode) = serve_seed_stream(1, 100, "abcdefghij", None);
+    let seen: Vec<(&str, i32, u8)> = views
+        .iter()
+        .map(|v| (v.text.as_str(), v.counter, v.complete))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("", 0, 0),
+            ("s", 1, 0),
+            ("s\n", 2, 0),
+            ("s\nabcd", 3, 0),
+            ("s\nabcdefgh", 4, 0),
+            // (the fifth update, "ij", is overtaken by the end before `stop` is asked again)
+            ("s\nabcdefghij", 6, 1),
+        ]
+    );
+    assert_eq!(views[1].tokens, 1);
+    assert_eq!(views[4].tokens, 4);
+    assert!(views.last().unwrap().tokens >= 5, "{views:?}");
+    // 5 updates and the end, none of the 100 stale posts; one response_written.
+    assert_eq!((chunk_posts, response_posts, mode), (6, 1, 0));
+}
+
+/// `stream_mode` 0 (the LocalLLMService's non-streaming call, or a seed-era client that never
+/// writes it): no `chunk_ready` post and no streaming field touched, the answer as the seed's.
+#[test]
+fn a_seed_request_without_stream_mode_posts_no_chunk() {
+    let (views, chunk_posts, response_posts, _) = serve_seed_stream(0, 0, "abcdefghij", None);
+    let last = views.last().unwrap();
+    assert_eq!(
+        (last.text.as_str(), last.counter, last.tokens, last.complete),
+        ("s\nabcdefghij", 0, 0, 0)
+    );
+    assert_eq!((chunk_posts, response_posts), (0, 1));
+}
+
+/// An answer past 32 767 bytes streamed to the seed service: every view is whole UTF-8 (a cut
+/// never splits a character), the last is cut at the field's limit on a char boundary and
+/// marked complete.
+#[test]
+fn a_long_seed_stream_is_cut_on_a_character_boundary() {
+    let (views, _, response_posts, _) = serve_seed_stream(1, 0, "ééé", Some(40_000));
+    let last = views.last().unwrap();
+    assert_eq!(last.complete, 1);
+    assert!(last.text.len() <= RESPONSE_LEN - 1 && last.text.len() > RESPONSE_LEN - 5);
+    assert!(
+        last.text.ends_with('é'),
+        "cut mid-character: {:?}",
+        &last.text[last.text.len() - 4..]
+    );
+    assert_eq!(response_posts, 1);
+    // seed_view already refused any view that was not whole UTF-8 or had no NUL.
+    assert!(views.windows(2).all(|w| w[1].text.starts_with(&w[0].text)));
 }
