@@ -8,6 +8,7 @@ mod campaigns;
 mod frontends;
 mod processes;
 pub mod seed;
+pub mod seed_stream;
 mod shm;
 mod workers;
 

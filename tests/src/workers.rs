@@ -81,6 +81,10 @@ impl Drop for ChildGuard {
     }
 }
 
+/// How many names a standalone worker creates: the seed's four and the seed streaming
+/// service's `chunk_ready`.
+pub const STANDALONE_NAMES: usize = 5;
+
 /// Starts a standalone echo worker on `prefix` (plus `extra` arguments) and waits until it
 /// has created its objects.
 pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
@@ -147,7 +151,7 @@ pub fn guardian_of(prefix: &Prefix) -> Option<u32> {
 /// `prefix` and recorded itself as their creator.
 pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
     eventually(Duration::from_secs(10), || {
-        llama_shm::internals::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == 4
+        llama_shm::internals::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == STANDALONE_NAMES
     })
 }
 

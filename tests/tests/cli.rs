@@ -4,7 +4,9 @@
 use std::process::Command;
 
 use llama_shm::internals::wire::names::Prefix;
-use llama_shm_tests::{cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix};
+use llama_shm_tests::{
+    cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix, STANDALONE_NAMES,
+};
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(cli_path()).args(args).output().unwrap();
@@ -150,7 +152,7 @@ fn killed_worker_is_dead_and_clean_removes_exactly_its_objects() {
     llama_shm_tests::kill_with_guardian(dead_worker, &dead);
     assert_eq!(
         shm_entries(&dead).len(),
-        4,
+        STANDALONE_NAMES,
         "a worker SIGKILLed with its guardian leaves its names"
     );
 
@@ -163,29 +165,30 @@ fn killed_worker_is_dead_and_clean_removes_exactly_its_objects() {
     assert_eq!(e["mapped_by"], serde_json::json!([]));
     assert_eq!(ls_entry(&live).expect("listed")["state"], "live");
 
-    // A dry run over everything names the dead set's four objects, not the live one's, and
+    // A dry run over everything names the dead set's five objects, not the live one's, and
     // removes nothing.
     let (code, out, err) = run(&["clean", "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(said(&out, "would remove", &dead).len(), 4, "{out}");
+    assert_eq!(said(&out, "would remove", &dead).len(), STANDALONE_NAMES, "{out}");
     assert!(said(&out, "would remove", &live).is_empty(), "{out}");
-    assert_eq!(shm_entries(&dead).len(), 4);
+    assert_eq!(shm_entries(&dead).len(), STANDALONE_NAMES);
 
     // The live set is never removed.
     let (code, out, err) = run(&["clean", "--prefix", live.as_str()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&format!("kept {live}: in use")), "{out}");
-    assert_eq!(shm_entries(&live).len(), 4);
+    assert_eq!(shm_entries(&live).len(), STANDALONE_NAMES);
 
     let (code, out, err) = run(&["clean", "--prefix", dead.as_str()]);
     assert_eq!(code, Some(0), "{err}");
     let removed = said(&out, "removed", &dead);
-    assert_eq!(removed.len(), 4, "{out}");
+    assert_eq!(removed.len(), STANDALONE_NAMES, "{out}");
     for name in [
         format!("removed /dev/shm/{dead}_shared_mem"),
         format!("removed /dev/shm/sem.{dead}_sem_ready"),
         format!("removed /dev/shm/sem.{dead}_sem_prompts_written"),
         format!("removed /dev/shm/sem.{dead}_sem_response_written"),
+        format!("removed /dev/shm/sem.{dead}_sem_chunk_ready"),
     ] {
         assert!(removed.contains(&name), "{name} not in {out}");
     }
@@ -193,7 +196,7 @@ fn killed_worker_is_dead_and_clean_removes_exactly_its_objects() {
     assert_eq!(ls_entry(&dead), None);
 
     // The live worker is untouched and still answers.
-    assert_eq!(shm_entries(&live).len(), 4);
+    assert_eq!(shm_entries(&live).len(), STANDALONE_NAMES);
     let (code, out, err) = run(&["ask", "--attach", live.as_str(), "--system", "S", "still here"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "S\nstill here\n");

@@ -51,7 +51,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
             .unwrap(),
     );
     assert!(
-        eventually(T, || shm_entries(&prefix).len() == 4),
+        eventually(T, || shm_entries(&prefix).len() == llama_shm_tests::STANDALONE_NAMES),
         "nobody's worker did not start"
     );
     // Attach refuses: owner is not us.
@@ -73,7 +73,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
     );
     // SIGKILL of their worker and its guardian: their names stay behind, stale.
     llama_shm_tests::kill_with_guardian(theirs, &prefix);
-    assert_eq!(shm_entries(&prefix).len(), 4);
+    assert_eq!(shm_entries(&prefix).len(), llama_shm_tests::STANDALONE_NAMES);
     // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
     let ours = standalone_echo(&prefix, &[]);
     let meta = std::fs::metadata(format!("/dev/shm/{prefix}_shared_mem")).unwrap();

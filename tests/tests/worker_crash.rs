@@ -173,7 +173,7 @@ fn sigterm_to_a_standalone_worker_is_a_graceful_exit_0_that_removes_its_names() 
         .unwrap();
     assert!(eventually(
         Duration::from_secs(5),
-        || llama_shm_tests::shm_entries(&prefix).len() == 4
+        || llama_shm_tests::shm_entries(&prefix).len() == llama_shm_tests::STANDALONE_NAMES
     ));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(w.id() as i32),
