@@ -89,7 +89,7 @@ fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
     llama_shm_tests::kill_with_guardian(standalone_echo(&prefix, &[]), &prefix);
     assert_eq!(
         shm_entries(&prefix).len(),
-        4,
+        llama_shm_tests::STANDALONE_NAMES,
         "SIGKILL of worker and guardian leaves the names (that is the point)"
     );
     let second = standalone_echo(&prefix, &[]);

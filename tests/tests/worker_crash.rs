@@ -381,7 +381,7 @@ fn a_successor_right_after_a_sigkill_keeps_its_names() {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(
             llama_shm_tests::shm_entries(&prefix).len(),
-            4,
+            llama_shm_tests::STANDALONE_NAMES,
             "the successor lost names"
         );
         let mut c = Client::builder().attach(&prefix).unwrap();
