@@ -125,13 +125,21 @@ impl StreamingService {
             // SAFETY: a valid C string; no O_CREAT.
             let s = unsafe { libc::sem_open(name.as_ptr(), 0) };
             if s == libc::SEM_FAILED {
-                let me = Self { base: base.cast(), sems };
+                let me = Self {
+                    base: base.cast(),
+                    sems,
+                };
                 drop(me);
-                return Err(ServiceError::Open(format!("Failed to open semaphores ({suffix})")));
+                return Err(ServiceError::Open(format!(
+                    "Failed to open semaphores ({suffix})"
+                )));
             }
             sems[i] = s;
         }
-        Ok(Self { base: base.cast(), sems })
+        Ok(Self {
+            base: base.cast(),
+            sems,
+        })
     }
 
     fn write_at(&self, offset: usize, bytes: &[u8]) {
@@ -162,7 +170,10 @@ impl StreamingService {
 
     fn wait(&self, i: usize, until: Instant, step: &'static str) -> Result<(), ServiceError> {
         let left = until.saturating_duration_since(Instant::now());
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: a valid out-pointer; sem_timedwait measures CLOCK_REALTIME.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
         ts.tv_sec += left.as_secs() as libc::time_t;

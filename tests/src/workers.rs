@@ -151,7 +151,8 @@ pub fn guardian_of(prefix: &Prefix) -> Option<u32> {
 /// `prefix` and recorded itself as their creator.
 pub fn wait_served_by(prefix: &Prefix, pid: u32) -> bool {
     eventually(Duration::from_secs(10), || {
-        llama_shm::internals::objects::creator_pid(prefix) == Some(pid) && shm_entries(prefix).len() == STANDALONE_NAMES
+        llama_shm::internals::objects::creator_pid(prefix) == Some(pid)
+            && shm_entries(prefix).len() == STANDALONE_NAMES
     })
 }
 

@@ -51,7 +51,8 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
             .unwrap(),
     );
     assert!(
-        eventually(T, || shm_entries(&prefix).len() == llama_shm_tests::STANDALONE_NAMES),
+        eventually(T, || shm_entries(&prefix).len()
+            == llama_shm_tests::STANDALONE_NAMES),
         "nobody's worker did not start"
     );
     // Attach refuses: owner is not us.

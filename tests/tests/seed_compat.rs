@@ -102,7 +102,8 @@ fn our_client_in_seed_mode_talks_to_our_standalone_worker() {
         .args(["--engine", "echo", "--prefix", prefix.as_str()])
         .spawn()
         .unwrap();
-    assert!(eventually(T, || shm_entries(&prefix).len() == llama_shm_tests::STANDALONE_NAMES));
+    assert!(eventually(T, || shm_entries(&prefix).len()
+        == llama_shm_tests::STANDALONE_NAMES));
     let mut c = Client::builder()
         .protocol(Protocol::Seed)
         .request_timeout(T)

@@ -45,7 +45,14 @@ fn the_streaming_service_and_a_seed_client_share_one_standalone_worker() {
     let prefix = unique_prefix("sstream");
     let worker = ChildGuard::worker(
         Command::new(worker_path())
-            .args(["--engine", "echo", "--echo-piece-us", "2000", "--prefix", prefix.as_str()])
+            .args([
+                "--engine",
+                "echo",
+                "--echo-piece-us",
+                "2000",
+                "--prefix",
+                prefix.as_str(),
+            ])
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
@@ -64,19 +71,36 @@ fn the_streaming_service_and_a_seed_client_share_one_standalone_worker() {
         .unwrap();
     assert_eq!(text, format!("sys\n{user}"));
     check_updates(&updates, &text);
-    assert!(updates.len() > 3, "pieces of 4 bytes came as {} updates", updates.len());
-    assert_eq!(service.byte_at(STREAM_MODE_OFF), 0, "stream_mode cleared for the next");
+    assert!(
+        updates.len() > 3,
+        "pieces of 4 bytes came as {} updates",
+        updates.len()
+    );
+    assert_eq!(
+        service.byte_at(STREAM_MODE_OFF),
+        0,
+        "stream_mode cleared for the next"
+    );
 
     // Non-streamed, by the class and by the seed client, then streamed again.
-    assert_eq!(service.get_response("one answer", "S", T).unwrap(), "S\none answer");
-    assert_eq!(seed.request("seed client", "S2", T).as_deref(), Some("S2\nseed client"));
+    assert_eq!(
+        service.get_response("one answer", "S", T).unwrap(),
+        "S\none answer"
+    );
+    assert_eq!(
+        seed.request("seed client", "S2", T).as_deref(),
+        Some("S2\nseed client")
+    );
     let mut again = Vec::new();
     let text = service
         .get_response_streaming("twice", "", T, |u| again.push(u.clone()))
         .unwrap();
     assert_eq!(text, "\ntwice");
     check_updates(&again, &text);
-    assert_eq!(seed.request("after a stream", "", T).as_deref(), Some("\nafter a stream"));
+    assert_eq!(
+        seed.request("after a stream", "", T).as_deref(),
+        Some("\nafter a stream")
+    );
 
     drop(service);
     drop(seed);
@@ -171,7 +195,10 @@ fn the_streaming_service_streams_the_real_model() {
     assert!(!streamed.trim().is_empty());
     assert_eq!(service.get_response(user, system, timeout).unwrap(), streamed);
     let seed = SeedPeer::open(prefix.as_str()).unwrap();
-    assert_eq!(seed.request(user, system, timeout).as_deref(), Some(streamed.as_str()));
+    assert_eq!(
+        seed.request(user, system, timeout).as_deref(),
+        Some(streamed.as_str())
+    );
     drop((service, seed));
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());

@@ -26,6 +26,7 @@ mod client_side;
 pub mod mem;
 mod messages;
 mod peer;
+mod seed_stream;
 mod wait;
 mod worker_side;
 

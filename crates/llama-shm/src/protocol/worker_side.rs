@@ -11,9 +11,10 @@ use super::channel::{micros, token_eq, Channel};
 use super::checksum::{request_checksum, request_hasher, response_checksum, ResponseMeta};
 use super::messages::{Incoming, Outcome, RequestParams};
 use super::peer::{Clients, Region, Semaphore};
+use super::seed_stream::SeedUpdates;
 use crate::sync::{mutant, Mutant, Ordering};
 use crate::wire::layout::{
-    seed_stream, Field, Word32, Word64, REQUEST_STREAM, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
+    Field, Word32, Word64, REQUEST_STREAM, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
 };
 use crate::wire::status::StatusCode;
 use crate::wire::text::{self, Policy};
@@ -25,12 +26,6 @@ const TURN_CHECK: Duration = Duration::from_millis(100);
 /// by [`Channel::worker_wait`] to a holder that was slow, not gone, leaves one.
 const READY_EXCESS_LIMIT: u32 = 64;
 
-/// Stale `chunk_ready` posts [`Channel::worker_take`] takes back before a seed-mode request:
-/// a streaming client stops waiting at `generation_complete` and leaves the posts it did not
-/// take (one per update it coalesced), and one that died mid-stream leaves the rest. Bounded:
-/// a peer may post in a loop (its own client then just sees updates that are not new).
-const CHUNK_EXCESS_LIMIT: u32 = 1 << 16;
-
 /// The worker's side of one answer in flight: how much it wrote, what it published, and the
 /// running hash. Start one with [`Channel::worker_stream_begin`].
 pub struct StreamState {
@@ -39,23 +34,12 @@ pub struct StreamState {
     /// [`Region::ring_capacity`] bytes. Otherwise the seed's single C string.
     ring: bool,
     stream: bool,
-    written: u64,
+    pub(super) written: u64,
     published: u64,
     read_seen: u64,
     /// The seed streaming service's progress, when this answer is streamed that way.
-    seed: Option<SeedUpdates>,
+    pub(super) seed: Option<SeedUpdates>,
     pub(super) hasher: Xxh3,
-}
-
-/// What the worker told a client of the seed's streaming service so far.
-#[derive(Debug, Clone, Copy, Default)]
-struct SeedUpdates {
-    /// The last `update_counter` written.
-    counter: u32,
-    /// Updates announced (the `tokens_generated` shown while streaming).
-    pieces: u32,
-    /// Bytes of the answer the last update showed.
-    shown: u64,
 }
 
 impl StreamState {
@@ -311,67 +295,6 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         }
     }
 
-    /// Worker, for a seed-mode request on a channel with `chunk_ready`: whether `stream_mode`
-    /// asks for the seed's streaming service. The byte is cleared (a seed-era client that
-    /// never writes it must not inherit the last streaming client's 1) and stale `chunk_ready`
-    /// posts are taken back (bounded), so that the new request's first post is its own.
-    fn take_seed_stream_mode(&self) -> bool {
-        let Some(chunk_ready) = &self.chunk_ready else {
-            return false;
-        };
-        let at = seed_stream::within(seed_stream::STREAM_MODE);
-        let mut mode = [0u8];
-        self.region.read(Field::SeedStream, at, &mut mode);
-        if mode[0] != 0 {
-            self.region.write(Field::SeedStream, at, &[0]);
-        }
-        for _ in 0..CHUNK_EXCESS_LIMIT {
-            if !matches!(chunk_ready.try_wait(), Ok(true)) {
-                break;
-            }
-        }
-        mode[0] == 1
-    }
-
-    /// Posts `chunk_ready`. A failure (a peer flooded it to the maximum count) is logged, not
-    /// fatal: the update is in the region, the client sees it at its next wake-up.
-    fn post_chunk_ready(&self) {
-        if let Some(chunk_ready) = &self.chunk_ready {
-            if let Err(e) = chunk_ready.post() {
-                tracing::warn!("posting chunk_ready: {e}");
-            }
-        }
-    }
-
-    /// Worker: for a client of the seed's streaming service, shows what was written since the
-    /// last update: `tokens_generated`, then `update_counter` + 1, then a `chunk_ready` post
-    /// (the text itself is already in place, NUL-terminated, see
-    /// [`Channel::worker_stream_write`]). Nothing for any other answer, or when nothing new
-    /// was written.
-    pub fn worker_seed_update(&self, st: &mut StreamState) {
-        let Some(seed) = st.seed.as_mut() else {
-            return;
-        };
-        if st.written <= seed.shown {
-            return;
-        }
-        seed.shown = st.written;
-        seed.pieces = seed.pieces.saturating_add(1);
-        seed.counter = seed.counter.wrapping_add(1);
-        let (pieces, counter) = (seed.pieces, seed.counter);
-        self.write_seed_i32(seed_stream::TOKENS_GENERATED, pieces);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        self.write_seed_i32(seed_stream::UPDATE_COUNTER, counter);
-        self.post_chunk_ready();
-    }
-
-    /// Writes one of the seed streaming service's unaligned int32 fields.
-    fn write_seed_i32(&self, absolute: usize, value: u32) {
-        let v = i32::try_from(value).unwrap_or(i32::MAX);
-        self.region
-            .write(Field::SeedStream, seed_stream::within(absolute), &v.to_ne_bytes());
-    }
-
     /// Whether the client asked to cancel request `seq` (extended mode).
     pub fn worker_cancel_requested(&self, seq: u64) -> bool {
         seq != 0 && self.extended() && self.region.load64(Word64::CancelSeq) == seq
@@ -394,11 +317,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         let asked = self
             .seed_stream_asked
             .swap(false, std::sync::atomic::Ordering::Relaxed);
-        let seed = (asked && !ring && self.chunk_ready.is_some()).then(|| {
-            let span = Field::SeedStream.span();
-            self.region.fill(Field::SeedStream, 0, span.len, 0);
-            SeedUpdates::default()
-        });
+        let seed = if asked && !ring {
+            self.seed_stream_begin()
+        } else {
+            None
+        };
         StreamState {
             seq,
             ring,
@@ -438,15 +361,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             if first < bytes.len() {
                 self.region.write(Field::Response, 0, &bytes[first..]);
             }
-        } else if st.seed.is_some() && !bytes.is_empty() {
-            // A client of the seed's streaming service may read the C string at any time: it
-            // must always end in a NUL, at the old end or the new. So the tail and its NUL
-            // first, the byte that overwrites the old NUL last.
-            let pos = st.written as usize;
-            self.region.write(Field::Response, pos + 1, &bytes[1..]);
-            self.region.write(Field::Response, pos + bytes.len(), &[0]);
-            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-            self.region.write(Field::Response, pos, &bytes[..1]);
+        } else if st.seed.is_some() {
+            self.seed_stream_write(st.written as usize, bytes);
         } else {
             self.region.write(Field::Response, st.written as usize, bytes);
         }
@@ -535,19 +451,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             r.store64(Word64::ResponseSeq, st.seq);
         }
         if let Some(seed) = st.seed {
-            // The seed's streaming service: the whole answer is in place; say so, wake the
-            // client once more, and only then post `response_written`.
-            let tokens = if outcome.usage.generated_tokens > 0 {
-                outcome.usage.generated_tokens
-            } else {
-                seed.pieces
-            };
-            self.write_seed_i32(seed_stream::TOKENS_GENERATED, tokens);
-            let at = seed_stream::within(seed_stream::GENERATION_COMPLETE);
-            self.region.write(Field::SeedStream, at, &[1]);
-            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-            self.write_seed_i32(seed_stream::UPDATE_COUNTER, seed.counter.wrapping_add(1));
-            self.post_chunk_ready();
+            // The whole answer is in place: say so before `response_written`.
+            self.seed_stream_complete(seed, &outcome.usage);
         }
         self.response_written.post()
     }

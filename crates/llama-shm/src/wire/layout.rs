@@ -73,7 +73,7 @@ pub const FEATURE_TOKEN_REQUIRED: u32 = 1 << 0;
 /// without it answers in one piece of at most 32 767 bytes.
 pub const FEATURE_STREAMING: u32 = 1 << 1;
 /// Feature bit: the worker serves the seed's streaming service (`stream_mode` and the other
-/// [`seed_stream`] fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
+/// [`super::seed_stream`] fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
 /// do: the seed's `LocalLLMService` starts one with no arguments.
 pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
 
@@ -252,37 +252,6 @@ const_assert_eq!(EXT_OFFSET % 4096, 0);
 // Seed-era clients map at most 45000 bytes: the extension must start past them.
 const_assert!(EXT_OFFSET >= 45000);
 
-/// The seed's streaming service (its C# `LocalLLMService`, `../shared/spec/seed-streaming.md`):
-/// packed fields right after the shutdown byte, at the offsets that C# client reads and
-/// writes. They lie in the gap between the seed region and the extension page, so no offset of
-/// ours moves. (The seed's own C++ worker declared them in a C struct and got aligned offsets
-/// 40961, 40964, 40968, 40972: the two halves of the seed disagree; applications have the C#
-/// client, so these are the offsets served.) Integers are native-endian and unaligned: access
-/// them as bytes.
-pub mod seed_stream {
-    /// `stream_mode`, 1 byte: 1 = stream this request, 0 = one answer (client).
-    pub const STREAM_MODE: usize = 40961;
-    /// `update_counter`, i32: bumped by the worker after each update (client zeroes it).
-    pub const UPDATE_COUNTER: usize = 40962;
-    /// `generation_complete`, 1 byte: 1 once the answer is whole (worker; client zeroes it).
-    pub const GENERATION_COMPLETE: usize = 40966;
-    /// `tokens_generated`, i32 (worker; client zeroes it).
-    pub const TOKENS_GENERATED: usize = 40967;
-    /// One past the last byte of the fields.
-    pub const END: usize = 40971;
-
-    /// Where `absolute` (one of the offsets above) lies within
-    /// [`Field::SeedStream`](super::Field::SeedStream).
-    pub const fn within(absolute: usize) -> usize {
-        absolute - STREAM_MODE
-    }
-}
-
-// The streaming fields follow the shutdown byte, fit within what the C# service maps (45000
-// bytes) and end before the extension page.
-const_assert_eq!(seed_stream::STREAM_MODE, SEED_SIZE);
-const_assert!(seed_stream::END <= 45000 && seed_stream::END <= EXT_OFFSET);
-
 /// A byte range inside the object: where one wire field lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -309,7 +278,7 @@ pub enum Field {
     AuthToken,
     /// The extension page's error message.
     ErrorMessage,
-    /// The seed streaming service's fields, 40961..40971 (see [`seed_stream`]): in the gap
+    /// The seed streaming service's fields, 40961..40971 (see [`super::seed_stream`]): in the gap
     /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
     /// of the seed's own 40961.
     SeedStream,
@@ -360,8 +329,8 @@ impl Field {
                 len: ERROR_MESSAGE_LEN,
             },
             Field::SeedStream => Span {
-                offset: seed_stream::STREAM_MODE,
-                len: seed_stream::END - seed_stream::STREAM_MODE,
+                offset: super::seed_stream::STREAM_MODE,
+                len: super::seed_stream::END - super::seed_stream::STREAM_MODE,
             },
         }
     }
@@ -620,31 +589,5 @@ mod tests {
     fn only_the_extension_page_fields_are_extension_fields() {
         let ext: Vec<Field> = Field::ALL.iter().copied().filter(|f| f.is_extension()).collect();
         assert_eq!(ext, [Field::Magic, Field::AuthToken, Field::ErrorMessage]);
-    }
-
-    #[test]
-    fn seed_stream_fields_sit_at_the_csharp_services_offsets() {
-        // seed-streaming.md's table: 40960 shutdown, 40961 stream_mode, 40962 update_counter
-        // (4), 40966 generation_complete, 40967 tokens_generated (4).
-        use seed_stream::*;
-        assert_eq!(
-            (
-                STREAM_MODE,
-                UPDATE_COUNTER,
-                GENERATION_COMPLETE,
-                TOKENS_GENERATED,
-                END
-            ),
-            (40961, 40962, 40966, 40967, 40971)
-        );
-        assert_eq!(Field::Shutdown.span().offset + 1, STREAM_MODE);
-        assert_eq!(
-            Field::SeedStream.span(),
-            Span {
-                offset: 40961,
-                len: 10
-            }
-        );
-        assert!(!Field::SeedStream.is_extension());
     }
 }

@@ -6,5 +6,6 @@
 
 pub mod layout;
 pub mod names;
+pub mod seed_stream;
 pub mod status;
 pub mod text;
