@@ -32,7 +32,7 @@ const CHUNK_READY: usize = 3;
 
 /// Most `chunk_ready` wake-ups one streamed answer may take (a bound on the loop over the
 /// worker's posts; an honest answer takes one per piece, at most 32 767).
-const MAX_WAKEUPS: usize = 100_000;
+pub const MAX_WAKEUPS: usize = 100_000;
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,7 +73,7 @@ pub const FEATURE_TOKEN_REQUIRED: u32 = 1 << 0;
 /// without it answers in one piece of at most 32 767 bytes.
 pub const FEATURE_STREAMING: u32 = 1 << 1;
 /// Feature bit: the worker serves the seed's streaming service (`stream_mode` and the other
-/// [`super::seed_stream`] fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
+/// `wire::seed_stream` fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
 /// do: the seed's `LocalLLMService` starts one with no arguments.
 pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
 
@@ -278,7 +278,7 @@ pub enum Field {
     AuthToken,
     /// The extension page's error message.
     ErrorMessage,
-    /// The seed streaming service's fields, 40961..40971 (see [`super::seed_stream`]): in the gap
+    /// The seed streaming service's fields, 40961..40971 (see `wire::seed_stream`): in the gap
     /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
     /// of the seed's own 40961.
     SeedStream,
