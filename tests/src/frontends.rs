@@ -142,3 +142,90 @@ pub fn compile_c_against_ffi(source: &str, dir: &Path, exe: &str) -> PathBuf {
     );
     out
 }
+
+/// Runs Mono's `mcs` (C# 7) in `frontends/csharp` with `args`; panics with the compiler's
+/// output if it fails.
+pub fn mcs_args(args: &[String]) {
+    let out = Command::new("mcs")
+        .current_dir(repo_root().join("frontends/csharp"))
+        .arg("-langversion:7")
+        .args(args)
+        .output()
+        .expect("running mcs");
+    assert!(
+        out.status.success(),
+        "mcs {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `.cs` files of `frontends/csharp/<folder>`, sorted, as paths relative to
+/// `frontends/csharp`.
+pub fn csharp_sources(folder: &str) -> Vec<String> {
+    let dir = repo_root().join("frontends/csharp").join(folder);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cs"))
+        .map(|n| format!("{folder}/{n}"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .cs files in {}", dir.display());
+    files
+}
+
+/// Compiles the C# library `LlamaShm.dll` (`frontends/csharp/LlamaShm/*.cs` and the seed-API
+/// `LlamaCppLinuxClient.cs`) with its XML documentation `LlamaShm.xml` into `dir`; returns the
+/// DLL's path.
+pub fn llama_shm_dll(dir: &Path) -> PathBuf {
+    let dll = dir.join("LlamaShm.dll");
+    let mut args = vec![
+        "-target:library".to_string(),
+        format!("-out:{}", dll.display()),
+        format!("-doc:{}", dir.join("LlamaShm.xml").display()),
+    ];
+    args.extend(csharp_sources("LlamaShm"));
+    args.push("LlamaCppLinuxClient.cs".to_string());
+    mcs_args(&args);
+    dll
+}
+
+/// NUnit 2.6's framework assembly: `$LLAMA_SHM_NUNIT_FRAMEWORK`, else Debian's
+/// (`libnunit-framework2.6.3-cil`), if it exists.
+pub fn nunit_framework() -> Option<PathBuf> {
+    let path = std::env::var_os("LLAMA_SHM_NUNIT_FRAMEWORK")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/cli/nunit.framework-2.6.3/nunit.framework.dll"));
+    path.exists().then_some(path)
+}
+
+/// Whether `mcs`, `nunit-console` and NUnit's framework assembly are there; `false` (after
+/// printing why) means skip `test`. Panics instead when `LLAMA_SHM_REQUIRE_MONO` is set.
+pub fn nunit_available(test: &str) -> bool {
+    if !mono_available(test) {
+        return false;
+    }
+    let console = Command::new("nunit-console")
+        .arg("-help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if console && nunit_framework().is_some() {
+        return true;
+    }
+    if std::env::var_os("LLAMA_SHM_REQUIRE_MONO").is_some() {
+        panic!(
+            "{test}: nunit-console or nunit.framework.dll not found but LLAMA_SHM_REQUIRE_MONO is set; \
+             run ci/setup --extra"
+        );
+    }
+    eprintln!(
+        "{test}: SKIPPED: nunit-console or nunit.framework.dll not found; install them with ci/setup --extra"
+    );
+    false
+}

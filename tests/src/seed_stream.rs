@@ -254,10 +254,14 @@ impl StreamingService {
                 continue;
             }
             last = counter;
+            // The flag before the text: the worker writes the text first, so a complete flag
+            // seen means the final text is in place (read the other way round, a text read
+            // just before the worker finished would be taken for the final one).
+            let complete = self.read_at(GENERATION_COMPLETE_OFF, 1)[0] != 0;
             let update = Update {
-                text: self.response(),
                 tokens: self.i32_at(TOKENS_GENERATED_OFF),
-                complete: self.read_at(GENERATION_COMPLETE_OFF, 1)[0] != 0,
+                text: self.response(),
+                complete,
                 counter,
             };
             on_update(&update);

@@ -3,16 +3,23 @@
 //! `WireClientTest.exe` checks every echo answer byte for byte (non-ASCII, over-long prompts cut
 //! at a character boundary) and then shuts the worker down through the shutdown byte.
 //!
-//! Needs `mcs` and `mono` (`ci/setup --extra`). Without `mcs` the tests print why and pass,
-//! unless `LLAMA_SHM_REQUIRE_MONO` is set (as `ci/test` does): then they fail.
+//! The library `LlamaShm.dll` (`frontends/csharp/LlamaShm/`) is compiled with its XML
+//! documentation and its NUnit 2.6 suite (`frontends/csharp/LlamaShm.Tests/`) runs under
+//! `nunit-console` against the echo worker.
+//!
+//! Needs `mcs` and `mono` (`ci/setup --extra`; the NUnit test also `nunit-console` and
+//! `libnunit-framework2.6.3-cil`). Without them the tests print why and pass, unless
+//! `LLAMA_SHM_REQUIRE_MONO` is set (as `ci/test` does): then they fail.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{
-    entries_of, ffi_lib, mcs, mono_available, run_bounded, shm_entries, unique_prefix, wait_or_kill,
-    worker_path, ChildGuard, TempDir,
+    csharp_sources, entries_of, ffi_lib, llama_shm_dll, mcs, mcs_args, mono_available, nunit_available,
+    nunit_framework, repo_root, run_bounded, shm_entries, unique_prefix, wait_or_kill, worker_path,
+    ChildGuard, Ran, TempDir,
 };
 
 /// Compiles `SeedWireClient.cs` and `WireClientTest.cs` (with `TestChecks.cs`) into
@@ -171,4 +178,161 @@ fn csharp_ffi_client_gets_paris_from_the_default_model() {
         return;
     }
     run_ffi_client("csffillm", &["--llm"], Duration::from_secs(180));
+}
+
+/// Runs `nunit-console` on `tests_dll` (in-process, so the objects its workers create are named
+/// after the Mono process's pid) with the C library of `lib_dir` and `envs`; bounded by `limit`.
+fn run_nunit(
+    tests_dll: &Path,
+    dir: &Path,
+    lib_dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> Ran {
+    let mut cmd = Command::new("nunit-console");
+    cmd.current_dir(dir)
+        // Mono's perf-counter area is a /dev/shm/mono.<pid> file: not wanted there.
+        .env("MONO_DISABLE_SHARED_AREA", "1")
+        .env("LD_LIBRARY_PATH", lib_dir)
+        .env("LLAMA_SHM_WORKER", worker_path())
+        .envs(envs.iter().copied())
+        .arg(tests_dll)
+        .args([
+            "-nologo",
+            "-labels",
+            "-noshadow",
+            "-process=Single",
+            "-domain=Single",
+        ])
+        .arg(format!("-result={}", dir.join("TestResult.xml").display()))
+        .args(extra);
+    run_bounded(cmd, dir, limit)
+}
+
+/// The counts of nunit-console's summary line `Tests run: N, Errors: E, Failures: F, ...`.
+fn nunit_summary(out: &str) -> (usize, usize, usize) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Tests run: "))
+        .unwrap_or_else(|| panic!("no `Tests run:` summary in the output:\n{out}"));
+    let count = |key: &str| -> usize {
+        let at = line.find(key).unwrap_or_else(|| panic!("no `{key}` in `{line}`")) + key.len();
+        line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad `{key}` count in `{line}`"))
+    };
+    (count("Tests run: "), count("Errors: "), count("Failures: "))
+}
+
+/// Issue 14: the C# library `LlamaShm.dll` over the C ABI. Its NUnit suite checks, against the
+/// echo worker (paced with `--echo-piece-us` where it matters): exact answers (sync and async),
+/// argument checks, max tokens → `Length`, deadline → `Deadline`, strict and truncating prompt
+/// policies, `AnswerTooLongException`, the request timeout as a `TimeoutException`, concurrent
+/// calls; streamed pieces (several, in order, on the request's thread) that concatenate to the
+/// answer through an Action, an `IProgress` and `OnStreamUpdate`; a throwing callback; a
+/// `CancellationToken` mid-stream (an `OperationCanceledException` with the partial answer, within
+/// 500 ms), before the call (nothing sent) and right after it (not lost), `Cancel()`, and the
+/// cancel-to-return time over 20 runs; the worker binary missing, a worker that cannot start, a
+/// worker SIGKILLed mid-answer (`WorkerDiedException`, then `ClientClosedException`), a restart
+/// policy, `Dispose` from another thread mid-answer, `Shutdown`, a finalizer that does not wait
+/// for a busy worker, and the ABI check. A second run loads a stand-in library that reports ABI 2
+/// and requires the refusal. Nothing may be left in `/dev/shm`.
+#[test]
+fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
+    let test = "csharp_library_passes_its_nunit_suite_against_the_echo_worker";
+    if !nunit_available(test) {
+        return;
+    }
+    let lib = ffi_lib();
+    let lib_dir = lib.parent().unwrap();
+    let dir = TempDir::new("csharp_nunit");
+    let dll = llama_shm_dll(&dir.0);
+    let doc = std::fs::read_to_string(dir.0.join("LlamaShm.xml")).expect("the XML documentation file");
+    for member in [
+        "T:LlamaShm.LlamaShmClient",
+        "M:LlamaShm.LlamaShmClient.StreamAsync(System.String,System.String,System.IProgress{System.String}",
+        "T:LlamaShm.RequestCanceledException",
+        "P:LlamaShm.Response.Usage",
+    ] {
+        assert!(doc.contains(member), "LlamaShm.xml does not document {member}");
+    }
+
+    let sources = csharp_sources("LlamaShm.Tests");
+    let tests_dll = dir.0.join("LlamaShm.Tests.dll");
+    let mut args = vec![
+        "-target:library".to_string(),
+        format!("-out:{}", tests_dll.display()),
+        format!("-r:{}", dll.display()),
+        format!("-r:{}", nunit_framework().unwrap().display()),
+    ];
+    args.extend(sources.iter().cloned());
+    mcs_args(&args);
+    // How many tests the sources declare: the run must report exactly these.
+    let declared: usize = sources
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(repo_root().join("frontends/csharp").join(f)).unwrap();
+            text.lines()
+                .filter(|l| l.trim_start().starts_with("[Test,") || l.trim() == "[Test]")
+                .count()
+        })
+        .sum();
+    assert!(declared >= 25, "only {declared} [Test] methods found");
+
+    let ran = run_nunit(&tests_dll, &dir.0, lib_dir, &[], &[], Duration::from_secs(300));
+    println!("--- nunit-console LlamaShm.Tests.dll\n{}---", ran.out);
+    assert!(
+        ran.status.success(),
+        "the NUnit suite failed ({}):\n{}",
+        ran.status,
+        ran.out
+    );
+    assert_eq!(
+        nunit_summary(&ran.out),
+        (declared, 0, 0),
+        "tests run, errors, failures"
+    );
+    assert!(
+        ran.out.contains("cancel-to-return"),
+        "the latency line is missing:\n{}",
+        ran.out
+    );
+    let left = entries_of(ran.pid);
+    assert!(left.is_empty(), "left in /dev/shm by the NUnit run: {left:?}");
+
+    // A stand-in libllama_shm_ffi.so reporting ABI 2: LlamaShm.dll must refuse it.
+    let fake_dir = dir.0.join("abi2");
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    let fake_c = fake_dir.join("fake.c");
+    std::fs::write(
+        &fake_c,
+        "#include <stdint.h>\nuint32_t lshm_abi_version(void) { return 2; }\n\
+         const char *lshm_version(void) { return \"0.0.0\"; }\n",
+    )
+    .unwrap();
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-o"])
+        .arg(fake_dir.join("libllama_shm_ffi.so"))
+        .arg(&fake_c)
+        .output()
+        .expect("running cc");
+    assert!(cc.status.success(), "cc: {}", String::from_utf8_lossy(&cc.stderr));
+    let ran = run_nunit(
+        &tests_dll,
+        &dir.0,
+        &fake_dir,
+        &["-run=LlamaShm.Tests.AbiTests"],
+        &[("LLAMA_SHM_TEST_FAKE_ABI", "2")],
+        Duration::from_secs(60),
+    );
+    println!(
+        "--- nunit-console -run=LlamaShm.Tests.AbiTests (ABI 2 stand-in)\n{}---",
+        ran.out
+    );
+    assert!(ran.status.success(), "the ABI refusal test failed:\n{}", ran.out);
+    assert_eq!(nunit_summary(&ran.out), (1, 0, 0), "tests run, errors, failures");
 }

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use llama_shm_tests::{
-    compile_c_against_ffi, entries_of, ffi_lib, mcs, mono_available, python_that_imports, repo_root,
-    run_bounded, worker_path, Ran, TempDir,
+    compile_c_against_ffi, entries_of, ffi_lib, llama_shm_dll, mcs_args, mono_available, python_that_imports,
+    repo_root, run_bounded, worker_path, Ran, TempDir,
 };
 
 /// An example program: its file in `frontends/examples`, its comment leader, and the
@@ -242,11 +242,14 @@ fn csharp_example_runs_against_the_echo_worker() {
     }
     let lib = ffi_lib();
     let dir = TempDir::new("readme_cs");
-    let exe = mcs(
-        &dir.0,
-        &["LlamaCppLinuxClient.cs", "../examples/Hello.cs"],
-        "Hello.exe",
-    );
+    // Hello.exe uses LlamaShm.dll, which Mono finds beside it.
+    let dll = llama_shm_dll(&dir.0);
+    let exe = dir.0.join("Hello.exe");
+    mcs_args(&[
+        format!("-out:{}", exe.display()),
+        format!("-r:{}", dll.display()),
+        "../examples/Hello.cs".to_string(),
+    ]);
     let mut cmd = Command::new("mono");
     // Mono's perf-counter area is a /dev/shm/mono.<pid> file: not wanted there.
     cmd.env("MONO_DISABLE_SHARED_AREA", "1")
@@ -270,9 +273,11 @@ fn python_example_runs_against_the_echo_worker() {
     };
     let lib = ffi_lib();
     let dir = TempDir::new("readme_py");
+    // The source tree's package; ffi_frontends.rs runs hello.py against the installed wheel.
     let mut cmd = Command::new(&python);
     cmd.current_dir(&dir.0)
         .arg(repo_root().join("frontends/examples/hello.py"))
+        .env("PYTHONPATH", repo_root().join("frontends/python"))
         .env("LLAMA_SHM_FFI_LIB", &lib)
         .env("LLAMA_SHM_WORKER", worker_path())
         .env("PYTHONDONTWRITEBYTECODE", "1");

@@ -21,18 +21,45 @@ const T: Duration = Duration::from_secs(20);
 /// only the last complete, and the final text the last update's.
 fn check_updates(updates: &[Update], final_text: &str) {
     assert!(!updates.is_empty());
+    let brief = |u: &Update| {
+        format!(
+            "(counter {}, {} bytes, complete {})",
+            u.counter,
+            u.text.len(),
+            u.complete
+        )
+    };
     for w in updates.windows(2) {
-        assert!(w[1].counter > w[0].counter, "{w:?}");
-        assert!(w[1].text.starts_with(&w[0].text), "{w:?}");
-        assert!(!w[0].complete, "complete before the end: {w:?}");
+        assert!(
+            w[1].counter > w[0].counter,
+            "{} then {}",
+            brief(&w[0]),
+            brief(&w[1])
+        );
+        assert!(
+            w[1].text.starts_with(&w[0].text),
+            "{} then {}: not a prefix",
+            brief(&w[0]),
+            brief(&w[1])
+        );
+        assert!(!w[0].complete, "complete before the end: {}", brief(&w[0]));
     }
     for u in updates {
-        assert!(!u.text.contains('\u{FFFD}'), "an update split a character: {u:?}");
+        assert!(
+            !u.text.contains('\u{FFFD}'),
+            "an update split a character: {}",
+            brief(u)
+        );
     }
     let last = updates.last().unwrap();
     assert!(last.complete);
-    assert_eq!(last.text, final_text);
-    assert!(last.tokens > 0, "{last:?}");
+    assert!(
+        last.text == final_text,
+        "the complete update ({}) is not the final answer ({} bytes)",
+        brief(last),
+        final_text.len()
+    );
+    assert!(last.tokens > 0, "{}", brief(last));
 }
 
 /// The reproduction: the class's `Initialize` opens four semaphores and failed with
@@ -202,4 +229,42 @@ fn the_streaming_service_streams_the_real_model() {
     drop((service, seed));
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty());
+}
+
+/// `--test --stream` prints each piece as it comes, like the seed's chatbot: the first bytes
+/// arrive while the worker is still generating (paced pieces of at most 4 bytes, 150 ms
+/// apart), and all of them make the answer `--test` prints.
+#[test]
+fn test_mode_streams_pieces_to_stdout_as_they_come() {
+    use std::io::Read;
+    let mut child = ChildGuard::new(
+        Command::new(worker_path())
+            .args([
+                "--test",
+                "--stream",
+                "--engine",
+                "echo",
+                "--echo-piece-us",
+                "150000",
+            ])
+            .args(["--system", "sys", "--user", "hello world"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    let n = out.read(&mut first).unwrap();
+    assert!(n > 0 && n < "sys\nhello world\n".len(), "{:?}", &first[..n]);
+    assert!(
+        child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the worker had finished before its first piece was read"
+    );
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let all = String::from_utf8(first[..n].to_vec()).unwrap() + &rest;
+    assert_eq!(all, "sys\nhello world\n");
+    let status = child.take().wait().unwrap();
+    assert!(status.success(), "{status}");
 }
