@@ -26,6 +26,7 @@ namespace LlamaShm
         /// <summary>The LSHM_E_* status code (see llama_shm.h).</summary>
         public int Status { get; private set; }
 
+        /// <summary>An exception for <paramref name="status"/> with <paramref name="message"/>.</summary>
         public LlamaShmException(int status, string message) : base(message)
         {
             Status = status;
@@ -36,12 +37,19 @@ namespace LlamaShm
     public sealed class LlamaCppLinuxClient : IDisposable
     {
         // Status codes of llama_shm.h (the ones callers are likely to test).
+        /// <summary>LSHM_OK: success.</summary>
         public const int LSHM_OK = 0;
+        /// <summary>LSHM_E_INVALID_ARGUMENT: a bad argument.</summary>
         public const int LSHM_E_INVALID_ARGUMENT = 1;
+        /// <summary>LSHM_E_WORKER_NOT_FOUND: no worker binary at the path.</summary>
         public const int LSHM_E_WORKER_NOT_FOUND = 5;
+        /// <summary>LSHM_E_STARTUP: the worker could not start.</summary>
         public const int LSHM_E_STARTUP = 6;
+        /// <summary>LSHM_E_TIMEOUT: the request timeout passed.</summary>
         public const int LSHM_E_TIMEOUT = 8;
+        /// <summary>LSHM_E_WORKER_DIED: the worker died during the request.</summary>
         public const int LSHM_E_WORKER_DIED = 9;
+        /// <summary>LSHM_E_CLOSED: the client is closed.</summary>
         public const int LSHM_E_CLOSED = 18;
 
         private const string Lib = "llama_shm_ffi";
@@ -228,10 +236,24 @@ namespace LlamaShm
             GC.SuppressFinalize(this);
         }
 
+        /// <summary>A client that was not disposed: lshm_client_free shuts the worker down and
+        /// can wait for it (seconds), which a finalizer must not, so the free runs on a
+        /// thread-pool thread.</summary>
         ~LlamaCppLinuxClient()
         {
-            if (client != IntPtr.Zero)
-                lshm_client_free(client);
+            IntPtr leaked = client;
+            if (leaked != IntPtr.Zero)
+            {
+                try
+                {
+                    System.Threading.ThreadPool.UnsafeQueueUserWorkItem(p => lshm_client_free((IntPtr)p), leaked);
+                }
+                catch (Exception)
+                {
+                    // The runtime is going down: the worker exits when this process's control
+                    // socket hangs up.
+                }
+            }
         }
 
         private static byte[] Utf8z(string s, string what)

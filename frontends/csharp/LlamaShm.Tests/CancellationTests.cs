@@ -1,0 +1,173 @@
+// CancellationTests: a CancellationToken (or Cancel()) ends a paced echo answer mid-way: the call
+// throws RequestCanceledException, an OperationCanceledException carrying the partial answer,
+// soon after the cancel; a token cancelled before the call sends nothing. Also measures the time
+// from CancellationTokenSource.Cancel() to the awaited call returning.
+
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Linq;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+using NUnit.Framework;
+
+namespace LlamaShm.Tests
+{
+    [TestFixture]
+    public class CancellationTests
+    {
+        private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
+
+        // 2000 characters at 4 bytes per 2 ms piece: about 1 s for the whole answer.
+        private static readonly string LongUser = TestWorker.Long(2000);
+
+        [Test, Timeout(60000)]
+        public void Cancelling_the_token_mid_stream_throws_with_the_partial_answer()
+        {
+            string full = TestWorker.EchoOf(LongUser, "s");
+            using (var client = TestWorker.Paced(2000))
+            using (var cts = new CancellationTokenSource())
+            {
+                var received = new StringBuilder();
+                var fifth = new ManualResetEventSlim(false);
+                int n = 0;
+                Task<Response> t = client.StreamAsync(LongUser, "s", c => { received.Append(c); if (++n == 5) fifth.Set(); }, null, cts.Token);
+                Assert.That(fifth.Wait(Bound), "five pieces arrived");
+                var clock = Stopwatch.StartNew();
+                cts.Cancel();
+                var e = Assert.Catch<OperationCanceledException>(() => TestWorker.Within(t, Bound, "the cancelled stream"));
+                TimeSpan took = clock.Elapsed;
+
+                Assert.That(e, Is.InstanceOf<RequestCanceledException>());
+                Assert.That(e.CancellationToken, Is.EqualTo(cts.Token));
+                Response partial = ((RequestCanceledException)e).PartialResponse;
+                Assert.That(partial, Is.Not.Null);
+                Assert.That(partial.Finish, Is.EqualTo(FinishReason.Cancelled));
+                Assert.That(partial.Text, Is.EqualTo(received.ToString()), "the partial answer is what was streamed");
+                Assert.That(full.StartsWith(partial.Text, StringComparison.Ordinal), "a prefix of the echo");
+                Assert.That(partial.Text.Length, Is.LessThan(full.Length / 2), "cut well before the end");
+                Assert.That(took, Is.LessThan(TimeSpan.FromMilliseconds(500)), "returned soon after the cancel");
+
+                Assert.That(client.SendRequest("after", "s").Text, Is.EqualTo("s\nafter"), "the client still works");
+            }
+        }
+
+        [Test, Timeout(60000)]
+        public void A_synchronous_request_is_cancelled_from_another_thread()
+        {
+            using (var client = TestWorker.Paced(2000))
+            using (var cts = new CancellationTokenSource())
+            {
+                cts.CancelAfter(200);
+                var clock = Stopwatch.StartNew();
+                var e = Assert.Throws<RequestCanceledException>(() => client.SendRequest(LongUser, "s", null, cts.Token));
+                Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMilliseconds(700)));
+                Assert.That(e.PartialResponse.Finish, Is.EqualTo(FinishReason.Cancelled));
+                Assert.That(e.PartialResponse.Text.Length, Is.GreaterThan(0).And.LessThan(LongUser.Length));
+            }
+        }
+
+        [Test, Timeout(60000)]
+        public void A_token_cancelled_before_the_call_sends_nothing()
+        {
+            using (var client = LlamaShmClient.Start(TestWorker.Echo()))
+            {
+                Response first = client.SendRequest("one", "s");
+                var cancelled = new CancellationToken(true);
+                var e = Assert.Throws<RequestCanceledException>(() => client.SendRequest("never", "s", null, cancelled));
+                Assert.That(e.PartialResponse, Is.Null);
+                Assert.That(e.CancellationToken, Is.EqualTo(cancelled));
+                var a = Assert.Catch<OperationCanceledException>(() => TestWorker.Within(client.StreamAsync("never", "s", cancelled), Bound, "pre-cancelled StreamAsync"));
+                Assert.That(a, Is.InstanceOf<RequestCanceledException>());
+                Response next = client.SendRequest("two", "s");
+                Assert.That(next.Sequence, Is.EqualTo(first.Sequence + 1), "no request went out in between");
+            }
+        }
+
+        [Test, Timeout(60000)]
+        public void A_cancel_right_after_the_call_starts_is_not_lost()
+        {
+            // The token fires while the call is being entered, before or after the native client
+            // registers the request: either way the answer must not run to its end (1 s).
+            using (var client = TestWorker.Paced(2000))
+            {
+                for (int i = 0; i < 20; i++)
+                {
+                    using (var cts = new CancellationTokenSource())
+                    {
+                        var clock = Stopwatch.StartNew();
+                        Task<Response> t = client.SendRequestAsync(LongUser, "s", cts.Token);
+                        if (i % 2 == 1)
+                            Thread.SpinWait(20000 * i);
+                        cts.Cancel();
+                        var e = Assert.Catch<OperationCanceledException>(() => TestWorker.Within(t, Bound, "run " + i));
+                        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMilliseconds(600)), "run " + i + " was cancelled");
+                        var partial = ((RequestCanceledException)e).PartialResponse;
+                        if (partial != null)
+                            Assert.That(partial.Finish, Is.EqualTo(FinishReason.Cancelled));
+                    }
+                }
+                Assert.That(client.SendRequest("after", "s").Text, Is.EqualTo("s\nafter"));
+            }
+        }
+
+        [Test, Timeout(60000)]
+        public void Cancel_stops_the_request_in_flight_from_any_thread()
+        {
+            using (var client = TestWorker.Paced(2000))
+            {
+                Assert.That(client.Cancel(), Is.False, "nothing in flight");
+                var first = new ManualResetEventSlim(false);
+                Task<Response> t = client.StreamAsync(LongUser, "s", c => first.Set());
+                Assert.That(first.Wait(Bound));
+                Assert.That(TestWorker.Within(Task.Run(() => client.Cancel()), Bound, "Cancel()"), Is.True, "a request was in flight");
+                var e = Assert.Catch<OperationCanceledException>(() => TestWorker.Within(t, Bound, "the cancelled stream"));
+                Assert.That(e.CancellationToken, Is.EqualTo(CancellationToken.None), "not cancelled by a token");
+                Assert.That(((RequestCanceledException)e).PartialResponse.Finish, Is.EqualTo(FinishReason.Cancelled));
+            }
+        }
+
+        [Test, Timeout(120000)]
+        public void Cancel_to_return_latency_over_twenty_runs()
+        {
+            const int runs = 20;
+            var ms = new List<double>();
+            using (var client = TestWorker.Paced(2000))
+            {
+                for (int i = 0; i < runs; i++)
+                    ms.Add(TestWorker.Within(CancelOnceAsync(client), Bound, "run " + i));
+            }
+            ms.Sort();
+            double median = (ms[runs / 2 - 1] + ms[runs / 2]) / 2;
+            Console.WriteLine("cancel-to-return (echo, 4-byte pieces every 2 ms, {0} runs): min {1:F2} ms, median {2:F2} ms, max {3:F2} ms",
+                              runs, ms[0], median, ms[runs - 1]);
+            Assert.That(median, Is.LessThan(100.0));
+            Assert.That(ms[runs - 1], Is.LessThan(500.0));
+        }
+
+        /// <summary>Streams the long answer, cancels after its third piece (from the test's
+        /// thread), and returns the milliseconds from Cancel() to the await returning.</summary>
+        private static async Task<double> CancelOnceAsync(LlamaShmClient client)
+        {
+            using (var cts = new CancellationTokenSource())
+            {
+                var third = new TaskCompletionSource<bool>();
+                int n = 0;
+                Task<Response> t = client.StreamAsync(LongUser, "s", c => { if (++n == 3) third.TrySetResult(true); }, null, cts.Token);
+                await third.Task.ConfigureAwait(false);
+                var clock = Stopwatch.StartNew();
+                cts.Cancel();
+                try
+                {
+                    await t.ConfigureAwait(false);
+                }
+                catch (RequestCanceledException)
+                {
+                    return clock.Elapsed.TotalMilliseconds;
+                }
+                throw new AssertionException("the stream was not cancelled");
+            }
+        }
+    }
+}

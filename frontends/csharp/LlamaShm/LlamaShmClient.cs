@@ -1,0 +1,479 @@
+// LlamaShmClient: a local llama.cpp model through llama-shm's C ABI (libllama_shm_ffi.so, ABI 3).
+//
+//   using (var client = LlamaShmClient.Start(new ClientOptions { WorkerPath = worker }))
+//   {
+//       Response r = await client.StreamAsync("Hello", "Be terse.", chunk => Console.Write(chunk),
+//                                             null, cancellationToken);
+//   }
+//
+// Every call is a blocking native call; the ...Async methods run it on a thread of its own
+// (TaskCreationOptions.LongRunning), so an answer that takes minutes holds no pool thread.
+// Requests run one at a time (the gate); a cancel goes through the client's lshm_canceller,
+// which works from any thread while a request is in flight (RequestRun).
+
+using System;
+using System.Runtime.ExceptionServices;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace LlamaShm
+{
+    /// <summary>A client of one llama-shm worker, which it spawns and shuts down.</summary>
+    /// <remarks>
+    /// <para><b>Thread safety.</b> All members may be called from any thread. Requests run one
+    /// at a time, in the order they were called: a second request waits for the first (its
+    /// CancellationToken cancels the wait too). <see cref="Cancel"/>, <see cref="Dispose"/> and
+    /// the tokens act at once on the request in flight. Callbacks (the chunk callback,
+    /// <c>IProgress.Report</c>, <see cref="OnStreamUpdate"/>) run synchronously on the request's
+    /// thread, in order; they must not start another request on this client (that throws
+    /// InvalidOperationException) and an exception they throw cancels the request and is
+    /// rethrown by the call.</para>
+    /// <para><b>Cancellation.</b> A cancelled answer ends within a token and the call throws
+    /// <see cref="RequestCanceledException"/> (an OperationCanceledException) carrying the
+    /// partial answer. An ...Async call then ends <i>faulted</i> with it (so that
+    /// <c>await</c> rethrows it with its <see cref="RequestCanceledException.PartialResponse"/>),
+    /// not in the Canceled state.</para>
+    /// <para><b>Disposal.</b> <see cref="Dispose"/> never throws and does not wait for a
+    /// request in flight: it cancels it, and the worker is shut down when that call returns
+    /// (on the request's thread). Otherwise it shuts the worker down on the calling thread,
+    /// bounded by about 5 s. A client that is never disposed is released by its finalizer on a
+    /// thread-pool thread (the finalizer thread does not wait).</para>
+    /// </remarks>
+    public sealed class LlamaShmClient : IDisposable
+    {
+        /// <summary>The C ABI version this assembly is written for (LSHM_ABI_VERSION).</summary>
+        public const uint RequiredAbiVersion = NativeMethods.AbiVersion;
+
+        private static volatile bool libraryChecked;
+
+        [ThreadStatic]
+        private static LlamaShmClient runningOnThisThread;
+
+        private readonly ClientHandle handle;
+        private readonly CancellerHandle canceller;
+        private readonly SemaphoreSlim gate = new SemaphoreSlim(1, 1);
+        private volatile RequestRun current;
+        private volatile bool disposed;
+        private int workerPid;
+
+        private LlamaShmClient(ClientHandle handle, CancellerHandle canceller)
+        {
+            this.handle = handle;
+            this.canceller = canceller;
+            RefreshWorkerPid();
+        }
+
+        /// <summary>Raised for each piece of a streaming answer (<see cref="Stream"/>,
+        /// <see cref="StreamAsync(string, string, Action{string}, RequestOptions, CancellationToken)"/>),
+        /// then once with <see cref="StreamUpdateEventArgs.IsComplete"/> set: the seed
+        /// LocalLLMService's OnStreamUpdate. Raised on the request's thread; use a
+        /// SynchronizationContext (or Control.BeginInvoke / Dispatcher) to reach a UI.</summary>
+        public event EventHandler<StreamUpdateEventArgs> OnStreamUpdate;
+
+        /// <summary>The ABI version of the loaded libllama_shm_ffi (0 if it is too old to say).</summary>
+        public static uint LibraryAbiVersion
+        {
+            get
+            {
+                try
+                {
+                    return NativeMethods.lshm_abi_version();
+                }
+                catch (EntryPointNotFoundException)
+                {
+                    return 0;
+                }
+            }
+        }
+
+        /// <summary>The loaded libllama_shm_ffi's version, e.g. "0.1.0".</summary>
+        public static string LibraryVersion
+        {
+            get { return Utf8.FromNativeZ(NativeMethods.lshm_version()); }
+        }
+
+        /// <summary>The worker's process id, read after start-up and after each request (a
+        /// restart policy may replace the worker).</summary>
+        public int WorkerProcessId
+        {
+            get { return Volatile.Read(ref workerPid); }
+        }
+
+        /// <summary>Spawns a worker and waits until it is ready (bounded by
+        /// <see cref="ClientOptions.StartupTimeout"/>).</summary>
+        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 3.</exception>
+        /// <exception cref="DllNotFoundException">libllama_shm_ffi.so was not found.</exception>
+        /// <exception cref="WorkerNotFoundException">No worker binary at the path.</exception>
+        /// <exception cref="WorkerStartupException">The worker exited or was not ready in time.</exception>
+        public static LlamaShmClient Start(ClientOptions options)
+        {
+            if (options == null)
+                throw new ArgumentNullException("options");
+            EnsureCompatibleLibrary();
+            NativeMethods.LshmOptions native = options.ToNative();
+            byte[] worker = options.WorkerPath == null ? null : Utf8.ToNative(options.WorkerPath, "WorkerPath");
+            var args = new byte[options.WorkerArguments.Count][];
+            for (int i = 0; i < args.Length; i++)
+                args[i] = Utf8.ToNative(options.WorkerArguments[i], "WorkerArguments[" + i + "]");
+
+            var argv = new IntPtr[args.Length];
+            ClientHandle client = null;
+            try
+            {
+                for (int i = 0; i < args.Length; i++)
+                {
+                    argv[i] = Marshal.AllocHGlobal(args[i].Length);
+                    Marshal.Copy(args[i], 0, argv[i], args[i].Length);
+                }
+                IntPtr error;
+                int status = NativeMethods.lshm_client_new_with(worker, argv, new UIntPtr((uint)argv.Length),
+                                                                ref native, out client, out error);
+                StatusErrors.Check(status, error);
+                CancellerHandle canceller;
+                StatusErrors.Check(NativeMethods.lshm_canceller_new(client, out canceller), IntPtr.Zero);
+                var started = new LlamaShmClient(client, canceller);
+                client = null;
+                return started;
+            }
+            finally
+            {
+                foreach (IntPtr p in argv)
+                    if (p != IntPtr.Zero)
+                        Marshal.FreeHGlobal(p);
+                if (client != null)
+                    client.Release(false);
+            }
+        }
+
+        /// <summary><see cref="Start"/> on a thread of its own.</summary>
+        public static Task<LlamaShmClient> StartAsync(ClientOptions options)
+        {
+            if (options == null)
+                throw new ArgumentNullException("options");
+            return OwnThread(() => Start(options));
+        }
+
+        /// <summary>Sends one request and waits for the whole answer.</summary>
+        /// <param name="user">The user prompt (UTF-16; sent as UTF-8, at most 4095 bytes on the wire).</param>
+        /// <param name="system">The system prompt; null is "".</param>
+        /// <param name="options">Deadline and token budget; null: none.</param>
+        /// <param name="cancellationToken">Cancels the request: the answer ends within a token.</param>
+        /// <returns>The answer; <see cref="Response.Finish"/> says why it ended (Stop, Length,
+        /// Deadline).</returns>
+        /// <exception cref="RequestCanceledException">The answer was cancelled (partial answer inside).</exception>
+        /// <exception cref="LlamaShmTimeoutException">The request timeout passed.</exception>
+        /// <exception cref="WorkerDiedException">The worker died during the request.</exception>
+        /// <exception cref="LlamaShmClientException">Another failure; see its Status.</exception>
+        /// <exception cref="ObjectDisposedException">The client was disposed.</exception>
+        public Response SendRequest(string user, string system, RequestOptions options = null,
+                                    CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return Prepare(user, system, options, false, null).Run(cancellationToken);
+        }
+
+        /// <summary><see cref="SendRequest"/> on a thread of its own.</summary>
+        public Task<Response> SendRequestAsync(string user, string system, RequestOptions options = null,
+                                               CancellationToken cancellationToken = default(CancellationToken))
+        {
+            Call call = Prepare(user, system, options, false, null);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary><see cref="SendRequestAsync(string, string, RequestOptions, CancellationToken)"/> without options.</summary>
+        public Task<Response> SendRequestAsync(string user, string system, CancellationToken cancellationToken)
+        {
+            return SendRequestAsync(user, system, null, cancellationToken);
+        }
+
+        /// <summary><see cref="SendRequest"/> that passes the answer piece by piece, as it is
+        /// generated, to <paramref name="onChunk"/> (may be null) and to
+        /// <see cref="OnStreamUpdate"/>; the pieces concatenate to the returned text.</summary>
+        public Response Stream(string user, string system, Action<string> onChunk = null, RequestOptions options = null,
+                               CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return Prepare(user, system, options, true, onChunk).Run(cancellationToken);
+        }
+
+        /// <summary><see cref="Stream"/> on a thread of its own; <paramref name="onChunk"/> runs on
+        /// that thread, in order.</summary>
+        public Task<Response> StreamAsync(string user, string system, Action<string> onChunk = null,
+                                          RequestOptions options = null,
+                                          CancellationToken cancellationToken = default(CancellationToken))
+        {
+            Call call = Prepare(user, system, options, true, onChunk);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary><see cref="Stream"/> on a thread of its own, reporting each piece to
+        /// <paramref name="progress"/>. A <c>Progress&lt;string&gt;</c> created on a UI thread
+        /// posts the pieces to that thread in order; without a SynchronizationContext it posts
+        /// them to the thread pool, where they may arrive out of order or after the task ends
+        /// — use the Action overload there.</summary>
+        public Task<Response> StreamAsync(string user, string system, IProgress<string> progress,
+                                          RequestOptions options = null,
+                                          CancellationToken cancellationToken = default(CancellationToken))
+        {
+            if (progress == null)
+                throw new ArgumentNullException("progress");
+            Call call = Prepare(user, system, options, true, progress.Report);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary>A streaming request whose pieces go to <see cref="OnStreamUpdate"/> only.</summary>
+        public Task<Response> StreamAsync(string user, string system, CancellationToken cancellationToken)
+        {
+            return StreamAsync(user, system, (Action<string>)null, null, cancellationToken);
+        }
+
+        /// <summary>Cancels the request in flight, if any (from any thread): its answer ends
+        /// within a token and its call throws <see cref="RequestCanceledException"/>. Returns
+        /// whether a request was in flight.</summary>
+        public bool Cancel()
+        {
+            RequestRun run = current;
+            if (run == null)
+                return false;
+            run.Request("LlamaShmClient.Cancel was called");
+            return true;
+        }
+
+        /// <summary>Shuts the worker down in order and releases the client, reporting how it
+        /// went. Waits for a request in flight to end first (use <see cref="Cancel"/> or
+        /// <see cref="Dispose"/> not to wait). A second call, or a call after Dispose, does
+        /// nothing.</summary>
+        /// <exception cref="ShutdownException">The worker had to be killed or exited with a
+        /// failure; the client is released anyway.</exception>
+        public void Shutdown()
+        {
+            if (runningOnThisThread == this)
+                throw new InvalidOperationException("Shutdown was called from a callback of this client's request (use Dispose)");
+            gate.Wait();
+            try
+            {
+                if (disposed)
+                    return;
+                disposed = true;
+                handle.Release(true);
+                canceller.Dispose();
+                // Nothing else holds the handle here (every use is under the gate), so the
+                // release has run; the bound only guards against a bug.
+                if (!handle.WaitReleased(TimeSpan.FromSeconds(30)))
+                    throw new InvalidOperationException("the native client was not released within 30 s");
+                if (handle.ShutdownStatus != (int)LshmStatus.Ok)
+                    throw StatusErrors.For(handle.ShutdownStatus, handle.ShutdownError);
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }
+
+        /// <summary>Releases the client and shuts its worker down; never throws. A request in
+        /// flight (on another thread) is cancelled and the release happens when it returns.</summary>
+        public void Dispose()
+        {
+            if (disposed)
+                return;
+            disposed = true;
+            RequestRun run = current;
+            if (run != null)
+                run.Request("the client was disposed");
+            handle.Release(false);
+            // A request in flight may still need the canceller (its cancel may be retrying);
+            // it disposes it when it ends.
+            if (current == null)
+                canceller.Dispose();
+        }
+
+        private static void EnsureCompatibleLibrary()
+        {
+            if (libraryChecked)
+                return;
+            uint found;
+            try
+            {
+                found = NativeMethods.lshm_abi_version();
+            }
+            catch (EntryPointNotFoundException e)
+            {
+                throw new IncompatibleLibraryException(0, RequiredAbiVersion,
+                    "libllama_shm_ffi has no lshm_abi_version: it predates ABI 2, this assembly needs ABI "
+                    + RequiredAbiVersion + "; rebuild it (cargo build --release -p llama-shm-ffi)", e);
+            }
+            catch (DllNotFoundException e)
+            {
+                throw new DllNotFoundException("libllama_shm_ffi.so not found: build it (cargo build --release -p "
+                    + "llama-shm-ffi) and put its directory on LD_LIBRARY_PATH or next to the program", e);
+            }
+            if (found != RequiredAbiVersion)
+                throw new IncompatibleLibraryException(found, RequiredAbiVersion,
+                    "libllama_shm_ffi reports ABI " + found + ", this assembly needs ABI " + RequiredAbiVersion
+                    + ": use the library and LlamaShm.dll of the same llama-shm version");
+            libraryChecked = true;
+        }
+
+        private static Task<T> OwnThread<T>(Func<T> body)
+        {
+            // No token here: a cancelled request must end faulted with its RequestCanceledException
+            // (and partial answer), which the Canceled state would replace.
+            return Task.Factory.StartNew(body, CancellationToken.None,
+                                         TaskCreationOptions.LongRunning | TaskCreationOptions.DenyChildAttach,
+                                         TaskScheduler.Default);
+        }
+
+        private Call Prepare(string user, string system, RequestOptions options, bool stream, Action<string> onChunk)
+        {
+            var call = new Call
+            {
+                Client = this,
+                User = Utf8.ToNative(user, "user"),
+                System = Utf8.ToNative(system ?? "", "system"),
+                DeadlineMs = options == null ? 0 : options.DeadlineMs(),
+                MaxTokens = options == null ? 0 : options.MaxTokensNative(),
+                Streaming = stream,
+                OnChunk = onChunk,
+            };
+            ThrowIfDisposed();
+            return call;
+        }
+
+        private void ThrowIfDisposed()
+        {
+            if (disposed)
+                throw new ObjectDisposedException("LlamaShmClient");
+        }
+
+        private void RefreshWorkerPid()
+        {
+            try
+            {
+                uint pid;
+                if (NativeMethods.lshm_client_worker_pid(handle, out pid) == (int)LshmStatus.Ok)
+                    Volatile.Write(ref workerPid, (int)pid);
+            }
+            catch (ObjectDisposedException)
+            {
+                // Disposed meanwhile: the last pid stays.
+            }
+        }
+
+        /// <summary>One prepared request (prompts encoded, options checked).</summary>
+        private sealed class Call
+        {
+            internal LlamaShmClient Client;
+            internal byte[] User, System;
+            internal ulong DeadlineMs;
+            internal uint MaxTokens;
+            internal bool Streaming;
+            internal Action<string> OnChunk;
+
+            internal Response Run(CancellationToken token)
+            {
+                LlamaShmClient c = Client;
+                if (runningOnThisThread == c)
+                    throw new InvalidOperationException("a callback of a request started another request on the same LlamaShmClient");
+                if (token.IsCancellationRequested)
+                    throw new RequestCanceledException("the request was cancelled before it was sent", null, token);
+                try
+                {
+                    c.gate.Wait(token);
+                }
+                catch (OperationCanceledException)
+                {
+                    throw new RequestCanceledException("the request was cancelled while it waited for the one in flight", null, token);
+                }
+                var run = new RequestRun(c.canceller, token);
+                try
+                {
+                    c.ThrowIfDisposed();
+                    c.current = run;
+                    runningOnThisThread = c;
+                    run.Listen();
+                    return Exchange(c, run, token);
+                }
+                finally
+                {
+                    runningOnThisThread = null;
+                    run.Finish();
+                    c.current = null;
+                    if (c.disposed)
+                        c.canceller.Dispose();
+                    c.gate.Release();
+                }
+            }
+
+            private Response Exchange(LlamaShmClient c, RequestRun run, CancellationToken token)
+            {
+                var text = new StringBuilder();
+                int pieces = 0;
+                Exception callbackError = null;
+                NativeMethods.ChunkFn fn = null;
+                if (Streaming)
+                {
+                    fn = (p, len, userData) =>
+                    {
+                        // Nothing may unwind into the native caller: keep the first exception,
+                        // cancel, and rethrow it once the call has returned.
+                        if (callbackError != null)
+                            return;
+                        try
+                        {
+                            string chunk = Utf8.FromNative(p, len.ToUInt64());
+                            text.Append(chunk);
+                            pieces++;
+                            if (OnChunk != null)
+                                OnChunk(chunk);
+                            EventHandler<StreamUpdateEventArgs> handler = c.OnStreamUpdate;
+                            if (handler != null)
+                                handler(c, new StreamUpdateEventArgs(text.ToString(), chunk, pieces, false, null));
+                        }
+                        catch (Exception e)
+                        {
+                            callbackError = e;
+                            run.Request("a streaming callback threw " + e.GetType().Name);
+                        }
+                    };
+                }
+
+                var native = new NativeMethods.LshmResponse();
+                Response response;
+                try
+                {
+                    IntPtr error;
+                    int status = Streaming
+                        ? NativeMethods.lshm_stream(c.handle, User, System, DeadlineMs, MaxTokens, fn, IntPtr.Zero,
+                                                    out native, out error)
+                        : NativeMethods.lshm_request(c.handle, User, System, DeadlineMs, MaxTokens, out native, out error);
+                    GC.KeepAlive(fn);
+                    c.RefreshWorkerPid();
+                    StatusErrors.Check(status, error);
+                    response = Response.FromNative(ref native);
+                }
+                finally
+                {
+                    NativeMethods.lshm_response_free(ref native);
+                }
+
+                if (callbackError != null)
+                    ExceptionDispatchInfo.Capture(callbackError).Throw();
+                if (Streaming)
+                {
+                    EventHandler<StreamUpdateEventArgs> handler = c.OnStreamUpdate;
+                    if (handler != null)
+                        handler(c, new StreamUpdateEventArgs(response.Text, "", response.Usage.GeneratedTokens, true, response));
+                }
+                if (response.Finish == FinishReason.Cancelled)
+                {
+                    string why = run.Reason;
+                    bool byToken = token.IsCancellationRequested && why == "its CancellationToken was cancelled";
+                    throw new RequestCanceledException(
+                        "the request was cancelled (" + (why ?? "the worker is shutting down") + ") after "
+                        + response.Text.Length + " characters", response, byToken ? token : CancellationToken.None);
+                }
+                return response;
+            }
+        }
+    }
+}
