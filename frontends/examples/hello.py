@@ -1,11 +1,13 @@
 """The Python example of frontends/README.md. The lines between the example markers are that
-README's Python block, verbatim; tests/tests/readme_examples.rs checks that and runs this file:
-LLAMA_SHM_WORKER=target/release/llama-shm-worker python3 frontends/examples/hello.py
+README's Python block, verbatim; tests/tests/readme_examples.rs checks that and runs this file
+on the source tree, tests/tests/ffi_frontends.rs with the wheel installed. Either of
+
+    python3 frontends/examples/hello.py               # with the wheel installed (pip install)
+    PYTHONPATH=frontends/python LLAMA_SHM_WORKER=target/release/llama-shm-worker python3 frontends/examples/hello.py
+
 exits 0 if the echo engine's answers came back exactly."""
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 # example:begin
 from llama_shm import Client
 with Client(args=["--engine", "echo"]) as c:

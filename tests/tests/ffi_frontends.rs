@@ -9,12 +9,12 @@
 //!
 //! All need `libllama_shm_ffi.so` (`cargo build --release -p llama-shm-ffi`; found through
 //! `LLAMA_SHM_FFI_DIR`, else next to the worker): without it they fail, saying so. The Python
-//! tests need a Python with `pytest` (apt `python3-pytest`), the wheel test also `venv`,
-//! `setuptools` and `wheel` (apt `python3-venv`, `python3-setuptools`, `python3-wheel`) and
-//! binutils (`strip`, `readelf`), all installed by `ci/setup`, so that building and installing
-//! the wheel is offline. Without them they print why and pass, unless
-//! `LLAMA_SHM_REQUIRE_FRONTENDS` is set (as `ci/test` does): then they fail.
-//! Each checks that the processes it ran left nothing in `/dev/shm` and exited 0.
+//! tests need a Python with `pytest` (apt `python3-pytest`), the wheel test also `pip`, `venv`,
+//! `setuptools` and `wheel` (apt `python3-pip`, `python3-venv`, `python3-setuptools`,
+//! `python3-wheel`) and binutils (`strip`, `readelf`), all installed by `ci/setup`, so that
+//! building and installing the wheel is offline. Without them they print why and pass, unless
+//! `LLAMA_SHM_REQUIRE_FRONTENDS` is set (as `ci/test` does): then they fail (the wheel test
+//! also without the default model, which its real-model test uses). Each checks that the processes it ran left nothing in `/dev/shm` and exited 0.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -154,12 +154,13 @@ fn the_wheel(dist: &Path) -> PathBuf {
 #[test]
 fn python_wheel_installs_into_a_fresh_venv_and_passes_the_suite_there() {
     let test = "python_wheel_installs_into_a_fresh_venv_and_passes_the_suite_there";
-    // `import a, b` is one statement: the interpreter must have all of them.
-    let Some(python) = python_that_imports("pytest, venv, ensurepip, setuptools, wheel") else {
+    // `import a, b` is one statement: the interpreter must have all of them (setuptools
+    // first: importing pip first makes its distutils hack fail).
+    let Some(python) = python_that_imports("setuptools, wheel, pip, pytest, venv, ensurepip") else {
         return missing_prerequisite(
             test,
-            "no python3 with pytest, venv, setuptools and wheel \
-             (apt python3-pytest python3-venv python3-setuptools python3-wheel)",
+            "no python3 with pytest, pip, venv, setuptools and wheel (apt python3-pytest \
+             python3-pip python3-venv python3-setuptools python3-wheel)",
         );
     };
     if !tool_runs("strip") || !tool_runs("readelf") {

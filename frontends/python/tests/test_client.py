@@ -1,25 +1,30 @@
 """The Python client against the echo engine (it answers ``system + "\\n" + user``).
 
-Needs the C library and the worker: ``$LLAMA_SHM_FFI_LIB`` and ``$LLAMA_SHM_WORKER``, or both in
-the repository's ``target/release`` (``cargo build --release -p llama-shm-ffi`` and the worker).
+Runs against whichever ``llama_shm`` Python imports: the installed wheel (which carries the
+library and the worker), or the source tree's (``cd frontends/python && python3 -m pytest
+tests``) with ``$LLAMA_SHM_FFI_LIB`` / ``$LLAMA_SHM_WORKER``, or both in the repository's
+``target/release`` (``cargo build --release -p llama-shm-ffi`` and the worker). See
+``conftest.py`` for ``--installed-in`` and ``--model``.
 Every test checks that nothing of this process is left in /dev/shm (spawned workers' objects
 are named ``llama_cpp_<pid>_…`` after the client's pid).
 """
 
+import asyncio
 import ctypes
 import gc
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import llama_shm  # noqa: E402
-from llama_shm import Client  # noqa: E402
+import llama_shm
+from llama_shm import Client
+from llama_shm import _client, _library
 
 ECHO = ["--engine", "echo"]
 # With a pause before each ≤4-byte piece, a 4000-byte answer takes about 2 s: long enough to
@@ -189,7 +194,7 @@ def test_deadline_and_max_tokens_end_the_answer_early():
     with Client(args=SLOW) as c:
         r = c.ask(LONG_USER, max_tokens=3)
         assert r.finish == "length"
-        assert r.generated_tokens == 3
+        assert r.usage.generated_tokens == 3
         assert 0 < len(r.text) <= 12 and full.startswith(r.text)
         r = c.ask(LONG_USER, deadline=0.05)
         assert r.finish == "deadline"
@@ -346,7 +351,7 @@ def test_a_free_nested_in_a_cancel_waits_for_it_and_later_cancels_are_no_ops():
     # cancel() in the middle of a cancel() would do: the free is left to the outer cancel, the
     # nested cancel neither deadlocks nor calls the library.
     lib = FakeCancellerLib()
-    k = llama_shm._Canceller(lib, ctypes.c_void_p(0x1234))
+    k = _client._Canceller(lib, ctypes.c_void_p(0x1234))
     lib.during_cancel = lambda: (k.free(), lib.log.append(("nested cancel", k.cancel())))
     assert k.cancel() is False
     assert lib.log == [
@@ -437,3 +442,355 @@ def test_concurrent_shutdowns_stream_close_and_exit_free_each_handle_once():
     assert rec.violations == []
     assert len(rec.freed) == 1
     assert rec.calls == {"lshm_client_shutdown": 1, "lshm_client_free": 0}
+
+
+# --- streams: cancelled from another thread, or by leaving the loop --------------------------
+
+FULL = "\n" + LONG_USER  # the slow echo's whole answer: about 1000 pieces, 2 s
+
+
+def test_closing_a_stream_from_another_thread_ends_its_iteration():
+    with Client(args=SLOW) as c:
+        s = c.stream(LONG_USER)
+        threading.Timer(0.2, s.close).start()
+        t0 = time.monotonic()
+        chunks = list(s)
+        assert time.monotonic() - t0 < 1.5
+        assert s.response.finish == "cancelled"
+        assert "".join(chunks) == s.response.text
+        assert 0 < len(s.response.text) < len(FULL) and FULL.startswith(s.response.text)
+        assert c.ask("next").text == "\nnext"
+
+
+def test_client_cancel_from_another_thread_ends_a_stream_being_iterated():
+    with Client(args=SLOW) as c:
+        s = c.stream(LONG_USER)
+        threading.Timer(0.2, c.cancel).start()
+        t0 = time.monotonic()
+        chunks = list(s)
+        assert time.monotonic() - t0 < 1.5
+        assert s.response.finish == "cancelled"
+        assert "".join(chunks) == s.response.text and len(s.response.text) < len(FULL)
+
+
+def test_breaking_out_of_a_for_loop_cancels_the_stream():
+    # No `with`, no close(): dropping the stream at `break` must cancel its request, or the
+    # next request waits for the rest of the answer (about 2 s).
+    with Client(args=SLOW) as c:
+        t0 = time.monotonic()
+        for chunk in c.stream(LONG_USER):
+            assert FULL.startswith(chunk)
+            break
+        assert c.ask("next").text == "\nnext"
+        assert time.monotonic() - t0 < 1.0
+        assert c.cancel() is False
+
+
+def test_a_stream_dropped_before_its_request_started_never_runs_it():
+    # The stream is dropped at once, most often before its thread holds the request lock: the
+    # request is then not sent at all; either way the next request is not kept waiting.
+    with Client(args=SLOW) as c:
+        t0 = time.monotonic()
+        for _ in range(20):
+            c.stream(LONG_USER)
+            assert c.ask("x").text == "\nx"
+        assert time.monotonic() - t0 < 2.0
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+
+def run_async(coro, limit=30):
+    """Runs ``coro`` on a fresh event loop, bounded by ``limit`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+async def ticking_while(work):
+    """Awaits ``work`` while another coroutine ticks every 10 ms; returns its result, how long
+    it took, and the longest time the ticker was kept waiting (which is long if ``work`` ever
+    blocks the event loop)."""
+    ticks = []
+    done = False
+
+    async def ticker():
+        while not done:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    t = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.02)
+    t0 = time.monotonic()
+    result = await work
+    t1 = time.monotonic()
+    done = True
+    await t
+    during = [t0] + [x for x in ticks if t0 < x < t1] + [t1]
+    return result, t1 - t0, max(b - a for a, b in zip(during, during[1:]))
+
+
+def test_astream_and_aask_do_not_block_the_event_loop():
+    async def main():
+        with Client(args=SLOW) as c:
+
+            async def collect():
+                return [chunk async for chunk in c.astream(LONG_USER, system="s")]
+
+            chunks, took, gap = await ticking_while(collect())
+            assert "".join(chunks) == "s" + FULL and len(chunks) > 100
+            assert took > 1.0, "the pacing did not work: the test would prove nothing"
+            assert gap < 0.5, "the event loop was blocked for %.2f s of %.2f s" % (gap, took)
+            r, took, gap = await ticking_while(c.aask(LONG_USER))
+            assert r.text == FULL and r.finish == "stop"
+            assert took > 1.0 and gap < 0.5, (took, gap)
+
+    run_async(main())
+
+
+def test_astream_response_and_errors():
+    async def main():
+        with Client(args=ECHO) as c:
+            s = c.astream("hello", system="sys")
+            assert "".join([chunk async for chunk in s]) == "sys\nhello"
+            assert s.response.text == "sys\nhello" and s.response.finish == "stop"
+            assert [chunk async for chunk in s] == []  # ended
+            r = await c.aask("What is 2+2?", system="You are terse.")
+            assert r.text == "You are terse.\nWhat is 2+2?"
+            with pytest.raises(llama_shm.InvalidArgumentError):
+                await c.aask("a\0b")
+        with pytest.raises(llama_shm.ClosedError):
+            await c.aask("after shutdown")
+        with pytest.raises(llama_shm.ClosedError):
+            async for _ in c.astream("after shutdown"):
+                pass
+
+    run_async(main())
+
+
+def test_cancelling_the_task_of_aask_cancels_the_request():
+    async def main():
+        with Client(args=SLOW) as c:
+            task = asyncio.ensure_future(c.aask(LONG_USER))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - t0 < 1.0
+            # The request has ended (cancelled), not merely been forgotten by the task.
+            assert c.cancel() is False
+            assert (await c.aask("after")).text == "\nafter"
+
+    run_async(main())
+
+
+def test_cancelling_aask_before_its_request_started_never_runs_it():
+    async def main():
+        with Client(args=SLOW) as c:
+            t0 = time.monotonic()
+            for _ in range(20):
+                task = asyncio.ensure_future(c.aask(LONG_USER))
+                await asyncio.sleep(0)  # the coroutine starts its thread, then is cancelled
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert c.cancel() is False
+                assert (await c.aask("x")).text == "\nx"
+            assert time.monotonic() - t0 < 2.0
+
+    run_async(main())
+
+
+def test_cancelling_the_task_iterating_astream_cancels_the_request():
+    async def main():
+        with Client(args=SLOW) as c:
+            chunks = []
+
+            async def consume():
+                async for chunk in c.astream(LONG_USER):
+                    chunks.append(chunk)
+
+            task = asyncio.ensure_future(consume())
+            for _ in range(500):  # 5 s at most for the first chunk
+                if chunks:
+                    break
+                await asyncio.sleep(0.01)
+            assert chunks
+            t0 = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - t0 < 1.0
+            assert c.cancel() is False
+            assert FULL.startswith("".join(chunks)) and len("".join(chunks)) < len(FULL)
+            assert (await c.aask("after")).text == "\nafter"
+
+    run_async(main())
+
+
+def test_breaking_out_of_async_for_cancels_the_stream():
+    async def main():
+        with Client(args=SLOW) as c:
+            t0 = time.monotonic()
+            async for chunk in c.astream(LONG_USER):
+                assert FULL.startswith(chunk)
+                break
+            assert (await c.aask("next")).text == "\nnext"
+            assert time.monotonic() - t0 < 1.0
+
+    run_async(main())
+
+
+def test_aclose_and_async_with_cancel_and_wait():
+    async def main():
+        with Client(args=SLOW) as c:
+            async with c.astream(LONG_USER) as s:
+                async for _ in s:
+                    break
+            assert s.response.finish == "cancelled"
+            assert c.cancel() is False  # aclose waited for the end
+            s = c.astream(LONG_USER)
+            await s.aclose()
+            assert s.response is None or s.response.finish in ("cancelled", "stop")
+            assert [chunk async for chunk in s] == []
+
+    run_async(main())
+
+
+# --- usage, the C ABI version, the installed wheel -------------------------------------------
+
+
+def test_usage_counts_generated_tokens_and_has_cached_tokens():
+    with Client(args=SLOW) as c:
+        r = c.ask(LONG_USER, max_tokens=5)
+        assert r.usage.generated_tokens == 5
+        assert r.usage.cached_tokens == 0  # the echo engine keeps no KV cache
+        assert r.usage.generation_time > 0
+        assert isinstance(r.usage, llama_shm.Usage)
+
+
+def test_usage_reports_the_prefix_cache_of_a_real_model(model):
+    system = (
+        "You are a helpful assistant. You answer questions about geography and history "
+        "briefly and accurately, in one or two sentences."
+    )
+    args = ["--engine", "llama", "--model", model, "--greedy", "--max-tokens", "8"]
+    with Client(args=args) as c:
+        first = c.ask("What is the capital of France?", system=system)
+        second = c.ask("What is the capital of Italy?", system=system)
+    assert first.usage.prompt_tokens > 20 and first.usage.cached_tokens == 0
+    # The second prompt starts with the same chat template and system prompt.
+    assert 20 < second.usage.cached_tokens < second.usage.prompt_tokens, second.usage
+    assert second.usage.generated_tokens > 0 and second.text
+
+
+class FakeAbiLib:
+    def __init__(self, version):
+        self.calls = 0
+        if version is not None:
+
+            def lshm_abi_version():
+                self.calls += 1
+                return version
+
+            self.lshm_abi_version = lshm_abi_version
+
+
+def test_the_abi_check_refuses_other_versions():
+    assert llama_shm.ABI_VERSION == 3
+    _library.check_abi(FakeAbiLib(3), "/x/lib.so")
+    with pytest.raises(llama_shm.AbiMismatchError) as e:
+        _library.check_abi(FakeAbiLib(2), "/x/lib.so")
+    assert (e.value.found, e.value.expected, e.value.path) == (2, 3, "/x/lib.so")
+    assert "/x/lib.so has C ABI 2, but this llama_shm package needs ABI 3" in str(e.value)
+    assert isinstance(e.value, llama_shm.LibraryError) and e.value.status is None
+    with pytest.raises(llama_shm.AbiMismatchError) as e:
+        _library.check_abi(FakeAbiLib(None), "/y/old.so")
+    assert e.value.found is None and "has no lshm_abi_version" in str(e.value)
+
+
+def test_a_library_of_another_abi_is_refused_at_load(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a stand-in library")
+    src = tmp_path / "old.c"
+    src.write_text("unsigned lshm_abi_version(void) { return 2; }\n")
+    lib = tmp_path / "libllama_shm_ffi.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, timeout=60)
+    probe = (
+        "import llama_shm\n"
+        "try:\n"
+        "    llama_shm.Client(args=['--engine', 'echo'])\n"
+        "except llama_shm.AbiMismatchError as e:\n"
+        "    print('refused:', e.found, e)\n"
+    )
+    env = dict(os.environ, LLAMA_SHM_FFI_LIB=str(tmp_path))
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(llama_shm.__file__)))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused: 2 %s has C ABI 2" % lib), out.stdout
+
+
+def test_the_library_in_use_speaks_abi_3():
+    lib = ctypes.CDLL(llama_shm.library_path())
+    lib.lshm_abi_version.restype = ctypes.c_uint32
+    assert lib.lshm_abi_version() == llama_shm.ABI_VERSION == 3
+
+
+def test_the_package_is_typed():
+    here = os.path.dirname(os.path.abspath(llama_shm.__file__))
+    assert os.path.isfile(os.path.join(here, "py.typed"))
+    assert Client.ask.__annotations__["return"] in ("Response", llama_shm.Response)
+
+
+def test_installed_wheel(installed_in):
+    venv = os.path.realpath(installed_in)
+
+    def inside(path):
+        return os.path.realpath(path).startswith(venv + os.sep)
+
+    assert os.path.realpath(sys.prefix) == venv
+    assert inside(llama_shm.__file__), llama_shm.__file__
+    assert not [k for k in os.environ if k.startswith("LLAMA_SHM_")]
+    assert inside(llama_shm.library_path()), llama_shm.library_path()
+    with Client(args=ECHO) as c:  # no worker named: the one beside the bundled library
+        worker = os.readlink("/proc/%d/exe" % c.worker_pid)
+        assert inside(worker) and os.path.basename(worker) == "llama-shm-worker", worker
+        assert c.ask("installed").text == "\ninstalled"
+    from importlib.metadata import version
+
+    assert version("llama-shm") == llama_shm.library_version()
+
+
+def test_stopping_a_run_waiting_for_the_client_spares_the_request_in_flight():
+    # Another thread's request holds the client; a stream and an aask queue behind it and are
+    # stopped while waiting. They must not cancel that request, must not wait for it, and are
+    # never sent.
+    other_user = "b" * 2000  # about 1 s with the slow echo
+    with Client(args=SLOW) as c:
+        seq0 = c.ask("first").seq
+        for stop in ("close", "task"):
+            other = {}
+            t = threading.Thread(target=lambda o=other: o.update(r=c.ask(other_user)))
+            t.start()
+            time.sleep(0.05)  # the other request is in flight
+            if stop == "close":
+                s = c.stream(LONG_USER)
+                time.sleep(0.05)
+                s.close()
+                assert s.response is None  # never sent
+            else:
+
+                async def main():
+                    task = asyncio.ensure_future(c.aask(LONG_USER))
+                    await asyncio.sleep(0.05)
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+
+                run_async(main())
+            assert t.is_alive(), "the stop waited for the other thread's request"
+            t.join(10)
+            assert other["r"].finish == "stop" and other["r"].text == "\n" + other_user
+            nxt = c.ask("next")
+            assert nxt.seq == other["r"].seq + 1 == seq0 + 2, (seq0, other["r"].seq, nxt.seq)
+            seq0 = nxt.seq

@@ -1,0 +1,358 @@
+"""The client: :class:`Client` owns one spawned worker; :class:`_Canceller` owns the cancel
+handle that may be used from any thread. (Streams and the asyncio calls, which run the
+request on a thread of their own, are in ``_streams``.)"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from ._errors import ClosedError, InvalidArgumentError, LlamaShmError
+from ._library import CResponse, check, load
+from ._response import Response, take_response
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Type
+
+    from ._streams import AsyncStream, Stream
+    from ._streams import _Run as Run
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+
+def encode(s: str, what: str) -> bytes:
+    """``s`` as UTF-8 for the library; a NUL is refused here (C strings end at it)."""
+    if not isinstance(s, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
+    if "\0" in s:
+        raise InvalidArgumentError(1, "%s contains a NUL character" % what)
+    return s.encode("utf-8")
+
+
+def _ms(seconds: Optional[float], what: str) -> int:
+    if seconds is None:
+        return 0
+    if seconds <= 0:
+        raise ValueError("%s must be positive" % what)
+    return max(1, int(round(seconds * 1000)))
+
+
+def _max_tokens(n: Optional[int]) -> int:
+    if n is None:
+        return 0
+    if not 1 <= n < 2**32:
+        raise ValueError("max_tokens must be in 1..2**32-1")
+    return n
+
+
+class _Request:
+    """One request's arguments, checked and encoded for the library."""
+
+    __slots__ = ("user", "system", "deadline_ms", "max_tokens")
+
+    def __init__(self, user: str, system: str, deadline: Optional[float], max_tokens: Optional[int]) -> None:
+        self.user = encode(user, "user")
+        self.system = encode(system, "system")
+        self.deadline_ms = _ms(deadline, "deadline")
+        self.max_tokens = _max_tokens(max_tokens)
+
+
+class _Canceller:
+    """Owns one ``lshm_canceller`` handle: the only code that passes it to the library.
+
+    ``_busy`` counts the :meth:`cancel` calls between their check and their return from
+    ``lshm_cancel``; it and ``_closed`` change only under ``_lock``, a small lock held for a few
+    bytecodes, never across a library call. :meth:`free` marks the canceller closed and frees the
+    handle only if no cancel is busy; otherwise the last busy cancel frees it on its way out. So:
+
+    - ``lshm_canceller_free`` never runs while an ``lshm_cancel`` on the handle is in progress,
+      and never twice (the handle is taken out of ``_ptr``, under the lock, by whoever frees it);
+    - after :meth:`free`, :meth:`cancel` returns ``False`` without calling the library;
+    - neither waits: a cancel waits only for other cancels' bookkeeping, free for nothing.
+
+    The lock is reentrant so that a signal handler calling :meth:`cancel` while this thread is
+    inside one does not deadlock; the count is ordered (increment, then read ``_ptr``) so that
+    even a nested :meth:`free` cannot free a handle that an outer cancel is about to use.
+    """
+
+    def __init__(self, lib: Any, ptr: ctypes.c_void_p) -> None:
+        self._lib = lib
+        self._lock = threading.RLock()
+        self._ptr: Optional[ctypes.c_void_p] = ptr  # None once freed
+        self._busy = 0
+        self._closed = False
+
+    def cancel(self) -> bool:
+        """``lshm_cancel``: whether a request was in flight; ``False`` once freed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._busy += 1
+            ptr = self._ptr
+        try:
+            if ptr is None:  # freed in between by a nested free() (signal handler)
+                return False
+            in_flight = ctypes.c_int32()
+            check(self._lib, self._lib.lshm_cancel(ptr, ctypes.byref(in_flight)))
+            return bool(in_flight.value)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                dead = None
+                if self._busy == 0 and self._closed:
+                    dead, self._ptr = self._ptr, None  # free() left it to the last cancel
+            if dead is not None:
+                self._lib.lshm_canceller_free(dead)
+
+    def free(self) -> None:
+        """Frees the handle now, or (if a cancel is in the library) when the last one returns.
+        Idempotent; does not wait."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._busy:
+                return
+            dead, self._ptr = self._ptr, None
+        if dead is not None:
+            self._lib.lshm_canceller_free(dead)
+
+    def __del__(self) -> None:
+        # Unreachable, so no cancel() is running: free() frees at once.
+        if getattr(self, "_lib", None) is not None:
+            self.free()
+
+
+class Client:
+    """A spawned worker and the connection to it. Use it as a context manager (``with``), or
+    call :meth:`shutdown`.
+
+    Thread safety: requests from several threads run one after the other (the request lock is
+    held for each request's duration, and for shutdown); :meth:`cancel` works from any thread,
+    never waits for a request and is a no-op returning ``False`` after shutdown;
+    :meth:`shutdown` may be called from any thread, repeatedly and concurrently. The
+    ``lshm_client`` handle (``_handle``) is used only under the request lock and is ``None``
+    once freed; the ``lshm_canceller`` is owned by a :class:`_Canceller`. See the package's
+    docstring.
+
+    :param worker: path of ``llama-shm-worker`` (default: ``$LLAMA_SHM_WORKER``, else the one
+        next to the library: inside the package when it was installed from the wheel).
+    :param args: extra worker arguments, e.g. ``["--engine", "echo"]`` or
+        ``["--model", "m.gguf", "--greedy"]``.
+    :param timeout: bound on each request, in seconds (``None``: the library's 600 s).
+    :param max_answer_bytes: the most bytes one answer may have (``None``: the library's
+        8 MiB). A worker that goes on past it (an endless answer) is cancelled and the request
+        raises :class:`AnswerTooLongError`, so memory stays near the bound.
+    :raises LibraryError: the C library is missing or speaks another ABI.
+    :raises WorkerNotFoundError, StartupError: when the worker cannot be started.
+    """
+
+    def __init__(
+        self,
+        worker: Optional[StrPath] = None,
+        args: Sequence[str] = (),
+        timeout: Optional[float] = None,
+        max_answer_bytes: Optional[int] = None,
+    ) -> None:
+        self._handle: Optional[ctypes.c_void_p] = None
+        self._canceller: Optional[_Canceller] = None
+        self._lib = load()
+        self._lock = threading.Lock()  # the request lock: held for each use of _handle
+        self._flight = threading.RLock()  # guards _current (see _cancel_run)
+        self._current: Optional[Run] = None  # the background run whose request is in flight
+        encoded = [encode(a, "worker argument") for a in args]
+        argv = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
+        handle, err = ctypes.c_void_p(), ctypes.c_void_p()
+        status = self._lib.lshm_client_new(
+            None if worker is None else encode(os.fspath(worker), "worker"),
+            argv,
+            len(encoded),
+            _ms(timeout, "timeout"),
+            ctypes.byref(handle),
+            ctypes.byref(err),
+        )
+        check(self._lib, status, err)
+        # Not shared with any thread yet: a failure below frees what was made, here.
+        try:
+            canceller, pid = ctypes.c_void_p(), ctypes.c_uint32()
+            check(self._lib, self._lib.lshm_canceller_new(handle, ctypes.byref(canceller)))
+            self._canceller = _Canceller(self._lib, canceller)
+            check(self._lib, self._lib.lshm_client_worker_pid(handle, ctypes.byref(pid)))
+            if max_answer_bytes is not None:
+                if not isinstance(max_answer_bytes, int) or max_answer_bytes < 1:
+                    raise InvalidArgumentError(1, "max_answer_bytes must be a positive int")
+                check(self._lib, self._lib.lshm_client_set_max_answer_bytes(handle, max_answer_bytes))
+        except BaseException:
+            if self._canceller is not None:
+                self._canceller.free()
+            self._lib.lshm_client_free(handle)
+            raise
+        self._worker_pid = pid.value
+        self._handle = handle
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            self.shutdown()
+        except LlamaShmError:
+            if exc_type is None:
+                raise
+
+    def __del__(self) -> None:
+        # Abandoned without shutdown: free the handles (the worker is still shut down). The
+        # client is unreachable, so no other thread can be using them (a request's background
+        # thread holds a reference until its request has returned).
+        lib = getattr(self, "_lib", None)
+        handle = getattr(self, "_handle", None)
+        self._handle = None
+        if lib is not None and handle is not None:
+            lib.lshm_client_free(handle)
+        canceller = getattr(self, "_canceller", None)
+        if canceller is not None:
+            canceller.free()
+
+    @property
+    def worker_pid(self) -> int:
+        """The worker's process id (it stays known after shutdown)."""
+        return self._worker_pid
+
+    def _live(self) -> ctypes.c_void_p:
+        """The client handle; call with the request lock held."""
+        if self._handle is None:
+            raise ClosedError(18, "the client is closed (shut down)")
+        return self._handle
+
+    def _call(self, req: _Request, on_chunk: Optional[Any] = None, run: Optional[Run] = None) -> Optional[Response]:
+        """Runs ``req`` under the request lock: ``lshm_stream`` with the ctypes callback
+        ``on_chunk``, else ``lshm_request``. A ``run`` (a request of a background thread) is
+        the one in flight while the library has it (see :meth:`_cancel_run`); when it was
+        abandoned before it got the lock, nothing is sent and the result is ``None``."""
+        r, err = CResponse(), ctypes.c_void_p()
+        with self._lock:
+            handle = self._live()
+            if run is not None:
+                with self._flight:
+                    if run.abandoned:
+                        return None
+                    run.started = True
+                    self._current = run
+            try:
+                u, s, d, m = req.user, req.system, req.deadline_ms, req.max_tokens
+                if on_chunk is None:
+                    status = self._lib.lshm_request(handle, u, s, d, m, ctypes.byref(r), ctypes.byref(err))
+                else:
+                    status = self._lib.lshm_stream(
+                        handle, u, s, d, m, on_chunk, None, ctypes.byref(r), ctypes.byref(err)
+                    )
+            finally:
+                if run is not None:
+                    with self._flight:
+                        self._current = None
+        check(self._lib, status, err)
+        return take_response(self._lib, r)
+
+    def _will_never_send(self, run: Run) -> bool:
+        """Whether abandoned ``run`` was abandoned before its request was sent: it then never
+        will be (``_call`` checks under ``_flight`` too)."""
+        with self._flight:
+            return run.abandoned and not run.started
+
+    def _cancel_run(self, run: Run) -> None:
+        """Cancels ``run``'s request if it is the one in flight, and nobody else's: ``_current``
+        is set before the library call starts and cleared after it returns, both under
+        ``_flight``, which this holds across ``lshm_cancel``; so the next request cannot start
+        in between. (``_flight`` is reentrant: a finaliser abandoning a run may interrupt this
+        thread inside it.)"""
+        with self._flight:
+            if self._current is run:
+                self.cancel()
+
+    def ask(
+        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+    ) -> Response:
+        """Sends one request and returns its :class:`Response`.
+
+        :param deadline: generation budget in seconds; when it passes, the answer so far comes
+            back with ``finish == "deadline"``.
+        :param max_tokens: most tokens to generate (``finish == "length"`` when reached).
+        :raises LlamaShmError: a subclass saying why (timeout, worker died, closed, ...).
+        """
+        response = self._call(_Request(user, system, deadline, max_tokens))
+        assert response is not None  # no may_start: the request always runs
+        return response
+
+    def stream(
+        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+    ) -> Stream:
+        """Sends one request and returns a :class:`Stream`: iterate it for the answer's chunks
+        (``str``) as the worker generates them; a failure is raised from the iteration. After
+        the iteration ``stream.response`` holds the whole :class:`Response`. Breaking out of
+        the loop (or ``close()`` from any thread) cancels the request."""
+        from ._streams import Stream
+
+        return Stream(self, _Request(user, system, deadline, max_tokens))
+
+    def astream(
+        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+    ) -> AsyncStream:
+        """:meth:`stream` for asyncio: ``async for chunk in client.astream(...)``. Call it in
+        a coroutine; the request runs on a thread of its own, so the event loop goes on.
+        Cancelling the task that iterates cancels the request (and waits for its end)."""
+        from ._streams import AsyncStream
+
+        return AsyncStream(self, _Request(user, system, deadline, max_tokens))
+
+    async def aask(
+        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+    ) -> Response:
+        """:meth:`ask` for asyncio: ``await client.aask(...)`` runs the request on a thread of
+        its own and does not block the event loop. Cancelling the awaiting task cancels the
+        request, waits for it to end, and raises ``CancelledError``."""
+        from ._streams import ask_async
+
+        return await ask_async(self, _Request(user, system, deadline, max_tokens))
+
+    def cancel(self) -> bool:
+        """Cancels the request in flight (from any thread): it returns promptly with
+        ``finish == "cancelled"`` and the partial answer. Returns whether one was in flight;
+        ``False``, without calling the library, once the client is shut down. Does not wait for
+        the request (see :class:`_Canceller`)."""
+        assert self._canceller is not None
+        return self._canceller.cancel()
+
+    def shutdown(self) -> None:
+        """Shuts the worker down (cancelling a request in flight first) and closes the client.
+        Idempotent, and safe to call from several threads at once: one of them shuts the worker
+        down, the others wait for it and return.
+
+        :raises ShutdownError: when the worker had to be killed or exited with a failure."""
+        canceller = self._canceller
+        assert canceller is not None
+        # Cancel until the request lock is ours: a request may start after a cancel.
+        canceller.cancel()
+        while not self._lock.acquire(timeout=0.05):
+            canceller.cancel()
+        try:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            err = ctypes.c_void_p()
+            status = self._lib.lshm_client_shutdown(handle, ctypes.byref(err))
+        finally:
+            self._lock.release()
+            # After the client: a cancel during its shutdown still finds a live canceller (it
+            # may outlive the client, and then cancels nothing).
+            canceller.free()
+        check(self._lib, status, err)
+
+    close = shutdown
