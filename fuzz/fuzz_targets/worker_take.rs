@@ -89,6 +89,7 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             flags: region.load32(Word32::RequestFlags),
             max_tokens: region.load32(Word32::MaxTokens),
             deadline_us: region.load64(Word64::DeadlineMicros),
+            seed_stream: false,
         }
     } else {
         RequestParams::default()
@@ -141,7 +142,14 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             }
         }
         Incoming::Shutdown => assert!(authorised && shutdown == 1 && intact),
-        Incoming::Refused { seq, status, message } => {
+        Incoming::Refused {
+            seq,
+            status,
+            message,
+            seed_stream,
+        } => {
+            // This channel does not serve the seed's streaming service.
+            assert!(!seed_stream);
             assert_eq!(seq, seq_word);
             assert!(!message.is_empty());
             if !authorised {

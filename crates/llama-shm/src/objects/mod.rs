@@ -10,7 +10,7 @@ pub mod clients;
 pub mod guardian;
 pub mod turn;
 
-pub use crate::wire::names::OBJECT_SUFFIXES;
+pub use crate::wire::names::{CHUNK_READY_INDEX, OBJECT_SUFFIXES};
 pub use channel::{PosixChannel, ShmRegion};
 
 use crate::os::process::{pid_alive, processes_mapping};
@@ -22,7 +22,7 @@ use crate::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION,
     FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
 };
-use crate::wire::names::{Prefix, CHUNK_READY_INDEX};
+use crate::wire::names::Prefix;
 
 /// Why the objects of a prefix could not be created or opened.
 #[derive(Debug, thiserror::Error)]

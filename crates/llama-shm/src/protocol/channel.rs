@@ -1,4 +1,5 @@
-//! The channel: one worker's three semaphores and region, and the helpers both sides use.
+//! The channel: one worker's semaphores (the protocol's three, and the seed streaming
+//! service's `chunk_ready` where it is served) and region, and the helpers both sides use.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use crate::wire::layout::{
     Field, ObjectKind, Word32, Word64, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
 };
 
-/// The three semaphores and the region of one worker.
+/// The semaphores and the region of one worker.
 #[derive(Debug)]
 pub struct Channel<S, R> {
     /// Posted by the worker when it can take a request.
@@ -24,10 +25,6 @@ pub struct Channel<S, R> {
     /// The seed streaming service's `chunk_ready` (a standalone worker's fifth name, see
     /// [`Channel::with_chunk_ready`]); `None`: the service is not served on this channel.
     pub chunk_ready: Option<S>,
-    /// Worker: whether the request [`Channel::worker_take`] took last asked for the seed
-    /// streaming service; consumed by the answer's [`Channel::worker_stream_begin`]. Only the
-    /// worker's serving thread touches it (a std atomic only so the channel stays `Sync`).
-    pub(super) seed_stream_asked: std::sync::atomic::AtomicBool,
 }
 
 /// Whether two advertised CPUs (plus one; 0 = unknown) are known and different.
@@ -54,7 +51,6 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             region,
             adaptive: AdaptiveWait::default(),
             chunk_ready: None,
-            seed_stream_asked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

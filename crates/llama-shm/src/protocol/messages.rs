@@ -16,6 +16,10 @@ pub struct RequestParams {
     pub max_tokens: u32,
     /// Generation budget in µs from when the worker takes the request, 0 = none.
     pub deadline_us: u64,
+    /// A seed-mode request asked for the seed's streaming service (`stream_mode` 1, see
+    /// `wire::seed_stream`): set by [`Channel::worker_take`](super::Channel::worker_take) on a
+    /// channel that serves it, never read from the extension page nor hashed.
+    pub seed_stream: bool,
 }
 
 /// Resource use of one request, as the worker reports it.
@@ -150,6 +154,9 @@ pub enum Incoming {
         status: StatusCode,
         /// Why.
         message: String,
+        /// The request asked for the seed's streaming service: the refusal ends that stream
+        /// (see [`RequestParams::seed_stream`]).
+        seed_stream: bool,
     },
 }
 

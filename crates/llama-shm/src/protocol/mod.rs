@@ -27,6 +27,7 @@ pub mod mem;
 mod messages;
 mod peer;
 mod seed_stream;
+mod stream_state;
 mod wait;
 mod worker_side;
 
@@ -35,8 +36,8 @@ pub use checksum::{request_checksum, response_checksum, text_hash, ResponseMeta}
 pub use client_side::DRAIN_LIMIT;
 pub use messages::{Incoming, Outcome, PreparedRequest, Prompts, RawResponse, RequestParams, Usage};
 pub use peer::{Clients, Region, Semaphore};
+pub use stream_state::{Room, StreamState};
 pub use wait::{wait_for, AdaptiveWait, WaitError};
-pub use worker_side::{Room, StreamState};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 use super::channel::Channel;
 use super::messages::Usage;
 use super::peer::{Region, Semaphore};
-use super::worker_side::StreamState;
+use super::stream_state::{SeedUpdates, StreamState};
+use crate::sync::{fence, Ordering};
 use crate::wire::layout::Field;
 use crate::wire::seed_stream;
 
@@ -15,17 +16,6 @@ use crate::wire::seed_stream;
 /// take (one per update it coalesced), and one that died mid-stream leaves the rest. Bounded:
 /// a peer may post in a loop (its own client then just sees updates that are not new).
 const CHUNK_EXCESS_LIMIT: u32 = 1 << 16;
-
-/// What the worker told a client of the seed's streaming service so far.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct SeedUpdates {
-    /// The last `update_counter` written.
-    counter: u32,
-    /// Updates announced (the `tokens_generated` shown while streaming).
-    pieces: u32,
-    /// Bytes of the answer the last update showed.
-    shown: u64,
-}
 
 impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Worker, for a seed-mode request on a channel with `chunk_ready`: whether `stream_mode`
@@ -50,12 +40,15 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         mode[0] == 1
     }
 
-    /// Posts `chunk_ready`. A failure (a peer flooded it to the maximum count) is logged, not
-    /// fatal: the update is in the region, the client sees it at its next wake-up.
-    fn post_chunk_ready(&self) {
+    /// Posts `chunk_ready`. A failure (a peer flooded it to the maximum count) is logged once
+    /// per answer, not fatal: the update is in the region, the client sees it at its next
+    /// wake-up.
+    fn post_chunk_ready(&self, seed: &mut SeedUpdates) {
         if let Some(chunk_ready) = &self.chunk_ready {
             if let Err(e) = chunk_ready.post() {
-                tracing::warn!("posting chunk_ready: {e}");
+                if !std::mem::replace(&mut seed.post_failed, true) {
+                    tracing::warn!("posting chunk_ready: {e} (not said again for this answer)");
+                }
             }
         }
     }
@@ -75,11 +68,10 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         seed.shown = st.written;
         seed.pieces = seed.pieces.saturating_add(1);
         seed.counter = seed.counter.wrapping_add(1);
-        let (pieces, counter) = (seed.pieces, seed.counter);
-        self.write_seed_i32(seed_stream::TOKENS_GENERATED, pieces);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        self.write_seed_i32(seed_stream::UPDATE_COUNTER, counter);
-        self.post_chunk_ready();
+        self.write_seed_i32(seed_stream::TOKENS_GENERATED, seed.pieces);
+        fence(Ordering::Release);
+        self.write_seed_i32(seed_stream::UPDATE_COUNTER, seed.counter);
+        self.post_chunk_ready(seed);
     }
 
     /// Writes one of the seed streaming service's unaligned int32 fields.
@@ -98,14 +90,16 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         };
         self.region.write(Field::Response, pos + 1, tail);
         self.region.write(Field::Response, pos + bytes.len(), &[0]);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        fence(Ordering::Release);
         self.region.write(Field::Response, pos, &[*first]);
     }
 
     /// Worker: starts a streamed answer of the service when the channel serves it: the
-    /// service's fields zeroed (the client zeroed them too; a careless one is not trusted).
+    /// service's fields and the answer's first byte zeroed (the client zeroed them too; a
+    /// careless one is not trusted), so the first update shows nothing of an older answer.
     pub(super) fn seed_stream_begin(&self) -> Option<SeedUpdates> {
         self.chunk_ready.as_ref()?;
+        self.region.write(Field::Response, 0, &[0]);
         self.region
             .fill(Field::SeedStream, 0, Field::SeedStream.span().len, 0);
         Some(SeedUpdates::default())
@@ -114,7 +108,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// Worker: ends a streamed answer of the service, once the whole answer is in place:
     /// `tokens_generated` (the engine's count, else the updates'), `generation_complete` = 1,
     /// `update_counter` + 1, and a last `chunk_ready` post.
-    pub(super) fn seed_stream_complete(&self, seed: SeedUpdates, usage: &Usage) {
+    pub(super) fn seed_stream_complete(&self, mut seed: SeedUpdates, usage: &Usage) {
         let tokens = if usage.generated_tokens > 0 {
             usage.generated_tokens
         } else {
@@ -123,8 +117,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.write_seed_i32(seed_stream::TOKENS_GENERATED, tokens);
         let at = seed_stream::within(seed_stream::GENERATION_COMPLETE);
         self.region.write(Field::SeedStream, at, &[1]);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        fence(Ordering::Release);
         self.write_seed_i32(seed_stream::UPDATE_COUNTER, seed.counter.wrapping_add(1));
-        self.post_chunk_ready();
+        self.post_chunk_ready(&mut seed);
     }
 }

@@ -42,7 +42,8 @@ fn tracked_response_writes_leave_the_field_zero_filled() {
             "é".repeat(100),
             String::new(),
         ] {
-            ch.worker_respond_tracked(0, &ok(&text), &mut dirty).unwrap();
+            ch.worker_respond_tracked(0, RequestParams::default(), &ok(&text), &mut dirty)
+                .unwrap();
             let mut field = vec![0u8; RESPONSE_LEN];
             ch.region.read(Field::Response, 0, &mut field);
             assert_eq!(&field[..text.len()], text.as_bytes());
@@ -836,6 +837,7 @@ fn a_shutdown_refusal_is_read_only_from_the_answer_to_that_shutdown() {
         seq: 11,
         status,
         message,
+        seed_stream: false,
     } = take(&ch, Some(&[7; TOKEN_LEN]))
     else {
         panic!("a shutdown without the token was not refused")

@@ -4,20 +4,19 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use xxhash_rust::xxh3::Xxh3;
-
 use super::channel::on_other_cpus;
 use super::channel::{micros, token_eq, Channel};
 use super::checksum::{request_checksum, request_hasher, response_checksum, ResponseMeta};
 use super::messages::{Incoming, Outcome, RequestParams};
 use super::peer::{Clients, Region, Semaphore};
-use super::seed_stream::SeedUpdates;
+use super::stream_state::{Room, StreamState};
 use crate::sync::{mutant, Mutant, Ordering};
 use crate::wire::layout::{
     Field, Word32, Word64, REQUEST_STREAM, RESPONSE_LEN, RESPONSE_TRUNCATED, TOKEN_LEN,
 };
 use crate::wire::status::StatusCode;
 use crate::wire::text::{self, Policy};
+use xxhash_rust::xxh3::Xxh3;
 
 /// How often a worker with [`Clients`] looks at its turn while waiting for a request.
 const TURN_CHECK: Duration = Duration::from_millis(100);
@@ -25,67 +24,6 @@ const TURN_CHECK: Duration = Duration::from_millis(100);
 /// Stale `ready` posts [`Channel::worker_ready`] takes back before it posts: a turn given back
 /// by [`Channel::worker_wait`] to a holder that was slow, not gone, leaves one.
 const READY_EXCESS_LIMIT: u32 = 64;
-
-/// The worker's side of one answer in flight: how much it wrote, what it published, and the
-/// running hash. Start one with [`Channel::worker_stream_begin`].
-pub struct StreamState {
-    seq: u64,
-    /// Ring mode (an extended client): the response area is a ring of
-    /// [`Region::ring_capacity`] bytes. Otherwise the seed's single C string.
-    ring: bool,
-    stream: bool,
-    pub(super) written: u64,
-    published: u64,
-    read_seen: u64,
-    /// The seed streaming service's progress, when this answer is streamed that way.
-    pub(super) seed: Option<SeedUpdates>,
-    pub(super) hasher: Xxh3,
-}
-
-impl StreamState {
-    /// The request this answer belongs to.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-    /// Whether the answer goes through the ring (an extended client), so its length is not
-    /// capped at the response area.
-    pub fn is_ring(&self) -> bool {
-        self.ring
-    }
-    /// Whether the client asked for each piece to be published as it comes.
-    pub fn is_streaming(&self) -> bool {
-        self.stream
-    }
-    /// Whether the answer goes to a client of the seed's streaming service (`stream_mode` 1):
-    /// the whole answer so far and a `chunk_ready` post per update.
-    pub fn is_seed_streaming(&self) -> bool {
-        self.seed.is_some()
-    }
-}
-
-/// Why the worker cannot write more of an answer right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Room {
-    /// This many bytes fit now.
-    Free(usize),
-    /// The client's read cursor is impossible (behind its previous value or past what was
-    /// written): the region was changed by someone else.
-    Garbled,
-}
-
-impl std::fmt::Debug for StreamState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamState")
-            .field("seq", &self.seq)
-            .field("ring", &self.ring)
-            .field("stream", &self.stream)
-            .field("written", &self.written)
-            .field("published", &self.published)
-            .field("read_seen", &self.read_seen)
-            .field("seed", &self.seed)
-            .finish_non_exhaustive()
-    }
-}
 
 impl<S: Semaphore, R: Region> Channel<S, R> {
     // ----- worker side --------------------------------------------------------------------
@@ -208,16 +146,18 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             (0, 0)
         };
         let seed_stream = seq == 0 && self.take_seed_stream_mode();
-        self.seed_stream_asked
-            .store(seed_stream, std::sync::atomic::Ordering::Relaxed);
         let mut token = [0u8; TOKEN_LEN];
-        let mut params = RequestParams::default();
+        let mut params = RequestParams {
+            seed_stream,
+            ..RequestParams::default()
+        };
         if seq != 0 {
             self.region.read(Field::AuthToken, 0, &mut token);
             params = RequestParams {
                 flags: self.region.load32(Word32::RequestFlags),
                 max_tokens: self.region.load32(Word32::MaxTokens),
                 deadline_us: self.region.load64(Word64::DeadlineMicros),
+                seed_stream: false,
             };
         }
         let refuse = |status, message: String| {
@@ -225,7 +165,12 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             if shutdown != 0 {
                 self.region.write(Field::Shutdown, 0, &[0]);
             }
-            Incoming::Refused { seq, status, message }
+            Incoming::Refused {
+                seq,
+                status,
+                message,
+                seed_stream,
+            }
         };
         if let Some(expected) = expected {
             if seq == 0 || !token_eq(&token, expected) {
@@ -314,10 +259,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.region.store64(Word64::StreamWritten, 0);
             self.region.store64(Word64::StreamSeq, seq);
         }
-        let asked = self
-            .seed_stream_asked
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        let seed = if asked && !ring {
+        let seed = if params.seed_stream && !ring {
             self.seed_stream_begin()
         } else {
             None
@@ -463,7 +405,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     /// # Errors
     /// The post's OS error.
     pub fn worker_respond(&self, seq: u64, outcome: &Outcome<'_>) -> io::Result<()> {
-        self.worker_respond_tracked(seq, outcome, &mut { RESPONSE_LEN })
+        self.worker_respond_tracked(seq, RequestParams::default(), outcome, &mut { RESPONSE_LEN })
     }
 
     /// [`Channel::worker_respond`] with the response area's dirty length tracked (see
@@ -475,10 +417,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     pub fn worker_respond_tracked(
         &self,
         seq: u64,
+        params: RequestParams,
         outcome: &Outcome<'_>,
         dirty: &mut usize,
     ) -> io::Result<()> {
-        let mut st = self.worker_stream_begin(seq, RequestParams::default());
+        let mut st = self.worker_stream_begin(seq, params);
         let room = match self.worker_stream_room(&mut st) {
             Room::Free(n) => n,
             Room::Garbled => 0,

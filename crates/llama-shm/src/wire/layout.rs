@@ -252,6 +252,11 @@ const_assert_eq!(EXT_OFFSET % 4096, 0);
 // Seed-era clients map at most 45000 bytes: the extension must start past them.
 const_assert!(EXT_OFFSET >= 45000);
 
+// The seed streaming service's fields follow the shutdown byte, fit within what its C# client
+// maps (45000 bytes) and end before the extension page.
+const_assert_eq!(super::seed_stream::STREAM_MODE, SEED_SIZE);
+const_assert!(super::seed_stream::END <= 45000 && super::seed_stream::END <= EXT_OFFSET);
+
 /// A byte range inside the object: where one wire field lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -272,20 +277,21 @@ pub enum Field {
     Response,
     /// `shutdown_requested` at 40960.
     Shutdown,
+    /// The seed streaming service's fields, 40961..40971 (see `wire::seed_stream`): in the gap
+    /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
+    /// of the seed's own 40961.
+    SeedStream,
     /// The extension page's magic.
     Magic,
     /// The extension page's auth token.
     AuthToken,
     /// The extension page's error message.
     ErrorMessage,
-    /// The seed streaming service's fields, 40961..40971 (see `wire::seed_stream`): in the gap
-    /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
-    /// of the seed's own 40961.
-    SeedStream,
 }
 
 impl Field {
-    /// Every field, for tests and fuzzers that touch them all.
+    /// Every field, in declaration order (`Field::ALL[f as usize] == f`: the loom models'
+    /// region indexes its cells so), for tests and fuzzers that touch them all.
     pub const ALL: [Field; 8] = [
         Field::SystemPrompt,
         Field::UserPrompt,
@@ -340,6 +346,18 @@ impl Field {
         self.span().offset >= EXT_OFFSET
     }
 }
+
+// `ALL` lists the fields in declaration order (what `Field::ALL[f as usize]` relies on).
+const _: () = {
+    let mut i = 0;
+    while i < Field::ALL.len() {
+        assert!(
+            Field::ALL[i] as usize == i,
+            "Field::ALL is not in declaration order"
+        );
+        i += 1;
+    }
+};
 
 /// Defines a word enum from one table (variant => `ExtensionPage` field): the enum, its
 /// offsets and the list of all its words, so that the list exists once for the layout, its

@@ -4,11 +4,8 @@
 //! ours moves. (The seed's own C++ worker declared them in a C struct and got aligned offsets
 //! 40961, 40964, 40968, 40972: the two halves of the seed disagree; applications have the C#
 //! client, so these are the offsets served.) Integers are native-endian and unaligned: access
-//! them as bytes.
-
-use static_assertions::{const_assert, const_assert_eq};
-
-use super::layout::{EXT_OFFSET, SEED_SIZE};
+//! them as bytes. (`wire::layout` checks that they sit between the seed region and the extension
+//! page.)
 
 /// `stream_mode`, 1 byte: 1 = stream this request, 0 = one answer (client).
 pub const STREAM_MODE: usize = 40961;
@@ -26,11 +23,6 @@ pub const END: usize = 40971;
 pub const fn within(absolute: usize) -> usize {
     absolute - STREAM_MODE
 }
-
-// The streaming fields follow the shutdown byte, fit within what the C# service maps (45000
-// bytes) and end before the extension page.
-const_assert_eq!(STREAM_MODE, SEED_SIZE);
-const_assert!(END <= 45000 && END <= EXT_OFFSET);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, Semaphore};
+use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
@@ -130,9 +130,19 @@ where
         let (seq, sys_flags, user_flags, params) =
             match channel.worker_take(opts.token.as_ref(), &mut system, &mut user, &mut scratch) {
                 Incoming::Shutdown => return Ok((ServeEnd::ShutdownRequested, served)),
-                Incoming::Refused { seq, status, message } => {
+                Incoming::Refused {
+                    seq,
+                    status,
+                    message,
+                    seed_stream,
+                } => {
                     tracing::warn!(seq, ?status, "refusing request: {message}");
-                    channel.worker_respond_tracked(seq, &Outcome::error(status, &message), &mut dirty)?;
+                    let params = RequestParams {
+                        seed_stream,
+                        ..RequestParams::default()
+                    };
+                    let refusal = Outcome::error(status, &message);
+                    channel.worker_respond_tracked(seq, params, &refusal, &mut dirty)?;
                     continue;
                 }
                 Incoming::Request {

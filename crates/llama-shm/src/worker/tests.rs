@@ -170,12 +170,23 @@ fn seed_view(region: &MemRegion) -> SeedView {
 
 /// One seed-mode request ("s" / "abcdefghij", or `user`) through the real `serve` on a channel
 /// with `chunk_ready`, written by hand as the seed's `LocalLLMService` writes it
-/// (`stream_mode` at 40961; counter, complete and tokens zeroed). `stale` posts wait in
-/// `chunk_ready` beforehand. Returns every distinct view the client could see between the
-/// worker's steps, the `chunk_ready` posts left at the end, the `response_written` posts, and
-/// the `stream_mode` byte after the request.
+/// (`stream_mode` at 40961; counter, complete and tokens zeroed; the shutdown byte `shutdown`).
+/// `stale` posts wait in `chunk_ready` beforehand. Returns the distinct views the client sees
+/// at the worker's checks between pieces (not between its writes within one piece: the
+/// NUL-first order of those is not observable here), then the last; the `chunk_ready` posts
+/// left at the end, the `response_written` posts, and the `stream_mode` byte after the request.
 fn serve_seed_stream(
     stream_mode: u8,
+    stale: u32,
+    user: &str,
+    answer_bytes: Option<usize>,
+) -> (Vec<SeedView>, u32, u32, u8) {
+    serve_seed_stream_with(stream_mode, 0, stale, user, answer_bytes)
+}
+
+fn serve_seed_stream_with(
+    stream_mode: u8,
+    shutdown: u8,
     stale: u32,
     user: &str,
     answer_bytes: Option<usize>,
@@ -207,7 +218,7 @@ fn serve_seed_stream(
             field[..user.len()].copy_from_slice(user.as_bytes());
             r.write(Field::UserPrompt, 0, &field);
             r.fill(Field::Response, 0, RESPONSE_LEN, 0);
-            r.write(Field::Shutdown, 0, &[0]);
+            r.write(Field::Shutdown, 0, &[shutdown]);
             r.write(Field::SeedStream, 0, &[stream_mode, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
             ch.prompts_written.post().unwrap();
         } else {
@@ -227,7 +238,8 @@ fn serve_seed_stream(
         &Cancel::new(),
     )
     .unwrap();
-    assert_eq!((end, served), (ServeEnd::Stopped, 1));
+    // A refusal is answered but not counted as served.
+    assert_eq!((end, served), (ServeEnd::Stopped, u64::from(shutdown == 0)));
     let mut views = views.into_inner();
     let last = seed_view(&ch.region);
     if views.last() != Some(&last) {
@@ -302,4 +314,77 @@ fn a_long_seed_stream_is_cut_on_a_character_boundary() {
     assert_eq!(response_posts, 1);
     // seed_view already refused any view that was not whole UTF-8 or had no NUL.
     assert!(views.windows(2).all(|w| w[1].text.starts_with(&w[0].text)));
+}
+
+/// A refused request of the streaming service (a shutdown byte of 7) still ends its stream:
+/// an empty answer (a seed client has no error field), `generation_complete`, a
+/// `chunk_ready` post, then `response_written` (the class waits on `chunk_ready` without a
+/// deadline).
+#[test]
+fn a_refused_seed_streaming_request_still_completes_its_stream() {
+    let (views, chunk_posts, response_posts, mode) = serve_seed_stream_with(1, 7, 0, "abc", None);
+    let last = views.last().unwrap();
+    assert_eq!((last.complete, last.counter), (1, 1), "{views:?}");
+    assert_eq!(last.text, "");
+    assert_eq!((chunk_posts, response_posts, mode), (1, 1, 0));
+}
+
+/// A `stream_mode` other than 0 and 1 is a non-streamed request, and the byte is cleared.
+#[test]
+fn an_unknown_stream_mode_is_a_plain_request_and_is_cleared() {
+    let (views, chunk_posts, response_posts, mode) = serve_seed_stream(2, 0, "abcdefghij", None);
+    let last = views.last().unwrap();
+    assert_eq!(
+        (last.text.as_str(), last.counter, last.complete),
+        ("s\nabcdefghij", 0, 0)
+    );
+    assert_eq!((chunk_posts, response_posts, mode), (0, 1, 0));
+}
+
+/// An extended client (request seq 7) on a channel with `chunk_ready` gets its ring answer,
+/// whatever byte 40961 holds: no `chunk_ready` post, the streaming fields untouched.
+#[test]
+fn an_extended_client_ignores_the_seed_streaming_fields() {
+    let mut ch = Channel::new(
+        CountingSemaphore::default(),
+        CountingSemaphore::default(),
+        CountingSemaphore::default(),
+        MemRegion::initialised(ObjectKind::Extended, 0),
+    )
+    .with_chunk_ready(CountingSemaphore::default());
+    ch.adaptive = crate::protocol::AdaptiveWait::off();
+    let mut req =
+        PreparedRequest::encode(Prompts::user("abcdefghij").with_system("s"), Policy::Truncate).unwrap();
+    req.seq = 7;
+    req.params.flags = REQUEST_STREAM;
+    let mut engine = EchoEngine {
+        piece_delay: Duration::from_micros(1),
+        ..EchoEngine::default()
+    };
+    let client = || {
+        if ch.ready.value().unwrap() == 1 && ch.ready.try_wait().unwrap() {
+            ch.region
+                .write(Field::SeedStream, 0, &[1, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+            ch.client_write(&req).unwrap();
+        }
+        ch.region.load64(Word64::ResponseSeq) == 7
+    };
+    let (end, served) = serve(
+        &ch,
+        &mut engine,
+        &ServeOptions::default(),
+        &client,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert_eq!((end, served), (ServeEnd::Stopped, 1));
+    let r = ch
+        .client_await(7, None, Duration::from_millis(1), &|| true)
+        .unwrap();
+    assert_eq!((r.text.as_str(), r.intact), ("s\nabcdefghij", true));
+    assert_eq!(ch.chunk_ready.as_ref().unwrap().value().unwrap(), 0);
+    assert_eq!(
+        &ch.region.to_bytes()[40961..40971],
+        &[1, 9, 9, 9, 9, 9, 9, 9, 9, 9]
+    );
 }
