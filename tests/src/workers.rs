@@ -81,6 +81,17 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Removes the names of a prefix when dropped: for tests that leave names behind on purpose
+/// (a SIGKILLed worker and guardian), so a failing assertion does not leave them for the
+/// next test (or the suite's final check of `/dev/shm`).
+pub struct UnlinkOnDrop(pub Prefix);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = llama_shm::internals::objects::unlink_prefix(&self.0);
+    }
+}
+
 /// How many names a standalone worker creates: the seed's four and the seed streaming
 /// service's `chunk_ready`.
 pub const STANDALONE_NAMES: usize = 5;

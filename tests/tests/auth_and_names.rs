@@ -85,6 +85,7 @@ fn a_worker_with_a_token_refuses_requests_without_it() {
 #[test]
 fn stale_objects_of_a_killed_worker_are_removed_on_the_next_start() {
     let prefix = unique_prefix("stale");
+    let _cleanup = llama_shm_tests::UnlinkOnDrop(prefix.clone());
     // The worker and its guardian both SIGKILLed (as by the OOM killer): the names stay.
     llama_shm_tests::kill_with_guardian(standalone_echo(&prefix, &[]), &prefix);
     assert_eq!(

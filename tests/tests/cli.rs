@@ -5,7 +5,8 @@ use std::process::Command;
 
 use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{
-    cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix, STANDALONE_NAMES,
+    cli_path, own_entries, shm_entries, standalone_echo, terminate, unique_prefix, UnlinkOnDrop,
+    STANDALONE_NAMES,
 };
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -67,15 +68,6 @@ fn attach_to_a_missing_prefix_fails_clearly() {
 }
 
 // --- `ls` and `clean` ---------------------------------------------------------------------------
-
-/// Removes the names of a prefix when dropped (for objects a test leaves on purpose).
-struct UnlinkOnDrop(Prefix);
-
-impl Drop for UnlinkOnDrop {
-    fn drop(&mut self) {
-        let _ = llama_shm::internals::objects::unlink_prefix(&self.0);
-    }
-}
 
 /// `ls --json` restricted to `prefix`: its one entry, if listed.
 fn ls_entry(prefix: &Prefix) -> Option<serde_json::Value> {

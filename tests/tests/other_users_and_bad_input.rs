@@ -73,6 +73,7 @@ fn objects_of_another_user_are_refused_and_never_adopted() {
         "{out:?}"
     );
     // SIGKILL of their worker and its guardian: their names stay behind, stale.
+    let _cleanup = llama_shm_tests::UnlinkOnDrop(prefix.clone());
     llama_shm_tests::kill_with_guardian(theirs, &prefix);
     assert_eq!(shm_entries(&prefix).len(), llama_shm_tests::STANDALONE_NAMES);
     // A new worker of ours removes the stale set (root may) and creates its own, O_EXCL.
