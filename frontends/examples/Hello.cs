@@ -24,7 +24,8 @@ var options = new ClientOptions { WorkerPath = worker, WorkerArguments = { "--en
 using (var client = LlamaShmClient.Start(options))
 using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
 {
-    Console.CancelKeyPress += (s, e) => { e.Cancel = true; cts.Cancel(); };   // Ctrl+C cancels the answer
+    ConsoleCancelEventHandler onCtrlC = (s, e) => { e.Cancel = true; cts.Cancel(); };   // Ctrl+C cancels the answer
+    Console.CancelKeyPress += onCtrlC;
     var streamed = new StringBuilder();
     try
     {
@@ -37,6 +38,10 @@ using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
     {
         Console.WriteLine($"\n[cancelled after {e.PartialResponse?.Text.Length ?? 0} characters]");
         return 130;
+    }
+    finally
+    {
+        Console.CancelKeyPress -= onCtrlC;   // cts is disposed next: a later Ctrl+C must not reach it
     }
 }
 // example:end

@@ -234,12 +234,14 @@ fn nunit_summary(out: &str) -> (usize, usize, usize) {
 /// policies, `AnswerTooLongException`, the request timeout as a `TimeoutException`, concurrent
 /// calls; streamed pieces (several, in order, on the request's thread) that concatenate to the
 /// answer through an Action, an `IProgress` and `OnStreamUpdate`; a throwing callback; a
-/// `CancellationToken` mid-stream (an `OperationCanceledException` with the partial answer, within
-/// 500 ms), before the call (nothing sent) and right after it (not lost), `Cancel()`, and the
-/// cancel-to-return time over 20 runs; the worker binary missing, a worker that cannot start, a
-/// worker SIGKILLed mid-answer (`WorkerDiedException`, then `ClientClosedException`), a restart
-/// policy, `Dispose` from another thread mid-answer, `Shutdown`, a finalizer that does not wait
-/// for a busy worker, and the ABI check. A second run loads a stand-in library that reports ABI 2
+/// `CancellationToken` mid-stream (an `OperationCanceledException` with the partial answer, soon
+/// after the cancel), before the call (nothing sent) and right after it (not lost), a late cancel
+/// that must not reach the next request, `Cancel()`, and the cancel-to-return time over 20 runs;
+/// a callback that starts a request (refused, sync and async); the worker binary missing, a
+/// worker that cannot start, a worker SIGKILLed mid-answer (`WorkerDiedException`, then
+/// `ClientClosedException`), a restart policy, `Dispose` from another thread mid-answer and as a
+/// request starts, `Shutdown`, a finalizer that does not wait for a busy worker, and the ABI
+/// check. A second run loads a stand-in library that reports ABI 2
 /// and requires the refusal. Nothing may be left in `/dev/shm`.
 #[test]
 fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {

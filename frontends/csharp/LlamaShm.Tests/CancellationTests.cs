@@ -1,7 +1,11 @@
 // CancellationTests: a CancellationToken (or Cancel()) ends a paced echo answer mid-way: the call
 // throws RequestCanceledException, an OperationCanceledException carrying the partial answer,
-// soon after the cancel; a token cancelled before the call sends nothing. Also measures the time
-// from CancellationTokenSource.Cancel() to the awaited call returning.
+// soon after the cancel; a token cancelled before the call sends nothing; a late cancel never
+// reaches the client's next request. Also measures the time from CancellationTokenSource.Cancel()
+// to the awaited call returning (reported; bounded only loosely).
+//
+// Where a test tells "cancelled" from "ran to its end" by the clock, the answer is paced to take
+// 10 s and the bound is a few seconds, so that a loaded CI machine does not fail it.
 
 using System;
 using System.Collections.Generic;
@@ -19,14 +23,17 @@ namespace LlamaShm.Tests
     {
         private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
 
-        // 2000 characters at 4 bytes per 2 ms piece: about 1 s for the whole answer.
+        // 2000 characters: 500 pieces of 4 bytes; at 20 ms a piece (SlowPieceUs) 10 s for the
+        // whole answer, at 2 ms (the latency runs) 1 s.
         private static readonly string LongUser = TestWorker.Long(2000);
+        private const int SlowPieceUs = 20000;
+        private static readonly TimeSpan Soon = TimeSpan.FromSeconds(4);
 
         [Test, Timeout(60000)]
         public void Cancelling_the_token_mid_stream_throws_with_the_partial_answer()
         {
             string full = TestWorker.EchoOf(LongUser, "s");
-            using (var client = TestWorker.Paced(2000))
+            using (var client = TestWorker.Paced(SlowPieceUs))
             using (var cts = new CancellationTokenSource())
             {
                 var received = new StringBuilder();
@@ -47,7 +54,7 @@ namespace LlamaShm.Tests
                 Assert.That(partial.Text, Is.EqualTo(received.ToString()), "the partial answer is what was streamed");
                 Assert.That(full.StartsWith(partial.Text, StringComparison.Ordinal), "a prefix of the echo");
                 Assert.That(partial.Text.Length, Is.LessThan(full.Length / 2), "cut well before the end");
-                Assert.That(took, Is.LessThan(TimeSpan.FromMilliseconds(500)), "returned soon after the cancel");
+                Assert.That(took, Is.LessThan(Soon), "returned soon after the cancel (the answer takes 10 s)");
 
                 Assert.That(client.SendRequest("after", "s").Text, Is.EqualTo("s\nafter"), "the client still works");
             }
@@ -56,13 +63,13 @@ namespace LlamaShm.Tests
         [Test, Timeout(60000)]
         public void A_synchronous_request_is_cancelled_from_another_thread()
         {
-            using (var client = TestWorker.Paced(2000))
+            using (var client = TestWorker.Paced(SlowPieceUs))
             using (var cts = new CancellationTokenSource())
             {
                 cts.CancelAfter(200);
                 var clock = Stopwatch.StartNew();
                 var e = Assert.Throws<RequestCanceledException>(() => client.SendRequest(LongUser, "s", null, cts.Token));
-                Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMilliseconds(700)));
+                Assert.That(clock.Elapsed, Is.LessThan(Soon), "the answer takes 10 s");
                 Assert.That(e.PartialResponse.Finish, Is.EqualTo(FinishReason.Cancelled));
                 Assert.That(e.PartialResponse.Text.Length, Is.GreaterThan(0).And.LessThan(LongUser.Length));
             }
@@ -89,8 +96,8 @@ namespace LlamaShm.Tests
         public void A_cancel_right_after_the_call_starts_is_not_lost()
         {
             // The token fires while the call is being entered, before or after the native client
-            // registers the request: either way the answer must not run to its end (1 s).
-            using (var client = TestWorker.Paced(2000))
+            // registers the request: either way the answer must not run to its end (10 s).
+            using (var client = TestWorker.Paced(SlowPieceUs))
             {
                 for (int i = 0; i < 20; i++)
                 {
@@ -102,7 +109,7 @@ namespace LlamaShm.Tests
                             Thread.SpinWait(20000 * i);
                         cts.Cancel();
                         var e = Assert.Catch<OperationCanceledException>(() => TestWorker.Within(t, Bound, "run " + i));
-                        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMilliseconds(600)), "run " + i + " was cancelled");
+                        Assert.That(clock.Elapsed, Is.LessThan(Soon), "run " + i + " was cancelled");
                         var partial = ((RequestCanceledException)e).PartialResponse;
                         if (partial != null)
                             Assert.That(partial.Finish, Is.EqualTo(FinishReason.Cancelled));
@@ -142,8 +149,73 @@ namespace LlamaShm.Tests
             double median = (ms[runs / 2 - 1] + ms[runs / 2]) / 2;
             Console.WriteLine("cancel-to-return (echo, 4-byte pieces every 2 ms, {0} runs): min {1:F2} ms, median {2:F2} ms, max {3:F2} ms",
                               runs, ms[0], median, ms[runs - 1]);
-            Assert.That(median, Is.LessThan(100.0));
-            Assert.That(ms[runs - 1], Is.LessThan(500.0));
+            // Reported, not held tightly: a loaded CI machine may stall any one run. Each run was
+            // cancelled (CancelOnceAsync checks); these only catch a cancel that waits for the end.
+            Assert.That(median, Is.LessThan(500.0));
+            Assert.That(ms[runs - 1], Is.LessThan(5000.0));
+        }
+
+        [Test, Timeout(120000)]
+        public void A_late_cancel_never_reaches_the_next_request()
+        {
+            // Request A is short (one piece) and is cancelled around the moment it is entered or
+            // ends — by its token, or by client.Cancel() — so the cancel may be retrying (nothing
+            // in flight yet) or be issued just as A returns. Request B follows on the same client
+            // as soon as A has ended (and, for Cancel(), Cancel() has returned); it has no token,
+            // so nothing may cancel it: a cancel of A issued after A's call returned would (the
+            // canceller is the client's).
+            const int runs = 400;
+            string bUser = TestWorker.Long(60); // 16 pieces
+            string bFull = TestWorker.EchoOf(bUser, "b");
+            var random = new Random(12345);
+            int aCancelled = 0;
+            using (var client = TestWorker.Paced(1000))
+            {
+                for (int i = 0; i < runs; i++)
+                {
+                    using (var cts = new CancellationTokenSource())
+                    {
+                        bool byToken = i % 2 == 0;
+                        int us = random.Next(0, 8000); // A takes a few ms
+                        Task<Response> a = client.SendRequestAsync("a", "s", cts.Token);
+                        Task canceller = Task.Run(() =>
+                        {
+                            TestWorker.SpinFor(us);
+                            if (byToken)
+                                cts.Cancel();
+                            else
+                                client.Cancel();
+                        });
+                        try
+                        {
+                            Response ra = TestWorker.Within(a, Bound, "A of run " + i);
+                            Assert.That(ra.Text, Is.EqualTo("s\na"));
+                        }
+                        catch (RequestCanceledException)
+                        {
+                            aCancelled++;
+                        }
+                        // Cancel() acts on whatever request is in flight when it is called: B
+                        // may start only once it has returned.
+                        if (!byToken)
+                            Assert.That(canceller.Wait(Bound), "Cancel() of run " + i + " returned");
+                        Response b;
+                        try
+                        {
+                            b = client.SendRequest(bUser, "b");
+                        }
+                        catch (RequestCanceledException e)
+                        {
+                            throw new AssertionException("run " + i + " (" + (byToken ? "token" : "Cancel()")
+                                                         + "): request B was cancelled (" + e.Message + "): a cancel of A reached it");
+                        }
+                        Assert.That(b.Finish, Is.EqualTo(FinishReason.Stop), "run " + i);
+                        Assert.That(b.Text, Is.EqualTo(bFull), "run " + i);
+                        Assert.That(canceller.Wait(Bound), "the cancelling task of run " + i + " ended");
+                    }
+                }
+            }
+            Console.WriteLine("late cancel: {0} of {1} runs cancelled A; B was never cancelled", aCancelled, runs);
         }
 
         /// <summary>Streams the long answer, cancels after its third piece (from the test's

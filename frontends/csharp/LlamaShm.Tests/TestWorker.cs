@@ -89,6 +89,15 @@ namespace LlamaShm.Tests
             return rest.Length > 0 && rest[0] != 'Z' && rest[0] != 'X';
         }
 
+        /// <summary>Busy-waits <paramref name="microseconds"/> µs (finer than Thread.Sleep).</summary>
+        internal static void SpinFor(int microseconds)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            long ticks = microseconds * System.Diagnostics.Stopwatch.Frequency / 1000000;
+            while (clock.ElapsedTicks < ticks)
+                System.Threading.Thread.SpinWait(20);
+        }
+
         /// <summary>Waits up to <paramref name="limit"/> for <paramref name="pid"/> to be gone.</summary>
         internal static bool GoneWithin(int pid, TimeSpan limit)
         {

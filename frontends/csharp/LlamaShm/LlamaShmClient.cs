@@ -10,6 +10,12 @@
 // (TaskCreationOptions.LongRunning), so an answer that takes minutes holds no pool thread.
 // Requests run one at a time (the gate); a cancel goes through the client's lshm_canceller,
 // which works from any thread while a request is in flight (RequestRun).
+//
+// `disposed` and `current` change together under `state`: a request publishes itself as
+// `current` only if the client is not disposed, and Dispose sets `disposed` and reads `current`
+// in one step. So either Dispose sees the request (and cancels it) or the request sees the
+// client disposed (and throws ObjectDisposedException before sending anything); and exactly one
+// of them — Dispose, or the request when it ends — disposes the canceller.
 
 using System;
 using System.Runtime.ExceptionServices;
@@ -23,13 +29,14 @@ namespace LlamaShm
     /// <summary>A client of one llama-shm worker, which it spawns and shuts down.</summary>
     /// <remarks>
     /// <para><b>Thread safety.</b> All members may be called from any thread. Requests run one
-    /// at a time, in the order they were called: a second request waits for the first (its
-    /// CancellationToken cancels the wait too). <see cref="Cancel"/>, <see cref="Dispose"/> and
-    /// the tokens act at once on the request in flight. Callbacks (the chunk callback,
-    /// <c>IProgress.Report</c>, <see cref="OnStreamUpdate"/>) run synchronously on the request's
-    /// thread, in order; they must not start another request on this client (that throws
-    /// InvalidOperationException) and an exception they throw cancels the request and is
-    /// rethrown by the call.</para>
+    /// at a time: a second request waits for the one in flight (its CancellationToken cancels
+    /// the wait too); several waiting requests are not guaranteed to start in the order they
+    /// were called. <see cref="Cancel"/>, <see cref="Dispose"/> and the tokens act at once on the
+    /// request in flight. Callbacks (the chunk callback, <c>IProgress.Report</c>,
+    /// <see cref="OnStreamUpdate"/>) run synchronously on the request's thread, in order; they
+    /// must not start another request on this client (every request method, synchronous or
+    /// ...Async, then throws InvalidOperationException: waiting for it there would deadlock) and
+    /// an exception they throw cancels the request and is rethrown by the call.</para>
     /// <para><b>Cancellation.</b> A cancelled answer ends within a token and the call throws
     /// <see cref="RequestCanceledException"/> (an OperationCanceledException) carrying the
     /// partial answer. An ...Async call then ends <i>faulted</i> with it (so that
@@ -54,8 +61,9 @@ namespace LlamaShm
         private readonly ClientHandle handle;
         private readonly CancellerHandle canceller;
         private readonly SemaphoreSlim gate = new SemaphoreSlim(1, 1);
-        private volatile RequestRun current;
-        private volatile bool disposed;
+        private readonly object state = new object();
+        private RequestRun current; // under state
+        private volatile bool disposed; // written under state
         private int workerPid;
 
         private LlamaShmClient(ClientHandle handle, CancellerHandle canceller)
@@ -232,7 +240,9 @@ namespace LlamaShm
         /// whether a request was in flight.</summary>
         public bool Cancel()
         {
-            RequestRun run = current;
+            RequestRun run;
+            lock (state)
+                run = current;
             if (run == null)
                 return false;
             run.Request("LlamaShmClient.Cancel was called");
@@ -252,9 +262,12 @@ namespace LlamaShm
             gate.Wait();
             try
             {
-                if (disposed)
-                    return;
-                disposed = true;
+                lock (state)
+                {
+                    if (disposed)
+                        return;
+                    disposed = true;
+                }
                 handle.Release(true);
                 canceller.Dispose();
                 // Nothing else holds the handle here (every use is under the gate), so the
@@ -274,16 +287,20 @@ namespace LlamaShm
         /// flight (on another thread) is cancelled and the release happens when it returns.</summary>
         public void Dispose()
         {
-            if (disposed)
-                return;
-            disposed = true;
-            RequestRun run = current;
+            RequestRun run;
+            lock (state)
+            {
+                if (disposed)
+                    return;
+                disposed = true;
+                run = current;
+            }
             if (run != null)
                 run.Request("the client was disposed");
             handle.Release(false);
             // A request in flight may still need the canceller (its cancel may be retrying);
-            // it disposes it when it ends.
-            if (current == null)
+            // it disposes it when it ends (it sees `disposed` when it clears `current`).
+            if (run == null)
                 canceller.Dispose();
         }
 
@@ -325,6 +342,10 @@ namespace LlamaShm
 
         private Call Prepare(string user, string system, RequestOptions options, bool stream, Action<string> onChunk)
         {
+            // Checked here, on the caller's thread, for the ...Async methods too: their task
+            // would wait for the request whose callback is waiting for it.
+            if (runningOnThisThread == this)
+                throw new InvalidOperationException("a callback of a request started another request on the same LlamaShmClient");
             var call = new Call
             {
                 Client = this,
@@ -372,8 +393,6 @@ namespace LlamaShm
             internal Response Run(CancellationToken token)
             {
                 LlamaShmClient c = Client;
-                if (runningOnThisThread == c)
-                    throw new InvalidOperationException("a callback of a request started another request on the same LlamaShmClient");
                 if (token.IsCancellationRequested)
                     throw new RequestCanceledException("the request was cancelled before it was sent", null, token);
                 try
@@ -385,10 +404,15 @@ namespace LlamaShm
                     throw new RequestCanceledException("the request was cancelled while it waited for the one in flight", null, token);
                 }
                 var run = new RequestRun(c.canceller, token);
+                bool published = false;
                 try
                 {
-                    c.ThrowIfDisposed();
-                    c.current = run;
+                    lock (c.state)
+                    {
+                        c.ThrowIfDisposed();
+                        c.current = run;
+                        published = true;
+                    }
                     runningOnThisThread = c;
                     run.Listen();
                     return Exchange(c, run, token);
@@ -396,10 +420,19 @@ namespace LlamaShm
                 finally
                 {
                     runningOnThisThread = null;
-                    run.Finish();
-                    c.current = null;
-                    if (c.disposed)
-                        c.canceller.Dispose();
+                    if (published)
+                    {
+                        run.Finish();
+                        bool disposeCanceller;
+                        lock (c.state)
+                        {
+                            c.current = null;
+                            disposeCanceller = c.disposed;
+                        }
+                        // Dispose saw this run in flight and left the canceller to it.
+                        if (disposeCanceller)
+                            c.canceller.Dispose();
+                    }
                     c.gate.Release();
                 }
             }

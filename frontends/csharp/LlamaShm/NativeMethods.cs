@@ -23,7 +23,7 @@ namespace LlamaShm
         internal const uint PolicyTruncate = 0;
         internal const uint PolicyStrict = 1;
 
-        /// <summary>lshm_options (72 bytes on LP64).</summary>
+        /// <summary>lshm_options (56 bytes on LP64).</summary>
         [StructLayout(LayoutKind.Sequential)]
         internal struct LshmOptions
         {
@@ -38,7 +38,7 @@ namespace LlamaShm
             public ulong restart_max_backoff_ms;
         }
 
-        /// <summary>lshm_response (72 bytes on LP64).</summary>
+        /// <summary>lshm_response (64 bytes on LP64).</summary>
         [StructLayout(LayoutKind.Sequential)]
         internal struct LshmResponse
         {

@@ -3,8 +3,14 @@
 // lshm_cancel reaches only a request the native client has already registered as in flight; a
 // cancel that comes just before (the token fired while the call was being entered) would be lost.
 // So a cancel that finds nothing in flight is retried every RetryPeriod until it reaches the
-// request or the call has returned: a cancel is never lost, and never outlives its request (the
-// next request of the client starts only after Finish).
+// request or the call has returned: a cancel is never lost.
+//
+// Nor may it outlive its request: the canceller is the client's, so an lshm_cancel issued after
+// this request's call returned would cancel the client's next request. Every lshm_cancel is
+// therefore issued under `sync` after checking `finished`, and Finish sets `finished` under the
+// same lock: once Finish has returned no lshm_cancel of this run is running or can start, and
+// the next request starts only after Finish. (lshm_cancel never blocks, so holding the lock
+// across it is cheap; Timer.Dispose does not wait for a callback that is running, the lock does.)
 //
 //   token fires ─┐
 //   Cancel() ────┼─> Request(reason) ─> lshm_cancel ─ in flight ─> done
@@ -56,19 +62,14 @@ namespace LlamaShm
                     return;
                 if (reason == null)
                     reason = why;
-            }
-            if (!TryCancel())
-            {
-                lock (sync)
-                {
-                    if (!finished && retry == null)
-                        retry = new Timer(s => ((RequestRun)s).Retry(), this, RetryPeriod, RetryPeriod);
-                }
+                if (!TryCancelLocked() && retry == null)
+                    retry = new Timer(s => ((RequestRun)s).Retry(), this, RetryPeriod, RetryPeriod);
             }
         }
 
-        /// <summary>The call has returned: stop listening and retrying. Waits for a token
-        /// callback that is running (it is short: one lshm_cancel).</summary>
+        /// <summary>The call has returned: stop listening and retrying. Waits for an lshm_cancel
+        /// of this run that is being issued (the lock) and for a token callback that is running
+        /// (both are short: one lshm_cancel).</summary>
         internal void Finish()
         {
             lock (sync)
@@ -83,26 +84,22 @@ namespace LlamaShm
 
         private void Retry()
         {
-            if (TryCancel())
+            lock (sync)
             {
-                lock (sync)
+                if (TryCancelLocked() && retry != null)
                 {
-                    if (retry != null)
-                        retry.Dispose();
+                    retry.Dispose();
                     retry = null;
                 }
             }
         }
 
-        /// <summary>One lshm_cancel; true when nothing is left to do (it reached the request, the
-        /// call has returned, or the client is gone).</summary>
-        private bool TryCancel()
+        /// <summary>One lshm_cancel, under <c>sync</c>; true when nothing is left to do (it
+        /// reached the request, the call has returned, or the client is gone).</summary>
+        private bool TryCancelLocked()
         {
-            lock (sync)
-            {
-                if (finished)
-                    return true;
-            }
+            if (finished)
+                return true;
             try
             {
                 int inFlight;

@@ -30,19 +30,29 @@ Threads. A :class:`Client` may be shared between threads:
   other: each holds the client's request lock for its whole duration;
 - :meth:`Client.cancel` may be called from any thread at any time (during a request, during or
   after :meth:`Client.shutdown`, from a signal handler); it never waits for a request, and after
-  shutdown it returns ``False`` without calling into the library;
+  shutdown it returns ``False`` without calling into the library. A signal handler, though,
+  runs on the main thread only between bytecodes: while the main thread is in a synchronous
+  :meth:`Client.ask` (inside the library) it runs only after the answer is complete, so Ctrl+C
+  cannot cancel that ask. It can cancel a stream the main thread iterates, an asyncio request,
+  or an ``ask`` made on another thread (see :meth:`Client.cancel`);
 - :meth:`Client.shutdown` (also ``close()`` and leaving ``with``) may be called from any thread,
   several times and concurrently; it cancels the request in flight until it holds the request
   lock, then shuts the worker down once. It must not be called from a signal handler that may
   interrupt a request on the same thread: it would wait for that request, i.e. for itself;
 - a :class:`Stream` is iterated by one thread; its ``close()`` may be called from any thread.
-  Dropping it (``break``) cancels its request.
+  Dropping it (``break``) cancels its request;
+- requests on threads of their own (streams, asyncio) run on daemon threads; at exit, an
+  ``atexit`` hook cancels those still running and waits for them (bounded), since a daemon
+  thread inside the library when the interpreter finalises would abort the process.
 
 Native handles. Each handle of the C library is owned by one object and passed to the library
 only while that object says it is alive: the ``lshm_client`` under the request lock (a request,
 shutdown, and nothing else), the ``lshm_canceller`` under a count of the ``lshm_cancel`` calls in
 progress (see ``_Canceller``). Freeing a handle first sets its attribute to ``None`` under the
 same lock, so no call reaches the library with a freed handle, and each is freed exactly once.
+A client dropped without shutdown hands its ``lshm_client`` to a thread of the package's
+(``_Reaper``), since freeing it shuts the worker down and may take seconds; at exit that thread
+finishes its frees (bounded), and a worker whose client process is gone exits anyway.
 """
 
 from ._client import Client

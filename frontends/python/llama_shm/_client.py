@@ -1,13 +1,17 @@
 """The client: :class:`Client` owns one spawned worker; :class:`_Canceller` owns the cancel
-handle that may be used from any thread. (Streams and the asyncio calls, which run the
-request on a thread of their own, are in ``_streams``.)"""
+handle that may be used from any thread; :class:`_Reaper` frees the handles of clients dropped
+without shutdown. (Streams and the asyncio calls, which run the request on a thread of their
+own, are in ``_streams``.) :func:`_at_exit` is the package's ``atexit`` hook."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import queue
+import sys
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 from ._errors import ClosedError, InvalidArgumentError, LlamaShmError
 from ._library import CResponse, check, load
@@ -127,6 +131,99 @@ class _Canceller:
             self.free()
 
 
+class _Reaper:
+    """Frees the ``lshm_client`` handles of clients dropped without shutdown, on a thread of
+    its own. ``lshm_client_free`` shuts the worker down and may take seconds (a 5 s bound, then
+    a kill), which a finaliser must not spend on whatever thread dropped the client: an event
+    loop's, say. :meth:`free` hands the handle over through a ``queue.SimpleQueue`` (whose
+    ``put`` is safe in a finaliser: it takes no lock a finaliser could already hold) and
+    returns; the thread frees each handle it receives, once.
+
+    The thread is a daemon: it is started by :class:`Client` (never from a finaliser) and ended
+    by :meth:`close` at exit, which lets it finish the frees handed over so far (bounded), so
+    that their workers are shut down in order. Where there is no thread to hand over to (at
+    exit, while the interpreter finalises, in a forked child) :meth:`free` frees in place, as
+    blocking then harms nothing. If a free does not happen at all (a bound passed, the process
+    was killed), the worker still ends: it watches its control socket and the client's pid and
+    exits when the client process is gone; its shared-memory names were unlinked at start-up."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Optional[Tuple[Any, ctypes.c_void_p]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # start() and close(); never taken by free()
+        self._thread: Optional[threading.Thread] = None
+        self._pid = 0  # the process that started the thread
+        self._closed = False
+        self._is_finalizing = sys.is_finalizing  # module globals may be gone when free() runs
+
+    def start(self) -> None:
+        """Starts the thread unless it runs (or the reaper is closed). Not from a finaliser."""
+        with self._lock:
+            if self._closed or (self._thread is not None and self._thread.is_alive()):
+                return
+            thread = threading.Thread(target=self._main, name="llama_shm free", daemon=True)
+            thread.start()
+            self._thread, self._pid = thread, os.getpid()
+
+    def free(self, lib: Any, handle: ctypes.c_void_p) -> None:
+        """Frees ``handle`` (taken out of its client: nobody else has it) on the thread, or here
+        when there is none. Does not wait, unless it frees here."""
+        thread = self._thread
+        if self._closed or thread is None or not thread.is_alive() or self._is_finalizing():
+            lib.lshm_client_free(handle)
+        else:
+            self._queue.put((lib, handle))
+
+    def _main(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            lib, handle = item
+            del item
+            try:
+                lib.lshm_client_free(handle)
+            except BaseException:  # noqa: B902 - a stand-in library in a test; go on with the rest
+                pass
+            del lib, handle
+
+    def close(self, bound: float) -> None:
+        """At exit: lets the thread finish the frees handed over (waiting at most ``bound``
+        seconds), then frees in place any handed over since; later frees happen in place."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            if self._pid != os.getpid():
+                return  # a forked child: what is queued is its parent's to free
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(bound)
+            if thread.is_alive():
+                return  # still freeing: the rest is left to the workers' own watch
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[0].lshm_client_free(item[1])
+
+
+_REAPER = _Reaper()
+
+
+def _at_exit() -> None:
+    """The package's ``atexit`` hook: stops the requests still running on threads of their own
+    (see ``_streams``), then lets the reaper finish its frees. ``atexit`` functions run after
+    the interpreter has joined its non-daemon threads and before it finalises."""
+    streams = sys.modules.get(__name__.rpartition(".")[0] + "._streams")
+    if streams is not None:  # not imported: no request ever ran on a thread of its own
+        streams.stop_live_runs()
+    _REAPER.close(10.0)
+
+
+atexit.register(_at_exit)
+
+
 class Client:
     """A spawned worker and the connection to it. Use it as a context manager (``with``), or
     call :meth:`shutdown`.
@@ -165,6 +262,8 @@ class Client:
         self._handle: Optional[ctypes.c_void_p] = None
         self._canceller: Optional[_Canceller] = None
         self._lib = load()
+        _REAPER.start()
+        self._reaper = _REAPER  # for __del__, which may run when module globals are gone
         self._lock = threading.Lock()  # the request lock: held for each use of _handle
         self._flight = threading.RLock()  # guards _current (see _cancel_run)
         self._current: Optional[Run] = None  # the background run whose request is in flight
@@ -216,12 +315,17 @@ class Client:
     def __del__(self) -> None:
         # Abandoned without shutdown: free the handles (the worker is still shut down). The
         # client is unreachable, so no other thread can be using them (a request's background
-        # thread holds a reference until its request has returned).
+        # thread holds a reference until its request has returned). lshm_client_free may block
+        # for seconds: the reaper's thread does it, and this returns at once.
         lib = getattr(self, "_lib", None)
         handle = getattr(self, "_handle", None)
         self._handle = None
         if lib is not None and handle is not None:
-            lib.lshm_client_free(handle)
+            reaper = getattr(self, "_reaper", None)
+            if reaper is not None:
+                reaper.free(lib, handle)
+            else:
+                lib.lshm_client_free(handle)
         canceller = getattr(self, "_canceller", None)
         if canceller is not None:
             canceller.free()
@@ -331,7 +435,17 @@ class Client:
         """Cancels the request in flight (from any thread): it returns promptly with
         ``finish == "cancelled"`` and the partial answer. Returns whether one was in flight;
         ``False``, without calling the library, once the client is shut down. Does not wait for
-        the request (see :class:`_Canceller`)."""
+        the request (see :class:`_Canceller`).
+
+        From a signal handler (e.g. for Ctrl+C) it works only if the handler gets to run:
+        CPython runs Python signal handlers on the main thread, between bytecodes. So it cannot
+        cancel an :meth:`ask` the main thread is in: that thread is inside the library call, and
+        the handler (``KeyboardInterrupt`` too) runs only once the whole answer has come back.
+        It can cancel a :meth:`stream` the main thread iterates (the iteration waits in Python
+        for the next chunk, so the handler runs at once; ``KeyboardInterrupt`` there also stops
+        the stream, by dropping or closing it), an :meth:`aask` or :meth:`astream` awaited on
+        the main thread, or an :meth:`ask` made on another thread while the main thread waits
+        for it."""
         assert self._canceller is not None
         return self._canceller.cancel()
 

