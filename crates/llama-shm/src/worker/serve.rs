@@ -7,6 +7,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
+use crate::wire::text::DecodeFlags;
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
@@ -152,33 +153,8 @@ where
                     params,
                 } => (seq, system, user, params),
             };
-        let mut repaired = 0;
-        if sys_flags.any() {
-            repaired |= RESPONSE_SYSTEM_REPAIRED;
-        }
-        if user_flags.any() {
-            repaired |= RESPONSE_USER_REPAIRED;
-        }
-        // A fresh flag for this request, unless a stop arrived meanwhile.
-        cancel.reset();
-        if stop() {
-            cancel.cancel();
-        }
-        let taken_at = Instant::now();
-        if params.deadline_us != 0 {
-            cancel.set_deadline(taken_at.checked_add(Duration::from_micros(params.deadline_us)));
-        }
-        let mut sink = WireSink {
-            channel,
-            st: channel.worker_stream_begin(seq, params),
-            cancel,
-            stop,
-            opts,
-            refused: None,
-            error: None,
-            since: taken_at,
-            asked: taken_at,
-        };
+        let repaired = repaired_flags(sys_flags, user_flags);
+        let mut sink = begin_answer(channel, seq, params, cancel, stop, opts);
         // Cancelled before it started (the client gave up while we were busy): no work.
         let result = match sink.check() {
             Some(_) => Ok(Generation::new(Finish::Cancelled)),
@@ -192,75 +168,137 @@ where
                 cancel,
             ),
         };
-        // The engine may have stopped on the flag without pushing again: say why (a flag set
-        // by nobody the sink knows of is the worker's own stop path).
-        if sink.refused.is_none() && cancel.is_cancelled() {
-            sink.refused = sink.check().or(Some(Refusal::Stopping));
-        }
-        let WireSink {
-            st, refused, error, ..
-        } = sink;
-        if let Some(e) = error {
-            return Err(e);
-        }
-        let message;
-        let outcome = match (&result, refused) {
-            (_, Some(Refusal::Stopping)) => {
-                let mut o = Outcome::error(
-                    StatusCode::ShuttingDown,
-                    "the worker is shutting down; request not finished",
-                );
-                o.finish = Finish::Cancelled;
-                o
-            }
-            (_, Some(Refusal::Stalled)) => Outcome::error(
-                StatusCode::EngineFailed,
-                "the client stopped reading the answer; request given up",
-            ),
-            (_, Some(Refusal::ClientGone)) => {
-                tracing::warn!(
-                    seq,
-                    "the client of the request in progress is gone; request given up"
-                );
-                let mut o = Outcome::error(StatusCode::EngineFailed, "the client is gone; request given up");
-                o.finish = Finish::Cancelled;
-                o
-            }
-            (_, Some(Refusal::Garbled)) => Outcome::error(
-                StatusCode::BadRequest,
-                "the stream's read cursor is impossible: the region was changed in transit",
-            ),
-            (Ok(g), refused) => Outcome {
-                status: StatusCode::Ok,
-                text: "",
-                flags: repaired
-                    | if refused == Some(Refusal::Full) {
-                        RESPONSE_TRUNCATED
-                    } else {
-                        0
-                    },
-                error: "",
-                error_args: (0, 0),
-                usage: g.usage,
-                finish: match (refused, g.finish) {
-                    (Some(Refusal::Cancelled), _) => Finish::Cancelled,
-                    (Some(Refusal::Deadline), _) => Finish::Deadline,
-                    (Some(Refusal::Full), _) | (_, Finish::Length) => Finish::Length,
-                    (_, finish) => finish,
-                },
-            },
-            (Err(e @ EngineError::PromptTooLong { tokens, ctx }), _) => {
-                message = e.to_string();
-                let mut o = Outcome::error(StatusCode::PromptTooLong, &message);
-                o.error_args = (u64::from(*tokens), u64::from(*ctx));
-                o
-            }
-            (Err(e @ EngineError::Inference(_)), _) => {
-                message = e.to_string();
-                Outcome::error(StatusCode::EngineFailed, &message)
-            }
-        };
-        channel.worker_finish(&outcome, st, &mut dirty)?;
+        finish_answer(sink, &result, repaired, &mut dirty)?;
         served += 1;
     }
+}
+
+/// The `RESPONSE_*_REPAIRED` flags for what decoding the prompts noticed.
+pub(super) fn repaired_flags(system: DecodeFlags, user: DecodeFlags) -> u32 {
+    let mut repaired = 0;
+    if system.any() {
+        repaired |= RESPONSE_SYSTEM_REPAIRED;
+    }
+    if user.any() {
+        repaired |= RESPONSE_USER_REPAIRED;
+    }
+    repaired
+}
+
+/// Starts the answer to request `seq`: `cancel` reset for it (set again at once if a stop
+/// arrived meanwhile) with the request's deadline, and the sink that writes the answer.
+pub(super) fn begin_answer<'a, S: Semaphore, R: Region>(
+    channel: &'a Channel<S, R>,
+    seq: u64,
+    params: RequestParams,
+    cancel: &'a Cancel,
+    stop: &'a dyn Fn() -> bool,
+    opts: &'a ServeOptions,
+) -> WireSink<'a, S, R> {
+    cancel.reset();
+    if stop() {
+        cancel.cancel();
+    }
+    let taken_at = Instant::now();
+    if params.deadline_us != 0 {
+        cancel.set_deadline(taken_at.checked_add(Duration::from_micros(params.deadline_us)));
+    }
+    WireSink {
+        channel,
+        st: channel.worker_stream_begin(seq, params),
+        cancel,
+        stop,
+        opts,
+        refused: None,
+        error: None,
+        since: taken_at,
+        asked: taken_at,
+    }
+}
+
+/// Ends the answer `sink` was writing: the outcome from the engine's `result` and why the sink
+/// refused more (if it did), then [`Channel::worker_finish`].
+///
+/// # Errors
+/// A semaphore failure, the sink's or the final post's.
+pub(super) fn finish_answer<S: Semaphore, R: Region>(
+    mut sink: WireSink<'_, S, R>,
+    result: &Result<Generation, EngineError>,
+    repaired: u32,
+    dirty: &mut usize,
+) -> io::Result<()> {
+    // The engine may have stopped on the flag without pushing again: say why (a flag set
+    // by nobody the sink knows of is the worker's own stop path).
+    if sink.refused.is_none() && sink.cancel.is_cancelled() {
+        sink.refused = sink.check().or(Some(Refusal::Stopping));
+    }
+    let WireSink {
+        channel,
+        st,
+        refused,
+        error,
+        ..
+    } = sink;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let seq = st.seq();
+    let message;
+    let outcome = match (result, refused) {
+        (_, Some(Refusal::Stopping)) => {
+            let mut o = Outcome::error(
+                StatusCode::ShuttingDown,
+                "the worker is shutting down; request not finished",
+            );
+            o.finish = Finish::Cancelled;
+            o
+        }
+        (_, Some(Refusal::Stalled)) => Outcome::error(
+            StatusCode::EngineFailed,
+            "the client stopped reading the answer; request given up",
+        ),
+        (_, Some(Refusal::ClientGone)) => {
+            tracing::warn!(
+                seq,
+                "the client of the request in progress is gone; request given up"
+            );
+            let mut o = Outcome::error(StatusCode::EngineFailed, "the client is gone; request given up");
+            o.finish = Finish::Cancelled;
+            o
+        }
+        (_, Some(Refusal::Garbled)) => Outcome::error(
+            StatusCode::BadRequest,
+            "the stream's read cursor is impossible: the region was changed in transit",
+        ),
+        (Ok(g), refused) => Outcome {
+            status: StatusCode::Ok,
+            text: "",
+            flags: repaired
+                | if refused == Some(Refusal::Full) {
+                    RESPONSE_TRUNCATED
+                } else {
+                    0
+                },
+            error: "",
+            error_args: (0, 0),
+            usage: g.usage,
+            finish: match (refused, g.finish) {
+                (Some(Refusal::Cancelled), _) => Finish::Cancelled,
+                (Some(Refusal::Deadline), _) => Finish::Deadline,
+                (Some(Refusal::Full), _) | (_, Finish::Length) => Finish::Length,
+                (_, finish) => finish,
+            },
+        },
+        (Err(e @ EngineError::PromptTooLong { tokens, ctx }), _) => {
+            message = e.to_string();
+            let mut o = Outcome::error(StatusCode::PromptTooLong, &message);
+            o.error_args = (u64::from(*tokens), u64::from(*ctx));
+            o
+        }
+        (Err(e @ EngineError::Inference(_)), _) => {
+            message = e.to_string();
+            Outcome::error(StatusCode::EngineFailed, &message)
+        }
+    };
+    channel.worker_finish(&outcome, st, dirty)
 }
