@@ -76,6 +76,10 @@ pub const FEATURE_STREAMING: u32 = 1 << 1;
 /// `wire::seed_stream` fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
 /// do: the seed's `LocalLLMService` starts one with no arguments.
 pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
+/// Feature bit: the worker serves `slot_count` requests at once, one per slot (each slot a
+/// channel of its own: slot 0 this prefix's objects, slot `k` those of `Prefix::slot(k)`),
+/// batched in one engine. A client takes any free slot's turn.
+pub const FEATURE_SLOTS: u32 = 1 << 3;
 
 /// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
 /// publishes only when the ring is full or the answer is complete).
@@ -184,8 +188,14 @@ pub struct ExtensionPage {
     pub system_len: u32,
     /// Length of the user prompt's payload in bytes, NUL excluded (extended client).
     pub user_len: u32,
+    /// How many slots the worker serves at once (0 or 1: one; see [`FEATURE_SLOTS`]), in
+    /// every slot's page. Slot 0 is this prefix's objects, slot `k` those of
+    /// `Prefix::slot(k)`.
+    pub slot_count: u32,
+    /// Which slot this object is (0 for the prefix's own).
+    pub slot_index: u32,
     /// Reserved for later fields, zero.
-    pub reserved_future: [u8; 3520],
+    pub reserved_future: [u8; 3512],
 }
 
 const_assert_eq!(offset_of!(ExtensionPage, magic), 0);
@@ -224,7 +234,9 @@ const_assert_eq!(offset_of!(ExtensionPage, worker_cpu), 556);
 const_assert_eq!(offset_of!(ExtensionPage, client_cpu), 560);
 const_assert_eq!(offset_of!(ExtensionPage, system_len), 568);
 const_assert_eq!(offset_of!(ExtensionPage, user_len), 572);
-const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 576);
+const_assert_eq!(offset_of!(ExtensionPage, slot_count), 576);
+const_assert_eq!(offset_of!(ExtensionPage, slot_index), 580);
+const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 584);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
 const_assert_eq!(align_of::<ExtensionPage>(), 8);
 // Atomically accessed words must be naturally aligned in the mapping.
@@ -414,6 +426,8 @@ words! {
         SystemLen => system_len,
         UserLen => user_len,
         GuardianPid => guardian_pid,
+        SlotCount => slot_count,
+        SlotIndex => slot_index,
     }
 }
 

@@ -95,6 +95,15 @@ impl Prefix {
         Ok(Self(head + &tail))
     }
 
+    /// The prefix of slot `k` of a multi-slot worker on this prefix: `P.slotK` (slot 0 is `P`
+    /// itself). `None` when the name would be too long.
+    pub fn slot(&self, k: u32) -> Option<Prefix> {
+        if k == 0 {
+            return Some(self.clone());
+        }
+        Prefix::new(&format!("{}.slot{k}", self.0)).ok()
+    }
+
     /// The prefix as a string.
     pub fn as_str(&self) -> &str {
         &self.0

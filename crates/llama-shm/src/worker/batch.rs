@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(out.text[1], "s1\né€ ", "two pieces: its budget");
         assert_eq!(out.text[2], "\ncut");
         let mut done = out.done.clone();
-        done.sort();
+        done.sort_by_key(|d| d.0);
         assert_eq!(
             done,
             [(0, Finish::Stop, 4), (1, Finish::Length, 2), (2, Finish::Cancelled, 1)]

@@ -5,7 +5,9 @@
 
 pub mod engine;
 pub mod host;
+pub mod batch;
 mod serve;
+pub mod slots;
 mod sink;
 pub mod token;
 
