@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use llama_shm::internals::os::{locate, signals};
-use llama_shm::internals::worker::host::{self, HostOptions};
+use llama_shm::internals::worker::batch::EchoBatch;
+use llama_shm::internals::worker::host::{self, Engines, HostOptions};
 use llama_shm::{Cancel, EchoEngine, Engine, EngineRequest, LimitedSink, Prefix};
 
 /// Exit code for a failure before serving started (objects, model, token).
@@ -112,6 +113,10 @@ struct Args {
     /// (0 blocks at once).
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
+    /// Serve up to N requests at once, batched in one engine (a standalone worker): slot 0 is
+    /// the prefix's own objects, slot k those of PREFIX.slotK. 1 serves one at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
     /// Require this auth token on every request: a file holding 64 hex digits.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -191,6 +196,20 @@ fn main() -> ExitCode {
                 WorkerError::Runtime(_) => EXIT_RUNTIME,
             })
         }
+    }
+}
+
+/// The engine for `--parallel`: one request at a time, or a batch of that many.
+fn load_engines(args: &Args) -> Result<Engines, WorkerError> {
+    if args.parallel == 1 {
+        return load_engine(args).map(Engines::One);
+    }
+    match args.engine {
+        EngineKind::Echo => Ok(Engines::Batch(Box::new(EchoBatch::new(
+            args.parallel as usize,
+            Duration::from_micros(args.echo_piece_us),
+        )))),
+        EngineKind::Llama => Err(WorkerError::Usage("--parallel needs a batch engine".into())),
     }
 }
 
@@ -327,6 +346,11 @@ fn dump_tokens(_: &Args, _: &str) -> Result<(), WorkerError> {
 }
 
 fn run_server(args: &Args) -> Result<(), WorkerError> {
+    if args.parallel > 1 && args.engine != EngineKind::Echo {
+        return Err(WorkerError::Usage(
+            "--parallel above 1 is served by the echo engine only so far (the batched llama engine is being built)".into(),
+        ));
+    }
     let opts = HostOptions {
         prefix: args.prefix.clone(),
         permissions: args.mode,
@@ -335,8 +359,9 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         token_file: args.token_file.clone(),
         spin: Duration::from_micros(args.spin_us),
         startup_pause: Duration::from_millis(args.startup_pause_ms),
+        parallel: args.parallel,
     };
-    host::run(&opts, || load_engine(args).map_err(|e| e.to_string().into())).map_err(|e| {
+    host::run(&opts, || load_engines(args).map_err(|e| e.to_string().into())).map_err(|e| {
         if e.is_usage() {
             WorkerError::Usage(e.to_string())
         } else if e.while_serving() {

@@ -86,7 +86,7 @@ impl ClientBuilder {
             ExtInit {
                 creator_pid: std::process::id(),
                 features: FEATURE_TOKEN_REQUIRED,
-                guardian_pid: 0,
+                ..ExtInit::default()
             },
         ) {
             Ok(channel) => channel,
@@ -136,10 +136,11 @@ impl ClientBuilder {
         let channel = Arc::new(channel);
         let dead = Arc::new(AtomicBool::new(false));
         let worker_pid = proc.child.id();
-        let watcher = start_watcher(&[worker_pid], &channel, &dead);
+        let watcher = start_watcher(&[worker_pid], std::slice::from_ref(&channel), &dead);
         let mut client = Client::new(
             Connection {
                 channel,
+                slots: Vec::new(),
                 kind: ObjectKind::Extended,
                 child: Some(proc),
                 watcher,
@@ -188,8 +189,12 @@ impl ClientBuilder {
     pub fn attach(self, prefix: &Prefix) -> Result<Client, AttachError> {
         objects::check_mode(self.trust.max_mode, self.others_may_crash)?;
         let mut channel = objects::open(prefix, self.trust)?;
+        let mut others = objects::open_slots(prefix, &channel, self.trust)?;
         if self.protocol == Protocol::Seed {
             channel.region.force_seed();
+            for ch in &mut others {
+                ch.region.force_seed();
+            }
         }
         let kind = channel.region.kind();
         // The worker's pid is known when it recorded it. Otherwise (a seed-era worker) it is
@@ -204,19 +209,25 @@ impl ClientBuilder {
             Some(_) => Vec::new(),
             None => process::processes_mapping_inode(channel.region.shm().inode()),
         };
-        let mut channel = channel;
-        channel.adaptive = crate::protocol::AdaptiveWait::new(self.spin);
-        let channel = Arc::new(channel);
+        let slots: Vec<Arc<PosixChannel>> = std::iter::once(channel)
+            .chain(others)
+            .map(|mut ch| {
+                ch.adaptive = crate::protocol::AdaptiveWait::new(self.spin);
+                Arc::new(ch)
+            })
+            .collect();
+        let channel = Arc::clone(&slots[0]);
         let dead = Arc::new(AtomicBool::new(false));
         let watcher = match worker_pid {
-            Some(pid) => start_watcher(&[pid], &channel, &dead),
-            None if !mappers.is_empty() => start_watcher(&mappers, &channel, &dead),
+            Some(pid) => start_watcher(&[pid], &slots, &dead),
+            None if !mappers.is_empty() => start_watcher(&mappers, &slots, &dead),
             None => None,
         };
         let token = self.token;
         Ok(Client::new(
             Connection {
                 channel,
+                slots: if slots.len() > 1 { slots } else { Vec::new() },
                 kind,
                 child: None,
                 watcher,
@@ -241,7 +252,7 @@ fn first_attach_seq() -> u64 {
 
 /// Watches the worker: `pids` is its pid, or the processes one of which is the worker (it is
 /// taken for dead once all of them have exited).
-fn start_watcher(pids: &[u32], channel: &Arc<PosixChannel>, dead: &Arc<AtomicBool>) -> Option<Watcher> {
+fn start_watcher(pids: &[u32], channels: &[Arc<PosixChannel>], dead: &Arc<AtomicBool>) -> Option<Watcher> {
     let mut watches = Vec::with_capacity(pids.len());
     for &pid in pids {
         match process::pidfd_open(pid) {
@@ -257,13 +268,15 @@ fn start_watcher(pids: &[u32], channel: &Arc<PosixChannel>, dead: &Arc<AtomicBoo
     if watches.is_empty() {
         return None;
     }
-    let (channel, dead) = (Arc::clone(channel), Arc::clone(dead));
+    let (channels, dead) = (channels.to_vec(), Arc::clone(dead));
     Watcher::spawn_when_all("llama-shm-watch", watches, move |_| {
         dead.store(true, Ordering::SeqCst);
-        // Wake whatever the client is blocked on; the worker is gone, so these counts no
-        // longer mean anything to anyone.
-        let _ = channel.ready.post();
-        let _ = channel.response_written.post();
+        // Wake whatever the client is blocked on, in whichever slot; the worker is gone, so
+        // these counts no longer mean anything to anyone.
+        for channel in &channels {
+            let _ = channel.ready.post();
+            let _ = channel.response_written.post();
+        }
     })
     .map_err(|e| tracing::warn!("cannot start the worker watcher: {e}"))
     .ok()
@@ -272,6 +285,8 @@ fn start_watcher(pids: &[u32], channel: &Arc<PosixChannel>, dead: &Arc<AtomicBoo
 /// What a spawn or an attach found: everything of a [`Client`] that differs between the two.
 struct Connection {
     channel: Arc<PosixChannel>,
+    /// Every slot of a multi-slot worker (slot 0 first); empty for one slot.
+    slots: Vec<Arc<PosixChannel>>,
     kind: ObjectKind,
     child: Option<ChildProc>,
     watcher: Option<Watcher>,
@@ -288,6 +303,8 @@ impl Client {
         Client {
             cancel_slot: CancelSlot::new(&c.channel),
             channel: c.channel,
+            slots: c.slots,
+            slot: 0,
             kind: c.kind,
             child: c.child,
             watcher: c.watcher,

@@ -203,21 +203,33 @@ impl Client {
 
     /// Takes the turn lock of a shared worker (none for a client with a worker of its own),
     /// retrying with a short backoff until `deadline`; a dead worker ends the wait at once.
+    /// With several slots, the first free one's, trying the slot of the last request first
+    /// (whose KV cache holds this client's conversation), and the request goes to that slot.
     pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<Option<Turn>, RequestError> {
         if !self.turn_lock {
             return Ok(None);
         }
         let started = Instant::now();
         let mut backoff = Duration::from_micros(20);
+        let n = self.slots.len().max(1);
         loop {
-            match Turn::try_take(&self.channel) {
-                Ok(Some(turn)) => return Ok(Some(turn)),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(RequestError::Os {
-                        phase: Phase::WaitingTurn,
-                        source: io::Error::other(e),
-                    })
+            for i in 0..n {
+                let k = (self.slot + i) % n;
+                let channel = self.slots.get(k).unwrap_or(&self.channel);
+                match Turn::try_take(channel) {
+                    Ok(Some(turn)) => {
+                        if k != self.slot {
+                            self.use_slot(k);
+                        }
+                        return Ok(Some(turn));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(RequestError::Os {
+                            phase: Phase::WaitingTurn,
+                            source: io::Error::other(e),
+                        })
+                    }
                 }
             }
             if !(self.alive_fn())() {
@@ -233,6 +245,13 @@ impl Client {
             std::thread::sleep(backoff.min(deadline - now));
             backoff = (backoff * 2).min(Duration::from_millis(2));
         }
+    }
+
+    /// Sends the following requests to slot `k` (cancels included).
+    fn use_slot(&mut self, k: usize) {
+        self.slot = k;
+        self.channel = Arc::clone(&self.slots[k]);
+        self.cancel_slot.lock().channel = Arc::clone(&self.channel);
     }
 
     /// Replaces a dead worker by a new one, following the restart policy.

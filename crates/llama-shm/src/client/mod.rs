@@ -52,7 +52,12 @@ use crate::wire::layout::{ObjectKind, TOKEN_LEN};
 /// ```
 #[derive(Debug)]
 pub struct Client {
+    /// The channel of the slot the current (or last) request uses.
     channel: Arc<PosixChannel>,
+    /// Every slot of a multi-slot worker (slot 0 first); empty for one slot.
+    slots: Vec<Arc<PosixChannel>>,
+    /// Index in `slots` of `channel`.
+    slot: usize,
     kind: ObjectKind,
     child: Option<ChildProc>,
     watcher: Option<Watcher>,

@@ -48,6 +48,17 @@ pub enum ObjectsError {
         /// The mode asked for.
         mode: u32,
     },
+    /// A slot of a multi-slot worker is not what slot 0 says (another worker's objects under
+    /// the slot's name, or a worker that changed under us).
+    #[error("slot {slot} of {prefix} does not belong to its worker: {reason}")]
+    SlotMismatch {
+        /// Slot 0's prefix.
+        prefix: String,
+        /// The slot.
+        slot: u32,
+        /// What differs.
+        reason: String,
+    },
     /// The prefix is served by a live process.
     #[error(
         "objects with prefix {prefix} are in use by pid {pid}; stop it first or choose another --prefix"
@@ -98,6 +109,10 @@ pub struct ExtInit {
     /// The creator's guardian (0: none), which removes the names if the creator dies without
     /// removing them.
     pub guardian_pid: u32,
+    /// Slots of the worker (0 or 1: one), and which one this set is.
+    pub slot_count: u32,
+    /// See `slot_count`.
+    pub slot_index: u32,
 }
 
 /// Creates the four objects of `prefix` with permission bits `mode` (`O_EXCL`: nothing
@@ -136,6 +151,8 @@ pub fn create_guarded(
         word(Word32::CreatorPid, init.creator_pid);
         word(Word32::Features, init.features);
         word(Word32::GuardianPid, init.guardian_pid);
+        word(Word32::SlotCount, init.slot_count);
+        word(Word32::SlotIndex, init.slot_index);
         if let Some(a) = shm.atomic_u64(Word64::ResponseSeq.offset()) {
             a.store(0, Release);
         }
@@ -193,6 +210,49 @@ pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError>
         NamedSemaphore::open(&w, trust.max_mode)?,
         region,
     ))
+}
+
+/// Opens the other slots of the multi-slot worker whose slot 0 is `first` (on `prefix`; see
+/// [`FEATURE_SLOTS`](crate::wire::layout::FEATURE_SLOTS)), vetted as [`open`] vets, each
+/// checked to name the same worker and its own index. Empty for a worker of one slot.
+///
+/// # Errors
+/// [`open`]'s, and [`ObjectsError::SlotMismatch`].
+pub fn open_slots(prefix: &Prefix, first: &PosixChannel, trust: Trust) -> Result<Vec<PosixChannel>, ObjectsError> {
+    use crate::protocol::Region;
+    let r = &first.region;
+    if r.kind() != ObjectKind::Extended || r.load32(Word32::Features) & crate::wire::layout::FEATURE_SLOTS == 0 {
+        return Ok(Vec::new());
+    }
+    let count = r.load32(Word32::SlotCount);
+    let creator = r.load32(Word32::CreatorPid);
+    let mismatch = |slot: u32, reason: String| ObjectsError::SlotMismatch {
+        prefix: prefix.to_string(),
+        slot,
+        reason,
+    };
+    (1..count)
+        .map(|k| {
+            let p = prefix.slot(k).ok_or_else(|| mismatch(k, "the name would be too long".into()))?;
+            let ch = open(&p, trust)?;
+            let got = (
+                ch.region.kind(),
+                ch.region.load32(Word32::SlotIndex),
+                ch.region.load32(Word32::SlotCount),
+                ch.region.load32(Word32::CreatorPid),
+            );
+            if got != (ObjectKind::Extended, k, count, creator) {
+                return Err(mismatch(
+                    k,
+                    format!(
+                        "it says {:?}, slot {} of {}, creator {}; slot 0 says {count} slots of creator {creator}",
+                        got.0, got.1, got.2, got.3
+                    ),
+                ));
+            }
+            Ok(ch)
+        })
+        .collect()
 }
 
 /// Removes the names of `channel` (the objects live on while handles exist).

@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::batch::BatchEngine;
 use super::engine::{Cancel, Engine};
 use super::serve::{serve, ServeEnd, ServeOptions};
+use super::slots::{serve_slots, Slot};
 use super::token::{read_token_file, TokenFileError};
 use crate::objects::clients::SharedClients;
 use crate::objects::guardian::Guardian;
@@ -28,7 +30,7 @@ use crate::os::process::{pidfd_open, Watch, Watcher};
 use crate::os::signals;
 use crate::protocol::{AdaptiveWait, Region};
 use crate::wire::layout::{
-    Word32, FEATURE_SEED_STREAMING, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
+    Word32, FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
 };
 use crate::wire::names::Prefix;
 
@@ -52,6 +54,18 @@ pub struct HostOptions {
     pub spin: Duration,
     /// Tests: a pause at each step of start-up, so a signal can land in each window.
     pub startup_pause: Duration,
+    /// Requests served at once (a standalone worker only): 1 is the seed's one at a time;
+    /// more makes that many slots, batched in one engine (see [`serve_slots`]).
+    pub parallel: u32,
+}
+
+/// What a worker process serves with: an engine of one request at a time, or a batch engine
+/// for several slots.
+pub enum Engines {
+    /// One request at a time ([`serve`]).
+    One(Box<dyn Engine>),
+    /// Several at once ([`serve_slots`]): at least as many sequences as slots.
+    Batch(Box<dyn BatchEngine>),
 }
 
 /// Why a worker process did not serve to its end.
@@ -60,6 +74,9 @@ pub enum HostError {
     /// The options are refused (permissions others can write, not accepted): a usage error.
     #[error(transparent)]
     Refused(ObjectsError),
+    /// The options do not go together: a usage error.
+    #[error("{0}")]
+    Usage(String),
     /// The spawning client sent no token.
     #[error("no auth token from the spawning client: {0}")]
     NoToken(io::Error),
@@ -89,7 +106,7 @@ pub enum HostError {
 impl HostError {
     /// Whether it is a usage error (the options were refused before anything started).
     pub fn is_usage(&self) -> bool {
-        matches!(self, HostError::Refused(_))
+        matches!(self, HostError::Refused(_) | HostError::Usage(_))
     }
 
     /// Whether serving had started (otherwise start-up failed).
@@ -117,9 +134,15 @@ pub struct Served {
 /// spawning client), or a semaphore failure while serving.
 pub fn run(
     opts: &HostOptions,
-    load: impl FnOnce() -> Result<Box<dyn Engine>, Box<dyn Error + Send + Sync>>,
+    load: impl FnOnce() -> Result<Engines, Box<dyn Error + Send + Sync>>,
 ) -> Result<Served, HostError> {
     objects::check_mode(opts.permissions, opts.accept_permissions).map_err(HostError::Refused)?;
+    if opts.parallel == 0 || (opts.parallel > 1 && opts.spawned) {
+        return Err(HostError::Usage(format!(
+            "--parallel {} : a standalone worker serves 1 or more slots; a spawned one, 1",
+            opts.parallel
+        )));
+    }
     let me = std::process::id();
     pause(opts, "start (stop signals held back)");
     // 0. Stop signals first, before anything exists that would need removing.
@@ -130,26 +153,27 @@ pub fn run(
     //    (only when their creator is dead and nobody else maps them).
     let _spawn_window = opts.spawned.then(|| ReclaimOnExit(opts.prefix.clone()));
     // `_guardian` before the channel: dropped last, after our own removal of the names.
-    let (_guardian, mut channel, mut control_sock, token) = if opts.spawned {
+    let (_guardian, mut channel, extra, mut control_sock, token) = if opts.spawned {
         let (channel, sock, token) = attach_to_spawner(opts)?;
-        (None, channel, Some(sock), Some(token))
+        (None, channel, Vec::new(), Some(sock), Some(token))
     } else {
         let token = opts.token_file.as_deref().map(read_token_file).transpose()?;
-        let (guardian, channel) = create_standalone(opts, me, token.is_some())?;
-        (Some(guardian), channel, None, token)
+        let (guardian, channel, extra) = create_standalone(opts, me, token.is_some())?;
+        (Some(guardian), channel, extra, None, token)
     };
     pause(opts, "objects created");
-    channel.region.store32(Word32::WorkerPid, me);
-    let features = channel.region.load32(Word32::Features);
-    channel
-        .region
-        .store32(Word32::Features, features | FEATURE_STREAMING);
+    for ch in std::iter::once(&channel).chain(&extra) {
+        ch.region.store32(Word32::WorkerPid, me);
+        let features = ch.region.load32(Word32::Features);
+        ch.region.store32(Word32::Features, features | FEATURE_STREAMING);
+    }
     if let Some(sock) = control_sock.as_mut() {
         // The client unlinks the names once it reads this.
         control::send(sock, &ControlMsg::Attached).map_err(HostError::Control)?;
     }
     channel.adaptive = AdaptiveWait::new(opts.spin);
     let channel = Arc::new(channel);
+    let extra: Vec<Arc<PosixChannel>> = extra.into_iter().map(Arc::new).collect();
     let _names = NameGuard {
         channel: Arc::clone(&channel),
         spawned: opts.spawned,
@@ -157,7 +181,8 @@ pub fn run(
     // 2. Stop conditions: a stop signal, and the spawning client hanging up or exiting.
     let stop = Arc::new(AtomicBool::new(false));
     let cancel = Cancel::new();
-    let _watcher = start_stop_watcher(sig_rx, control_sock.as_ref(), &channel, &stop, &cancel)?;
+    let all: Vec<Arc<PosixChannel>> = std::iter::once(Arc::clone(&channel)).chain(extra.iter().cloned()).collect();
+    let _watcher = start_stop_watcher(sig_rx, control_sock.as_ref(), &all, &stop, &cancel)?;
     pause(opts, "stop watcher running");
     if stop.load(Ordering::SeqCst) {
         tracing::info!("stopped during start-up");
@@ -167,25 +192,46 @@ pub fn run(
         });
     }
     // 3. The engine, then serve.
-    let mut engine = load().map_err(|e| {
+    let engines = load().map_err(|e| {
         if let Some(sock) = control_sock.as_mut() {
             let _ = control::send(sock, &ControlMsg::Error(e.to_string()));
         }
         HostError::Engine(e)
     })?;
+    // Shared by whoever attaches: a client that dies holding the turn or mid-answer must not
+    // wedge the worker for the others. (A spawned worker ends with its one client.)
+    let clients_of = |ch: &Arc<PosixChannel>| {
+        (!opts.spawned).then(|| {
+            Arc::new(SharedClients::new(Arc::clone(ch))) as Arc<dyn crate::protocol::Clients + Send + Sync>
+        })
+    };
     let serve_opts = ServeOptions {
         token,
-        // Shared by whoever attaches: a client that dies holding the turn or mid-answer must
-        // not wedge the worker for the others. (A spawned worker ends with its one client.)
-        clients: (!opts.spawned).then(|| {
-            Arc::new(SharedClients::new(Arc::clone(&channel)))
-                as Arc<dyn crate::protocol::Clients + Send + Sync>
-        }),
+        clients: clients_of(&channel),
         ..ServeOptions::default()
     };
     let stopped = || stop.load(Ordering::SeqCst);
-    let (end, requests) =
-        serve(&*channel, &mut *engine, &serve_opts, &stopped, &cancel).map_err(HostError::Serve)?;
+    let (end, requests) = match engines {
+        Engines::One(mut engine) if extra.is_empty() => {
+            serve(&*channel, &mut *engine, &serve_opts, &stopped, &cancel).map_err(HostError::Serve)?
+        }
+        Engines::Batch(mut engine) if engine.capacity() >= all.len() => {
+            let slots: Vec<Slot<'_, _, _>> = all
+                .iter()
+                .map(|ch| Slot {
+                    channel: &**ch,
+                    clients: clients_of(ch),
+                })
+                .collect();
+            serve_slots(&slots, &mut *engine, &serve_opts, &stopped).map_err(HostError::Serve)?
+        }
+        _ => {
+            return Err(HostError::Usage(format!(
+                "the engine does not serve {} slots at once",
+                all.len()
+            )))
+        }
+    };
     tracing::info!(?end, requests, "worker exiting");
     Ok(Served {
         end: Some(end),
@@ -220,19 +266,39 @@ fn create_standalone(
     opts: &HostOptions,
     me: u32,
     token_required: bool,
-) -> Result<(Guardian, PosixChannel), HostError> {
+) -> Result<(Guardian, PosixChannel, Vec<PosixChannel>), HostError> {
     let mut guardian =
         Guardian::spawn(Path::new("/proc/self/exe"), &["--guard"]).map_err(HostError::Guardian)?;
-    objects::reclaim(&opts.prefix).map_err(HostError::Objects)?;
-    // The seed's `LocalLLMService` starts a worker with no arguments and needs chunk_ready.
-    let init = ExtInit {
-        creator_pid: me,
-        features: FEATURE_SEED_STREAMING | if token_required { FEATURE_TOKEN_REQUIRED } else { 0 },
-        guardian_pid: guardian.pid(),
-    };
-    let channel = objects::create_guarded(&opts.prefix, opts.permissions, init, &mut |id| guardian.guard(id))
-        .map_err(HostError::Objects)?;
-    Ok((guardian, channel))
+    let prefixes: Vec<Prefix> = (0..opts.parallel)
+        .map(|k| {
+            opts.prefix
+                .slot(k)
+                .ok_or_else(|| HostError::Usage(format!("prefix {} is too long for {} slots", opts.prefix, opts.parallel)))
+        })
+        .collect::<Result<_, _>>()?;
+    for p in &prefixes {
+        objects::reclaim(p).map_err(HostError::Objects)?;
+    }
+    let token = if token_required { FEATURE_TOKEN_REQUIRED } else { 0 };
+    let slots = if opts.parallel > 1 { FEATURE_SLOTS } else { 0 };
+    let mut channels = Vec::with_capacity(prefixes.len());
+    for (k, p) in prefixes.iter().enumerate() {
+        let init = ExtInit {
+            creator_pid: me,
+            // The seed's `LocalLLMService` starts a worker with no arguments and needs
+            // chunk_ready: on the prefix's own objects (slot 0) only.
+            features: token | slots | if k == 0 { FEATURE_SEED_STREAMING } else { 0 },
+            guardian_pid: guardian.pid(),
+            slot_count: opts.parallel,
+            slot_index: u32::try_from(k).unwrap_or(u32::MAX),
+        };
+        // Each set is removed by its handles if a later one fails (and by the guardian if we die).
+        let channel =
+            objects::create_guarded(p, opts.permissions, init, &mut |id| guardian.guard(id)).map_err(HostError::Objects)?;
+        channels.push(channel);
+    }
+    let first = channels.remove(0);
+    Ok((guardian, first, channels))
 }
 
 /// The watcher that stops serving: on a stop signal, and (spawned) when the client hangs up
@@ -240,10 +306,11 @@ fn create_standalone(
 fn start_stop_watcher(
     sig_rx: UnixStream,
     control_sock: Option<&UnixStream>,
-    channel: &Arc<PosixChannel>,
+    channels: &[Arc<PosixChannel>],
     stop: &Arc<AtomicBool>,
     cancel: &Cancel,
 ) -> Result<Watcher, HostError> {
+    let channel = &channels[0];
     let mut watches = vec![Watch::Readable(sig_rx.into())];
     if let Some(sock) = control_sock {
         watches.push(Watch::HangUp(sock.try_clone().map_err(HostError::Setup)?.into()));
@@ -253,7 +320,7 @@ fn start_stop_watcher(
             Err(e) => tracing::debug!("no pidfd for the spawning client {creator}: {e}"),
         }
     }
-    let (stop, cancel, channel) = (Arc::clone(stop), cancel.clone(), Arc::clone(channel));
+    let (stop, cancel, channels) = (Arc::clone(stop), cancel.clone(), channels.to_vec());
     Watcher::spawn("llama-shm-stop", watches, move |which| {
         tracing::info!(
             "{}: stopping",
@@ -265,7 +332,9 @@ fn start_stop_watcher(
         );
         stop.store(true, Ordering::SeqCst);
         cancel.cancel();
-        let _ = channel.prompts_written.post();
+        for channel in &channels {
+            let _ = channel.prompts_written.post();
+        }
     })
     .map_err(HostError::Setup)
 }

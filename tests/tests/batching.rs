@@ -1,0 +1,235 @@
+//! One worker, several slots (`--parallel N`): each slot a channel of its own, one engine
+//! batching their requests (the echo engine's batched form here: one piece per running
+//! request per step). Concurrent clients get exactly their own answers, run at the same time,
+//! and a client killed mid-answer, a cancel or a seed-era client in one slot leave the others'
+//! answers whole.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use llama_shm::internals::client::Client;
+use llama_shm::internals::wire::names::Prefix;
+use llama_shm::{Finish, Prompts, RequestOptions};
+use llama_shm_tests::seed::SeedPeer;
+use llama_shm_tests::{
+    eventually, shm_entries, spawn_helper, terminate, unique_prefix, wait_served_by, worker_path, ChildGuard,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Names of a worker of `n` slots on `prefix`: slot 0's five, four for each other slot.
+fn names_of(prefix: &Prefix, n: u32) -> usize {
+    (0..n).map(|k| shm_entries(&prefix.slot(k).unwrap()).len()).sum()
+}
+
+/// Starts a standalone batching echo worker of `n` slots (plus `extra`), waits for all its
+/// names.
+fn batching_echo(prefix: &Prefix, n: u32, extra: &[&str]) -> ChildGuard {
+    let child = ChildGuard::worker(
+        Command::new(worker_path())
+            .args(["--engine", "echo", "--parallel", &n.to_string(), "--prefix", prefix.as_str()])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        prefix,
+    );
+    assert!(wait_served_by(prefix, child.id()), "slot 0 not created");
+    assert!(
+        eventually(Duration::from_secs(10), || names_of(prefix, n) == 5 + 4 * (n as usize - 1)),
+        "not all slots' names exist: {}",
+        names_of(prefix, n)
+    );
+    child
+}
+
+/// When one streamed request of client `c` started, saw its first piece, and ended.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    client: usize,
+    start: Instant,
+    first: Instant,
+    end: Instant,
+}
+
+/// Four clients, four slots, five streamed requests each: every answer is the client's own,
+/// byte for byte, and requests of different clients ran at the same time (one's first piece
+/// came while another's answer was still being generated) — the batch, not a queue.
+#[test]
+fn concurrent_clients_get_their_own_answers_from_one_batching_worker() {
+    let prefix = unique_prefix("batch");
+    let worker = batching_echo(&prefix, 4, &["--echo-piece-us", "2000"]);
+    let start = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|c| {
+            let (prefix, start) = (prefix.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut client = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+                start.wait();
+                let mut spans = Vec::new();
+                for i in 0..5 {
+                    let (user, system) = (format!("client {c} request {i}: {}", "é".repeat(20)), format!("c{c}"));
+                    let begun = Instant::now();
+                    let mut first = None;
+                    let mut streamed = String::new();
+                    let r = client
+                        .stream(Prompts::user(&user).with_system(&system), &RequestOptions::default(), |piece| {
+                            first.get_or_insert_with(Instant::now);
+                            streamed.push_str(piece);
+                        })
+                        .unwrap();
+                    assert_eq!(r.text, format!("{system}\n{user}"), "client {c} got another's answer");
+                    assert_eq!(streamed, r.text);
+                    assert_eq!(r.finish, Finish::Stop);
+                    spans.push(Span {
+                        client: c,
+                        start: begun,
+                        first: first.unwrap(),
+                        end: Instant::now(),
+                    });
+                }
+                client.detach();
+                spans
+            })
+        })
+        .collect();
+    let spans: Vec<Span> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let overlapping = spans.iter().any(|a| {
+        spans
+            .iter()
+            .any(|b| a.client != b.client && a.start <= b.start && b.first < a.end)
+    });
+    assert!(overlapping, "no two clients' requests ever ran at once: {spans:?}");
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(names_of(&prefix, 4), 0, "names left");
+}
+
+/// A cancel in one slot ends only that request (finish `Cancelled`, a prefix of its answer);
+/// the request in the other slot, streaming at the same time, ends whole.
+#[test]
+fn a_cancel_in_one_slot_leaves_the_other_slots_answer_whole() {
+    let prefix = unique_prefix("bcancel");
+    let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "5000"]);
+    let long = "x".repeat(400);
+    let other = {
+        let (prefix, long) = (prefix.clone(), long.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+            let r = c.request(Prompts::user(&long).with_system("keep"), &RequestOptions::default());
+            c.detach();
+            r.unwrap()
+        })
+    };
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    let canceller = c.canceller();
+    let mut pieces = 0;
+    let r = c
+        .stream(Prompts::user(&long).with_system("stop"), &RequestOptions::default(), |_| {
+            pieces += 1;
+            if pieces == 5 {
+                assert!(canceller.cancel());
+            }
+        })
+        .unwrap();
+    assert_eq!(r.finish, Finish::Cancelled);
+    assert!(format!("stop\n{long}").starts_with(&r.text) && r.text.len() < 100, "{}", r.text.len());
+    let kept = other.join().unwrap();
+    assert_eq!((kept.text, kept.finish), (format!("keep\n{long}"), Finish::Stop));
+    c.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(names_of(&prefix, 2), 0);
+}
+
+/// Helper mode: attach to the batching worker and stream a long answer until killed.
+#[test]
+#[ignore = "helper process for a_client_killed_mid_answer_frees_its_slot"]
+fn batch_stream_helper() {
+    let Some(prefix) = std::env::var_os("LST_BATCH_PREFIX") else {
+        return;
+    };
+    let prefix = Prefix::new(prefix.to_str().unwrap()).unwrap();
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    let mut said = false;
+    let _ = c.stream(Prompts::user(&"y".repeat(2000)), &RequestOptions::default(), |_| {
+        if !said {
+            println!("STREAMING=1");
+            said = true;
+        }
+    });
+}
+
+/// A client SIGKILLed mid-answer in one slot: the other slot's request completes normally,
+/// and the dead client's slot is served again (two clients at once afterwards).
+#[test]
+fn a_client_killed_mid_answer_frees_its_slot() {
+    let prefix = unique_prefix("bkill");
+    let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "3000"]);
+    std::env::set_var("LST_BATCH_PREFIX", prefix.as_str());
+    let (mut helper, _) = spawn_helper("batch_stream_helper", "LST_BATCH_HELPER", "STREAMING");
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    let r = c
+        .request(Prompts::user(&"z".repeat(200)).with_system("live"), &RequestOptions::default())
+        .unwrap();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert_eq!(r.text, format!("live\n{}", "z".repeat(200)));
+    // Both slots serve again: two requests at once, each its own answer.
+    let second = {
+        let prefix = prefix.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+            let r = c.send_request(&"w".repeat(100), "two");
+            c.detach();
+            r.unwrap().text
+        })
+    };
+    let t = Instant::now();
+    assert_eq!(c.send_request(&"v".repeat(100), "one").unwrap().text, format!("one\n{}", "v".repeat(100)));
+    assert_eq!(second.join().unwrap(), format!("two\n{}", "w".repeat(100)));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    c.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(names_of(&prefix, 2), 0);
+}
+
+/// A seed-era client (three semaphores, raw offsets) on slot 0 and an extended client on
+/// another slot at the same time: both get their own answers.
+#[test]
+fn a_seed_client_and_an_extended_client_share_a_batching_worker() {
+    let prefix = unique_prefix("bseed");
+    let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "2000"]);
+    let seed = SeedPeer::open(prefix.as_str()).expect("slot 0 under the prefix's own names");
+    let extended = {
+        let prefix = prefix.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+            let mut texts = Vec::new();
+            for i in 0..3 {
+                texts.push(c.send_request(&format!("extended {i}"), "e").unwrap().text);
+            }
+            c.detach();
+            texts
+        })
+    };
+    for i in 0..3 {
+        let user = format!("seed {i}");
+        assert_eq!(seed.request(&user, "s", T).as_deref(), Some(format!("s\n{user}").as_str()));
+    }
+    assert_eq!(extended.join().unwrap(), ["e\nextended 0", "e\nextended 1", "e\nextended 2"]);
+    drop(seed);
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(names_of(&prefix, 2), 0);
+}
+
+/// `--parallel` on a worker that cannot batch is a usage error (exit 2), not a silent single
+/// slot; the batched llama engine is not built yet.
+#[test]
+fn parallel_with_the_llama_engine_is_refused_for_now() {
+    let out = Command::new(worker_path())
+        .args(["--parallel", "2", "--prefix", unique_prefix("bllama").as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--parallel"), "{out:?}");
+}
