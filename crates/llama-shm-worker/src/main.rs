@@ -113,8 +113,9 @@ struct Args {
     /// (0 blocks at once).
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
-    /// Serve up to N requests at once, batched in one engine (a standalone worker): slot 0 is
-    /// the prefix's own objects, slot k those of PREFIX.slotK. 1 serves one at a time.
+    /// Serve up to N requests of extended clients at once, batched in one engine (a standalone
+    /// worker): slots PREFIX.slot1..N for them, and the prefix's own names (slot 0) for
+    /// seed-era clients. 1 serves one request at a time on the prefix's own names.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
     /// Require this auth token on every request: a file holding 64 hex digits.
@@ -206,7 +207,7 @@ fn load_engines(args: &Args) -> Result<Engines, WorkerError> {
     }
     match args.engine {
         EngineKind::Echo => Ok(Engines::Batch(Box::new(EchoBatch::new(
-            args.parallel as usize,
+            args.parallel as usize + 1,
             Duration::from_micros(args.echo_piece_us),
         )))),
         EngineKind::Llama => Err(WorkerError::Usage("--parallel needs a batch engine".into())),

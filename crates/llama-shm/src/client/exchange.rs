@@ -203,18 +203,27 @@ impl Client {
 
     /// Takes the turn lock of a shared worker (none for a client with a worker of its own),
     /// retrying with a short backoff until `deadline`; a dead worker ends the wait at once.
-    /// With several slots, the first free one's, trying the slot of the last request first
-    /// (whose KV cache holds this client's conversation), and the request goes to that slot.
+    /// With several slots, the first free one's among slots 1.. (slot 0, the prefix's own
+    /// names, is left to seed-era clients: they take its `ready` without the turn lock, and
+    /// the seed's wire has no sequence number to keep their answers apart from ours), trying
+    /// the slot of the last request first (whose KV cache holds this client's conversation);
+    /// the request goes to that slot.
     pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<Option<Turn>, RequestError> {
         if !self.turn_lock {
             return Ok(None);
         }
         let started = Instant::now();
         let mut backoff = Duration::from_micros(20);
-        let n = self.slots.len().max(1);
+        // Ours: slots 1..n of a multi-slot worker, else the one.
+        let (first, n) = if self.slots.len() > 1 {
+            (1, self.slots.len() - 1)
+        } else {
+            (0, 1)
+        };
+        let from = self.slot.max(first) - first;
         loop {
             for i in 0..n {
-                let k = (self.slot + i) % n;
+                let k = first + (from + i) % n;
                 let channel = self.slots.get(k).unwrap_or(&self.channel);
                 match Turn::try_take(channel) {
                     Ok(Some(turn)) => {

@@ -218,10 +218,16 @@ pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError>
 ///
 /// # Errors
 /// [`open`]'s, and [`ObjectsError::SlotMismatch`].
-pub fn open_slots(prefix: &Prefix, first: &PosixChannel, trust: Trust) -> Result<Vec<PosixChannel>, ObjectsError> {
+pub fn open_slots(
+    prefix: &Prefix,
+    first: &PosixChannel,
+    trust: Trust,
+) -> Result<Vec<PosixChannel>, ObjectsError> {
     use crate::protocol::Region;
     let r = &first.region;
-    if r.kind() != ObjectKind::Extended || r.load32(Word32::Features) & crate::wire::layout::FEATURE_SLOTS == 0 {
+    if r.kind() != ObjectKind::Extended
+        || r.load32(Word32::Features) & crate::wire::layout::FEATURE_SLOTS == 0
+    {
         return Ok(Vec::new());
     }
     let count = r.load32(Word32::SlotCount);

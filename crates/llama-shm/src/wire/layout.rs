@@ -76,9 +76,8 @@ pub const FEATURE_STREAMING: u32 = 1 << 1;
 /// `wire::seed_stream` fields, `/P_sem_chunk_ready`) to seed-mode clients. Only standalone workers
 /// do: the seed's `LocalLLMService` starts one with no arguments.
 pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
-/// Feature bit: the worker serves `slot_count` requests at once, one per slot (each slot a
-/// channel of its own: slot 0 this prefix's objects, slot `k` those of `Prefix::slot(k)`),
-/// batched in one engine. A client takes any free slot's turn.
+/// Feature bit: the worker serves `slot_count` slots at once, batched in one engine: slot 0
+/// on this prefix's names (seed-era clients), slot `k` on those of `Prefix::slot(k)`.
 pub const FEATURE_SLOTS: u32 = 1 << 3;
 
 /// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
@@ -188,9 +187,7 @@ pub struct ExtensionPage {
     pub system_len: u32,
     /// Length of the user prompt's payload in bytes, NUL excluded (extended client).
     pub user_len: u32,
-    /// How many slots the worker serves at once (0 or 1: one; see [`FEATURE_SLOTS`]), in
-    /// every slot's page. Slot 0 is this prefix's objects, slot `k` those of
-    /// `Prefix::slot(k)`.
+    /// Slots of the worker, slot 0 included (0 or 1: one; see [`FEATURE_SLOTS`]).
     pub slot_count: u32,
     /// Which slot this object is (0 for the prefix's own).
     pub slot_index: u32,
@@ -597,13 +594,15 @@ mod tests {
         assert_eq!(Word32::FinishReason.offset(), page + 144);
         assert_eq!(Word32::GuardianPid.offset(), page + 148);
         assert_eq!(Word32::UserLen.offset(), page + 572);
+        assert_eq!(Word32::SlotCount.offset(), page + 576);
+        assert_eq!(Word32::SlotIndex.offset(), page + 580);
         assert_eq!(Word64::RequestSeq.offset(), page + 32);
         assert_eq!(Word64::ResponseSeq.offset(), page + 80);
         assert_eq!(Word64::ResponseChecksum.offset(), page + 152);
         assert_eq!(Word64::StreamSeq.offset(), page + 512);
         assert_eq!(Word64::DeadlineMicros.offset(), page + 544);
         assert_eq!(Field::Magic.span(), Span { offset: page, len: 8 });
-        assert_eq!((Word32::COUNT, Word64::COUNT), (21, 13));
+        assert_eq!((Word32::COUNT, Word64::COUNT), (23, 13));
     }
 
     #[test]
@@ -611,6 +610,7 @@ mod tests {
         // docs/WIRE.md: features, request and response flags.
         assert_eq!(FEATURE_TOKEN_REQUIRED, 1);
         assert_eq!(FEATURE_STREAMING, 2);
+        assert_eq!((FEATURE_SEED_STREAMING, FEATURE_SLOTS), (4, 8));
         assert_eq!(REQUEST_STREAM, 1);
         assert_eq!(RESPONSE_TRUNCATED, 1);
         assert_eq!(RESPONSE_SYSTEM_REPAIRED, 2);

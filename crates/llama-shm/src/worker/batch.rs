@@ -187,7 +187,10 @@ mod tests {
         assert!(e.admit(3, &request("x", "y", None)).is_err(), "out of range");
         e.admit(2, &request("", "cut me short please", None)).unwrap();
         e.step(&mut out);
-        assert_eq!(out.text[1], "s1\né", "the late one's first piece at the next step");
+        assert_eq!(
+            out.text[1], "s1\né",
+            "the late one's first piece at the next step"
+        );
         while e.is_busy() {
             e.step(&mut out);
         }
@@ -198,7 +201,11 @@ mod tests {
         done.sort_by_key(|d| d.0);
         assert_eq!(
             done,
-            [(0, Finish::Stop, 4), (1, Finish::Length, 2), (2, Finish::Cancelled, 1)]
+            [
+                (0, Finish::Stop, 4),
+                (1, Finish::Length, 2),
+                (2, Finish::Cancelled, 1)
+            ]
         );
         e.admit(2, &request("again", "", None)).unwrap();
     }

@@ -54,8 +54,10 @@ pub struct HostOptions {
     pub spin: Duration,
     /// Tests: a pause at each step of start-up, so a signal can land in each window.
     pub startup_pause: Duration,
-    /// Requests served at once (a standalone worker only): 1 is the seed's one at a time;
-    /// more makes that many slots, batched in one engine (see [`serve_slots`]).
+    /// Requests of extended clients served at once (a standalone worker only): 1 is the
+    /// seed's one at a time on the prefix's own names; N > 1 makes N slots `P.slot1..N` for
+    /// them, and keeps the prefix's own names (slot 0) for seed-era clients, all batched in one
+    /// engine of N + 1 sequences (see [`serve_slots`]).
     pub parallel: u32,
 }
 
@@ -181,7 +183,9 @@ pub fn run(
     // 2. Stop conditions: a stop signal, and the spawning client hanging up or exiting.
     let stop = Arc::new(AtomicBool::new(false));
     let cancel = Cancel::new();
-    let all: Vec<Arc<PosixChannel>> = std::iter::once(Arc::clone(&channel)).chain(extra.iter().cloned()).collect();
+    let all: Vec<Arc<PosixChannel>> = std::iter::once(Arc::clone(&channel))
+        .chain(extra.iter().cloned())
+        .collect();
     let _watcher = start_stop_watcher(sig_rx, control_sock.as_ref(), &all, &stop, &cancel)?;
     pause(opts, "stop watcher running");
     if stop.load(Ordering::SeqCst) {
@@ -269,11 +273,15 @@ fn create_standalone(
 ) -> Result<(Guardian, PosixChannel, Vec<PosixChannel>), HostError> {
     let mut guardian =
         Guardian::spawn(Path::new("/proc/self/exe"), &["--guard"]).map_err(HostError::Guardian)?;
-    let prefixes: Vec<Prefix> = (0..opts.parallel)
+    let count = if opts.parallel > 1 { opts.parallel + 1 } else { 1 };
+    let prefixes: Vec<Prefix> = (0..count)
         .map(|k| {
-            opts.prefix
-                .slot(k)
-                .ok_or_else(|| HostError::Usage(format!("prefix {} is too long for {} slots", opts.prefix, opts.parallel)))
+            opts.prefix.slot(k).ok_or_else(|| {
+                HostError::Usage(format!(
+                    "prefix {} is too long for {} slots",
+                    opts.prefix, opts.parallel
+                ))
+            })
         })
         .collect::<Result<_, _>>()?;
     for p in &prefixes {
@@ -289,12 +297,12 @@ fn create_standalone(
             // chunk_ready: on the prefix's own objects (slot 0) only.
             features: token | slots | if k == 0 { FEATURE_SEED_STREAMING } else { 0 },
             guardian_pid: guardian.pid(),
-            slot_count: opts.parallel,
+            slot_count: count,
             slot_index: u32::try_from(k).unwrap_or(u32::MAX),
         };
         // Each set is removed by its handles if a later one fails (and by the guardian if we die).
-        let channel =
-            objects::create_guarded(p, opts.permissions, init, &mut |id| guardian.guard(id)).map_err(HostError::Objects)?;
+        let channel = objects::create_guarded(p, opts.permissions, init, &mut |id| guardian.guard(id))
+            .map_err(HostError::Objects)?;
         channels.push(channel);
     }
     let first = channels.remove(0);

@@ -3,12 +3,12 @@
 //! life of a worker process around them ([`host`]).
 //! Generic over the protocol's primitives like [`protocol`](crate::protocol).
 
+pub mod batch;
 pub mod engine;
 pub mod host;
-pub mod batch;
 mod serve;
-pub mod slots;
 mod sink;
+pub mod slots;
 pub mod token;
 
 pub use engine::{Cancel, EchoEngine, Engine, EngineError, EngineRequest, Generation, ResponseSink};

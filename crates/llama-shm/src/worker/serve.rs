@@ -7,11 +7,11 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
-use crate::wire::text::DecodeFlags;
 use crate::wire::layout::{
     RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
 use crate::wire::status::{Finish, StatusCode};
+use crate::wire::text::DecodeFlags;
 use crate::worker::engine::{Cancel, Engine, EngineError, EngineRequest, Generation};
 
 use super::sink::{Refusal, WireSink};

@@ -194,7 +194,10 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
         rx: &Receiver<Arrival>,
         quit: &AtomicBool,
     ) -> io::Result<(ServeEnd, u64)> {
-        let idle = self.per_slot.first().map_or(ServeOptions::default().idle_slice, |o| o.idle_slice);
+        let idle = self
+            .per_slot
+            .first()
+            .map_or(ServeOptions::default().idle_slice, |o| o.idle_slice);
         loop {
             let first = if engine.is_busy() {
                 rx.try_recv().ok()
@@ -231,7 +234,12 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
     }
 
     /// Admits, refuses or acts on what a slot took.
-    fn arrive<E: BatchEngine + ?Sized>(&mut self, arrival: Arrival, engine: &mut E, quit: &AtomicBool) -> io::Result<()> {
+    fn arrive<E: BatchEngine + ?Sized>(
+        &mut self,
+        arrival: Arrival,
+        engine: &mut E,
+        quit: &AtomicBool,
+    ) -> io::Result<()> {
         let (slot, incoming, system, user) = match arrival {
             Arrival::Failed(e) => return Err(e),
             Arrival::Request {
