@@ -475,7 +475,9 @@ def test_closing_a_stream_from_another_thread_ends_its_iteration():
         chunks.extend(s)
         assert time.monotonic() - t0 < 1.5
         assert s.response.finish == "cancelled"
-        assert "".join(chunks) == s.response.text
+        # A close from another thread ends the iteration at once: chunks still queued then are
+        # not yielded, so what was iterated is a prefix of the answer.
+        assert s.response.text.startswith("".join(chunks))
         assert 0 < len(s.response.text) < len(FULL) and FULL.startswith(s.response.text)
         assert c.ask("next").text == "\nnext"
 
