@@ -210,7 +210,21 @@ fn load_engines(args: &Args) -> Result<Engines, WorkerError> {
             args.parallel as usize + 1,
             Duration::from_micros(args.echo_piece_us),
         )))),
-        EngineKind::Llama => Err(WorkerError::Usage("--parallel needs a batch engine".into())),
+        #[cfg(feature = "llama")]
+        EngineKind::Llama => {
+            let mut opts = llama_options(args);
+            // The extended clients' slots and the seed names' slot 0.
+            opts.parallel = args.parallel + 1;
+            let t = Instant::now();
+            let engine =
+                llama::LlamaBatchEngine::load(&opts).map_err(|e| WorkerError::Startup(e.to_string()))?;
+            tracing::info!(model = %opts.model.display(), sequences = opts.parallel, ms = t.elapsed().as_millis() as u64, "model loaded (batched)");
+            Ok(Engines::Batch(Box::new(engine)))
+        }
+        #[cfg(not(feature = "llama"))]
+        EngineKind::Llama => Err(WorkerError::Startup(
+            "this llama-shm-worker was built without the `llama` feature; use --engine echo".into(),
+        )),
     }
 }
 
@@ -347,11 +361,6 @@ fn dump_tokens(_: &Args, _: &str) -> Result<(), WorkerError> {
 }
 
 fn run_server(args: &Args) -> Result<(), WorkerError> {
-    if args.parallel > 1 && args.engine != EngineKind::Echo {
-        return Err(WorkerError::Usage(
-            "--parallel above 1 is served by the echo engine only so far (the batched llama engine is being built)".into(),
-        ));
-    }
     let opts = HostOptions {
         prefix: args.prefix.clone(),
         permissions: args.mode,

@@ -23,15 +23,18 @@ use super::*;
 /// engine per process; every extra load keeps another model mapped.
 pub struct LlamaEngine {
     model: &'static LlamaModel,
-    ctx: LlamaContext<'static>,
+    pub(super) ctx: LlamaContext<'static>,
     template: LlamaChatTemplate,
+    /// Context of one sequence, in tokens (the whole context holds `parallel` of them).
     n_ctx: u32,
+    /// Sequences the context holds ([`LlamaOptions::parallel`]).
+    pub(super) parallel: u32,
     threads: i32,
     with_system: Layout,
     without_system: Layout,
-    sampling: Sampling,
+    pub(super) sampling: Sampling,
     load_time: Duration,
-    prefix_cache: bool,
+    pub(super) prefix_cache: bool,
     /// The tokens whose KV entries sit in sequence 0 at positions `0..len` (empty after an
     /// error or a cancelled prompt: the cache is then cleared before the next request).
     cached: Vec<LlamaToken>,
@@ -108,8 +111,10 @@ impl LlamaEngine {
         // From here on the model lives until the process exits (see [`LlamaEngine`]).
         let model: &'static LlamaModel = Box::leak(Box::new(model));
 
+        let parallel = options.parallel.max(1);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(options.ctx))
+            .with_n_ctx(NonZeroU32::new(options.ctx.saturating_mul(parallel)))
+            .with_n_seq_max(parallel)
             .with_n_batch(options.ctx)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
@@ -120,7 +125,7 @@ impl LlamaEngine {
                 ctx: options.ctx,
                 reason: e.to_string(),
             })?;
-        let n_ctx = ctx.n_ctx();
+        let n_ctx = ctx.n_ctx() / parallel;
         let load_time = started.elapsed();
         tracing::info!(
             model = %options.model.display(),
@@ -134,6 +139,7 @@ impl LlamaEngine {
             ctx,
             template,
             n_ctx,
+            parallel,
             threads,
             with_system,
             without_system,
@@ -160,6 +166,11 @@ impl LlamaEngine {
     #[must_use]
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// The vocabulary's model (for pieces and end-of-generation tokens).
+    pub(super) fn model(&self) -> &'static LlamaModel {
+        self.model
     }
 
     /// The longest prompt accepted: `ctx - min(ctx / 8, 64)`, so at least `min(ctx / 8, 64)`
@@ -225,7 +236,7 @@ impl LlamaEngine {
     }
 
     /// Builds the prompt's tokens from the cached layout.
-    fn prompt(&self, request: &EngineRequest<'_>) -> Vec<LlamaToken> {
+    pub(super) fn prompt(&self, request: &EngineRequest<'_>) -> Vec<LlamaToken> {
         let layout = if request.system.is_empty() {
             &self.without_system
         } else {
@@ -251,7 +262,7 @@ impl LlamaEngine {
     }
 
     /// A fresh sampler seeded from the settings, so every request starts from the same state.
-    fn sampler(&self) -> LlamaSampler {
+    pub(super) fn sampler(&self) -> LlamaSampler {
         if self.sampling.greedy {
             LlamaSampler::greedy()
         } else {

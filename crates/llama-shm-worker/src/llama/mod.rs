@@ -25,6 +25,7 @@
 //! The llama.cpp backend is process-global and initialised once ([`LlamaEngine::load`] does
 //! it); the engine itself is meant to stay on one thread and serve one request at a time.
 
+mod batch;
 mod engine;
 mod load;
 mod openmp;
@@ -32,6 +33,7 @@ mod options;
 mod template;
 mod utf8;
 
+pub use batch::LlamaBatchEngine;
 pub use engine::LlamaEngine;
 pub use load::LoadError;
 pub use openmp::reexec_with_short_openmp_spin;

@@ -22,6 +22,9 @@ pub struct LlamaOptions {
     /// Keep the KV cache of the previous request and evaluate only the tokens after the
     /// longest common prefix (default on).
     pub prefix_cache: bool,
+    /// Sequences decoded together (the batched engine's slots); each has `ctx` tokens of
+    /// its own. Default 1.
+    pub parallel: u32,
 }
 
 impl LlamaOptions {
@@ -34,6 +37,7 @@ impl LlamaOptions {
             threads: None,
             sampling: Sampling::default(),
             prefix_cache: true,
+            parallel: 1,
         }
     }
 }

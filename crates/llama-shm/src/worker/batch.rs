@@ -33,6 +33,9 @@ pub trait BatchEngine {
     /// [`EngineError`] when the request cannot be started (its prompt is too long, say); the
     /// sequence stays free.
     fn admit(&mut self, seq: usize, request: &EngineRequest<'_>) -> Result<(), EngineError>;
+    /// Ends sequence `seq` now, without a report (the worker answers it itself: cancelled,
+    /// past its deadline, its client gone, the worker stopping), freeing what it holds.
+    fn abort(&mut self, seq: usize);
     /// Whether any sequence is running.
     fn is_busy(&self) -> bool;
     /// One step of every running sequence; what it produced and which sequences ended go to
@@ -91,6 +94,12 @@ impl BatchEngine for EchoBatch {
             started: Instant::now(),
         });
         Ok(())
+    }
+
+    fn abort(&mut self, seq: usize) {
+        if let Some(s) = self.seqs.get_mut(seq) {
+            *s = None;
+        }
     }
 
     fn is_busy(&self) -> bool {

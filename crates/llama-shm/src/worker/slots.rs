@@ -220,6 +220,18 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
             for arrival in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 self.arrive(arrival, engine, quit)?;
             }
+            // A request whose sink refuses more (cancelled, past its deadline, its client gone,
+            // the worker stopping) leaves the batch now, whether or not the engine would push
+            // again (it may be reading a long prompt, or make no progress at all).
+            for slot in 0..self.running.len() {
+                let refused = self.running[slot]
+                    .as_mut()
+                    .is_some_and(|run| run.sink.check().is_some());
+                if refused {
+                    engine.abort(slot);
+                    self.end(slot, &Ok(Generation::new(Finish::Cancelled)))?;
+                }
+            }
             if engine.is_busy() {
                 let mut out = Dispatch {
                     running: &mut self.running,
