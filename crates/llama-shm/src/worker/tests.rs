@@ -184,13 +184,9 @@ fn serve_seed_stream(
     serve_seed_stream_with(stream_mode, 0, stale, user, answer_bytes)
 }
 
-fn serve_seed_stream_with(
-    stream_mode: u8,
-    shutdown: u8,
-    stale: u32,
-    user: &str,
-    answer_bytes: Option<usize>,
-) -> (Vec<SeedView>, u32, u32, u8) {
+/// A standalone worker's channel on private memory: an extended region, counting semaphores
+/// and `chunk_ready`, the adaptive wait off.
+fn seed_stream_channel() -> Channel<CountingSemaphore, MemRegion> {
     let mut ch = Channel::new(
         CountingSemaphore::default(),
         CountingSemaphore::default(),
@@ -199,6 +195,17 @@ fn serve_seed_stream_with(
     )
     .with_chunk_ready(CountingSemaphore::default());
     ch.adaptive = crate::protocol::AdaptiveWait::off();
+    ch
+}
+
+fn serve_seed_stream_with(
+    stream_mode: u8,
+    shutdown: u8,
+    stale: u32,
+    user: &str,
+    answer_bytes: Option<usize>,
+) -> (Vec<SeedView>, u32, u32, u8) {
+    let ch = seed_stream_channel();
     for _ in 0..stale {
         ch.chunk_ready.as_ref().unwrap().post().unwrap();
     }
@@ -345,14 +352,7 @@ fn an_unknown_stream_mode_is_a_plain_request_and_is_cleared() {
 /// whatever byte 40961 holds: no `chunk_ready` post, the streaming fields untouched.
 #[test]
 fn an_extended_client_ignores_the_seed_streaming_fields() {
-    let mut ch = Channel::new(
-        CountingSemaphore::default(),
-        CountingSemaphore::default(),
-        CountingSemaphore::default(),
-        MemRegion::initialised(ObjectKind::Extended, 0),
-    )
-    .with_chunk_ready(CountingSemaphore::default());
-    ch.adaptive = crate::protocol::AdaptiveWait::off();
+    let ch = seed_stream_channel();
     let mut req =
         PreparedRequest::encode(Prompts::user("abcdefghij").with_system("s"), Policy::Truncate).unwrap();
     req.seq = 7;
