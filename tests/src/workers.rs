@@ -115,6 +115,28 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
     child
 }
 
+/// Names of a worker of `--parallel n` on `prefix` that exist: slot 0's five (the seed names),
+/// four for each of the `n` slots of extended clients.
+pub fn slot_names(prefix: &Prefix, n: u32) -> usize {
+    (0..=n).map(|k| shm_entries(&prefix.slot(k).unwrap()).len()).sum()
+}
+
+/// Starts a standalone batching echo worker of `--parallel n` (plus `extra`) and waits for
+/// all its names.
+pub fn batching_echo(prefix: &Prefix, n: u32, extra: &[&str]) -> ChildGuard {
+    let n_arg = n.to_string();
+    let mut args = vec!["--parallel", &n_arg];
+    args.extend_from_slice(extra);
+    let child = standalone_echo(prefix, &args);
+    assert!(
+        eventually(Duration::from_secs(10), || slot_names(prefix, n)
+            == STANDALONE_NAMES + 4 * n as usize),
+        "not all slots' names exist: {}",
+        slot_names(prefix, n)
+    );
+    child
+}
+
 /// Sends SIGTERM to a standalone worker and returns its exit code.
 ///
 /// A worker that exits 0 removed its names itself (the callers check that nothing is left);

@@ -13,45 +13,10 @@ use llama_shm::internals::wire::names::Prefix;
 use llama_shm::{Finish, Prompts, RequestOptions};
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{
-    eventually, shm_entries, spawn_helper, terminate, unique_prefix, wait_served_by, worker_path, ChildGuard,
+    batching_echo, eventually, slot_names, spawn_helper, terminate, unique_prefix, worker_path, ChildGuard,
 };
 
 const T: Duration = Duration::from_secs(30);
-
-/// Names of a worker of `--parallel n` on `prefix`: slot 0's five (the seed names), four for
-/// each of the `n` slots of extended clients.
-fn names_of(prefix: &Prefix, n: u32) -> usize {
-    (0..=n).map(|k| shm_entries(&prefix.slot(k).unwrap()).len()).sum()
-}
-
-/// Starts a standalone batching echo worker of `--parallel n` (plus `extra`), waits for all
-/// its names.
-fn batching_echo(prefix: &Prefix, n: u32, extra: &[&str]) -> ChildGuard {
-    let child = ChildGuard::worker(
-        Command::new(worker_path())
-            .args([
-                "--engine",
-                "echo",
-                "--parallel",
-                &n.to_string(),
-                "--prefix",
-                prefix.as_str(),
-            ])
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        prefix,
-    );
-    assert!(wait_served_by(prefix, child.id()), "slot 0 not created");
-    assert!(
-        eventually(Duration::from_secs(10), || names_of(prefix, n)
-            == 5 + 4 * n as usize),
-        "not all slots' names exist: {}",
-        names_of(prefix, n)
-    );
-    child
-}
 
 /// When one streamed request of client `c` started, saw its first piece, and ended.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +90,7 @@ fn concurrent_clients_get_their_own_answers_from_one_batching_worker() {
         "no two clients' requests ever ran at once: {spans:?}"
     );
     assert_eq!(terminate(worker), Some(0));
-    assert_eq!(names_of(&prefix, 4), 0, "names left");
+    assert_eq!(slot_names(&prefix, 4), 0, "names left");
 }
 
 /// A cancel in one slot ends only that request (finish `Cancelled`, a prefix of its answer);
@@ -172,7 +137,7 @@ fn a_cancel_in_one_slot_leaves_the_other_slots_answer_whole() {
     assert_eq!((kept.text, kept.finish), (format!("keep\n{long}"), Finish::Stop));
     c.detach();
     assert_eq!(terminate(worker), Some(0));
-    assert_eq!(names_of(&prefix, 2), 0);
+    assert_eq!(slot_names(&prefix, 2), 0);
 }
 
 /// Helper mode: attach to the batching worker and stream a long answer until killed.
@@ -236,7 +201,7 @@ fn a_client_killed_mid_answer_frees_its_slot() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     c.detach();
     assert_eq!(terminate(worker), Some(0));
-    assert_eq!(names_of(&prefix, 2), 0);
+    assert_eq!(slot_names(&prefix, 2), 0);
 }
 
 /// A seed-era client (three semaphores, raw offsets) on slot 0 and extended clients on the
@@ -272,7 +237,7 @@ fn a_seed_client_and_an_extended_client_share_a_batching_worker() {
     );
     drop(seed);
     assert_eq!(terminate(worker), Some(0));
-    assert_eq!(names_of(&prefix, 2), 0);
+    assert_eq!(slot_names(&prefix, 2), 0);
 }
 
 /// The model batched: four greedy clients with different questions at once, each gets an
@@ -299,7 +264,10 @@ fn batched_model_answers_agree_with_answers_alone() {
             .unwrap(),
         &prefix,
     );
-    assert!(eventually(T, || names_of(&prefix, 4) == 21), "slots not created");
+    assert!(
+        eventually(T, || slot_names(&prefix, 4) == 21),
+        "slots not created"
+    );
     let questions = [
         "What is the capital of France?",
         "Name three colors.",
@@ -352,5 +320,5 @@ fn batched_model_answers_agree_with_answers_alone() {
     assert_eq!(distinct.len(), questions.len(), "answers crossed: {together:?}");
     c.detach();
     assert_eq!(terminate(worker), Some(0));
-    assert_eq!(names_of(&prefix, 4), 0);
+    assert_eq!(slot_names(&prefix, 4), 0);
 }

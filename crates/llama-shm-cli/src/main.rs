@@ -19,6 +19,7 @@ use llama_shm::{Client, EngineSettings, RequestError, RequestOptions, Response, 
 mod bench;
 mod chat;
 mod inventory;
+mod status;
 
 /// Exit codes (documented in `--help`).
 mod exit {
@@ -101,6 +102,9 @@ enum Command {
     ///
     /// A set is re-checked right before it is removed. Exit status 0, or 1 if a removal failed.
     Clean(inventory::CleanArgs),
+    /// Show what a running worker is doing: its slots (busy or idle, requests answered,
+    /// tokens generated) and how many clients wait in its admission queue.
+    Status(status::StatusArgs),
 }
 
 /// How to reach a worker: spawn one (engine, model, sampling) or attach to a running one.
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, format!("{e:#}"))),
         Command::BenchServer(_) => unreachable!("served above"),
         Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
+        Command::Status(args) => status::run(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Clean(args) => match inventory::clean(&args) {
             Ok(true) => Ok(()),
             Ok(false) => Err((exit::REQUEST, "some objects could not be removed".to_string())),

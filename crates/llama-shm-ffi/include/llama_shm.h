@@ -60,7 +60,8 @@ enum {
     LSHM_E_CLOSED = 18,          /* the client is closed (e.g. after its worker died) */
     LSHM_E_OS = 19,              /* an OS call failed */
     LSHM_E_SHUTDOWN = 20,        /* shutdown was not clean (worker killed or failed) */
-    LSHM_E_ANSWER_TOO_LONG = 21  /* the answer passed the client's bound (request cancelled) */
+    LSHM_E_ANSWER_TOO_LONG = 21, /* the answer passed the client's bound (request cancelled) */
+    LSHM_E_BUSY = 22             /* every slot of the shared worker is busy and its queue is full */
 };
 
 /* Why an answer ended: lshm_response.finish. */

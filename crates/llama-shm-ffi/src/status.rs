@@ -64,6 +64,8 @@ pub const LSHM_E_SHUTDOWN: Status = 20;
 /// The answer grew past the client's bound (`lshm_client_set_max_answer_bytes`); the request
 /// was cancelled.
 pub const LSHM_E_ANSWER_TOO_LONG: Status = 21;
+/// Every slot of the shared worker is busy and its admission queue is full: nothing was sent.
+pub const LSHM_E_BUSY: Status = 22;
 
 /// `lshm_response.finish`: not reported (seed-mode worker, or an error).
 pub const LSHM_FINISH_UNKNOWN: u32 = 0;
@@ -103,6 +105,7 @@ pub(crate) fn message_of(code: Status) -> &'static CStr {
         LSHM_E_OS => c"an OS call failed",
         LSHM_E_SHUTDOWN => c"the worker did not shut down cleanly",
         LSHM_E_ANSWER_TOO_LONG => c"the answer is longer than the client's bound",
+        LSHM_E_BUSY => c"the worker is busy: every slot is taken and its queue is full",
         _ => c"unknown status code",
     }
 }
@@ -123,6 +126,7 @@ pub(crate) fn request_status(e: &RequestError) -> Status {
         RequestError::Closed { .. } => LSHM_E_CLOSED,
         RequestError::Os { .. } => LSHM_E_OS,
         RequestError::AnswerTooLong { .. } => LSHM_E_ANSWER_TOO_LONG,
+        RequestError::Busy { .. } => LSHM_E_BUSY,
     }
 }
 

@@ -118,6 +118,10 @@ struct Args {
     /// seed-era clients. 1 serves one request at a time on the prefix's own names.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
+    /// How many clients may wait, first come first served, when every slot is busy (a
+    /// standalone worker; at most 256). One more gets a "busy" error at once; 0: nobody waits.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=256))]
+    max_queue: u32,
     /// Require this auth token on every request: a file holding 64 hex digits.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -370,6 +374,7 @@ fn run_server(args: &Args) -> Result<(), WorkerError> {
         spin: Duration::from_micros(args.spin_us),
         startup_pause: Duration::from_millis(args.startup_pause_ms),
         parallel: args.parallel,
+        max_queue: args.max_queue,
     };
     host::run(&opts, || load_engines(args).map_err(|e| e.to_string().into())).map_err(|e| {
         if e.is_usage() {

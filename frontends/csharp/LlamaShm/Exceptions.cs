@@ -9,6 +9,7 @@
 //   │   ├── PromptTooLongException                  LSHM_E_PROMPT_TOO_LONG
 //   │   ├── PromptEncodingException                 LSHM_E_ENCODE
 //   │   ├── AnswerTooLongException                  LSHM_E_ANSWER_TOO_LONG
+//   │   ├── WorkerBusyException                     LSHM_E_BUSY
 //   │   ├── EngineException                         LSHM_E_ENGINE
 //   │   ├── ClientClosedException                   LSHM_E_CLOSED
 //   │   └── ShutdownException                       LSHM_E_SHUTDOWN
@@ -110,6 +111,14 @@ namespace LlamaShm
         public AnswerTooLongException(string message) : base(LshmStatus.AnswerTooLong, message) { }
     }
 
+    /// <summary>Every slot of the shared worker is busy and its admission queue is full
+    /// (the worker's --max-queue): nothing was sent (LSHM_E_BUSY). Retry later.</summary>
+    public class WorkerBusyException : LlamaShmClientException
+    {
+        /// <summary>With the library's message (it says how many wait).</summary>
+        public WorkerBusyException(string message) : base(LshmStatus.Busy, message) { }
+    }
+
     /// <summary>The worker's engine failed (LSHM_E_ENGINE).</summary>
     public class EngineException : LlamaShmClientException
     {
@@ -202,6 +211,7 @@ namespace LlamaShm
                 case LshmStatus.PromptTooLong: return new PromptTooLongException(message);
                 case LshmStatus.Encode: return new PromptEncodingException(message);
                 case LshmStatus.AnswerTooLong: return new AnswerTooLongException(message);
+                case LshmStatus.Busy: return new WorkerBusyException(message);
                 case LshmStatus.Engine: return new EngineException(message);
                 case LshmStatus.Closed: return new ClientClosedException(message);
                 case LshmStatus.Shutdown: return new ShutdownException(message);

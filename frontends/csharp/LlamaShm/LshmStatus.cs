@@ -51,5 +51,7 @@ namespace LlamaShm
         Shutdown = 20,
         /// <summary>LSHM_E_ANSWER_TOO_LONG: the answer passed the client's bound (request cancelled).</summary>
         AnswerTooLong = 21,
+        /// <summary>LSHM_E_BUSY: every slot of the shared worker is busy and its queue is full.</summary>
+        Busy = 22,
     }
 }

@@ -59,6 +59,7 @@ from ._client import Client
 from ._errors import (
     AbiMismatchError,
     AnswerTooLongError,
+    BusyError,
     ClosedError,
     EngineError,
     InvalidArgumentError,
@@ -95,6 +96,7 @@ __all__ = [
     "ClosedError",
     "ShutdownError",
     "AnswerTooLongError",
+    "BusyError",
     "library_version",
     "library_path",
 ]

@@ -75,6 +75,11 @@ class ShutdownError(LlamaShmError):
     """The worker did not shut down cleanly (it had to be killed, or exited with a failure)."""
 
 
+class BusyError(LlamaShmError):
+    """Every slot of the shared worker is busy and its admission queue is full (the
+    worker's ``--max-queue``): nothing was sent. Retry later."""
+
+
 class AnswerTooLongError(LlamaShmError):
     """The answer grew past the client's bound (``max_answer_bytes``); the request was
     cancelled. The client stays usable."""
@@ -104,4 +109,5 @@ ERRORS: Dict[int, Type[LlamaShmError]] = {
     19: LlamaShmError,  # LSHM_E_OS
     20: ShutdownError,  # LSHM_E_SHUTDOWN
     21: AnswerTooLongError,  # LSHM_E_ANSWER_TOO_LONG
+    22: BusyError,  # LSHM_E_BUSY
 }

@@ -18,10 +18,11 @@ use super::cancel::CancelSlot;
 use super::child::{ChildProc, StderrTail};
 use super::ClosedReason;
 use super::{AttachError, Client, ClientBuilder, Protocol, SpawnError};
+use crate::objects::queue::ShmQueue;
 use crate::objects::{self, ExtInit, PosixChannel};
 use crate::os::control::{self, ControlMsg};
 use crate::os::process::{self, Watch, Watcher};
-use crate::protocol::{Region, WaitError};
+use crate::protocol::{Queue, Region, WaitError};
 use crate::wire::layout::{ObjectKind, Word32, FEATURE_TOKEN_REQUIRED, TOKEN_LEN};
 use crate::wire::names::Prefix;
 
@@ -140,6 +141,7 @@ impl ClientBuilder {
         let mut client = Client::new(
             Connection {
                 channel,
+                queue: None,
                 slots: Vec::new(),
                 kind: ObjectKind::Extended,
                 child: Some(proc),
@@ -224,9 +226,12 @@ impl ClientBuilder {
             None => None,
         };
         let token = self.token;
+        // A seed-mode object (or one forced to seed mode) has no queue words.
+        let queue = ShmQueue::of(&slots[0]);
         Ok(Client::new(
             Connection {
                 channel,
+                queue,
                 slots: if slots.len() > 1 { slots } else { Vec::new() },
                 kind,
                 child: None,
@@ -285,6 +290,8 @@ fn start_watcher(pids: &[u32], channels: &[Arc<PosixChannel>], dead: &Arc<Atomic
 /// What a spawn or an attach found: everything of a [`Client`] that differs between the two.
 struct Connection {
     channel: Arc<PosixChannel>,
+    /// The shared worker's admission queue.
+    queue: Option<Queue<ShmQueue>>,
     /// Every slot of a multi-slot worker (slot 0 first); empty for one slot.
     slots: Vec<Arc<PosixChannel>>,
     kind: ObjectKind,
@@ -303,6 +310,7 @@ impl Client {
         Client {
             cancel_slot: CancelSlot::new(&c.channel),
             channel: c.channel,
+            queue: c.queue,
             slots: c.slots,
             slot: 0,
             kind: c.kind,

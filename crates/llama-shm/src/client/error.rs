@@ -175,6 +175,15 @@ pub enum RequestError {
         #[source]
         source: Box<SpawnError>,
     },
+    /// Every slot of the shared worker is busy and its admission queue is full (the worker's
+    /// `--max-queue`): nothing was sent. Retry later, or start another worker.
+    #[error("the worker is busy: every slot is taken and {waiting} of {max} queue places are full")]
+    Busy {
+        /// Clients waiting in the queue.
+        waiting: u32,
+        /// Most that may wait.
+        max: u32,
+    },
     /// The response's checksum did not match: something changed it in shared memory after
     /// the worker wrote it. The request may be retried.
     #[error("response corrupted in shared memory (checksum mismatch)")]

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::ClosedReason;
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
+use crate::objects::queue::ShmQueue;
 use crate::objects::turn::Turn;
-use crate::os::process::{self, ExitInfo};
-use crate::protocol::{PreparedRequest, Prompts, RequestParams, WaitError};
+use crate::os::process::{self, pid_alive, ExitInfo};
+use crate::protocol::{PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError};
 use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
 
@@ -202,43 +203,58 @@ impl Client {
     }
 
     /// Takes the turn lock of a shared worker (none for a client with a worker of its own),
-    /// retrying with a short backoff until `deadline`; a dead worker ends the wait at once.
+    /// until `deadline`; a dead worker ends the wait at once.
+    ///
     /// With several slots, the first free one's among slots 1.. (slot 0, the prefix's own
     /// names, is left to seed-era clients: they take its `ready` without the turn lock, and
     /// the seed's wire has no sequence number to keep their answers apart from ours), trying
     /// the slot of the last request first (whose KV cache holds this client's conversation);
     /// the request goes to that slot.
+    ///
+    /// When every slot is busy the client waits in the worker's admission queue (see
+    /// [`Queue`](crate::protocol::Queue)) and tries the slots again only when its turn
+    /// comes, so waiting clients get slots in the order they came;
+    /// [`RequestError::Busy`] when the queue is full. (A worker without a queue: the slots are
+    /// retried with a short backoff.)
     pub(super) fn lock_turn(&mut self, deadline: Instant) -> Result<Option<Turn>, RequestError> {
         if !self.turn_lock {
             return Ok(None);
         }
         let started = Instant::now();
-        let mut backoff = Duration::from_micros(20);
-        // Ours: slots 1..n of a multi-slot worker, else the one.
-        let (first, n) = if self.slots.len() > 1 {
-            (1, self.slots.len() - 1)
-        } else {
-            (0, 1)
+        // Nobody waits: straight to the slots. Otherwise behind those who came first.
+        if self.queue.as_ref().is_none_or(|q| q.waiting() == 0) {
+            if let Some(turn) = self.try_slots()? {
+                return Ok(Some(turn));
+            }
+        }
+        let queue = self.queue.clone();
+        let ticket = match &queue {
+            Some(q) => Some(q.join(self.pid).map_err(|f| RequestError::Busy {
+                waiting: f.waiting,
+                max: f.max,
+            })?),
+            None => None,
         };
-        let from = self.slot.max(first) - first;
+        // Given back however the wait ends (a turn, an error, a panic).
+        let _place = ticket.map(|t| Place {
+            queue: queue.as_ref(),
+            ticket: t,
+            pid: self.pid,
+        });
+        let mut backoff = Duration::from_micros(20);
         loop {
-            for i in 0..n {
-                let k = first + (from + i) % n;
-                let channel = self.slots.get(k).unwrap_or(&self.channel);
-                match Turn::try_take(channel) {
-                    Ok(Some(turn)) => {
-                        if k != self.slot {
-                            self.use_slot(k);
-                        }
-                        return Ok(Some(turn));
+            let my_turn = match (&queue, ticket) {
+                (Some(q), Some(t)) => {
+                    q.turn_of(t) || {
+                        q.skip_gone(&pid_alive);
+                        q.turn_of(t)
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(RequestError::Os {
-                            phase: Phase::WaitingTurn,
-                            source: io::Error::other(e),
-                        })
-                    }
+                }
+                _ => true,
+            };
+            if my_turn {
+                if let Some(turn) = self.try_slots()? {
+                    return Ok(Some(turn));
                 }
             }
             if !(self.alive_fn())() {
@@ -252,8 +268,39 @@ impl Client {
                 });
             }
             std::thread::sleep(backoff.min(deadline - now));
-            backoff = (backoff * 2).min(Duration::from_millis(2));
+            backoff = (backoff * 2).min(Duration::from_millis(1));
         }
+    }
+
+    /// One pass over the slots: the turn of the first free one (the last request's first).
+    fn try_slots(&mut self) -> Result<Option<Turn>, RequestError> {
+        // Ours: slots 1..n of a multi-slot worker, else the one.
+        let (first, n) = if self.slots.len() > 1 {
+            (1, self.slots.len() - 1)
+        } else {
+            (0, 1)
+        };
+        let from = self.slot.max(first) - first;
+        for i in 0..n {
+            let k = first + (from + i) % n;
+            let channel = self.slots.get(k).unwrap_or(&self.channel);
+            match Turn::try_take(channel) {
+                Ok(Some(turn)) => {
+                    if k != self.slot {
+                        self.use_slot(k);
+                    }
+                    return Ok(Some(turn));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(RequestError::Os {
+                        phase: Phase::WaitingTurn,
+                        source: io::Error::other(e),
+                    })
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sends the following requests to slot `k` (cancels included).
@@ -299,6 +346,21 @@ impl Client {
                 }
                 Err(e) => tracing::warn!(attempt = self.restart_attempts, "worker restart failed: {e}"),
             }
+        }
+    }
+}
+
+/// A ticket in the admission queue, given back when dropped.
+struct Place<'q> {
+    queue: Option<&'q Queue<ShmQueue>>,
+    ticket: Ticket,
+    pid: u32,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(q) = self.queue {
+            q.leave(self.ticket, self.pid);
         }
     }
 }

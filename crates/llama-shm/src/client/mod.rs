@@ -32,9 +32,10 @@ use std::time::Duration;
 
 use self::cancel::CancelSlot;
 use self::child::ChildProc;
+use crate::objects::queue::ShmQueue;
 use crate::objects::PosixChannel;
 use crate::os::process::Watcher;
-use crate::protocol::Prompts;
+use crate::protocol::{Prompts, Queue};
 use crate::wire::layout::{ObjectKind, TOKEN_LEN};
 
 /// A connection to one worker: the Rust `LlamaCppLinuxClient`. Spawns (or attaches to) a
@@ -56,6 +57,8 @@ pub struct Client {
     channel: Arc<PosixChannel>,
     /// Every slot of a multi-slot worker (slot 0 first); empty for one slot.
     slots: Vec<Arc<PosixChannel>>,
+    /// The shared worker's admission queue (first come first served when every slot is busy).
+    queue: Option<Queue<ShmQueue>>,
     /// Index in `slots` of `channel`.
     slot: usize,
     kind: ObjectKind,

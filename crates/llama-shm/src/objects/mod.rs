@@ -8,6 +8,8 @@ use std::time::Instant;
 pub mod channel;
 pub mod clients;
 pub mod guardian;
+pub mod queue;
+pub mod status;
 pub mod turn;
 
 pub use crate::wire::names::{CHUNK_READY_INDEX, OBJECT_SUFFIXES};
@@ -113,6 +115,8 @@ pub struct ExtInit {
     pub slot_count: u32,
     /// See `slot_count`.
     pub slot_index: u32,
+    /// Most clients the admission queue holds (with `FEATURE_QUEUE`; slot 0).
+    pub queue_max: u32,
 }
 
 /// Creates the four objects of `prefix` with permission bits `mode` (`O_EXCL`: nothing
@@ -153,6 +157,7 @@ pub fn create_guarded(
         word(Word32::GuardianPid, init.guardian_pid);
         word(Word32::SlotCount, init.slot_count);
         word(Word32::SlotIndex, init.slot_index);
+        word(Word32::QueueMax, init.queue_max);
         if let Some(a) = shm.atomic_u64(Word64::ResponseSeq.offset()) {
             a.store(0, Release);
         }

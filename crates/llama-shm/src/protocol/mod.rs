@@ -26,6 +26,7 @@ mod client_side;
 pub mod mem;
 mod messages;
 mod peer;
+mod queue;
 mod seed_stream;
 mod stream_state;
 mod wait;
@@ -36,6 +37,7 @@ pub use checksum::{request_checksum, response_checksum, text_hash, ResponseMeta}
 pub use client_side::DRAIN_LIMIT;
 pub use messages::{Incoming, Outcome, PreparedRequest, Prompts, RawResponse, RequestParams, Usage};
 pub use peer::{Clients, Region, Semaphore};
+pub use queue::{MemQueue, Queue, QueueFull, QueueWords, Ticket};
 pub use stream_state::{Room, StreamState};
 pub use wait::{wait_for, AdaptiveWait, WaitError};
 

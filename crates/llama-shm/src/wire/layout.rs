@@ -79,6 +79,12 @@ pub const FEATURE_SEED_STREAMING: u32 = 1 << 2;
 /// Feature bit: the worker serves `slot_count` slots at once, batched in one engine: slot 0
 /// on this prefix's names (seed-era clients), slot `k` on those of `Prefix::slot(k)`.
 pub const FEATURE_SLOTS: u32 = 1 << 3;
+/// Feature bit: clients that find every slot busy wait in the admission queue of slot 0's
+/// page (`queue_*` words, [`QUEUE_CAPACITY`] entries), first come first served, at most
+/// `queue_max` of them; one more gets a typed "busy" error.
+pub const FEATURE_QUEUE: u32 = 1 << 4;
+/// Entries of the admission queue: the most clients that can wait at once.
+pub const QUEUE_CAPACITY: usize = 256;
 
 /// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
 /// publishes only when the ring is full or the answer is complete).
@@ -191,8 +197,23 @@ pub struct ExtensionPage {
     pub slot_count: u32,
     /// Which slot this object is (0 for the prefix's own).
     pub slot_index: u32,
+    /// Most clients the admission queue holds (worker, with [`FEATURE_QUEUE`]; slot 0).
+    pub queue_max: u32,
+    /// Tickets handed out so far, wrapping (clients, compare-and-swap; slot 0).
+    pub queue_tail: u32,
+    /// The ticket whose holder may take the next free slot, wrapping (clients; slot 0).
+    pub queue_head: u32,
+    /// 1 while this slot's request is being answered, 0 when idle (worker; status view).
+    pub slot_busy: u32,
+    /// Requests this slot has answered, wrapping (worker; status view).
+    pub slot_served: u32,
+    /// Tokens this slot has generated, wrapping (worker; status view).
+    pub slot_generated: u32,
+    /// The admission queue: entry `ticket % QUEUE_CAPACITY` holds `ticket << 32 | pid` of a
+    /// waiting client, 0 when free (clients; slot 0).
+    pub queue_entries: [u64; QUEUE_CAPACITY],
     /// Reserved for later fields, zero.
-    pub reserved_future: [u8; 3512],
+    pub reserved_future: [u8; 1440],
 }
 
 const_assert_eq!(offset_of!(ExtensionPage, magic), 0);
@@ -233,7 +254,14 @@ const_assert_eq!(offset_of!(ExtensionPage, system_len), 568);
 const_assert_eq!(offset_of!(ExtensionPage, user_len), 572);
 const_assert_eq!(offset_of!(ExtensionPage, slot_count), 576);
 const_assert_eq!(offset_of!(ExtensionPage, slot_index), 580);
-const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 584);
+const_assert_eq!(offset_of!(ExtensionPage, queue_max), 584);
+const_assert_eq!(offset_of!(ExtensionPage, queue_tail), 588);
+const_assert_eq!(offset_of!(ExtensionPage, queue_head), 592);
+const_assert_eq!(offset_of!(ExtensionPage, slot_busy), 596);
+const_assert_eq!(offset_of!(ExtensionPage, slot_served), 600);
+const_assert_eq!(offset_of!(ExtensionPage, slot_generated), 604);
+const_assert_eq!(offset_of!(ExtensionPage, queue_entries), 608);
+const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 2656);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
 const_assert_eq!(align_of::<ExtensionPage>(), 8);
 // Atomically accessed words must be naturally aligned in the mapping.
@@ -425,6 +453,12 @@ words! {
         GuardianPid => guardian_pid,
         SlotCount => slot_count,
         SlotIndex => slot_index,
+        QueueMax => queue_max,
+        QueueTail => queue_tail,
+        QueueHead => queue_head,
+        SlotBusy => slot_busy,
+        SlotServed => slot_served,
+        SlotGenerated => slot_generated,
     }
 }
 
@@ -447,55 +481,13 @@ words! {
     }
 }
 
-/// Which protocol an object speaks, judged from its size and the extension page's magic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectKind {
-    /// The seed's 40961 bytes (or more, without a valid extension page): pure seed mode.
-    Seed,
-    /// A full object with a valid extension page of a version this crate reads.
-    Extended,
+/// Offset from the start of the object of admission queue entry `i` (below
+/// [`QUEUE_CAPACITY`]; 8-byte aligned).
+pub const fn queue_entry_offset(i: usize) -> usize {
+    EXT_OFFSET + offset_of!(ExtensionPage, queue_entries) + 8 * i
 }
 
-/// Why an object cannot be used at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ClassifyError {
-    /// Smaller than the seed region: mapping it would fault on access.
-    #[error("shared memory object is {size} bytes, smaller than the seed layout's {SEED_SIZE}")]
-    TooSmall {
-        /// Size found.
-        size: u64,
-    },
-    /// The extension magic is present but the version is not one this crate reads.
-    #[error("extension page version {found} is not supported (this build reads {EXT_VERSION})")]
-    UnsupportedVersion {
-        /// Version found.
-        found: u32,
-    },
-}
-
-impl ObjectKind {
-    /// Classifies an object of `size` bytes whose extension page (if the object is large
-    /// enough to hold one) starts with `magic` and carries `version`.
-    ///
-    /// # Errors
-    /// [`ClassifyError`] when the object is too small for the seed layout or speaks an
-    /// unknown extension version.
-    pub fn classify(size: u64, magic: Option<[u8; 8]>, version: u32) -> Result<Self, ClassifyError> {
-        if size < SEED_SIZE as u64 {
-            return Err(ClassifyError::TooSmall { size });
-        }
-        match magic {
-            Some(m) if size >= OBJECT_SIZE as u64 && m == EXT_MAGIC => {
-                if version == EXT_VERSION {
-                    Ok(ObjectKind::Extended)
-                } else {
-                    Err(ClassifyError::UnsupportedVersion { found: version })
-                }
-            }
-            _ => Ok(ObjectKind::Seed),
-        }
-    }
-}
+pub use super::kind::{ClassifyError, ObjectKind};
 
 #[cfg(test)]
 mod tests {
@@ -602,7 +594,7 @@ mod tests {
         assert_eq!(Word64::StreamSeq.offset(), page + 512);
         assert_eq!(Word64::DeadlineMicros.offset(), page + 544);
         assert_eq!(Field::Magic.span(), Span { offset: page, len: 8 });
-        assert_eq!((Word32::COUNT, Word64::COUNT), (23, 13));
+        assert_eq!((Word32::COUNT, Word64::COUNT), (29, 13));
     }
 
     #[test]
@@ -610,7 +602,7 @@ mod tests {
         // docs/WIRE.md: features, request and response flags.
         assert_eq!(FEATURE_TOKEN_REQUIRED, 1);
         assert_eq!(FEATURE_STREAMING, 2);
-        assert_eq!((FEATURE_SEED_STREAMING, FEATURE_SLOTS), (4, 8));
+        assert_eq!((FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_QUEUE), (4, 8, 16));
         assert_eq!(REQUEST_STREAM, 1);
         assert_eq!(RESPONSE_TRUNCATED, 1);
         assert_eq!(RESPONSE_SYSTEM_REPAIRED, 2);

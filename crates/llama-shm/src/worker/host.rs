@@ -30,7 +30,8 @@ use crate::os::process::{pidfd_open, Watch, Watcher};
 use crate::os::signals;
 use crate::protocol::{AdaptiveWait, Region};
 use crate::wire::layout::{
-    Word32, FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
+    Word32, FEATURE_QUEUE, FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED,
+    QUEUE_CAPACITY, TOKEN_LEN,
 };
 use crate::wire::names::Prefix;
 
@@ -59,6 +60,10 @@ pub struct HostOptions {
     /// them, and keeps the prefix's own names (slot 0) for seed-era clients, all batched in one
     /// engine of N + 1 sequences (see [`serve_slots`]).
     pub parallel: u32,
+    /// A standalone worker's admission queue: how many clients may wait when every slot is
+    /// busy (first come first served); one more is told the worker is busy. At most
+    /// `QUEUE_CAPACITY`; 0: nobody waits.
+    pub max_queue: u32,
 }
 
 /// What a worker process serves with: an engine of one request at a time, or a batch engine
@@ -139,6 +144,12 @@ pub fn run(
     load: impl FnOnce() -> Result<Engines, Box<dyn Error + Send + Sync>>,
 ) -> Result<Served, HostError> {
     objects::check_mode(opts.permissions, opts.accept_permissions).map_err(HostError::Refused)?;
+    if opts.max_queue as usize > QUEUE_CAPACITY {
+        return Err(HostError::Usage(format!(
+            "--max-queue {}: at most {QUEUE_CAPACITY} clients can wait",
+            opts.max_queue
+        )));
+    }
     if opts.parallel == 0 || (opts.parallel > 1 && opts.spawned) {
         return Err(HostError::Usage(format!(
             "--parallel {} : a standalone worker serves 1 or more slots; a spawned one, 1",
@@ -295,10 +306,17 @@ fn create_standalone(
             creator_pid: me,
             // The seed's `LocalLLMService` starts a worker with no arguments and needs
             // chunk_ready: on the prefix's own objects (slot 0) only.
-            features: token | slots | if k == 0 { FEATURE_SEED_STREAMING } else { 0 },
+            features: token
+                | slots
+                | if k == 0 {
+                    FEATURE_SEED_STREAMING | FEATURE_QUEUE
+                } else {
+                    0
+                },
             guardian_pid: guardian.pid(),
             slot_count: count,
             slot_index: u32::try_from(k).unwrap_or(u32::MAX),
+            queue_max: if k == 0 { opts.max_queue } else { 0 },
         };
         // Each set is removed by its handles if a later one fails (and by the guardian if we die).
         let channel = objects::create_guarded(p, opts.permissions, init, &mut |id| guardian.guard(id))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
 use crate::wire::layout::{
-    RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
+    Word32, RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
 use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::DecodeFlags;
@@ -200,6 +200,7 @@ pub(super) fn begin_answer<'a, S: Semaphore, R: Region>(
         cancel.cancel();
     }
     let taken_at = Instant::now();
+    channel.region.store32(Word32::SlotBusy, 1);
     if params.deadline_us != 0 {
         cancel.set_deadline(taken_at.checked_add(Duration::from_micros(params.deadline_us)));
     }
@@ -300,5 +301,14 @@ pub(super) fn finish_answer<S: Semaphore, R: Region>(
             Outcome::error(StatusCode::EngineFailed, &message)
         }
     };
+    // The status view's counters (read by `llama-shm status`; nobody acts on them).
+    let r = &channel.region;
+    r.store32(Word32::SlotServed, r.load32(Word32::SlotServed).wrapping_add(1));
+    r.store32(
+        Word32::SlotGenerated,
+        r.load32(Word32::SlotGenerated)
+            .wrapping_add(outcome.usage.generated_tokens),
+    );
+    r.store32(Word32::SlotBusy, 0);
     channel.worker_finish(&outcome, st, dirty)
 }
