@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use llama_shm::internals::client::Client;
+use llama_shm::internals::client::{Client, RequestError};
 use llama_shm::internals::wire::names::Prefix;
 use llama_shm::{Finish, Prompts, RequestOptions};
 use llama_shm_tests::seed::SeedPeer;
@@ -321,4 +321,78 @@ fn batched_model_answers_agree_with_answers_alone() {
     c.detach();
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 4), 0);
+}
+
+/// The slots share one KV cache of `--ctx` cells (the memory of one context): two requests
+/// that each fit alone but not together — the younger one is ended with a typed engine error
+/// that says why, the older one completes, and the same request sent again alone completes.
+#[test]
+fn when_the_shared_kv_cache_is_full_the_youngest_request_ends_with_an_error() {
+    let prefix = unique_prefix("bkvfull");
+    let worker = ChildGuard::worker(
+        Command::new(worker_path())
+            .args([
+                "--parallel",
+                "2",
+                "--ctx",
+                "256",
+                "--greedy",
+                "--ignore-eog",
+                "--max-tokens",
+                "130",
+                "--prefix",
+                prefix.as_str(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        &prefix,
+    );
+    assert!(
+        eventually(T, || slot_names(&prefix, 2) == 13),
+        "slots not created"
+    );
+    // About 100 prompt tokens each: 100 + 130 fits 256 cells alone, twice does not.
+    let question = |k: usize| {
+        format!(
+            "Request {k}. Repeat these words: {}",
+            "apple pear plum ".repeat(28)
+        )
+    };
+    let start = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|k| {
+            let (prefix, start, q) = (prefix.clone(), Arc::clone(&start), question(k));
+            std::thread::spawn(move || {
+                let mut c = Client::builder()
+                    .request_timeout(Duration::from_secs(120))
+                    .attach(&prefix)
+                    .unwrap();
+                start.wait();
+                let r = c.request(Prompts::user(&q), &RequestOptions::default());
+                c.detach();
+                r
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!((ok.len(), failed.len()), (1, 1), "{results:?}");
+    assert_eq!(ok[0].usage.generated_tokens, 130, "{:?}", ok[0]);
+    match failed[0] {
+        RequestError::Engine { message } => assert!(message.contains("KV cache"), "{message}"),
+        other => panic!("expected an engine error, got {other:?}"),
+    }
+    let mut c = Client::builder()
+        .request_timeout(Duration::from_secs(120))
+        .attach(&prefix)
+        .unwrap();
+    let again = c
+        .request(Prompts::user(&question(1)), &RequestOptions::default())
+        .unwrap();
+    assert_eq!(again.usage.generated_tokens, 130);
+    c.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
 }

@@ -10,8 +10,10 @@
 //!   re-executed with the hidden `__bench-server` sub-command);
 //! - [`lifecycle`]: spawn, shutdown, death detection;
 //! - [`llm`]: tokens/s through the worker and in-process; [`prefix_cache`]; [`streaming`]
-//!   (first chunk, cancel); [`pool`].
+//!   (first chunk, cancel); [`pool`]; [`batching`] (many clients: the batching worker, the turn
+//!   queue, the pool and the in-process ceiling).
 
+mod batching;
 mod lifecycle;
 mod llm;
 mod pool;
@@ -42,6 +44,13 @@ pub struct BenchArgs {
     /// Requests per configuration in the pool benchmark.
     #[arg(long, default_value_t = 24)]
     pool_requests: usize,
+    /// Requests per row of the many-clients (batching) section.
+    #[arg(long, default_value_t = 16)]
+    batch_requests: usize,
+    /// Run only these sections (repeatable): round-trips, lifecycle, llm, prefix-cache,
+    /// streaming, pool, batching. Default: all.
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
     /// GGUF model for the LLM sections.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -53,10 +62,33 @@ pub struct BenchArgs {
     worker: Option<PathBuf>,
 }
 
+/// A section of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Round trips against the other transports.
+    RoundTrips,
+    /// Spawn, shutdown, death detection.
+    Lifecycle,
+    /// LLM tokens/s through the worker and in-process.
+    Llm,
+    /// The prefix cache.
+    PrefixCache,
+    /// Streaming: first chunk, cancel.
+    Streaming,
+    /// The worker pool.
+    Pool,
+    /// Many clients: batching, turn queue, pool, in-process ceiling.
+    Batching,
+}
+
 impl BenchArgs {
     /// Whether the LLM sections run (llama.cpp in this process).
     pub fn runs_llm(&self) -> bool {
         !self.no_llm
+    }
+
+    fn runs(&self, s: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
     }
 }
 
@@ -72,9 +104,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .context("llama-shm-worker not found: build it (cargo build --release --workspace --bins) or pass --worker")?;
     let model = args.model.clone().unwrap_or_else(default_model);
     machine_header(&worker);
-    round_trips::run(args, &worker)?;
-    lifecycle::run(args, &worker)?;
-    if args.no_llm {
+    if args.runs(Section::RoundTrips) {
+        round_trips::run(args, &worker)?;
+    }
+    if args.runs(Section::Lifecycle) {
+        lifecycle::run(args, &worker)?;
+    }
+    let llm = [
+        Section::Llm,
+        Section::PrefixCache,
+        Section::Streaming,
+        Section::Pool,
+        Section::Batching,
+    ];
+    if args.no_llm || !llm.iter().any(|&s| args.runs(s)) {
         return Ok(());
     }
     if !model.exists() {
@@ -83,10 +126,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.display()
         );
     }
-    llm::throughput(args, &worker, &model)?;
-    prefix_cache::run(args, &worker, &model)?;
-    streaming::run(args, &worker, &model)?;
-    pool::run(args, &worker, &model)?;
+    if args.runs(Section::Llm) {
+        llm::throughput(args, &worker, &model)?;
+    }
+    if args.runs(Section::PrefixCache) {
+        prefix_cache::run(args, &worker, &model)?;
+    }
+    if args.runs(Section::Streaming) {
+        streaming::run(args, &worker, &model)?;
+    }
+    if args.runs(Section::Pool) {
+        pool::run(args, &worker, &model)?;
+    }
+    if args.runs(Section::Batching) {
+        batching::run(args, &worker, &model)?;
+    }
     Ok(())
 }
 

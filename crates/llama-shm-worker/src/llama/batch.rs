@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
 
 use llama_shm::internals::worker::batch::{BatchEngine, BatchSink};
 use llama_shm::{EngineError, EngineRequest, Finish, Generation};
@@ -178,9 +179,78 @@ impl BatchEngine for LlamaBatchEngine {
     }
 
     fn step(&mut self, out: &mut dyn BatchSink) {
-        if !self.is_busy() {
-            return;
+        // Bounded: a retry follows dropping the idle caches (once) or ending a sequence.
+        for _ in 0..=self.seqs.len() {
+            if !self.is_busy() {
+                return;
+            }
+            let saved: Vec<Option<(usize, Option<LlamaToken>)>> = self
+                .seqs
+                .iter()
+                .map(|s| s.as_ref().map(|s| (s.next, s.feed)))
+                .collect();
+            let lens: Vec<usize> = self.cached.iter().map(Vec::len).collect();
+            for (i, e) in self.fill_batch() {
+                self.end(i, Err(EngineError::Inference(e)), out);
+            }
+            if self.batch.n_tokens() == 0 {
+                return;
+            }
+            match self.engine.ctx.decode(&mut self.batch) {
+                Ok(()) => return self.sample(out),
+                // The cells the sequences share are all taken (llama.cpp left them as they
+                // were): the prefix caches of idle sequences go first; when there are none,
+                // the youngest request leaves so that the older ones go on. The step is tried
+                // again.
+                Err(DecodeError::NoKvCacheSlot) => {
+                    for (i, saved) in saved.into_iter().enumerate() {
+                        if let (Some(s), Some((next, feed))) = (self.seqs[i].as_mut(), saved) {
+                            s.next = next;
+                            s.feed = feed;
+                        }
+                        self.cached[i].truncate(lens[i]);
+                    }
+                    let idle: Vec<usize> = (0..self.seqs.len())
+                        .filter(|&i| self.seqs[i].is_none() && !self.cached[i].is_empty())
+                        .collect();
+                    if !idle.is_empty() {
+                        for i in idle {
+                            self.forget(i, 0);
+                        }
+                        continue;
+                    }
+                    let youngest = (0..self.seqs.len())
+                        .filter_map(|i| self.seqs[i].as_ref().map(|s| (s.admitted, i)))
+                        .max()
+                        .map(|(_, i)| i);
+                    if let Some(i) = youngest {
+                        let message = format!(
+                            "the KV cache the worker's requests share is full ({} cells); this \
+                             request was ended so the others could go on: send it again, or start \
+                             the worker with a larger --ctx or a smaller --parallel",
+                            self.engine.ctx()
+                        );
+                        self.end(i, Err(EngineError::Inference(message)), out);
+                    }
+                }
+                Err(e) => {
+                    let message = format!("batched decode: {e}");
+                    for i in 0..self.seqs.len() {
+                        if self.seqs[i].is_some() {
+                            self.end(i, Err(EngineError::Inference(message.clone())), out);
+                        }
+                    }
+                    return;
+                }
+            }
         }
+    }
+}
+
+impl LlamaBatchEngine {
+    /// Fills the batch for one step: every generating sequence's last token, then prompt
+    /// chunks in the room left. Returns the sequences that could not be added, with why.
+    fn fill_batch(&mut self) -> Vec<(usize, String)> {
         let n_batch = usize::try_from(self.engine.ctx.n_batch()).unwrap_or(1).max(1);
         self.batch.clear();
         let mut failed: Vec<(usize, String)> = Vec::new();
@@ -239,21 +309,12 @@ impl BatchEngine for LlamaBatchEngine {
                 }
             }
         }
-        for (i, e) in failed {
-            self.end(i, Err(EngineError::Inference(e)), out);
-        }
-        if self.batch.n_tokens() == 0 {
-            return;
-        }
-        if let Err(e) = self.engine.ctx.decode(&mut self.batch) {
-            let message = format!("batched decode: {e}");
-            for i in 0..self.seqs.len() {
-                if self.seqs[i].is_some() {
-                    self.end(i, Err(EngineError::Inference(message.clone())), out);
-                }
-            }
-            return;
-        }
+        failed
+    }
+
+    /// After a decode: every sequence whose logits were asked for samples its next token,
+    /// passes its text on, and ends when it is done.
+    fn sample(&mut self, out: &mut dyn BatchSink) {
         let model = self.engine.model();
         let vocab = model.vocab();
         let ctx_len = usize::try_from(self.engine.ctx()).unwrap_or(usize::MAX);

@@ -25,7 +25,8 @@ pub struct LlamaEngine {
     model: &'static LlamaModel,
     pub(super) ctx: LlamaContext<'static>,
     template: LlamaChatTemplate,
-    /// Context of one sequence, in tokens (the whole context holds `parallel` of them).
+    /// Context of one sequence, in tokens (with `parallel` > 1 the sequences share these
+    /// cells: one unified KV cache, as much memory as one sequence's).
     n_ctx: u32,
     /// Sequences the context holds ([`LlamaOptions::parallel`]).
     pub(super) parallel: u32,
@@ -113,8 +114,12 @@ impl LlamaEngine {
 
         let parallel = options.parallel.max(1);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(options.ctx.saturating_mul(parallel)))
+            .with_n_ctx(NonZeroU32::new(options.ctx))
             .with_n_seq_max(parallel)
+            // One pool of cells for all sequences: the memory of one context whatever the
+            // number of slots, each request able to grow to the whole context (the batched
+            // engine ends the youngest request when they are all taken).
+            .with_kv_unified(true)
             .with_n_batch(options.ctx)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
@@ -125,7 +130,7 @@ impl LlamaEngine {
                 ctx: options.ctx,
                 reason: e.to_string(),
             })?;
-        let n_ctx = ctx.n_ctx() / parallel;
+        let n_ctx = ctx.n_ctx();
         let load_time = started.elapsed();
         tracing::info!(
             model = %options.model.display(),

@@ -22,8 +22,8 @@ pub struct LlamaOptions {
     /// Keep the KV cache of the previous request and evaluate only the tokens after the
     /// longest common prefix (default on).
     pub prefix_cache: bool,
-    /// Sequences decoded together (the batched engine's slots); each has `ctx` tokens of
-    /// its own. Default 1.
+    /// Sequences decoded together (the batched engine's slots). They share the `ctx` cells of
+    /// one KV cache: each can grow to `ctx` tokens while the cells last. Default 1.
     pub parallel: u32,
 }
 

@@ -1,0 +1,511 @@
+//! One model, many clients: 1, 2, 4 and 8 concurrent clients sending the same mix (a short
+//! system prompt, a ~40-token question, 64 generated tokens, greedy) to (a) one batching
+//! worker (`--parallel N`), (b) one worker with the turn queue, (c) the `Pool` with as many
+//! workers as fit the thread budget, and (d) the ceiling: the same batch engine in this process
+//! (no IPC), same model, same threads. Aggregate generated tokens/s, time to first token and
+//! per-request wall time (p50/p99), peak RSS of the worker processes; then the issue's goals at
+//! 4 clients as ratios of this run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use llama_shm::internals::client::{Client, ClientBuilder, RequestOptions};
+use llama_shm::internals::stats::{fmt_duration, summarize};
+use llama_shm::internals::worker::batch::{BatchEngine, BatchSink};
+use llama_shm::{EngineError, EngineRequest, Generation, Pool, Prefix, Prompts};
+use llama_shm_worker::llama::{LlamaBatchEngine, LlamaOptions};
+
+use super::table::Table;
+use super::BenchArgs;
+
+/// The system prompt of the mix.
+const SYSTEM: &str = "You are a helpful assistant. Answer clearly.";
+/// Generated tokens per request (end of turn ignored).
+const FORCED: u32 = 64;
+/// The thread budget every configuration gets.
+const THREADS: u32 = 2;
+/// Client counts.
+const CLIENTS: [usize; 4] = [1, 2, 4, 8];
+
+const TOPICS: [&str; 16] = [
+    "a steam engine",
+    "a refrigerator",
+    "the human heart",
+    "a solar panel",
+    "a bicycle gearbox",
+    "a vaccine",
+    "a jet engine",
+    "the internet",
+    "a volcano",
+    "a battery",
+    "photosynthesis",
+    "a microwave oven",
+    "a lighthouse",
+    "the stock market",
+    "a rainbow",
+    "a nuclear reactor",
+];
+
+/// Question `i` of the mix: about 40 tokens, a different topic per request (so the prefix
+/// cache, off here anyway, could not shorten any prompt).
+fn question(i: usize) -> String {
+    format!(
+        "Question {i}: in a few short paragraphs, explain to a curious high-school student how {} \
+         works, what its most important parts are, and why it matters in everyday life.",
+        TOPICS[i % TOPICS.len()]
+    )
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    ttft: Duration,
+    wall: Duration,
+    generated: u32,
+}
+
+/// One configuration at one client count.
+struct Run {
+    samples: Vec<Sample>,
+    wall: Duration,
+    rss_kib: Option<u64>,
+}
+
+impl Run {
+    fn tokens_per_s(&self) -> f64 {
+        let tokens: u32 = self.samples.iter().map(|s| s.generated).sum();
+        f64::from(tokens) / self.wall.as_secs_f64()
+    }
+    fn ttft(&self) -> (Duration, Duration) {
+        let mut v: Vec<Duration> = self.samples.iter().map(|s| s.ttft).collect();
+        let s = summarize(&mut v);
+        (s.p50, s.p99)
+    }
+    fn request_wall(&self) -> (Duration, Duration) {
+        let mut v: Vec<Duration> = self.samples.iter().map(|s| s.wall).collect();
+        let s = summarize(&mut v);
+        (s.p50, s.p99)
+    }
+}
+
+/// The worker arguments every configuration shares.
+fn worker_args(model: &Path, threads: u32) -> Vec<String> {
+    [
+        "--engine",
+        "llama",
+        "--greedy",
+        "--max-tokens",
+        &FORCED.to_string(),
+        "--ignore-eog",
+        "--no-prefix-cache",
+        "--threads",
+        &threads.to_string(),
+        "--model",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .chain(std::iter::once(model.display().to_string()))
+    .collect()
+}
+
+/// Sends request `i`, calling the second argument at its first piece; returns the tokens
+/// generated.
+type Send<'a> = dyn Fn(usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 'a;
+
+/// `n` client threads, each sending its share of `requests` one after another through
+/// `send` (given the question index and a first-piece callback), timed.
+fn drive(
+    n: usize,
+    requests: usize,
+    send: &Send<'_>,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    let per_thread: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= requests {
+                            return Ok(out);
+                        }
+                        let start = Instant::now();
+                        let mut first = None;
+                        let generated = send(i, &mut || {
+                            first.get_or_insert_with(Instant::now);
+                        })?;
+                        let end = Instant::now();
+                        out.push(Sample {
+                            ttft: first.unwrap_or(end) - start,
+                            wall: end - start,
+                            generated,
+                        });
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a client thread panicked")))
+            .collect()
+    });
+    let wall = t.elapsed();
+    let mut samples = Vec::new();
+    for r in per_thread {
+        samples.extend(r?);
+    }
+    Ok((samples, wall))
+}
+
+/// A streamed request of question `i` through `client`, its generated tokens checked.
+fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow::Result<u32> {
+    let q = question(i);
+    let r = client
+        .stream(
+            Prompts::user(&q).with_system(SYSTEM),
+            &RequestOptions::default(),
+            |_| first(),
+        )
+        .with_context(|| format!("request {i}"))?;
+    ensure!(
+        r.usage.generated_tokens == FORCED,
+        "request {i}: {} tokens generated, not {FORCED}",
+        r.usage.generated_tokens
+    );
+    Ok(r.usage.generated_tokens)
+}
+
+/// A standalone worker of this benchmark, stopped (SIGTERM: it removes its names) on drop.
+struct Standalone {
+    child: Child,
+    prefix: Prefix,
+}
+
+impl Standalone {
+    fn start(worker: &Path, model: &Path, parallel: usize, tag: &str) -> anyhow::Result<Self> {
+        let prefix = Prefix::new(&format!("lshm_bench_{tag}_{}", std::process::id()))?;
+        let child = Command::new(worker)
+            .args(worker_args(model, THREADS))
+            .args(["--parallel", &parallel.to_string(), "--prefix", prefix.as_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a standalone worker")?;
+        let me = Self { child, prefix };
+        // Ready once a client can attach (every slot's names exist).
+        let t = Instant::now();
+        while me.attach().is_err() {
+            ensure!(
+                t.elapsed() < Duration::from_secs(120),
+                "the standalone worker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    fn attach(&self) -> anyhow::Result<Client> {
+        Ok(ClientBuilder::default()
+            .request_timeout(Duration::from_secs(600))
+            .attach(&self.prefix)?)
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// (a) and (b): `n` clients attached to one standalone worker of `--parallel parallel`.
+fn standalone_run(
+    worker: &Path,
+    model: &Path,
+    parallel: usize,
+    n: usize,
+    requests: usize,
+) -> anyhow::Result<Run> {
+    let w = Standalone::start(worker, model, parallel, &format!("p{parallel}n{n}"))?;
+    let clients: Vec<std::sync::Mutex<Client>> = (0..n)
+        .map(|_| w.attach().map(std::sync::Mutex::new))
+        .collect::<anyhow::Result<_>>()?;
+    // Warm-up: one request per client at once, untimed.
+    drive(n, n, &|i, first| {
+        let mut c = clients[i % n].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        client_send(&mut c, i, first)
+    })?;
+    let slot = AtomicUsize::new(0);
+    std::thread_local!(static MINE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) });
+    let (samples, wall) = drive(n, requests, &|i, first| {
+        // Each client thread keeps one client.
+        let k = MINE.with(|m| *m.get().get_or_insert_with(|| slot.fetch_add(1, Ordering::SeqCst)));
+        let mut c = clients[k % n].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        client_send(&mut c, i, first)
+    })?;
+    let rss_kib = worker_rss_kib();
+    for c in clients {
+        if let Ok(c) = c.into_inner() {
+            c.detach();
+        }
+    }
+    drop(w);
+    Ok(Run {
+        samples,
+        wall,
+        rss_kib,
+    })
+}
+
+/// (c): the pool, with as many workers as fit the thread budget (at most `n`).
+fn pool_run(worker: &Path, model: &Path, n: usize, requests: usize) -> anyhow::Result<(Run, usize)> {
+    let workers = n.min(THREADS as usize);
+    let threads = THREADS / workers as u32;
+    let builder = Client::builder()
+        .worker(worker)
+        .args(worker_args(model, threads))
+        .startup_timeout(Duration::from_secs(120))
+        .request_timeout(Duration::from_secs(600));
+    let pool = Pool::new(builder, workers).context("starting the pool")?;
+    let send = |i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
+        let q = question(i);
+        let r = pool
+            .stream(
+                Prompts::user(&q).with_system(SYSTEM),
+                &RequestOptions::default(),
+                |_| first(),
+            )
+            .with_context(|| format!("pool request {i}"))?;
+        Ok(r.usage.generated_tokens)
+    };
+    drive(n, n, &send)?;
+    let (samples, wall) = drive(n, requests, &send)?;
+    let rss_kib = worker_rss_kib();
+    pool.shutdown();
+    Ok((
+        Run {
+            samples,
+            wall,
+            rss_kib,
+        },
+        workers,
+    ))
+}
+
+/// The batch sink of the ceiling: first-piece times and ends per sequence.
+struct Collect {
+    first: Vec<Option<Instant>>,
+    ended: Vec<(usize, Result<Generation, EngineError>)>,
+}
+
+impl BatchSink for Collect {
+    fn piece(&mut self, seq: usize, _piece: &str) -> bool {
+        self.first[seq].get_or_insert_with(Instant::now);
+        true
+    }
+    fn done(&mut self, seq: usize, result: Result<Generation, EngineError>) {
+        self.ended.push((seq, result));
+    }
+}
+
+/// (d): the batch engine in this process, `n` sequences each taking the next request when
+/// its last one ends (as `n` clients would), no IPC.
+fn ceiling_run(model: &Path, n: usize, requests: usize) -> anyhow::Result<Run> {
+    let mut opts = LlamaOptions::new(model);
+    opts.sampling.greedy = true;
+    opts.sampling.max_tokens = Some(FORCED);
+    opts.sampling.ignore_eog = true;
+    opts.prefix_cache = false;
+    opts.threads = Some(THREADS as i32);
+    opts.parallel = n as u32;
+    let mut engine = LlamaBatchEngine::load(&opts).context("loading the batch engine in-process")?;
+    let mut go = |count: usize| -> anyhow::Result<(Vec<Sample>, Duration)> {
+        let questions: Vec<String> = (0..count).map(question).collect();
+        let mut out = Collect {
+            first: vec![None; n],
+            ended: Vec::new(),
+        };
+        let mut started = vec![Instant::now(); n];
+        let mut next = 0;
+        let mut samples = Vec::new();
+        let t = Instant::now();
+        let admit = |seq: usize, next: &mut usize, engine: &mut LlamaBatchEngine, started: &mut [Instant]| {
+            if *next >= count {
+                return Ok(());
+            }
+            started[seq] = Instant::now();
+            let r = engine.admit(
+                seq,
+                &EngineRequest {
+                    system: SYSTEM,
+                    user: &questions[*next],
+                    max_tokens: None,
+                },
+            );
+            *next += 1;
+            r.map_err(|e| anyhow::anyhow!("in-process admit: {e}"))
+        };
+        for seq in 0..n {
+            admit(seq, &mut next, &mut engine, &mut started)?;
+        }
+        while engine.is_busy() {
+            engine.step(&mut out);
+            for (seq, result) in std::mem::take(&mut out.ended) {
+                let g = result.map_err(|e| anyhow::anyhow!("in-process generation: {e}"))?;
+                let end = Instant::now();
+                samples.push(Sample {
+                    ttft: out.first[seq].take().unwrap_or(end) - started[seq],
+                    wall: end - started[seq],
+                    generated: g.usage.generated_tokens,
+                });
+                admit(seq, &mut next, &mut engine, &mut started)?;
+            }
+        }
+        Ok((samples, t.elapsed()))
+    };
+    go(n)?;
+    let (samples, wall) = go(requests)?;
+    Ok(Run {
+        samples,
+        wall,
+        rss_kib: None,
+    })
+}
+
+/// Peak RSS (`VmHWM`) of this process's child `llama-shm-worker` processes, summed, in KiB.
+fn worker_rss_kib() -> Option<u64> {
+    let me = std::process::id().to_string();
+    let mut total = 0;
+    let mut any = false;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        if field("PPid:").as_deref() == Some(me.as_str())
+            && field("Name:").is_some_and(|n| n.starts_with("llama-shm-work"))
+        {
+            if let Some(k) = field("VmHWM:").and_then(|v| v.trim_end_matches(" kB").parse::<u64>().ok()) {
+                total += k;
+                any = true;
+            }
+        }
+    }
+    any.then_some(total)
+}
+
+fn mib(k: Option<u64>) -> String {
+    k.map_or_else(|| "—".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+}
+
+/// Runs every configuration at every client count and prints the table and the goals.
+pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> {
+    println!("## One model, many clients: batching versus the turn queue, the pool and in-process\n");
+    let requests = args.batch_requests.max(8);
+    println!(
+        "{requests} requests per row (after one untimed request per client): system prompt \
+         {SYSTEM:?}, a ~40-token question (a different topic each), {FORCED} generated tokens \
+         (greedy, end of turn ignored, prefix cache off), {THREADS} threads per configuration. \
+         Tokens/s is all generated tokens over the row's wall time; TTFT and wall are per \
+         request, from its send (waiting for a slot included).\n"
+    );
+    let mut table = Table::new([
+        "configuration",
+        "clients",
+        "generated tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "wall p50",
+        "wall p99",
+        "peak RSS (workers)",
+    ]);
+    let mut at4 = Vec::new();
+    for n in CLIENTS {
+        let rows = [
+            (
+                "(a) batching worker",
+                standalone_run(worker, model, n, n, requests)?,
+            ),
+            (
+                "(b) turn queue, one worker",
+                standalone_run(worker, model, 1, n, requests)?,
+            ),
+            {
+                let (r, workers) = pool_run(worker, model, n, requests)?;
+                let label = if workers == 1 {
+                    "(c) pool, 1 worker × 2 threads"
+                } else {
+                    "(c) pool, 2 workers × 1 thread"
+                };
+                (label, r)
+            },
+            (
+                "(d) ceiling: batch engine in-process",
+                ceiling_run(model, n, requests)?,
+            ),
+        ];
+        for (label, r) in &rows {
+            let (t50, t99) = r.ttft();
+            let (w50, w99) = r.request_wall();
+            table.row([
+                (*label).to_string(),
+                n.to_string(),
+                format!("{:.1}", r.tokens_per_s()),
+                fmt_duration(t50),
+                fmt_duration(t99),
+                fmt_duration(w50),
+                fmt_duration(w99),
+                mib(r.rss_kib),
+            ]);
+        }
+        if n == 4 {
+            at4 = rows.into_iter().map(|(_, r)| r).collect();
+        }
+    }
+    table.print();
+    if let [a, b, _, d] = at4.as_slice() {
+        println!("Goals at 4 clients, ratios of this run:\n");
+        let mut goals = Table::new(["goal", "ratio", "met"]);
+        let ratio = |label: &str, x: f64, ok: bool| {
+            [
+                label.to_string(),
+                format!("{x:.2}×"),
+                (if ok { "yes" } else { "no" }).into(),
+            ]
+        };
+        let tps = a.tokens_per_s() / d.tokens_per_s();
+        goals.row(ratio(
+            "batching tok/s ÷ in-process ceiling (≥ 0.95×)",
+            tps,
+            tps >= 0.95,
+        ));
+        let q = a.tokens_per_s() / b.tokens_per_s();
+        goals.row(ratio("batching tok/s ÷ turn queue (≥ 1.3×)", q, q >= 1.3));
+        let ttft = a.ttft().1.as_secs_f64() / d.ttft().1.as_secs_f64();
+        goals.row(ratio("batching TTFT p99 ÷ ceiling's (≤ 1.2×)", ttft, ttft <= 1.2));
+        if let (Some(ra), Some(rb)) = (a.rss_kib, b.rss_kib) {
+            let rss = ra as f64 / rb as f64;
+            goals.row(ratio(
+                "batching peak RSS ÷ one worker's (≤ 1.2×)",
+                rss,
+                rss <= 1.2,
+            ));
+        }
+        goals.print();
+    }
+    Ok(())
+}
