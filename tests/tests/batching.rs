@@ -396,3 +396,114 @@ fn when_the_shared_kv_cache_is_full_the_youngest_request_ends_with_an_error() {
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 2), 0);
 }
+
+/// A hostile peer scribbles over slot 2 — random bytes anywhere in its object, its extension
+/// page's words and cursors above all — and posts its `prompts_written` at random, while a
+/// client streams on slot 1: every answer on slot 1 is whole and its own, and the worker
+/// survives and exits cleanly.
+#[test]
+fn a_scribbled_slot_cannot_touch_another_slots_answers() {
+    use llama_shm::internals::objects::{open, Trust};
+    use llama_shm::internals::wire::layout::{EXT_OFFSET, OBJECT_SIZE};
+    use llama_shm_tests::Rng;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let prefix = unique_prefix("bhostile");
+    let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "200"]);
+    let victim = open(&prefix.slot(2).unwrap(), Trust::default()).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let scribbler = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut rng = Rng::from_env("slot scribbler");
+            let shm = victim.region.shm();
+            let mut writes = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let offset = if rng.below(2) == 0 {
+                    rng.below(OBJECT_SIZE as u64) as usize
+                } else {
+                    EXT_OFFSET + rng.below(640) as usize
+                };
+                let len = (1 + rng.below(16) as usize).min(OBJECT_SIZE - offset);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                shm.write(offset, &bytes);
+                if rng.below(50) == 0 {
+                    let _ = victim.prompts_written.post();
+                }
+                writes += 1;
+                if writes % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            writes
+        })
+    };
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    for i in 0..20 {
+        let user = format!("request {i}: {}", "ü".repeat(300));
+        let mut streamed = String::new();
+        let r = c
+            .stream(
+                Prompts::user(&user).with_system("mine"),
+                &RequestOptions::default(),
+                |p| streamed.push_str(p),
+            )
+            .unwrap();
+        assert_eq!(r.text, format!("mine\n{user}"), "request {i}");
+        assert_eq!((streamed, r.finish), (r.text.clone(), Finish::Stop));
+    }
+    done.store(true, Ordering::SeqCst);
+    let writes = scribbler.join().unwrap();
+    assert!(writes > 1000, "the scribbler barely ran: {writes}");
+    c.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
+}
+
+/// The batching worker SIGKILLed while three clients stream on three slots: each client is
+/// told the worker died (not a timeout) at once, and its guardian removes every slot's names.
+#[test]
+fn every_slots_client_notices_the_worker_dying() {
+    let prefix = unique_prefix("bdeath");
+    let worker = batching_echo(&prefix, 3, &["--echo-piece-us", "3000"]);
+    let start = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..3)
+        .map(|k| {
+            let (prefix, start) = (prefix.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+                let mut told = false;
+                let r = c.stream(
+                    Prompts::user(&"d".repeat(20_000)).with_system(&format!("{k}")),
+                    &RequestOptions::default(),
+                    |_| {
+                        if !told {
+                            start.wait();
+                            told = true;
+                        }
+                    },
+                );
+                (r, Instant::now())
+            })
+        })
+        .collect();
+    start.wait();
+    let mut child = worker.take();
+    let killed = Instant::now();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for t in threads {
+        let (r, at) = t.join().unwrap();
+        assert!(matches!(r, Err(RequestError::WorkerDied { .. })), "{r:?}");
+        // Noticed by the pidfd watcher, not by a deadline (30 s).
+        assert!(
+            at.duration_since(killed) < Duration::from_secs(2),
+            "{:?}",
+            at.duration_since(killed)
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || slot_names(&prefix, 3) == 0),
+        "the guardian left names"
+    );
+}
