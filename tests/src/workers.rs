@@ -103,7 +103,12 @@ pub fn standalone_echo(prefix: &Prefix, extra: &[&str]) -> ChildGuard {
         std::process::Command::new(worker_path())
             .args(["--engine", "echo", "--prefix", prefix.as_str()])
             .args(extra)
-            .stderr(std::process::Stdio::null())
+            // LST_WORKER_STDERR=1: the worker's log on the test's stderr (debugging).
+            .stderr(if std::env::var_os("LST_WORKER_STDERR").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .spawn()
             .unwrap(),
         prefix,

@@ -397,12 +397,13 @@ fn when_the_shared_kv_cache_is_full_the_youngest_request_ends_with_an_error() {
     assert_eq!(slot_names(&prefix, 2), 0);
 }
 
-/// A hostile peer scribbles over slot 2 — random bytes anywhere in its object, its extension
-/// page's words and cursors above all — and posts its `prompts_written` at random, while a
-/// client streams on slot 1: every answer on slot 1 is whole and its own, and the worker
-/// survives and exits cleanly.
+/// A hostile peer holds slot 2's turn and scribbles over it — random bytes anywhere in its
+/// object, its extension page's words and cursors above all — and posts its
+/// `prompts_written` at random, while a client (attached before) streams on slot 1: every
+/// answer on slot 1 is whole and its own, and the worker survives and exits cleanly.
 #[test]
 fn a_scribbled_slot_cannot_touch_another_slots_answers() {
+    use llama_shm::internals::objects::turn::Turn;
     use llama_shm::internals::objects::{open, Trust};
     use llama_shm::internals::wire::layout::{EXT_OFFSET, OBJECT_SIZE};
     use llama_shm_tests::Rng;
@@ -410,7 +411,10 @@ fn a_scribbled_slot_cannot_touch_another_slots_answers() {
 
     let prefix = unique_prefix("bhostile");
     let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "200"]);
-    let victim = open(&prefix.slot(2).unwrap(), Trust::default()).unwrap();
+    let victim = Arc::new(open(&prefix.slot(2).unwrap(), Trust::default()).unwrap());
+    // The hostile peer's turn keeps our client off slot 2 (it takes a free slot's turn).
+    let held = Turn::try_take(&victim).unwrap().expect("slot 2 is free");
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let scribbler = {
         let done = Arc::clone(&done);
@@ -438,7 +442,6 @@ fn a_scribbled_slot_cannot_touch_another_slots_answers() {
             writes
         })
     };
-    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
     for i in 0..20 {
         let user = format!("request {i}: {}", "ü".repeat(300));
         let mut streamed = String::new();
@@ -455,6 +458,7 @@ fn a_scribbled_slot_cannot_touch_another_slots_answers() {
     done.store(true, Ordering::SeqCst);
     let writes = scribbler.join().unwrap();
     assert!(writes > 1000, "the scribbler barely ran: {writes}");
+    drop(held);
     c.detach();
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 2), 0);
@@ -506,4 +510,80 @@ fn every_slots_client_notices_the_worker_dying() {
         eventually(Duration::from_secs(10), || slot_names(&prefix, 3) == 0),
         "the guardian left names"
     );
+}
+
+/// Each slot keeps its own prefix cache and a returning client goes back to its slot: two
+/// clients with long system prompts of their own, in one batch and then one after the other,
+/// each evaluate only the new part of their later requests (`cached_tokens` covers the system
+/// prompt), and their answers equal those of a fresh worker without the cache.
+#[test]
+fn a_returning_client_reuses_its_slots_prefix_cache() {
+    let prefix = unique_prefix("bcache");
+    let worker = ChildGuard::worker(
+        Command::new(worker_path())
+            .args([
+                "--parallel",
+                "2",
+                "--greedy",
+                "--max-tokens",
+                "8",
+                "--prefix",
+                prefix.as_str(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        &prefix,
+    );
+    assert!(
+        eventually(T, || slot_names(&prefix, 2) == 13),
+        "slots not created"
+    );
+    let system = |k: usize| {
+        format!(
+            "You are assistant number {k}. {}",
+            "Answer briefly and politely, in plain English. ".repeat(6)
+        )
+    };
+    let start = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|k| {
+            let (prefix, start) = (prefix.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut c = Client::builder()
+                    .request_timeout(Duration::from_secs(120))
+                    .attach(&prefix)
+                    .unwrap();
+                let sys = system(k);
+                let mut usage = Vec::new();
+                for (i, q) in ["What is two plus two?", "Name a color.", "Say yes."]
+                    .iter()
+                    .enumerate()
+                {
+                    // The first requests of both clients at once (so they take different slots),
+                    // the later ones whenever.
+                    if i == 0 {
+                        start.wait();
+                    }
+                    let r = c
+                        .request(Prompts::user(q).with_system(&sys), &RequestOptions::default())
+                        .unwrap();
+                    usage.push((r.usage.prompt_tokens, r.usage.cached_tokens));
+                }
+                c.detach();
+                usage
+            })
+        })
+        .collect();
+    for (k, t) in threads.into_iter().enumerate() {
+        let usage = t.join().unwrap();
+        println!("client {k}: (prompt, cached) tokens per request {usage:?}");
+        assert_eq!(usage[0].1, 0, "client {k}: a cold first request");
+        for &(prompt, cached) in &usage[1..] {
+            // The system prompt alone is well over 40 tokens; the question a handful.
+            assert!(cached >= 40 && cached < prompt, "client {k}: {usage:?}");
+        }
+    }
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
 }

@@ -272,7 +272,10 @@ impl Client {
         }
     }
 
-    /// One pass over the slots: the turn of the first free one (the last request's first).
+    /// One pass over the slots: the turn of the first free one — the last request's slot
+    /// first (its KV cache holds this client's conversation); a client's first request starts
+    /// at a slot of its own random choice, so that new clients spread over the slots instead of
+    /// all taking (and evicting the cache of) the first free one.
     fn try_slots(&mut self) -> Result<Option<Turn>, RequestError> {
         // Ours: slots 1..n of a multi-slot worker, else the one.
         let (first, n) = if self.slots.len() > 1 {
@@ -280,7 +283,12 @@ impl Client {
         } else {
             (0, 1)
         };
-        let from = self.slot.max(first) - first;
+        let from = if self.slot >= first {
+            self.slot - first
+        } else {
+            // `next_seq` starts at a random value per client (see `first_attach_seq`).
+            (self.next_seq % n as u64) as usize
+        };
         for i in 0..n {
             let k = first + (from + i) % n;
             let channel = self.slots.get(k).unwrap_or(&self.channel);
