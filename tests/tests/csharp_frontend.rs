@@ -241,8 +241,11 @@ fn nunit_summary(out: &str) -> (usize, usize, usize) {
 /// worker that cannot start, a worker SIGKILLed mid-answer (`WorkerDiedException`, then
 /// `ClientClosedException`), a restart policy, `Dispose` from another thread mid-answer and as a
 /// request starts, `Shutdown`, a finalizer that does not wait for a busy worker, and the ABI
-/// check. A second run loads a stand-in library that reports ABI 2
-/// and requires the refusal. Nothing may be left in `/dev/shm`.
+/// check; `LlamaShmClient.Attach` to standalone echo workers the suite starts (exact answers,
+/// `Dispose` that only detaches, two clients served at once by two slots, a prefix nobody serves,
+/// a full queue → `WorkerBusyException`, `Shutdown` that makes the shared worker exit). A second
+/// run loads a stand-in library that reports ABI 3 (the ABI before `lshm_client_attach`) and
+/// requires the refusal. Nothing may be left in `/dev/shm`.
 #[test]
 fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
     let test = "csharp_library_passes_its_nunit_suite_against_the_echo_worker";
@@ -283,7 +286,7 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
                 .count()
         })
         .sum();
-    assert!(declared >= 25, "only {declared} [Test] methods found");
+    assert!(declared >= 36, "only {declared} [Test] methods found");
 
     let ran = run_nunit(&tests_dll, &dir.0, lib_dir, &[], &[], Duration::from_secs(300));
     println!("--- nunit-console LlamaShm.Tests.dll\n{}---", ran.out);
@@ -298,6 +301,12 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
         (declared, 0, 0),
         "tests run, errors, failures"
     );
+    let attach_tests = ran
+        .out
+        .lines()
+        .filter(|l| l.starts_with("***** LlamaShm.Tests.AttachTests."))
+        .count();
+    assert_eq!(attach_tests, 5, "the AttachTests that ran:\n{}", ran.out);
     assert!(
         ran.out.contains("cancel-to-return"),
         "the latency line is missing:\n{}",
@@ -306,13 +315,14 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the NUnit run: {left:?}");
 
-    // A stand-in libllama_shm_ffi.so reporting ABI 2: LlamaShm.dll must refuse it.
-    let fake_dir = dir.0.join("abi2");
+    // A stand-in libllama_shm_ffi.so reporting ABI 3, the one before lshm_client_attach:
+    // LlamaShm.dll (ABI 4) must refuse it.
+    let fake_dir = dir.0.join("abi3");
     std::fs::create_dir_all(&fake_dir).unwrap();
     let fake_c = fake_dir.join("fake.c");
     std::fs::write(
         &fake_c,
-        "#include <stdint.h>\nuint32_t lshm_abi_version(void) { return 2; }\n\
+        "#include <stdint.h>\nuint32_t lshm_abi_version(void) { return 3; }\n\
          const char *lshm_version(void) { return \"0.0.0\"; }\n",
     )
     .unwrap();
@@ -328,11 +338,11 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
         &dir.0,
         &fake_dir,
         &["-run=LlamaShm.Tests.AbiTests"],
-        &[("LLAMA_SHM_TEST_FAKE_ABI", "2")],
+        &[("LLAMA_SHM_TEST_FAKE_ABI", "3")],
         Duration::from_secs(60),
     );
     println!(
-        "--- nunit-console -run=LlamaShm.Tests.AbiTests (ABI 2 stand-in)\n{}---",
+        "--- nunit-console -run=LlamaShm.Tests.AbiTests (ABI 3 stand-in)\n{}---",
         ran.out
     );
     assert!(ran.status.success(), "the ABI refusal test failed:\n{}", ran.out);

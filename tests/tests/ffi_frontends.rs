@@ -1,6 +1,9 @@
 //! The C ABI (`crates/llama-shm-ffi`) through its frontends, against the real worker:
 //! - `tests/c/smoke.c`, compiled with `cc -Wall -Wextra -Werror` against the header and the
 //!   cdylib: exact echo answers, streaming, a cancel from a second pthread, NULL arguments;
+//! - `tests/c/attach.c`, compiled the same way: `lshm_client_attach` to a standalone echo
+//!   worker of two slots that the test starts (two clients at once, detach, a prefix nobody
+//!   serves, and a shutdown that makes the shared worker exit);
 //! - the Python package `frontends/python` (ctypes), through its pytest suite: once on the
 //!   source tree (the library and the worker of `target/release` through `LLAMA_SHM_*`), and
 //!   once as users get it: the wheel built by `frontends/python/build_wheel.py`, installed into
@@ -22,8 +25,8 @@ use std::time::Duration;
 
 use llama_shm::internals::os::locate::DEFAULT_MODEL_FILE;
 use llama_shm_tests::{
-    compile_c_against_ffi, entries_of, ffi_lib, python_that_imports, repo_root, run_bounded, worker_path,
-    Ran, TempDir,
+    batching_echo, compile_c_against_ffi, entries_of, ffi_lib, python_that_imports, repo_root, run_bounded,
+    slot_names, unique_prefix, wait_or_kill, worker_path, Ran, TempDir,
 };
 
 #[test]
@@ -39,6 +42,36 @@ fn c_smoke_program_passes_against_the_echo_worker() {
     assert!(ran.out.contains("smoke: all checks passed"), "{}", ran.out);
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
+}
+
+/// `attach.c` against a standalone echo worker of `--parallel 2` started here: the program
+/// attaches two clients (and a third), detaches, and finally shuts the shared worker down
+/// through `lshm_client_shutdown`; the worker must then exit 0 by itself, leaving no name of
+/// its prefix or its slots behind.
+#[test]
+fn c_attach_program_shares_a_standalone_echo_worker() {
+    let dir = TempDir::new("ffi_c_attach");
+    let exe = compile_c_against_ffi("crates/llama-shm-ffi/tests/c/attach.c", &dir.0, "attach");
+    let prefix = unique_prefix("cat");
+    let worker = batching_echo(&prefix, 2, &[]);
+    let pid = worker.id();
+
+    let mut cmd = Command::new(&exe);
+    cmd.arg(prefix.as_str()).arg(pid.to_string());
+    let ran = run_bounded(cmd, &dir.0, Duration::from_secs(60));
+    println!("--- attach {prefix:?} {pid}\n{}---", ran.out);
+    assert_eq!(ran.status.code(), Some(0), "attach.c failed:\n{}", ran.out);
+    assert!(ran.out.contains("attach: all checks passed"), "{}", ran.out);
+    // The program's last call asked the worker to exit: it must have, on its own.
+    let mut child = worker.take();
+    let status = wait_or_kill(&mut child, Duration::from_secs(10));
+    let left = slot_names(&prefix, 2);
+    for k in 0..=2 {
+        let _ = llama_shm::internals::objects::unlink_prefix(&prefix.slot(k).unwrap());
+    }
+    let status = status.expect("the worker did not exit after lshm_client_shutdown of an attached client");
+    assert_eq!(status.code(), Some(0), "worker exit status");
+    assert_eq!(left, 0, "names of {prefix:?} left in /dev/shm");
 }
 
 /// Fails `test` when `LLAMA_SHM_REQUIRE_FRONTENDS` is set, else says why it is skipped and

@@ -1,7 +1,8 @@
 /*
  * llama_shm.h — C ABI of llama-shm (libllama_shm_ffi.so / libllama_shm_ffi.a).
  *
- * Spawns a llama-shm worker and exchanges prompts with it over POSIX shared memory.
+ * Spawns a llama-shm worker (or attaches to a running one that others share) and exchanges
+ * prompts with it over POSIX shared memory.
  *
  *   lshm_client *c = NULL;
  *   const char *argv[] = {"--engine", "echo"};
@@ -11,6 +12,9 @@
  *       lshm_response_free(&r);
  *       lshm_client_shutdown(c, NULL);
  *   }
+ *
+ *   // A standalone `llama-shm-worker --prefix P` serves several processes:
+ *   if (lshm_client_attach("P", NULL, &c, NULL) == LSHM_OK) { ...; lshm_client_free(c); }
  *
  * Conventions:
  *  - Every function that can fail returns an lshm_status (0 = LSHM_OK). A NULL where a
@@ -23,6 +27,10 @@
  *    static strings that must not be freed.
  *  - A client may be used from several threads; its calls then run one after the other. Only
  *    an lshm_canceller acts while a request is running.
+ *  - lshm_client_new*, lshm_client_attach, lshm_request, lshm_stream, lshm_client_shutdown and
+ *    lshm_client_free block SIGPIPE on the calling thread while they run and discard one raised
+ *    meanwhile (a write of the library's to a pipe whose reader is gone gets EPIPE instead), so
+ *    a program that keeps SIGPIPE's default action is not killed by them.
  *
  * Build: cargo build --release -p llama-shm-ffi; link with -lllama_shm_ffi -lpthread.
  */
@@ -61,7 +69,9 @@ enum {
     LSHM_E_OS = 19,              /* an OS call failed */
     LSHM_E_SHUTDOWN = 20,        /* shutdown was not clean (worker killed or failed) */
     LSHM_E_ANSWER_TOO_LONG = 21, /* the answer passed the client's bound (request cancelled) */
-    LSHM_E_BUSY = 22             /* every slot of the shared worker is busy and its queue is full */
+    LSHM_E_BUSY = 22,            /* every slot of the shared worker is busy and its queue is full */
+    LSHM_E_ATTACH = 23           /* lshm_client_attach: no usable worker under that prefix (its
+                                    objects are missing, untrusted or malformed) */
 };
 
 /* Why an answer ended: lshm_response.finish. */
@@ -74,9 +84,10 @@ enum {
     LSHM_FINISH_ERROR = 5      /* the engine failed part-way */
 };
 
-/* The ABI of this header: compare with lshm_abi_version() and refuse a library that differs. */
+/* The ABI of this header: compare with lshm_abi_version() and refuse a library that differs.
+ * 4 added lshm_client_attach and LSHM_E_ATTACH. */
 enum {
-    LSHM_ABI_VERSION = 3
+    LSHM_ABI_VERSION = 4
 };
 
 /* lshm_options.prompt_policy */
@@ -86,7 +97,8 @@ enum {
 };
 
 /* How a client is started and bounded. Start from lshm_options_default() and change what you
- * need; a zero field means the library's default. */
+ * need; a zero field means the library's default. lshm_client_attach uses prompt_policy,
+ * request_timeout_ms and max_answer_bytes only (it starts and restarts no worker). */
 typedef struct lshm_options {
     uint32_t struct_size;            /* sizeof(lshm_options): another size is LSHM_E_INVALID_ARGUMENT */
     uint32_t prompt_policy;          /* an LSHM_POLICY_* value */
@@ -155,6 +167,22 @@ lshm_status lshm_client_new_with(const char *worker, const char *const *argv, si
                                  const lshm_options *options, lshm_client **out_client,
                                  char **out_error);
 
+/* Attaches to the running worker that serves `prefix` (a standalone `llama-shm-worker --prefix
+ * P [--parallel N] [--max-queue M]`; "llama_cpp" for the seed's names), with `options` (NULL:
+ * the defaults). Starts nothing and does not wait: the worker's objects must exist, belong to
+ * this user and grant no more than mode 0600. Each request takes a free slot of the worker; when
+ * all are busy it waits in the worker's queue (first come, first served; bounded by the request
+ * timeout), and fails at once with LSHM_E_BUSY when that queue is full. Of `options`, the
+ * spawning fields (startup_timeout_ms, restart_*) are checked but unused.
+ *   out_client: receives the new handle (NULL on failure). lshm_client_free DETACHES from the
+ *               worker, which goes on serving its other clients; lshm_client_shutdown ASKS THE
+ *               SHARED WORKER TO EXIT (for everyone) and waits until it is seen to exit.
+ * Errors: LSHM_E_INVALID_ARGUMENT (NULL prefix or out_client, a prefix that is empty, over 200
+ * bytes or holds a character outside [A-Za-z0-9_.-], bad options as for lshm_client_new_with),
+ * LSHM_E_INVALID_UTF8, LSHM_E_ATTACH (no usable worker under that prefix). */
+lshm_status lshm_client_attach(const char *prefix, const lshm_options *options,
+                               lshm_client **out_client, char **out_error);
+
 /* The worker's process id (updated after each request: a restart may replace the worker).
  * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_CLOSED. */
 lshm_status lshm_client_worker_pid(const lshm_client *client, uint32_t *out_pid);
@@ -198,11 +226,15 @@ lshm_status lshm_cancel(const lshm_canceller *canceller, int32_t *out_in_flight)
 void lshm_canceller_free(lshm_canceller *canceller);
 
 /* Shuts the worker down in order (5 s bound, then it is killed) and frees `client`, which is
- * invalid afterwards whatever the result. No other thread may be using it.
- * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_SHUTDOWN (worker killed or exited with a failure). */
+ * invalid afterwards whatever the result. No other thread may be using it. For a client of
+ * lshm_client_attach: asks the shared worker to exit (for all its clients) and waits, bounded,
+ * until it is seen to exit; use lshm_client_free to leave it running.
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_SHUTDOWN (worker killed or exited with a failure;
+ * attached: no turn to ask it, it refused, or its exit was not seen in time). */
 lshm_status lshm_client_shutdown(lshm_client *client, char **out_error);
 
-/* Frees `client` without reporting (the worker is still shut down). NULL is a no-op. */
+/* Frees `client` without reporting: a spawned worker is still shut down; from a shared worker
+ * (lshm_client_attach) it only detaches, and the worker goes on running. NULL is a no-op. */
 void lshm_client_free(lshm_client *client);
 
 /* Frees a string returned by this library. NULL is a no-op. */

@@ -77,3 +77,68 @@ pub(crate) unsafe fn run(out_error: *mut *mut c_char, body: impl FnOnce() -> Res
     }
     failure.status
 }
+
+/// Restores the thread's signal mask (and drops a SIGPIPE raised meanwhile) when dropped: see
+/// [`no_sigpipe`].
+struct SigpipeGuard {
+    old: libc::sigset_t,
+    /// SIGPIPE was neither blocked nor pending when the guard was made.
+    absorb: bool,
+}
+
+/// Whether SIGPIPE is pending for this thread (or the process).
+pub(crate) fn sigpipe_pending() -> bool {
+    // SAFETY: `sigpending` fills the local, zero-initialised set; `sigismember` reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGPIPE) == 1
+    }
+}
+
+impl Drop for SigpipeGuard {
+    fn drop(&mut self) {
+        // SAFETY: libc calls on local sets initialised by sigemptyset/sigaddset, and on the
+        // mask saved by `no_sigpipe`; a zero timeout makes sigtimedwait poll, not wait.
+        unsafe {
+            if self.absorb && sigpipe_pending() {
+                let mut pipe: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut pipe);
+                libc::sigaddset(&mut pipe, libc::SIGPIPE);
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Runs `f` with SIGPIPE blocked on this thread and discards a SIGPIPE that it raised.
+///
+/// The library writes to pipes and sockets of its own (a worker's control socket, the stop
+/// pipe of a watcher thread that may have ended already): such a write must fail with
+/// `EPIPE`, not kill the process. Rust programs ignore SIGPIPE, but a C host usually keeps the
+/// default action, which is to terminate. So the entry points that may write there (spawning,
+/// requests, shutdown, free) block it for their duration; a SIGPIPE that was already pending,
+/// or that the caller blocks itself, is left alone. (A stream callback runs inside too: a
+/// write of its own to a broken pipe then fails with `EPIPE` rather than raising the signal.)
+pub(crate) fn no_sigpipe<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: libc calls on local sets: sigemptyset/sigaddset initialise `pipe`,
+    // pthread_sigmask fills `old` (zero-initialised first, so it is valid either way).
+    let _guard = unsafe {
+        let mut pipe: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        let pending = sigpipe_pending();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) == 0;
+        let was_blocked = libc::sigismember(&old, libc::SIGPIPE) == 1;
+        blocked.then_some(SigpipeGuard {
+            old,
+            absorb: !pending && !was_blocked,
+        })
+    };
+    f()
+}

@@ -3,8 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use llama_shm::Prompts;
 use llama_shm::{RequestOptions, ShutdownError};
@@ -143,17 +142,12 @@ pub unsafe extern "C" fn lshm_client_new_with(
             .args(args)
             .spawn()
             .map_err(|e| Failure::new(spawn_status(&e), e.to_string()))?;
-        let handle = Box::new(LshmClient {
-            canceller: client.canceller(),
-            worker_pid: AtomicU32::new(client.worker_pid().unwrap_or(0)),
-            client: Mutex::new(client),
-        });
         // SAFETY: not NULL and writable (checked above).
-        unsafe { put(out_client, Box::into_raw(handle)) };
+        unsafe { put(out_client, LshmClient::into_raw(client)) };
         Ok(())
     };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
-    unsafe { run(out_error, body) }
+    unsafe { run(out_error, || no_sigpipe(body)) }
 }
 
 /// The worker's process id, in `*out_pid` (it does not wait for a request in flight).
@@ -290,7 +284,7 @@ pub unsafe extern "C" fn lshm_request(
         unsafe { exchange(client, user, system, opts, None, out_response) }
     };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
-    unsafe { run(out_error, body) }
+    unsafe { run(out_error, || no_sigpipe(body)) }
 }
 
 /// [`lshm_request`] that also hands the answer to `on_chunk` piece by piece as the worker
@@ -334,7 +328,7 @@ pub unsafe extern "C" fn lshm_stream(
         unsafe { exchange(client, user, system, opts, on_chunk, out_response) }
     };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
-    unsafe { run(out_error, body) }
+    unsafe { run(out_error, || no_sigpipe(body)) }
 }
 
 /// Frees `response->text` and resets `*response` to zeros. NULL is a no-op.
@@ -429,12 +423,19 @@ pub unsafe extern "C" fn lshm_canceller_free(canceller: *mut LshmCanceller) {
 /// Shuts the worker down in order (bounded: 5 s, then it is killed) and frees `client`, which
 /// is invalid afterwards whatever the status.
 ///
+/// A client of [`lshm_client_attach`](crate::lshm_client_attach) has no worker of its own to
+/// kill: this *asks the shared worker to exit* (as `llama_shm::Client::shutdown` does), for
+/// every client attached to it, and waits (bounded) until it is seen to exit. To leave a
+/// shared worker running, release the client with [`lshm_client_free`] instead.
+///
 /// # Errors
 /// [`LSHM_E_INVALID_ARGUMENT`] for NULL; [`LSHM_E_SHUTDOWN`] if the worker had to be killed
-/// or exited with a failure status (the message goes to `*out_error` when not NULL).
+/// or exited with a failure status, or (attached) if no turn came to ask it, it refused, or
+/// its exit was not seen within the bound (the message goes to `*out_error` when not NULL).
 ///
 /// # Safety
-/// `client` is NULL or a live handle from [`lshm_client_new`] that no other thread is using;
+/// `client` is NULL or a live handle from [`lshm_client_new`] or
+/// [`lshm_client_attach`](crate::lshm_client_attach) that no other thread is using;
 /// `out_error` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lshm_client_shutdown(
@@ -454,23 +455,28 @@ pub unsafe extern "C" fn lshm_client_shutdown(
             .map_err(|e: ShutdownError| Failure::new(LSHM_E_SHUTDOWN, e.to_string()))
     };
     // SAFETY: `out_error` is NULL or writable (the contract).
-    unsafe { run(out_error, body) }
+    unsafe { run(out_error, || no_sigpipe(body)) }
 }
 
-/// Frees `client` without reporting: the worker is still shut down (as by
-/// [`lshm_client_shutdown`], errors ignored). NULL is a no-op.
+/// Frees `client` without reporting: a spawned worker is still shut down (as by
+/// [`lshm_client_shutdown`], errors ignored); from a shared worker (a client of
+/// [`lshm_client_attach`](crate::lshm_client_attach)) it just detaches, leaving the worker
+/// running for its other clients. NULL is a no-op.
 ///
 /// # Safety
-/// `client` is NULL or a live handle from [`lshm_client_new`] that no other thread is using.
+/// `client` is NULL or a live handle from [`lshm_client_new`] or
+/// [`lshm_client_attach`](crate::lshm_client_attach) that no other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn lshm_client_free(client: *mut LshmClient) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if !client.is_null() {
-            // SAFETY: a live handle made by `Box::into_raw`, given back exactly once (the
-            // contract).
-            drop(unsafe { Box::from_raw(client) });
-        }
-    }));
+    let _ = no_sigpipe(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            if !client.is_null() {
+                // SAFETY: a live handle made by `Box::into_raw`, given back exactly once (the
+                // contract).
+                drop(unsafe { Box::from_raw(client) });
+            }
+        }))
+    });
 }
 
 /// Frees a string returned by this library (an error message, `lshm_response.text`). NULL is

@@ -23,6 +23,17 @@ pub struct LshmClient {
 }
 
 impl LshmClient {
+    /// Boxes `client` as a handle for C (the caller's to release with
+    /// [`lshm_client_shutdown`](crate::lshm_client_shutdown) or
+    /// [`lshm_client_free`](crate::lshm_client_free)).
+    pub(crate) fn into_raw(client: Client) -> *mut LshmClient {
+        Box::into_raw(Box::new(LshmClient {
+            canceller: client.canceller(),
+            worker_pid: AtomicU32::new(client.worker_pid().unwrap_or(0)),
+            client: Mutex::new(client),
+        }))
+    }
+
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Client> {
         // A poisoned lock means a panic inside an earlier call (reported as LSHM_E_PANIC);
         // the client itself stays consistent enough to answer or report `Closed`.
@@ -134,7 +145,10 @@ pub(crate) fn fill_response(r: &Response) -> Result<LshmResponse, Failure> {
     })
 }
 
-/// A builder set up from C's options, which are checked first.
+/// A builder set up from C's options, which are checked first. Every field applies to a
+/// spawned client; an attached one ([`lshm_client_attach`](crate::lshm_client_attach)) uses
+/// `prompt_policy`, `request_timeout_ms` and `max_answer_bytes` only (it starts no worker and
+/// restarts none).
 pub(crate) fn builder_with(o: &LshmOptions) -> Result<ClientBuilder, Failure> {
     if o.struct_size as usize != std::mem::size_of::<LshmOptions>() {
         return Err(Failure::new(

@@ -9,21 +9,29 @@
 //! `malloc` and released with [`lshm_string_free`] (or `free`).
 //!
 //! ```text
-//!  lshm_client_new ─► lshm_request / lshm_stream (any number) ─► lshm_client_shutdown
-//!        │                     ▲                                  (or lshm_client_free)
+//!  lshm_client_new    (spawns a worker) ─┐
+//!  lshm_client_attach (a shared one)    ─┴─► lshm_request / lshm_stream (any number)
+//!        │                                          ▲          ─► lshm_client_shutdown
+//!        │                                          │             (or lshm_client_free)
 //!        └─► lshm_canceller_new ─► lshm_cancel (from any thread) ─► lshm_canceller_free
 //! ```
+//!
+//! A client of `lshm_client_attach` shares a running standalone worker with other clients and
+//! processes: `lshm_client_free` detaches from it (it goes on serving the others), while
+//! `lshm_client_shutdown` asks it to exit, as `llama_shm::Client::shutdown` does.
 //!
 //! The `unsafe` here is the C boundary itself: reading the caller's strings and arrays,
 //! writing its out-parameters, calling its callback, and owning the boxed handles and
 //! `malloc`ed strings. Each function's `# Safety` section states what C must guarantee.
 
+mod attach;
 mod boundary;
 mod entry;
 mod handles;
 mod locate;
 mod status;
 
+pub use attach::*;
 pub use entry::*;
 pub use handles::{ChunkCallback, LshmCanceller, LshmClient, LshmOptions, LshmResponse};
 pub use status::*;

@@ -6,8 +6,9 @@ use std::ffi::CStr;
 use llama_shm::{RequestError, SpawnError};
 
 /// The ABI this library implements: a frontend built against another value refuses the
-/// library ([`lshm_abi_version`](crate::lshm_abi_version) returns it).
-pub const LSHM_ABI_VERSION: u32 = 3;
+/// library ([`lshm_abi_version`](crate::lshm_abi_version) returns it). 4 added
+/// [`lshm_client_attach`](crate::lshm_client_attach) and [`LSHM_E_ATTACH`].
+pub const LSHM_ABI_VERSION: u32 = 4;
 
 /// [`LshmOptions::prompt_policy`](crate::LshmOptions): cut a prompt that does not fit on a
 /// character boundary (and at a NUL).
@@ -66,6 +67,10 @@ pub const LSHM_E_SHUTDOWN: Status = 20;
 pub const LSHM_E_ANSWER_TOO_LONG: Status = 21;
 /// Every slot of the shared worker is busy and its admission queue is full: nothing was sent.
 pub const LSHM_E_BUSY: Status = 22;
+/// [`lshm_client_attach`](crate::lshm_client_attach) found no usable worker under the prefix:
+/// its objects are missing (no worker serves it), untrusted (another owner, or a mode wider
+/// than 0600) or malformed.
+pub const LSHM_E_ATTACH: Status = 23;
 
 /// `lshm_response.finish`: not reported (seed-mode worker, or an error).
 pub const LSHM_FINISH_UNKNOWN: u32 = 0;
@@ -106,6 +111,9 @@ pub(crate) fn message_of(code: Status) -> &'static CStr {
         LSHM_E_SHUTDOWN => c"the worker did not shut down cleanly",
         LSHM_E_ANSWER_TOO_LONG => c"the answer is longer than the client's bound",
         LSHM_E_BUSY => c"the worker is busy: every slot is taken and its queue is full",
+        LSHM_E_ATTACH => {
+            c"no usable worker under that prefix: its objects are missing, untrusted or malformed"
+        }
         _ => c"unknown status code",
     }
 }

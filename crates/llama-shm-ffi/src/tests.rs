@@ -7,13 +7,17 @@ use std::ffi::{c_char, CStr};
 
 #[test]
 fn every_status_has_its_own_message() {
-    let codes: Vec<Status> = (LSHM_OK..=LSHM_E_BUSY).collect();
+    let codes: Vec<Status> = (LSHM_OK..=LSHM_E_ATTACH).collect();
     let mut seen = std::collections::HashSet::new();
     for code in codes {
         let m = message_of(code).to_str().unwrap();
         assert_ne!(m, "unknown status code", "code {code} has no message");
         assert!(seen.insert(m), "code {code} shares its message {m:?}");
     }
+    assert_eq!(
+        message_of(LSHM_E_ATTACH + 1).to_str().unwrap(),
+        "unknown status code"
+    );
     assert_eq!(message_of(999).to_str().unwrap(), "unknown status code");
     assert_eq!(message_of(-1).to_str().unwrap(), "unknown status code");
 }
@@ -144,4 +148,125 @@ fn malloc_string_keeps_the_bytes_and_adds_a_nul() {
     // SAFETY: `p` is ours and freed once.
     unsafe { lshm_string_free(p) };
     assert_eq!(got, [0xc3, 0xa9, 0, b'x', 0]);
+}
+
+/// Calls `lshm_client_attach(prefix, options, ...)` and returns its status, whether it left
+/// `*out_client` NULL, and its message (the library's string, freed here).
+fn attach(prefix: *const c_char, options: *const LshmOptions) -> (Status, bool, Option<String>) {
+    let mut out: *mut LshmClient = std::ptr::dangling_mut();
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `prefix` is NULL or a NUL-terminated string (the callers'), `options` NULL or a
+    // live struct; the out-pointers are live.
+    let s = unsafe { lshm_client_attach(prefix, options, &mut out, &mut err) };
+    let msg = (!err.is_null()).then(|| {
+        // SAFETY: set by the call to a NUL-terminated string of ours, freed once.
+        let m = unsafe { CStr::from_ptr(err) }.to_str().unwrap().to_owned();
+        // SAFETY: as above.
+        unsafe { lshm_string_free(err) };
+        m
+    });
+    if s == LSHM_OK {
+        // SAFETY: a live handle just made; detaching leaves any worker running.
+        unsafe { lshm_client_free(out) };
+    }
+    (s, out.is_null(), msg)
+}
+
+#[test]
+fn attaching_to_a_prefix_nobody_serves_is_lshm_e_attach_with_a_message() {
+    let name = format!("lshm_ffi_none_{}", std::process::id());
+    let prefix = std::ffi::CString::new(name.clone()).unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/dev/shm/{name}_shared_mem")).exists(),
+        "{name} is served"
+    );
+    let (s, null, msg) = attach(prefix.as_ptr(), std::ptr::null());
+    assert_eq!(s, LSHM_E_ATTACH, "{msg:?}");
+    assert!(null, "out_client must be NULL on failure");
+    let msg = msg.expect("a message in out_error");
+    assert!(msg.contains(&name), "{msg}");
+    assert_ne!(message_of(s).to_str().unwrap(), "unknown status code");
+    // Options are checked too, and the same way as for a spawn.
+    let options = lshm_options_default();
+    assert_eq!(attach(prefix.as_ptr(), &options).0, LSHM_E_ATTACH);
+}
+
+#[test]
+fn attach_arguments_are_checked_before_anything_is_opened() {
+    let (s, null, msg) = attach(std::ptr::null(), std::ptr::null());
+    assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+    assert!(null);
+    assert!(msg.unwrap().contains("prefix is NULL"));
+    for bad in [c"", c"a/b", c"../etc", c"has space"] {
+        let (s, null, msg) = attach(bad.as_ptr(), std::ptr::null());
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT, "{bad:?}: {msg:?}");
+        assert!(null);
+        assert!(msg.unwrap().starts_with("prefix "), "{bad:?}");
+    }
+    let long = std::ffi::CString::new("p".repeat(201)).unwrap();
+    assert_eq!(attach(long.as_ptr(), std::ptr::null()).0, LSHM_E_INVALID_ARGUMENT);
+    let not_utf8 = [b'p', 0xff, 0];
+    assert_eq!(
+        attach(not_utf8.as_ptr().cast(), std::ptr::null()).0,
+        LSHM_E_INVALID_UTF8
+    );
+    let wrong_size = LshmOptions {
+        struct_size: 8,
+        ..lshm_options_default()
+    };
+    let (s, _, msg) = attach(c"lshm_ffi_unused".as_ptr(), &wrong_size);
+    assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+    assert!(msg.unwrap().contains("struct_size"));
+    let bad_policy = LshmOptions {
+        prompt_policy: 7,
+        ..lshm_options_default()
+    };
+    assert_eq!(
+        attach(c"lshm_ffi_unused".as_ptr(), &bad_policy).0,
+        LSHM_E_INVALID_ARGUMENT
+    );
+    // SAFETY: a NULL out_client is what is being tested.
+    let s = unsafe {
+        lshm_client_attach(
+            c"lshm_ffi_unused".as_ptr(),
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+}
+
+/// A C host keeps SIGPIPE's default action (terminate the process), which the Rust test
+/// harness replaces by "ignore": so the test restores the default first. A write to a pipe
+/// nobody reads inside `no_sigpipe` then fails with EPIPE, and the signal is neither delivered
+/// (the process would die) nor left pending, and the thread's mask is as before.
+#[test]
+fn a_sigpipe_raised_inside_an_entry_point_is_absorbed_not_fatal() {
+    let mut fds = [0; 2];
+    // SAFETY: plain libc calls on a local array and descriptors of our own.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+    }
+    let (n, errno) = no_sigpipe(|| {
+        // SAFETY: `fds[1]` is our pipe's write end; one byte from a static buffer.
+        let n = unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        (n, std::io::Error::last_os_error().raw_os_error())
+    });
+    assert_eq!((n, errno), (-1, Some(libc::EPIPE)));
+    assert!(!sigpipe_pending(), "the SIGPIPE was left pending");
+    // SAFETY: as above; `mask` is a local set filled by pthread_sigmask.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        assert_eq!(
+            libc::sigismember(&mask, libc::SIGPIPE),
+            0,
+            "SIGPIPE is still blocked"
+        );
+        libc::close(fds[1]);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }

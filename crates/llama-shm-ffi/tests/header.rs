@@ -1,7 +1,8 @@
 //! The hand-written header `include/llama_shm.h` against the Rust sources (`src/status.rs`,
-//! `src/handles.rs`, `src/entry.rs`): every exported function is declared with the same number
-//! of parameters, every status and finish constant has the same value, and `lshm_response` has
-//! the same fields in the same order with matching types — so the two cannot drift apart.
+//! `src/handles.rs`, `src/entry.rs`, `src/attach.rs`): every exported function is declared with
+//! the same number of parameters, every status and finish constant has the same value, and
+//! `lshm_response` has the same fields in the same order with matching types — so the two
+//! cannot drift apart.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ const SOURCE: &str = concat!(
     include_str!("../src/status.rs"),
     include_str!("../src/handles.rs"),
     include_str!("../src/entry.rs"),
+    include_str!("../src/attach.rs"),
 );
 
 /// The text between the `(` at `open` and its matching `)`.

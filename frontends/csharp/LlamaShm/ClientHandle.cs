@@ -2,7 +2,9 @@
 //
 // Why not just a finalizer calling lshm_client_free: freeing a client shuts its worker down
 // (crates/llama-shm-ffi/src/entry.rs: lshm_client_free drops the Rust Client, whose Drop runs the
-// same orderly shutdown as lshm_client_shutdown). That waits — for the turn (up to half the 5 s
+// same orderly shutdown as lshm_client_shutdown). (A client of LlamaShmClient.Attach has no worker
+// of its own: freeing it only detaches, at once, and lshm_client_shutdown asks the shared worker
+// to exit.) That waits — for the turn (up to half the 5 s
 // shutdown bound) and for the worker to exit (up to 5 s) before killing it. So it is bounded, but
 // it can block for seconds, and a finalizer must not. Hence three ways to release:
 //
@@ -31,7 +33,7 @@ namespace LlamaShm
         internal int ShutdownStatus { get; private set; }
         internal string ShutdownError { get; private set; }
 
-        // Created by the marshaller for lshm_client_new_with's out parameter.
+        // Created by the marshaller for the out parameter of lshm_client_new_with / _attach.
         private ClientHandle() : base(true) { }
 
         /// <summary>Releases the client on this thread (now, or when a call in flight on another

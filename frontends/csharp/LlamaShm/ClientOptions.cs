@@ -1,5 +1,7 @@
 // ClientOptions: how a client starts its worker and bounds it (the fields of lshm_options, plus
-// the worker's path and arguments). A null or zero setting means the library's default.
+// the worker's path and arguments). A null or zero setting means the library's default. A client
+// that attaches to a shared worker (LlamaShmClient.Attach) uses RequestTimeout, MaxAnswerBytes
+// and PromptPolicy only.
 
 using System;
 using System.Collections.Generic;
@@ -29,7 +31,12 @@ namespace LlamaShm
         public TimeSpan MaxBackoff { get; set; }
     }
 
-    /// <summary>How <see cref="LlamaShmClient.Start"/> spawns and bounds its worker.</summary>
+    /// <summary>How <see cref="LlamaShmClient.Start"/> spawns and bounds its worker. For
+    /// <see cref="LlamaShmClient.Attach"/> only <see cref="RequestTimeout"/>,
+    /// <see cref="MaxAnswerBytes"/> and <see cref="PromptPolicy"/> apply; the spawning settings
+    /// (<see cref="WorkerPath"/>, <see cref="WorkerArguments"/>, <see cref="StartupTimeout"/>,
+    /// <see cref="Restart"/>) are checked but unused: nothing is started, and a shared worker
+    /// that dies is not restarted.</summary>
     public sealed class ClientOptions
     {
         /// <summary>The llama-shm-worker binary; null: $LLAMA_SHM_WORKER, else next to
@@ -44,7 +51,8 @@ namespace LlamaShm
         public TimeSpan? StartupTimeout { get; set; }
 
         /// <summary>Bound on each request (beyond it: <see cref="LlamaShmTimeoutException"/>);
-        /// null: 600 s.</summary>
+        /// null: 600 s. For an attached client it includes the wait for a free slot of the
+        /// shared worker.</summary>
         public TimeSpan? RequestTimeout { get; set; }
 
         /// <summary>The most bytes one answer may have (beyond it the request is cancelled and

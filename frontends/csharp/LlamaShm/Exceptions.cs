@@ -4,6 +4,7 @@
 //   ├── LlamaShmClientException (ILlamaShmError)    any other failed call: Status says which
 //   │   ├── WorkerNotFoundException                 LSHM_E_WORKER_NOT_FOUND
 //   │   ├── WorkerStartupException                  LSHM_E_STARTUP
+//   │   ├── WorkerNotRunningException               LSHM_E_ATTACH (Attach: nobody serves the prefix)
 //   │   ├── WorkerDiedException                     LSHM_E_WORKER_DIED
 //   │   │   └── RestartFailedException              LSHM_E_RESTART_FAILED
 //   │   ├── PromptTooLongException                  LSHM_E_PROMPT_TOO_LONG
@@ -13,7 +14,7 @@
 //   │   ├── EngineException                         LSHM_E_ENGINE
 //   │   ├── ClientClosedException                   LSHM_E_CLOSED
 //   │   └── ShutdownException                       LSHM_E_SHUTDOWN
-//   ├── IncompatibleLibraryException                the library's ABI is not 3
+//   ├── IncompatibleLibraryException                the library's ABI is not 4
 //   ├── TimeoutException
 //   │   └── LlamaShmTimeoutException (ILlamaShmError) LSHM_E_TIMEOUT
 //   └── OperationCanceledException
@@ -66,6 +67,16 @@ namespace LlamaShm
     {
         /// <summary>With the library's message (it says why, e.g. the worker's exit status).</summary>
         public WorkerStartupException(string message) : base(LshmStatus.Startup, message) { }
+    }
+
+    /// <summary><see cref="LlamaShmClient.Attach"/> found no usable worker under the prefix
+    /// (LSHM_E_ATTACH): its objects are missing — no standalone worker serves it (start one
+    /// with <c>llama-shm-worker --prefix P</c>) — or untrusted (another owner, a mode wider than
+    /// 0600) or malformed.</summary>
+    public class WorkerNotRunningException : LlamaShmClientException
+    {
+        /// <summary>With the library's message (it names the prefix and the object).</summary>
+        public WorkerNotRunningException(string message) : base(LshmStatus.Attach, message) { }
     }
 
     /// <summary>The worker died during the request (LSHM_E_WORKER_DIED). Without a restart
@@ -181,7 +192,7 @@ namespace LlamaShm
         /// lshm_abi_version at all, i.e. it predates ABI 2).</summary>
         public uint LibraryAbiVersion { get; private set; }
 
-        /// <summary>The ABI version this assembly needs (3).</summary>
+        /// <summary>The ABI version this assembly needs (4).</summary>
         public uint ExpectedAbiVersion { get; private set; }
 
         /// <summary>A refusal of a library reporting <paramref name="found"/>.</summary>
@@ -205,6 +216,7 @@ namespace LlamaShm
             {
                 case LshmStatus.WorkerNotFound: return new WorkerNotFoundException(message);
                 case LshmStatus.Startup: return new WorkerStartupException(message);
+                case LshmStatus.Attach: return new WorkerNotRunningException(message);
                 case LshmStatus.Timeout: return new LlamaShmTimeoutException(message);
                 case LshmStatus.WorkerDied: return new WorkerDiedException(message);
                 case LshmStatus.RestartFailed: return new RestartFailedException(message);

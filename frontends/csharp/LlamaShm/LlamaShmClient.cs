@@ -1,10 +1,15 @@
-// LlamaShmClient: a local llama.cpp model through llama-shm's C ABI (libllama_shm_ffi.so, ABI 3).
+// LlamaShmClient: a local llama.cpp model through llama-shm's C ABI (libllama_shm_ffi.so, ABI 4).
 //
 //   using (var client = LlamaShmClient.Start(new ClientOptions { WorkerPath = worker }))
 //   {
 //       Response r = await client.StreamAsync("Hello", "Be terse.", chunk => Console.Write(chunk),
 //                                             null, cancellationToken);
 //   }
+//
+// Start spawns a worker of the client's own; Attach connects to a running standalone worker
+// (llama-shm-worker --prefix P) that several clients and processes share. The two kinds differ
+// only at the end: Dispose detaches from a shared worker (it goes on serving the others), while
+// Shutdown asks it to exit.
 //
 // Every call is a blocking native call; the ...Async methods run it on a thread of its own
 // (TaskCreationOptions.LongRunning), so an answer that takes minutes holds no pool thread.
@@ -26,7 +31,9 @@ using System.Threading.Tasks;
 
 namespace LlamaShm
 {
-    /// <summary>A client of one llama-shm worker, which it spawns and shuts down.</summary>
+    /// <summary>A client of one llama-shm worker, which it spawns and shuts down
+    /// (<see cref="Start"/>), or which it shares with other clients and processes
+    /// (<see cref="Attach"/>).</summary>
     /// <remarks>
     /// <para><b>Thread safety.</b> All members may be called from any thread. Requests run one
     /// at a time: a second request waits for the one in flight (its CancellationToken cancels
@@ -46,7 +53,10 @@ namespace LlamaShm
     /// request in flight: it cancels it, and the worker is shut down when that call returns
     /// (on the request's thread). Otherwise it shuts the worker down on the calling thread,
     /// bounded by about 5 s. A client that is never disposed is released by its finalizer on a
-    /// thread-pool thread (the finalizer thread does not wait).</para>
+    /// thread-pool thread (the finalizer thread does not wait). A client of
+    /// <see cref="Attach"/> has no worker of its own: disposing it detaches at once and the
+    /// shared worker goes on serving its other clients; <see cref="Shutdown"/> asks the shared
+    /// worker to exit.</para>
     /// </remarks>
     public sealed class LlamaShmClient : IDisposable
     {
@@ -111,7 +121,7 @@ namespace LlamaShm
 
         /// <summary>Spawns a worker and waits until it is ready (bounded by
         /// <see cref="ClientOptions.StartupTimeout"/>).</summary>
-        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 3.</exception>
+        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 4.</exception>
         /// <exception cref="DllNotFoundException">libllama_shm_ffi.so was not found.</exception>
         /// <exception cref="WorkerNotFoundException">No worker binary at the path.</exception>
         /// <exception cref="WorkerStartupException">The worker exited or was not ready in time.</exception>
@@ -139,11 +149,7 @@ namespace LlamaShm
                 int status = NativeMethods.lshm_client_new_with(worker, argv, new UIntPtr((uint)argv.Length),
                                                                 ref native, out client, out error);
                 StatusErrors.Check(status, error);
-                CancellerHandle canceller;
-                StatusErrors.Check(NativeMethods.lshm_canceller_new(client, out canceller), IntPtr.Zero);
-                var started = new LlamaShmClient(client, canceller);
-                client = null;
-                return started;
+                return Adopt(ref client);
             }
             finally
             {
@@ -161,6 +167,65 @@ namespace LlamaShm
             if (options == null)
                 throw new ArgumentNullException("options");
             return OwnThread(() => Start(options));
+        }
+
+        /// <summary>Attaches to the running worker that serves <paramref name="prefix"/>: a
+        /// standalone <c>llama-shm-worker --prefix PREFIX [--parallel N] [--max-queue M]</c>, which
+        /// other clients and processes may share. Nothing is started and nothing is waited for:
+        /// the worker's objects must exist, belong to this user and grant no more than mode 0600.
+        /// The client is used as one from <see cref="Start"/>; each request takes a free slot of
+        /// the worker, waits first come first served while every slot is busy (bounded by
+        /// <see cref="ClientOptions.RequestTimeout"/>), and throws
+        /// <see cref="WorkerBusyException"/> at once when the worker's queue is full.
+        /// <see cref="Dispose"/> detaches (the worker keeps running); <see cref="Shutdown"/> asks
+        /// the shared worker to exit, for all its clients.</summary>
+        /// <param name="prefix">The worker's <c>--prefix</c> (<c>"llama_cpp"</c> for the seed's names).</param>
+        /// <param name="options">RequestTimeout, MaxAnswerBytes and PromptPolicy apply (the
+        /// spawning settings are unused); null: the defaults.</param>
+        /// <exception cref="WorkerNotRunningException">No usable worker under the prefix (its
+        /// objects are missing, untrusted or malformed).</exception>
+        /// <exception cref="ArgumentException">The prefix is empty, longer than 200 characters,
+        /// or holds a character outside <c>[A-Za-z0-9_.-]</c>.</exception>
+        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 4.</exception>
+        /// <exception cref="DllNotFoundException">libllama_shm_ffi.so was not found.</exception>
+        public static LlamaShmClient Attach(string prefix, ClientOptions options = null)
+        {
+            byte[] name = Utf8.ToNative(prefix, "prefix");
+            NativeMethods.LshmOptions native = (options ?? new ClientOptions()).ToNative();
+            EnsureCompatibleLibrary();
+            ClientHandle client = null;
+            try
+            {
+                IntPtr error;
+                int status = NativeMethods.lshm_client_attach(name, ref native, out client, out error);
+                if (status == (int)LshmStatus.InvalidArgument)
+                    throw new ArgumentException(Utf8.TakeError(error), "prefix");
+                StatusErrors.Check(status, error);
+                return Adopt(ref client);
+            }
+            finally
+            {
+                if (client != null)
+                    client.Release(false);
+            }
+        }
+
+        /// <summary><see cref="Attach"/> on a thread of its own (attaching does not wait for
+        /// the worker, but opens and maps its objects).</summary>
+        public static Task<LlamaShmClient> AttachAsync(string prefix, ClientOptions options = null)
+        {
+            Utf8.ToNative(prefix, "prefix"); // argument errors synchronously, as the other ...Async
+            return OwnThread(() => Attach(prefix, options));
+        }
+
+        /// <summary>A client around a new native handle (set to null once it is the client's).</summary>
+        private static LlamaShmClient Adopt(ref ClientHandle client)
+        {
+            CancellerHandle canceller;
+            StatusErrors.Check(NativeMethods.lshm_canceller_new(client, out canceller), IntPtr.Zero);
+            var made = new LlamaShmClient(client, canceller);
+            client = null;
+            return made;
         }
 
         /// <summary>Sends one request and waits for the whole answer.</summary>
@@ -252,9 +317,12 @@ namespace LlamaShm
         /// <summary>Shuts the worker down in order and releases the client, reporting how it
         /// went. Waits for a request in flight to end first (use <see cref="Cancel"/> or
         /// <see cref="Dispose"/> not to wait). A second call, or a call after Dispose, does
-        /// nothing.</summary>
+        /// nothing. A client of <see cref="Attach"/> asks the <i>shared</i> worker to exit (for
+        /// all its clients) and waits, bounded, until it is seen to exit; to leave it running,
+        /// use <see cref="Dispose"/>.</summary>
         /// <exception cref="ShutdownException">The worker had to be killed or exited with a
-        /// failure; the client is released anyway.</exception>
+        /// failure (attached: no turn came to ask it, or its exit was not seen in time); the
+        /// client is released anyway.</exception>
         public void Shutdown()
         {
             if (runningOnThisThread == this)
@@ -283,8 +351,10 @@ namespace LlamaShm
             }
         }
 
-        /// <summary>Releases the client and shuts its worker down; never throws. A request in
-        /// flight (on another thread) is cancelled and the release happens when it returns.</summary>
+        /// <summary>Releases the client and shuts its worker down (a client of
+        /// <see cref="Attach"/> only detaches: the shared worker goes on running); never throws.
+        /// A request in flight (on another thread) is cancelled and the release happens when it
+        /// returns.</summary>
         public void Dispose()
         {
             RequestRun run;

@@ -53,5 +53,8 @@ namespace LlamaShm
         AnswerTooLong = 21,
         /// <summary>LSHM_E_BUSY: every slot of the shared worker is busy and its queue is full.</summary>
         Busy = 22,
+        /// <summary>LSHM_E_ATTACH: no usable worker under the prefix given to
+        /// <c>lshm_client_attach</c> (its objects are missing, untrusted or malformed).</summary>
+        Attach = 23,
     }
 }

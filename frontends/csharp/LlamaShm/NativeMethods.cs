@@ -1,5 +1,5 @@
 // NativeMethods: the P/Invoke declarations of the llama-shm C ABI (crates/llama-shm-ffi/include/
-// llama_shm.h, ABI 3) and the structs it exchanges, laid out as the header declares them. Only
+// llama_shm.h, ABI 4) and the structs it exchanges, laid out as the header declares them. Only
 // this file names the native entry points; the rest of the library goes through ClientHandle,
 // CancellerHandle and Utf8.
 //
@@ -18,7 +18,7 @@ namespace LlamaShm
         internal const string Lib = "llama_shm_ffi";
 
         /// <summary>LSHM_ABI_VERSION of the header these declarations follow.</summary>
-        internal const uint AbiVersion = 3;
+        internal const uint AbiVersion = 4;
 
         internal const uint PolicyTruncate = 0;
         internal const uint PolicyStrict = 1;
@@ -76,6 +76,10 @@ namespace LlamaShm
         internal static extern int lshm_client_new_with(byte[] worker, IntPtr[] argv, UIntPtr argc,
                                                         ref LshmOptions options, out ClientHandle client,
                                                         out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_client_attach(byte[] prefix, ref LshmOptions options,
+                                                      out ClientHandle client, out IntPtr error);
 
         [DllImport(Lib)]
         internal static extern int lshm_client_worker_pid(ClientHandle client, out uint pid);

@@ -15,6 +15,16 @@
 (Starting and shutting down a client block for the worker's start-up and exit: in a program
 that must never block its loop, run those in an executor.)
 
+A standalone worker (``llama-shm-worker --prefix P [--parallel N] [--max-queue M]``) serves
+several processes: ``Client.attach("P")`` connects to it instead of spawning one. Each request
+takes a free slot, waits first come first served while all are busy, and raises
+:class:`BusyError` when the worker's queue is full; a prefix nobody serves raises
+:class:`WorkerNotRunningError`. Leaving ``with`` (or ``close()``) detaches and leaves the worker
+running for the others; ``shutdown()`` asks the shared worker to exit.
+
+    with Client.attach("P", timeout=60) as c:
+        print(c.ask("Hello").text)
+
 Installed from the wheel, the package carries the library and the worker
 (``llama_shm/libllama_shm_ffi.so``, ``llama_shm/llama-shm-worker``) and needs nothing else. In a
 source checkout the library is found through ``$LLAMA_SHM_FFI_LIB`` (the ``.so`` or its
@@ -37,8 +47,9 @@ Threads. A :class:`Client` may be shared between threads:
   or an ``ask`` made on another thread (see :meth:`Client.cancel`);
 - :meth:`Client.shutdown` (also ``close()`` and leaving ``with``) may be called from any thread,
   several times and concurrently; it cancels the request in flight until it holds the request
-  lock, then shuts the worker down once. It must not be called from a signal handler that may
-  interrupt a request on the same thread: it would wait for that request, i.e. for itself;
+  lock, then shuts the worker down once (``close()`` of an attached client detaches instead).
+  It must not be called from a signal handler that may interrupt a request on the same thread:
+  it would wait for that request, i.e. for itself;
 - a :class:`Stream` is iterated by one thread; its ``close()`` may be called from any thread.
   Dropping it (``break``) cancels its request;
 - requests on threads of their own (streams, asyncio) run on daemon threads; at exit, an
@@ -71,6 +82,7 @@ from ._errors import (
     StartupError,
     WorkerDiedError,
     WorkerNotFoundError,
+    WorkerNotRunningError,
 )
 from ._library import ABI_VERSION, load, loaded_path
 from ._response import Response, Usage
@@ -97,6 +109,7 @@ __all__ = [
     "ShutdownError",
     "AnswerTooLongError",
     "BusyError",
+    "WorkerNotRunningError",
     "library_version",
     "library_path",
 ]

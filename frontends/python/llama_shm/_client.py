@@ -1,7 +1,8 @@
-"""The client: :class:`Client` owns one spawned worker; :class:`_Canceller` owns the cancel
-handle that may be used from any thread; :class:`_Reaper` frees the handles of clients dropped
-without shutdown. (Streams and the asyncio calls, which run the request on a thread of their
-own, are in ``_streams``.) :func:`_at_exit` is the package's ``atexit`` hook."""
+"""The client: :class:`Client` owns one spawned worker (or is attached to a shared one);
+:class:`_Canceller` owns the cancel handle that may be used from any thread; :class:`_Reaper`
+frees the handles of clients dropped without shutdown. (Streams and the asyncio calls, which
+run the request on a thread of their own, are in ``_streams``.) :func:`_at_exit` is the
+package's ``atexit`` hook."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
-from ._errors import ClosedError, InvalidArgumentError, LlamaShmError
+from ._errors import LSHM_OK, ClosedError, InvalidArgumentError, LlamaShmError
 from ._library import CResponse, check, load
 from ._model import with_default_model
 from ._response import Response, take_response
@@ -43,6 +44,12 @@ def _ms(seconds: Optional[float], what: str) -> int:
     if seconds <= 0:
         raise ValueError("%s must be positive" % what)
     return max(1, int(round(seconds * 1000)))
+
+
+def _positive_bytes(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidArgumentError(1, "max_answer_bytes must be a positive int")
+    return n
 
 
 def _max_tokens(n: Optional[int]) -> int:
@@ -225,8 +232,9 @@ atexit.register(_at_exit)
 
 
 class Client:
-    """A spawned worker and the connection to it. Use it as a context manager (``with``), or
-    call :meth:`shutdown`.
+    """A spawned worker and the connection to it (or, made by :meth:`attach`, a connection to a
+    running worker that other clients and processes share). Use it as a context manager
+    (``with``), or call :meth:`close` / :meth:`shutdown`.
 
     Thread safety: requests from several threads run one after the other (the request lock is
     held for each request's duration, and for shutdown); :meth:`cancel` works from any thread,
@@ -259,14 +267,7 @@ class Client:
         timeout: Optional[float] = None,
         max_answer_bytes: Optional[int] = None,
     ) -> None:
-        self._handle: Optional[ctypes.c_void_p] = None
-        self._canceller: Optional[_Canceller] = None
-        self._lib = load()
-        _REAPER.start()
-        self._reaper = _REAPER  # for __del__, which may run when module globals are gone
-        self._lock = threading.Lock()  # the request lock: held for each use of _handle
-        self._flight = threading.RLock()  # guards _current (see _cancel_run)
-        self._current: Optional[Run] = None  # the background run whose request is in flight
+        self._prepare(shared=False)
         encoded = [encode(a, "worker argument") for a in with_default_model(args)]
         argv = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
         handle, err = ctypes.c_void_p(), ctypes.c_void_p()
@@ -279,6 +280,64 @@ class Client:
             ctypes.byref(err),
         )
         check(self._lib, status, err)
+        self._adopt(handle, max_answer_bytes)
+
+    @classmethod
+    def attach(
+        cls,
+        prefix: str,
+        *,
+        timeout: Optional[float] = None,
+        max_answer_bytes: Optional[int] = None,
+    ) -> Client:
+        """Attaches to the running worker that serves ``prefix`` (a standalone
+        ``llama-shm-worker --prefix PREFIX [--parallel N] [--max-queue M]``, which other
+        clients and processes may share) instead of spawning one. It starts nothing and does not
+        wait: the worker's objects must exist, belong to this user and grant no more than mode
+        0600. The client is used as one from the constructor; each request takes a free slot of
+        the worker, waits (first come, first served, bounded by ``timeout``) while all are busy,
+        and raises :class:`BusyError` at once when the worker's queue is full.
+
+        Leaving ``with`` (or :meth:`close`, or dropping the client) detaches: the worker goes
+        on serving its other clients. :meth:`shutdown` asks the shared worker to exit.
+
+        :param prefix: the worker's ``--prefix`` (``"llama_cpp"`` for the seed's names).
+        :param timeout: bound on each request in seconds, the wait for a slot included
+            (``None``: the library's 600 s).
+        :param max_answer_bytes: as for the constructor.
+        :raises WorkerNotRunningError: no usable worker under ``prefix`` (its objects are
+            missing, untrusted or malformed).
+        :raises InvalidArgumentError: a prefix that is empty, longer than 200 characters or
+            holds a character outside ``[A-Za-z0-9_.-]``.
+        :raises LibraryError: the C library is missing or speaks another ABI.
+        """
+        self = cls.__new__(cls)
+        self._prepare(shared=True)
+        name = encode(prefix, "prefix")
+        options = self._lib.lshm_options_default()
+        options.request_timeout_ms = _ms(timeout, "timeout")
+        if max_answer_bytes is not None:
+            options.max_answer_bytes = _positive_bytes(max_answer_bytes)
+        handle, err = ctypes.c_void_p(), ctypes.c_void_p()
+        status = self._lib.lshm_client_attach(name, ctypes.byref(options), ctypes.byref(handle), ctypes.byref(err))
+        check(self._lib, status, err)
+        self._adopt(handle, None)
+        return self
+
+    def _prepare(self, shared: bool) -> None:
+        """The state every client has before its ``lshm_client`` exists."""
+        self._handle: Optional[ctypes.c_void_p] = None
+        self._canceller: Optional[_Canceller] = None
+        self._shared = shared  # attached to a worker others share: close() detaches
+        self._lib = load()
+        _REAPER.start()
+        self._reaper = _REAPER  # for __del__, which may run when module globals are gone
+        self._lock = threading.Lock()  # the request lock: held for each use of _handle
+        self._flight = threading.RLock()  # guards _current (see _cancel_run)
+        self._current: Optional[Run] = None  # the background run whose request is in flight
+
+    def _adopt(self, handle: ctypes.c_void_p, max_answer_bytes: Optional[int]) -> None:
+        """Takes a new ``lshm_client``: its canceller, its worker's pid, the answer bound."""
         # Not shared with any thread yet: a failure below frees what was made, here.
         try:
             canceller, pid = ctypes.c_void_p(), ctypes.c_uint32()
@@ -286,9 +345,8 @@ class Client:
             self._canceller = _Canceller(self._lib, canceller)
             check(self._lib, self._lib.lshm_client_worker_pid(handle, ctypes.byref(pid)))
             if max_answer_bytes is not None:
-                if not isinstance(max_answer_bytes, int) or max_answer_bytes < 1:
-                    raise InvalidArgumentError(1, "max_answer_bytes must be a positive int")
-                check(self._lib, self._lib.lshm_client_set_max_answer_bytes(handle, max_answer_bytes))
+                bound = _positive_bytes(max_answer_bytes)
+                check(self._lib, self._lib.lshm_client_set_max_answer_bytes(handle, bound))
         except BaseException:
             if self._canceller is not None:
                 self._canceller.free()
@@ -307,13 +365,14 @@ class Client:
         tb: Optional[TracebackType],
     ) -> None:
         try:
-            self.shutdown()
+            self.close()
         except LlamaShmError:
             if exc_type is None:
                 raise
 
     def __del__(self) -> None:
-        # Abandoned without shutdown: free the handles (the worker is still shut down). The
+        # Abandoned without shutdown: free the handles (a spawned worker is still shut down; an
+        # attached client detaches). The
         # client is unreachable, so no other thread can be using them (a request's background
         # thread holds a reference until its request has returned). lshm_client_free may block
         # for seconds: the reaper's thread does it, and this returns at once.
@@ -332,7 +391,8 @@ class Client:
 
     @property
     def worker_pid(self) -> int:
-        """The worker's process id (it stays known after shutdown)."""
+        """The worker's process id (it stays known after shutdown); for an attached client,
+        the shared worker's."""
         return self._worker_pid
 
     def _live(self) -> ctypes.c_void_p:
@@ -452,26 +512,41 @@ class Client:
     def shutdown(self) -> None:
         """Shuts the worker down (cancelling a request in flight first) and closes the client.
         Idempotent, and safe to call from several threads at once: one of them shuts the worker
-        down, the others wait for it and return.
+        down, the others wait for it and return. For a client of :meth:`attach` this asks the
+        *shared* worker to exit, for all its clients, and waits until it has; :meth:`close`
+        leaves it running.
 
-        :raises ShutdownError: when the worker had to be killed or exited with a failure."""
+        :raises ShutdownError: when the worker had to be killed or exited with a failure (an
+            attached client: when no turn came to ask it, or its exit was not seen in time)."""
+        self._end(orderly=True)
+
+    def close(self) -> None:
+        """Closes the client, as leaving ``with`` does: :meth:`shutdown` for a worker of its
+        own; for a client of :meth:`attach`, detaches (cancelling a request in flight first)
+        and leaves the shared worker running for its other clients. Idempotent; any thread."""
+        self._end(orderly=not self._shared)
+
+    def _end(self, orderly: bool) -> None:
+        """Frees the client once: by ``lshm_client_shutdown`` if ``orderly``, else by
+        ``lshm_client_free`` (which detaches from a shared worker)."""
         canceller = self._canceller
         assert canceller is not None
         # Cancel until the request lock is ours: a request may start after a cancel.
         canceller.cancel()
         while not self._lock.acquire(timeout=0.05):
             canceller.cancel()
+        status, err = LSHM_OK, ctypes.c_void_p()
         try:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
-            err = ctypes.c_void_p()
-            status = self._lib.lshm_client_shutdown(handle, ctypes.byref(err))
+            if orderly:
+                status = self._lib.lshm_client_shutdown(handle, ctypes.byref(err))
+            else:
+                self._lib.lshm_client_free(handle)
         finally:
             self._lock.release()
             # After the client: a cancel during its shutdown still finds a live canceller (it
             # may outlive the client, and then cancels nothing).
             canceller.free()
         check(self._lib, status, err)
-
-    close = shutdown

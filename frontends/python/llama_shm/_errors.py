@@ -75,6 +75,12 @@ class ShutdownError(LlamaShmError):
     """The worker did not shut down cleanly (it had to be killed, or exited with a failure)."""
 
 
+class WorkerNotRunningError(LlamaShmError):
+    """:meth:`Client.attach` found no usable worker under the prefix: its objects are missing
+    (no worker serves it; start one with ``llama-shm-worker --prefix P``), untrusted (another
+    owner, or a mode wider than 0600) or malformed."""
+
+
 class BusyError(LlamaShmError):
     """Every slot of the shared worker is busy and its admission queue is full (the
     worker's ``--max-queue``): nothing was sent. Retry later."""
@@ -110,4 +116,5 @@ ERRORS: Dict[int, Type[LlamaShmError]] = {
     20: ShutdownError,  # LSHM_E_SHUTDOWN
     21: AnswerTooLongError,  # LSHM_E_ANSWER_TOO_LONG
     22: BusyError,  # LSHM_E_BUSY
+    23: WorkerNotRunningError,  # LSHM_E_ATTACH
 }

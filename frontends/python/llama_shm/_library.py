@@ -21,14 +21,15 @@ from typing import Any, Iterator, List, Optional
 from ._errors import ERRORS, LSHM_OK, AbiMismatchError, LibraryError, LlamaShmError
 
 LIB_NAME = "libllama_shm_ffi.so"
-# LSHM_ABI_VERSION of the header these bindings follow (the lshm_response layout below).
-ABI_VERSION = 3
+# LSHM_ABI_VERSION of the header these bindings follow (the struct layouts below; 4 added
+# lshm_client_attach).
+ABI_VERSION = 4
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class CResponse(ctypes.Structure):
-    """``lshm_response`` (ABI 3)."""
+    """``lshm_response`` (unchanged since ABI 3)."""
 
     _fields_ = [
         ("text", ctypes.c_void_p),
@@ -42,6 +43,22 @@ class CResponse(ctypes.Structure):
         ("generation_time_us", ctypes.c_uint64),
         ("cached_tokens", ctypes.c_uint32),
         ("reserved", ctypes.c_uint32),
+    ]
+
+
+class COptions(ctypes.Structure):
+    """``lshm_options``: start from ``lshm_options_default()``; 0 is the library's default."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("prompt_policy", ctypes.c_uint32),
+        ("startup_timeout_ms", ctypes.c_uint64),
+        ("request_timeout_ms", ctypes.c_uint64),
+        ("max_answer_bytes", ctypes.c_uint64),
+        ("restart_max_attempts", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("restart_backoff_ms", ctypes.c_uint64),
+        ("restart_max_backoff_ms", ctypes.c_uint64),
     ]
 
 
@@ -89,7 +106,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     sigs = {
         "lshm_version": (ctypes.c_char_p, []),
         "lshm_status_message": (ctypes.c_char_p, [st]),
+        "lshm_options_default": (COptions, []),
         "lshm_client_new": (st, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), sz, u64, out, out]),
+        "lshm_client_attach": (st, [ctypes.c_char_p, ctypes.POINTER(COptions), out, out]),
         "lshm_client_worker_pid": (st, [p, ctypes.POINTER(u32)]),
         "lshm_client_set_max_answer_bytes": (st, [p, u64]),
         "lshm_request": (st, [p, ctypes.c_char_p, ctypes.c_char_p, u64, u32, resp, out]),

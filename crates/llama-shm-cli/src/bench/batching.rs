@@ -7,18 +7,18 @@
 //! 4 clients as ratios of this run.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use llama_shm::internals::client::{Client, ClientBuilder, RequestOptions};
+use llama_shm::internals::client::{Client, RequestOptions};
 use llama_shm::internals::stats::{fmt_duration, summarize};
 use llama_shm::internals::worker::batch::{BatchEngine, BatchSink};
-use llama_shm::{EngineError, EngineRequest, Generation, Pool, Prefix, Prompts};
+use llama_shm::{EngineError, EngineRequest, Generation, Pool, Prompts};
 use llama_shm_worker::llama::{LlamaBatchEngine, LlamaOptions};
 
 use super::table::Table;
+use super::workers::{worker_rss_kib, Standalone};
 use super::BenchArgs;
 
 /// The system prompt of the mix.
@@ -117,11 +117,7 @@ type Send<'a> = dyn Fn(usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 
 
 /// `n` client threads, each sending its share of `requests` one after another through
 /// `send` (given the question index and a first-piece callback), timed.
-fn drive(
-    n: usize,
-    requests: usize,
-    send: &Send<'_>,
-) -> anyhow::Result<(Vec<Sample>, Duration)> {
+fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Result<(Vec<Sample>, Duration)> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     let per_thread: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|s| {
@@ -180,51 +176,6 @@ fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow
     Ok(r.usage.generated_tokens)
 }
 
-/// A standalone worker of this benchmark, stopped (SIGTERM: it removes its names) on drop.
-struct Standalone {
-    child: Child,
-    prefix: Prefix,
-}
-
-impl Standalone {
-    fn start(worker: &Path, model: &Path, parallel: usize, tag: &str) -> anyhow::Result<Self> {
-        let prefix = Prefix::new(&format!("lshm_bench_{tag}_{}", std::process::id()))?;
-        let child = Command::new(worker)
-            .args(worker_args(model, THREADS))
-            .args(["--parallel", &parallel.to_string(), "--prefix", prefix.as_str()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting a standalone worker")?;
-        let me = Self { child, prefix };
-        // Ready once a client can attach (every slot's names exist).
-        let t = Instant::now();
-        while me.attach().is_err() {
-            ensure!(
-                t.elapsed() < Duration::from_secs(120),
-                "the standalone worker did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(me)
-    }
-
-    fn attach(&self) -> anyhow::Result<Client> {
-        Ok(ClientBuilder::default()
-            .request_timeout(Duration::from_secs(600))
-            .attach(&self.prefix)?)
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
 /// (a) and (b): `n` clients attached to one standalone worker of `--parallel parallel`.
 fn standalone_run(
     worker: &Path,
@@ -233,7 +184,12 @@ fn standalone_run(
     n: usize,
     requests: usize,
 ) -> anyhow::Result<Run> {
-    let w = Standalone::start(worker, model, parallel, &format!("p{parallel}n{n}"))?;
+    let w = Standalone::start(
+        worker,
+        &worker_args(model, THREADS),
+        parallel,
+        &format!("p{parallel}n{n}"),
+    )?;
     let clients: Vec<std::sync::Mutex<Client>> = (0..n)
         .map(|_| w.attach().map(std::sync::Mutex::new))
         .collect::<anyhow::Result<_>>()?;
@@ -377,35 +333,6 @@ fn ceiling_run(model: &Path, n: usize, requests: usize) -> anyhow::Result<Run> {
         wall,
         rss_kib: None,
     })
-}
-
-/// Peak RSS (`VmHWM`) of this process's child `llama-shm-worker` processes, summed, in KiB.
-fn worker_rss_kib() -> Option<u64> {
-    let me = std::process::id().to_string();
-    let mut total = 0;
-    let mut any = false;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        };
-        if field("PPid:").as_deref() == Some(me.as_str())
-            && field("Name:").is_some_and(|n| n.starts_with("llama-shm-work"))
-        {
-            if let Some(k) = field("VmHWM:").and_then(|v| v.trim_end_matches(" kB").parse::<u64>().ok()) {
-                total += k;
-                any = true;
-            }
-        }
-    }
-    any.then_some(total)
 }
 
 fn mib(k: Option<u64>) -> String {

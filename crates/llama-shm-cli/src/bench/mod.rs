@@ -22,6 +22,7 @@ mod round_trips;
 mod streaming;
 mod table;
 mod transports;
+mod workers;
 
 pub use transports::{serve as serve_transport, ServerArgs};
 

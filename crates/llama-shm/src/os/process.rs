@@ -229,9 +229,10 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = nix::unistd::write(&tx, &[1]);
-        }
+        // Closing the write end wakes the thread (its poll sees the pipe hang up). Writing to
+        // it instead would raise SIGPIPE once the thread has ended (the read end went with it):
+        // fatal in a C program that keeps the default action.
+        drop(self.stop_tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -296,6 +297,35 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
+
+    /// A watcher whose thread has ended (it fired) is dropped in a process that keeps
+    /// SIGPIPE's default action, as C programs do: the drop must not write to the stop pipe,
+    /// whose read end died with the thread (that write would kill the process).
+    #[test]
+    fn dropping_a_watcher_that_fired_raises_no_sigpipe() {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = std::sync::Arc::clone(&fired);
+        let w = Watcher::spawn("test-watch", vec![Watch::Readable(rx.into())], move |_| {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap();
+        std::io::Write::write_all(&mut &tx, b"x").unwrap();
+        let t = Instant::now();
+        while !(fired.load(std::sync::atomic::Ordering::SeqCst)
+            && w.thread.as_ref().is_some_and(JoinHandle::is_finished))
+        {
+            assert!(t.elapsed() < Duration::from_secs(5), "the watcher did not fire");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: installs the default action (no handler code runs); the test runs in a
+        // process of its own under nextest, and restores the runtime's SIG_IGN below.
+        let old = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.unwrap();
+        drop(w);
+        // SAFETY: as above, putting back what was there.
+        unsafe { signal(Signal::SIGPIPE, old) }.unwrap();
+    }
 
     #[test]
     fn wait_readable_is_false_once_the_deadline_has_passed_even_with_data_waiting() {
