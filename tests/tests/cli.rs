@@ -368,3 +368,14 @@ fn bench_runs_every_transport_section_and_prints_tables() {
     }
     assert!(own_entries().is_empty());
 }
+
+#[test]
+fn bench_only_runs_the_sections_asked_for() {
+    let (code, out, err) = run(&["bench", "--kills", "3", "--only", "lifecycle"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("spawn to ready"), "{out}");
+    for absent in ["unix socket", "LLM through the worker", "One model, many clients"] {
+        assert!(!out.contains(absent), "{absent:?} ran:\n{out}");
+    }
+    assert!(own_entries().is_empty());
+}
