@@ -28,11 +28,27 @@
 #    ended request's seq over a newer request's cancel (-DCANCEL_UNLOCKED must fail); the
 #    shipped code keeps every cancel (asserted in every stream run).
 #
+# The multi-slot worker (verification/spin/slots.pml: serve_slots, two slots, a client on each,
+# client 0's cancel, either client dying at any step):
+#  - the model must pass safety (no cross-talk: every unit a client copies out is its own
+#    slot's, request's and position's; the answer's length and finish agree; no deadlock), both
+#    LTL properties under weak fairness (every request ends unless its client dies; a dead
+#    client's slot is offered again), have no cycle, and without the stall limit answer every
+#    live, non-cancelled request whole; with an engine that may read a prompt for ever
+#    (-DPREFILL) a dead client's slot must still be freed;
+#  - planted bugs and a mutant must fail: the engine handing a piece to the other slot's sink
+#    (assertion); slots.rs before 5bae406 (a refused request stays in the batch until the
+#    engine pushes again: harmless with an engine that pushes every step, an acceptance cycle
+#    of slots_freed with -DPREFILL); a worker that never asks whether a requester is still
+#    there (saved by the stall limit; without it a dead client's full ring holds the engine,
+#    and the other slot's client with it: invalid end state, acceptance cycle).
+#
 # Installs nothing: needs `spin` and a C compiler. Runs in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$PWD/verification/spin/protocol.pml"
 smodel="$PWD/verification/spin/stream.pml"
+slmodel="$PWD/verification/spin/slots.pml"
 
 if ! command -v spin >/dev/null 2>&1; then
   echo "ci/spin.sh: 'spin' not found (Debian/Ubuntu: apt-get install spin)" >&2
@@ -43,7 +59,7 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   echo "ci/spin.sh: C compiler '$CC' not found (needed to build pan)" >&2
   exit 2
 fi
-for f in "$model" "$smodel"; do
+for f in "$model" "$smodel" "$slmodel"; do
   [ -f "$f" ] || { echo "ci/spin.sh: $f missing" >&2; exit 2; }
 done
 
@@ -68,6 +84,11 @@ build() {
 sbuild() {
   MODEL=$smodel build "$@"
   echo "${OPT:-}" >"$work/$1/cflags"
+}
+# slbuild: the same for slots.pml, whose state vectors are compressed (-DCOLLAPSE, lossless).
+slbuild() {
+  MODEL=$slmodel build "$@"
+  echo "${OPT:-} -DCOLLAPSE" >"$work/$1/cflags"
 }
 
 # pan NAME BINARY: compile pan.c of variant NAME as ./pan_safety (no never claim: assertions
@@ -144,11 +165,21 @@ sbuild smut_fullwait -DMUTANT_FULL_NO_CHECK -DNOCANCELLER
 sbuild smut_fullwait_nostall -DMUTANT_FULL_NO_CHECK -DNOSTALL
 sbuild sfinding_cancel -DCANCEL_UNLOCKED
 sbuild smut_cancel_window -DMUTANT_CANCEL_WINDOW
+OPT=-O2 slbuild slots
+slbuild slots_nostall -DNOSTALL
+OPT=-O2 slbuild slots_prefill -DPREFILL
+slbuild slplant_wrong -DPLANT_WRONG_SLOT
+slbuild slmut_abort_prefill -DMUTANT_REFUSAL_NOT_ABORTED -DPREFILL
+slbuild slmut_abort -DMUTANT_REFUSAL_NOT_ABORTED
+slbuild slplant_presence -DPLANT_NO_PRESENCE
+slbuild slplant_presence_nostall -DPLANT_NO_PRESENCE -DNOSTALL
 # The stream verifiers compile in the background while the protocol.pml checks run.
 precompile stream ./pan_safety ./pan_live
 precompile stream_nostall ./pan_safety
 precompile stream_np ./pan_np
 precompile smut_fullwait ./pan_safety
+precompile slots ./pan_safety ./pan_live ./pan_np
+precompile slots_prefill ./pan_live
 
 check "seed: safety must fail (hang on a dead peer)" "invalid end state" seed ./pan_safety $HASH
 check "seed, worker deaths only: must fail (client hangs)" "invalid end state" seed_wdeath ./pan_safety $HASH
@@ -183,6 +214,18 @@ check "stream mutant full-ring wait w/o stop/cancel, no stall: must fail" "inval
 check "stream mutant ditto: ltl worker_follows_client must fail" "acceptance cycle" smut_fullwait_nostall ./pan_live $SHASH -a -f -N worker_follows_client
 check "stream mutant: Canceller reads and stores in two steps, a stale store withdraws a cancel (fails)" "assertion violated" sfinding_cancel ./pan_safety $SHASH
 check "stream mutant: in_flight recorded after the write, a cancel in between is lost (fails)" "assertion violated" smut_cancel_window ./pan_safety $SHASH
+check "slots: safety (no cross-talk; lengths and finishes; no deadlock)" pass slots ./pan_safety $SHASH
+check "slots: ltl every_request_ends, weak fairness" pass slots ./pan_live $SHASH -a -f -N every_request_ends
+check "slots: ltl slots_freed (a dead client's slot is offered again)" pass slots ./pan_live $SHASH -a -f -N slots_freed
+check "slots: no cycle at all (-DNP)" pass slots ./pan_np $SHASH -l
+check "slots, no stall limit: safety (live requests answered whole unless cancelled)" pass slots_nostall ./pan_safety $SHASH
+check "slots, engine may read a prompt for ever: ltl slots_freed" pass slots_prefill ./pan_live $SHASH -a -f -N slots_freed
+check "slots plant: a piece handed to the other slot's sink (fails)" "assertion violated" slplant_wrong ./pan_safety $SHASH
+check "slots mutant refusal-not-aborted, prompt read for ever: ltl slots_freed (fails)" "acceptance cycle" slmut_abort_prefill ./pan_live $SHASH -a -f -N slots_freed
+check "slots mutant refusal-not-aborted, engine pushes every step: passes" pass slmut_abort ./pan_live $SHASH -a -f -N slots_freed
+check "slots plant: requester presence never asked: passes (stall limit)" pass slplant_presence ./pan_safety $SHASH
+check "slots plant: presence never asked, no stall limit: safety (fails)" "invalid end state" slplant_presence_nostall ./pan_safety $SHASH
+check "slots plant: presence never asked, no stall limit: ltl requests (fails)" "acceptance cycle" slplant_presence_nostall ./pan_live $SHASH -a -f -N every_request_ends
 
 if [ $failed != 0 ]; then
   echo "ci/spin.sh: FAILED" >&2

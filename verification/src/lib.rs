@@ -126,6 +126,8 @@ const RESPONSE_CELLS: usize = 64;
 #[derive(Debug)]
 pub struct LoomRegion {
     kind: ObjectKind,
+    /// The ring's capacity (at most [`RESPONSE_CELLS`]: a cell per byte).
+    ring: usize,
     fields: Vec<UnsafeCell<Vec<u8>>>,
     /// The response area: one cell per byte for the first [`RESPONSE_CELLS`] bytes, then one
     /// cell for the tail.
@@ -139,10 +141,20 @@ pub struct LoomRegion {
 unsafe impl Sync for LoomRegion {}
 
 impl LoomRegion {
-    /// A zeroed region of `kind`.
+    /// A zeroed region of `kind` with a ring of [`LOOM_RING`] bytes.
     pub fn new(kind: ObjectKind) -> Self {
+        Self::with_ring(kind, LOOM_RING)
+    }
+
+    /// A zeroed region of `kind` with a ring of `ring` bytes (at most 64).
+    pub fn with_ring(kind: ObjectKind, ring: usize) -> Self {
+        assert!(
+            (1..=RESPONSE_CELLS).contains(&ring),
+            "a ring of 1 to {RESPONSE_CELLS} bytes"
+        );
         Self {
             kind,
+            ring,
             fields: Field::ALL
                 .iter()
                 .map(|f| UnsafeCell::new(vec![0u8; if *f == Field::Response { 0 } else { f.span().len }]))
@@ -255,7 +267,7 @@ impl Region for LoomRegion {
         });
     }
     fn ring_capacity(&self) -> usize {
-        LOOM_RING
+        self.ring
     }
     fn load32(&self, word: Word32) -> u32 {
         self.words32[word as usize].load(Ordering::Acquire)
@@ -274,13 +286,18 @@ impl Region for LoomRegion {
 /// The protocol on loom primitives.
 pub type LoomChannel = Channel<LoomSemaphore, LoomRegion>;
 
-/// A fresh channel over a zeroed region of `kind`.
+/// A fresh channel over a zeroed region of `kind` (a ring of [`LOOM_RING`] bytes).
 pub fn channel(kind: ObjectKind) -> LoomChannel {
+    channel_with_ring(kind, LOOM_RING)
+}
+
+/// A fresh channel over a zeroed region of `kind` whose ring holds `ring` bytes.
+pub fn channel_with_ring(kind: ObjectKind, ring: usize) -> LoomChannel {
     let mut ch = Channel::new(
         LoomSemaphore::new(),
         LoomSemaphore::new(),
         LoomSemaphore::new(),
-        LoomRegion::new(kind),
+        LoomRegion::with_ring(kind, ring),
     );
     // Spinning is a performance path over the same semaphores; loom explores the blocking
     // protocol (a spin that takes the semaphore is the same step as a wait that does).

@@ -66,3 +66,42 @@ pub fn read_before_wait(ch: &LoomChannel) {
 pub fn shutdown_without_post(ch: &LoomChannel) {
     ch.region.write(Field::Shutdown, 0, &[1]);
 }
+
+/// A batch engine (two sequences) that hands every piece to the worker under the *other*
+/// sequence's number: what a worker dispatching a piece to the wrong slot's sink would do
+/// (the multi-slot worker's cross-talk). Everything else is the wrapped engine's.
+#[derive(Debug)]
+pub struct CrossedPieces<E>(pub E);
+
+impl<E: llama_shm::internals::worker::batch::BatchEngine> llama_shm::internals::worker::batch::BatchEngine
+    for CrossedPieces<E>
+{
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    fn admit(
+        &mut self,
+        seq: usize,
+        request: &llama_shm::EngineRequest<'_>,
+    ) -> Result<(), llama_shm::EngineError> {
+        self.0.admit(seq, request)
+    }
+    fn abort(&mut self, seq: usize) {
+        self.0.abort(seq);
+    }
+    fn is_busy(&self) -> bool {
+        self.0.is_busy()
+    }
+    fn step(&mut self, out: &mut dyn llama_shm::internals::worker::batch::BatchSink) {
+        struct Crossed<'a>(&'a mut dyn llama_shm::internals::worker::batch::BatchSink);
+        impl llama_shm::internals::worker::batch::BatchSink for Crossed<'_> {
+            fn piece(&mut self, seq: usize, piece: &str) -> bool {
+                self.0.piece(seq ^ 1, piece)
+            }
+            fn done(&mut self, seq: usize, result: Result<llama_shm::Generation, llama_shm::EngineError>) {
+                self.0.done(seq, result);
+            }
+        }
+        self.0.step(&mut Crossed(out));
+    }
+}

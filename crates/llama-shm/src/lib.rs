@@ -20,9 +20,12 @@
 //!       objects/              the protocol on the POSIX objects: create, open, reclaim, guard
 //!        ┌──┴──┐
 //!   protocol/   os/           the three-semaphore cycle (generic, loom-checked) · safe OS handles
-//!        └──┬──┘              (the only `unsafe`)
+//!        └──┬──┘              (the only `unsafe` that ships)
 //!         wire/               names, layout, text, status codes: what the seed fixed
 //! ```
+//! `sync.rs` beside them is the loom façade: `std` normally, loom's checked primitives (and a
+//! thread scope for the models, the one `unsafe` outside `os/`, built only under
+//! `--cfg loom`) in the verification models.
 //! Imports point down only. The layers are not public API; sibling crates (the worker
 //! binary, the C ABI, the fuzzers and the models) reach them through a hidden `internals`
 //! module.

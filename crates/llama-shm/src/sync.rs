@@ -2,6 +2,9 @@
 //! from `loom` under `--cfg loom`, so the verification models run the shipped code on loom's
 //! checked primitives.
 //!
+//! The multi-slot worker's threads and channels come from here too ([`thread`], [`mpsc`]), so
+//! the models run `serve_slots` itself on loom threads.
+//!
 //! It also holds the *mutants*: defects the verification models must go on catching, kept in
 //! the shipped code at the line they would break (today's behaviour before a fix, say). Under
 //! `--cfg loom` one of them is switched on per process by `LLAMA_SHM_MUTANT=<name>`; in every
@@ -17,6 +20,41 @@ pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Mutex};
 
+/// The channels between the multi-slot worker's threads: `std::sync::mpsc`, and under
+/// `--cfg loom` a channel of the same shape on loom's `Mutex` + `Condvar` (loom's own mpsc
+/// knows nothing of dropped senders, and has no `recv_timeout`).
+#[cfg(not(loom))]
+pub(crate) use std::sync::mpsc;
+
+/// Scoped threads: `std::thread::scope`, and under `--cfg loom` a scope of loom threads.
+#[cfg(not(loom))]
+pub(crate) mod thread {
+    pub(crate) use std::thread::{scope, Scope};
+
+    /// Spawns the thread `name` running `f` in `scope` (joined when the scope ends).
+    pub(crate) fn spawn_named<'scope, F>(
+        scope: &'scope Scope<'scope, '_>,
+        name: String,
+        f: F,
+    ) -> std::io::Result<()>
+    where
+        F: FnOnce() + Send + 'scope,
+    {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, f)
+            .map(drop)
+    }
+}
+
+#[cfg(loom)]
+#[path = "sync/loom_mpsc.rs"]
+pub(crate) mod mpsc;
+
+#[cfg(loom)]
+#[path = "sync/loom_thread.rs"]
+pub(crate) mod thread;
+
 /// A defect a model must catch (see the module docs). The names are what
 /// `LLAMA_SHM_MUTANT` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +66,10 @@ pub(crate) enum Mutant {
     /// `turn-not-recovered`: a worker waiting for `prompts_written` never notices that the
     /// client holding its turn is gone (before issue 12).
     TurnNotRecovered,
+    /// `refusal-not-aborted`: the multi-slot worker leaves a request whose sink refuses more
+    /// (cancelled, its client gone, the worker stopping) in the batch until the engine pushes
+    /// again, which an engine reading a long prompt does not (before 5bae406).
+    RefusalNotAborted,
 }
 
 impl Mutant {
@@ -36,6 +78,7 @@ impl Mutant {
         match self {
             Mutant::DeadlineUnchecked => "deadline-unchecked",
             Mutant::TurnNotRecovered => "turn-not-recovered",
+            Mutant::RefusalNotAborted => "refusal-not-aborted",
         }
     }
 }

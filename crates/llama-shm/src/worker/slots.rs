@@ -11,9 +11,12 @@
 //! leaves it at once (its slot is ready again), so no request waits for another to end.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+
+// Threads, channels and flags from the loom façade: under `--cfg loom` the models run this
+// loop on loom's (verification/tests/loom_slots.rs); otherwise they are std's.
+use crate::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use crate::sync::{mutant, thread, AtomicBool, Mutant, Ordering};
 
 use super::batch::{BatchEngine, BatchSink};
 use super::engine::{Cancel, EngineError, EngineRequest, Generation, ResponseSink};
@@ -75,16 +78,16 @@ where
         })
         .collect();
     let cancels: Vec<Cancel> = slots.iter().map(|_| Cancel::new()).collect();
-    std::thread::scope(|scope| {
+    thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
         let mut go = Vec::with_capacity(slots.len());
         for (k, slot) in slots.iter().enumerate() {
             let (go_tx, go_rx) = mpsc::channel::<Buffers>();
             go.push(go_tx);
             let (tx, o, stopping) = (tx.clone(), &per_slot[k], &stopping);
-            std::thread::Builder::new()
-                .name(format!("llama-shm-slot{k}"))
-                .spawn_scoped(scope, move || waiter(k, slot.channel, o, stopping, &go_rx, &tx))?;
+            thread::spawn_named(scope, format!("llama-shm-slot{k}"), move || {
+                waiter(k, slot.channel, o, stopping, &go_rx, &tx);
+            })?;
         }
         drop(tx);
         for g in &go {
@@ -233,7 +236,7 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 let refused = self.running[slot]
                     .as_mut()
                     .is_some_and(|run| run.sink.check().is_some());
-                if refused {
+                if refused && !mutant(Mutant::RefusalNotAborted) {
                     engine.abort(slot);
                     self.end(slot, &Ok(Generation::new(Finish::Cancelled)))?;
                 }
