@@ -587,3 +587,60 @@ fn a_returning_client_reuses_its_slots_prefix_cache() {
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 2), 0);
 }
+
+/// A client that stops reading a full ring in one slot (its stream callback blocks for 4 s)
+/// holds up only its own answer: a request on the other slot meanwhile is answered at once,
+/// and the stalled answer, once its client reads again, arrives whole.
+#[test]
+fn a_client_that_stops_reading_stalls_only_its_own_slot() {
+    let prefix = unique_prefix("bstall");
+    let worker = batching_echo(&prefix, 2, &["--echo-repeat", "40"]);
+    let user = "s".repeat(4000);
+    let (began_tx, began_rx) = std::sync::mpsc::channel();
+    let stalled = {
+        let (prefix, user) = (prefix.clone(), user.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+            let mut first = true;
+            let r = c.stream(
+                Prompts::user(&user).with_system("stall"),
+                &RequestOptions::default(),
+                |_| {
+                    if std::mem::take(&mut first) {
+                        let _ = began_tx.send(());
+                        // Not reading: the worker fills the 32 KiB ring and waits.
+                        std::thread::sleep(Duration::from_secs(4));
+                    }
+                },
+            );
+            c.detach();
+            r.unwrap()
+        })
+    };
+    began_rx.recv_timeout(T).unwrap();
+    // Let the ring fill (160 KB of answer in 4-byte pieces, no pause per step).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    let t = Instant::now();
+    let r = other
+        .request(
+            Prompts::user("quick").with_system("other"),
+            &RequestOptions::default(),
+        )
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.text, "other\nquick".repeat(40));
+    assert!(
+        took < Duration::from_secs(2),
+        "the other slot waited {took:?} for the stalled one"
+    );
+    let s = stalled.join().unwrap();
+    assert_eq!(
+        (s.text.len(), s.finish),
+        (format!("stall\n{user}").repeat(40).len(), Finish::Stop)
+    );
+    assert_eq!(s.text, format!("stall\n{user}").repeat(40));
+    other.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
+}

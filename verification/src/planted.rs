@@ -89,6 +89,9 @@ impl<E: llama_shm::internals::worker::batch::BatchEngine> llama_shm::internals::
     fn abort(&mut self, seq: usize) {
         self.0.abort(seq);
     }
+    fn hold(&mut self, seq: usize, held: bool) {
+        self.0.hold(seq, held);
+    }
     fn is_busy(&self) -> bool {
         self.0.is_busy()
     }

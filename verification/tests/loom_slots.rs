@@ -252,6 +252,9 @@ impl BatchEngine for LongPrompts {
         self.reading[seq] = false;
         self.echo.abort(seq);
     }
+    fn hold(&mut self, seq: usize, held: bool) {
+        self.echo.hold(seq, held);
+    }
     fn is_busy(&self) -> bool {
         self.reading.contains(&true) || self.echo.is_busy()
     }

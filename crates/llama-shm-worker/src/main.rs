@@ -210,10 +210,14 @@ fn load_engines(args: &Args) -> Result<Engines, WorkerError> {
         return load_engine(args).map(Engines::One);
     }
     match args.engine {
-        EngineKind::Echo => Ok(Engines::Batch(Box::new(EchoBatch::new(
-            args.parallel as usize + 1,
-            Duration::from_micros(args.echo_piece_us),
-        )))),
+        EngineKind::Echo => {
+            let mut engine = EchoBatch::new(
+                args.parallel as usize + 1,
+                Duration::from_micros(args.echo_piece_us),
+            );
+            engine.repeat = args.echo_repeat;
+            Ok(Engines::Batch(Box::new(engine)))
+        }
         #[cfg(feature = "llama")]
         EngineKind::Llama => {
             let mut opts = llama_options(args);

@@ -49,6 +49,8 @@ struct Seq {
     max_tokens: Option<u32>,
     admitted: Instant,
     generating_since: Option<Instant>,
+    /// Held by the worker (its client reads slower than it generates): skipped by steps.
+    held: bool,
 }
 
 impl std::fmt::Debug for LlamaBatchEngine {
@@ -164,6 +166,7 @@ impl BatchEngine for LlamaBatchEngine {
             max_tokens,
             admitted: Instant::now(),
             generating_since: None,
+            held: false,
         });
         Ok(())
     }
@@ -171,6 +174,12 @@ impl BatchEngine for LlamaBatchEngine {
     fn abort(&mut self, seq: usize) {
         if self.seqs.get_mut(seq).and_then(Option::take).is_some() {
             self.forget(seq, 0);
+        }
+    }
+
+    fn hold(&mut self, seq: usize, held: bool) {
+        if let Some(Some(s)) = self.seqs.get_mut(seq) {
+            s.held = held;
         }
     }
 
@@ -263,7 +272,7 @@ impl LlamaBatchEngine {
             for i in 0..self.seqs.len() {
                 let Some(s) = self.seqs[i].as_mut() else { continue };
                 let prompting = s.next < s.prompt.len();
-                if prompting != pass || room == 0 {
+                if prompting != pass || room == 0 || s.held {
                     continue;
                 }
                 let id = [i32::try_from(i).unwrap_or(i32::MAX)];

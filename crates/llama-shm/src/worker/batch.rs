@@ -36,22 +36,29 @@ pub trait BatchEngine {
     /// Ends sequence `seq` now, without a report (the worker answers it itself: cancelled,
     /// past its deadline, its client gone, the worker stopping), freeing what it holds.
     fn abort(&mut self, seq: usize);
-    /// Whether any sequence is running.
+    /// Holds sequence `seq` (`held`: its client reads slower than it is generated, so its
+    /// text waits in the worker) or lets it go on: while held, steps give it nothing and it
+    /// keeps its place.
+    fn hold(&mut self, seq: usize, held: bool);
+    /// Whether any sequence is running (held ones included).
     fn is_busy(&self) -> bool;
     /// One step of every running sequence; what it produced and which sequences ended go to
     /// `out`. Returns at once when nothing runs.
     fn step(&mut self, out: &mut dyn BatchSink);
 }
 
-/// The echo engine, batched: every running sequence answers `{system}\n{user}` in pieces of
-/// at most 4 bytes (each one token against `max_tokens`), one piece per step, with one pause
-/// of `piece_delay` per step for all of them — as a model decodes a batch in about the time
-/// of one sequence.
+/// The echo engine, batched: every running sequence answers `{system}\n{user}` (`repeat`
+/// times) in pieces of at most 4 bytes (each one token against `max_tokens`), one piece per
+/// step, with one pause of `piece_delay` per step for all of them — as a model decodes a
+/// batch in about the time of one sequence.
 #[derive(Debug)]
 pub struct EchoBatch {
     /// Pause per step (a model's time per token).
     pub piece_delay: Duration,
+    /// How many times each answer is repeated (default 1; a long answer fills the ring).
+    pub repeat: u32,
     seqs: Vec<Option<EchoSeq>>,
+    held: Vec<bool>,
 }
 
 #[derive(Debug)]
@@ -68,7 +75,9 @@ impl EchoBatch {
     pub fn new(capacity: usize, piece_delay: Duration) -> Self {
         Self {
             piece_delay,
+            repeat: 1,
             seqs: (0..capacity).map(|_| None).collect(),
+            held: vec![false; capacity],
         }
     }
 }
@@ -86,8 +95,9 @@ impl BatchEngine for EchoBatch {
         if slot.is_some() {
             return Err(EngineError::Inference(format!("sequence {seq} is busy")));
         }
+        self.held[seq] = false;
         *slot = Some(EchoSeq {
-            answer: format!("{}\n{}", request.system, request.user),
+            answer: format!("{}\n{}", request.system, request.user).repeat(self.repeat.max(1) as usize),
             at: 0,
             pieces: 0,
             budget: request.max_tokens.unwrap_or(u32::MAX),
@@ -99,6 +109,13 @@ impl BatchEngine for EchoBatch {
     fn abort(&mut self, seq: usize) {
         if let Some(s) = self.seqs.get_mut(seq) {
             *s = None;
+        }
+        self.hold(seq, false);
+    }
+
+    fn hold(&mut self, seq: usize, held: bool) {
+        if let Some(h) = self.held.get_mut(seq) {
+            *h = held;
         }
     }
 
@@ -115,6 +132,9 @@ impl BatchEngine for EchoBatch {
         }
         for (i, slot) in self.seqs.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
+            if self.held[i] {
+                continue;
+            }
             let ended = |finish, s: &EchoSeq| Generation {
                 finish,
                 usage: Usage {
@@ -140,6 +160,7 @@ impl BatchEngine for EchoBatch {
             if let Some(finish) = finish {
                 let g = ended(finish, s);
                 *slot = None;
+                self.held[i] = false;
                 out.done(i, Ok(g));
             }
         }

@@ -214,6 +214,9 @@ pub(super) fn begin_answer<'a, S: Semaphore, R: Region>(
         error: None,
         since: taken_at,
         asked: taken_at,
+        defer: false,
+        pending: String::new(),
+        stalled_since: None,
     }
 }
 
@@ -228,6 +231,7 @@ pub(super) fn finish_answer<S: Semaphore, R: Region>(
     repaired: u32,
     dirty: &mut usize,
 ) -> io::Result<()> {
+    sink.drain_pending();
     // The engine may have stopped on the flag without pushing again: say why (a flag set
     // by nobody the sink knows of is the worker's own stop path).
     if sink.refused.is_none() && sink.cancel.is_cancelled() {

@@ -89,6 +89,14 @@ pub(super) struct WireSink<'a, S, R> {
     /// When the request was taken, and when the requester's presence was last asked.
     pub(super) since: Instant,
     pub(super) asked: Instant,
+    /// The multi-slot worker's sinks never wait for a client to read a full ring (one engine
+    /// thread serves every slot): what does not fit waits in `pending` ([`WireSink::flush`]),
+    /// and the engine holds the sequence meanwhile.
+    pub(super) defer: bool,
+    /// Answer text the ring had no room for yet (with `defer`).
+    pub(super) pending: String,
+    /// Since when the ring has been full.
+    pub(super) stalled_since: Option<Instant>,
 }
 
 impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
@@ -170,6 +178,11 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             if !self.publish() || self.check().is_some() {
                 return false;
             }
+            if self.defer {
+                self.pending.push_str(s);
+                self.stalled_since.get_or_insert_with(Instant::now);
+                return true;
+            }
             let since = *stalled_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.opts.stall_limit {
                 self.refuse(Refusal::Stalled);
@@ -180,12 +193,73 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
         }
         true
     }
+
+    /// Writes what is pending, waiting for the client to read as a single-slot worker does
+    /// (up to the stall limit): the last resort before an answer's end is written.
+    pub(super) fn drain_pending(&mut self) {
+        if !self.pending.is_empty() && self.refused.is_none() {
+            self.defer = false;
+            let pending = std::mem::take(&mut self.pending);
+            let _ = self.append(&pending);
+        }
+    }
+
+    /// Writes what is pending as far as the ring has room, without waiting. Returns whether
+    /// nothing is pending any more; refuses the request (`Stalled`) once the ring has been
+    /// full for the stall limit, or as [`WireSink::check`] does.
+    pub(super) fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        if self.check().is_some() {
+            return false;
+        }
+        let mut written = 0;
+        while written < self.pending.len() {
+            let room = match self.channel.worker_stream_room(&mut self.st) {
+                Room::Free(n) => n,
+                Room::Garbled => {
+                    self.refuse(Refusal::Garbled);
+                    return false;
+                }
+            };
+            let rest = &self.pending[written..];
+            let cut = floor_char_boundary(rest, room.min(rest.len()));
+            if cut == 0 {
+                break;
+            }
+            self.channel
+                .worker_stream_write(&mut self.st, &rest.as_bytes()[..cut]);
+            written += cut;
+        }
+        self.pending.drain(..written);
+        if !self.publish() {
+            return false;
+        }
+        if self.pending.is_empty() {
+            self.stalled_since = None;
+            return true;
+        }
+        let since = *self.stalled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.opts.stall_limit {
+            self.refuse(Refusal::Stalled);
+        }
+        false
+    }
 }
 
 impl<S: Semaphore, R: Region> ResponseSink for WireSink<'_, S, R> {
     fn push(&mut self, piece: &str) -> bool {
         if self.check().is_some() {
             return false;
+        }
+        // Behind text still pending: in order, after it.
+        if !self.pending.is_empty() && !self.flush() {
+            if self.refused.is_some() {
+                return false;
+            }
+            piece.split('\0').for_each(|part| self.pending.push_str(part));
+            return true;
         }
         // The wire is a C string for seed clients: a NUL would end the answer early.
         let whole = piece.split('\0').all(|part| self.append(part));

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 // Threads, channels and flags from the loom façade: under `--cfg loom` the models run this
 // loop on loom's (verification/tests/loom_slots.rs); otherwise they are std's.
@@ -162,6 +163,10 @@ fn waiter<S: Semaphore, R: Region>(
 struct Running<'a, S, R> {
     sink: WireSink<'a, S, R>,
     repaired: u32,
+    /// The engine holds the sequence: its client has not read what is pending yet.
+    held: bool,
+    /// The engine ended it, but text is still pending: finished once the client has read it.
+    ended: Option<Result<Generation, EngineError>>,
 }
 
 /// The engine thread's state.
@@ -207,9 +212,20 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
             .per_slot
             .first()
             .map_or(ServeOptions::default().idle_slice, |o| o.idle_slice);
+        // While only held sequences or pending text remain: how often the ring is looked at.
+        let short = Duration::from_micros(500);
         loop {
-            let first = if engine.is_busy() {
+            let active = self.running.iter().any(Option::is_some);
+            let flowing = engine.is_busy()
+                && self
+                    .running
+                    .iter()
+                    .flatten()
+                    .any(|r| !r.held && r.ended.is_none());
+            let first = if flowing {
                 rx.try_recv().ok()
+            } else if active {
+                rx.recv_timeout(short).ok()
             } else if (self.stopping)() {
                 self.refuse_waiting(rx)?;
                 let end = if quit.load(Ordering::SeqCst) {
@@ -232,13 +248,25 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
             // A request whose sink refuses more (cancelled, past its deadline, its client gone,
             // the worker stopping) leaves the batch now, whether or not the engine would push
             // again (it may be reading a long prompt, or make no progress at all).
+            // Text a slow client had no room for goes out as its ring frees (no wait: every
+            // other slot runs on this thread); its sequence goes on, or its answer ends, once
+            // nothing is pending.
             for slot in 0..self.running.len() {
-                let refused = self.running[slot]
-                    .as_mut()
-                    .is_some_and(|run| run.sink.check().is_some());
+                let Some(run) = self.running[slot].as_mut() else {
+                    continue;
+                };
+                let flushed = run.sink.flush();
+                let refused = run.sink.check().is_some();
                 if refused && !mutant(Mutant::RefusalNotAborted) {
                     engine.abort(slot);
                     self.end(slot, &Ok(Generation::new(Finish::Cancelled)))?;
+                } else if flushed && !refused {
+                    if let Some(result) = run.ended.take() {
+                        self.end(slot, &result)?;
+                    } else if run.held {
+                        run.held = false;
+                        engine.hold(slot, false);
+                    }
                 }
             }
             if engine.is_busy() {
@@ -248,7 +276,19 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 };
                 engine.step(&mut out);
                 for (slot, result) in out.ended {
-                    self.end(slot, &result)?;
+                    match self.running.get_mut(slot).and_then(Option::as_mut) {
+                        Some(run) if !run.sink.pending.is_empty() => run.ended = Some(result),
+                        _ => self.end(slot, &result)?,
+                    }
+                }
+                // A client that reads slower than its sequence generates: hold the sequence.
+                for (slot, run) in self.running.iter_mut().enumerate() {
+                    if let Some(run) = run.as_mut() {
+                        if !run.held && run.ended.is_none() && !run.sink.pending.is_empty() {
+                            run.held = true;
+                            engine.hold(slot, true);
+                        }
+                    }
                 }
             }
         }
@@ -323,7 +363,15 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                         .map_err(Err),
                 };
                 match admitted {
-                    Ok(()) => self.running[slot] = Some(Running { sink, repaired }),
+                    Ok(()) => {
+                        sink.defer = true;
+                        self.running[slot] = Some(Running {
+                            sink,
+                            repaired,
+                            held: false,
+                            ended: None,
+                        });
+                    }
                     Err(result) => {
                         finish_answer(sink, &result, repaired, &mut self.dirty[slot])?;
                         self.served += 1;
