@@ -10,7 +10,7 @@ use super::ClosedReason;
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::queue::ShmQueue;
 use crate::objects::turn::Turn;
-use crate::os::process::{self, pid_alive, ExitInfo};
+use crate::os::process::{self, pid_exists, ExitInfo};
 use crate::protocol::{PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError};
 use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
@@ -243,10 +243,12 @@ impl Client {
         });
         let mut backoff = Duration::from_micros(20);
         loop {
+            // (A zombie counts as alive here: one cheap system call per poll. Its parent
+            // reaps it, or those behind it reach their deadlines.)
             let my_turn = match (&queue, ticket) {
                 (Some(q), Some(t)) => {
                     q.turn_of(t) || {
-                        q.skip_gone(&pid_alive);
+                        q.skip_gone(&pid_exists);
                         q.turn_of(t)
                     }
                 }
@@ -268,7 +270,11 @@ impl Client {
                 });
             }
             std::thread::sleep(backoff.min(deadline - now));
-            backoff = (backoff * 2).min(Duration::from_millis(1));
+            // The client whose turn it is looks at the slots every millisecond at most; those
+            // behind it only wait for the head to move, and look less often (every poll costs
+            // CPU the worker may need).
+            let cap = Duration::from_millis(if my_turn { 1 } else { 4 });
+            backoff = (backoff * 2).min(cap);
         }
     }
 

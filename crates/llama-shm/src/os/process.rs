@@ -55,7 +55,20 @@ pub fn current_cpu() -> u32 {
     u32::try_from(cpu).map_or(0, |c| c.saturating_add(1))
 }
 
-/// Whether `pid` names a live process (a zombie counts as dead).
+/// Whether process `pid` exists, zombies included: one `kill(pid, 0)`, cheap enough to ask
+/// on every poll (see [`pid_alive`] to count a zombie as dead).
+pub fn pid_exists(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Ok(()) | Err(Errno::EPERM)
+    )
+}
+
+/// Whether process `pid` exists and is not a zombie (reads `/proc/<pid>/stat`; see
+/// [`pid_exists`] for the cheap check).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
