@@ -186,3 +186,69 @@ fn a_waiter_killed_in_the_queue_does_not_hold_up_those_behind_it() {
     assert_eq!(terminate(worker), Some(0));
     assert!(shm_entries(&prefix).is_empty(), "names left");
 }
+
+/// With room for one waiter, that waiter is SIGKILLed and nobody waits behind it: once the
+/// slot is free the next client is served, not told the dead client's place is taken.
+#[test]
+fn a_queue_whose_only_waiter_died_is_empty_to_the_next_client() {
+    let prefix = unique_prefix("qdead");
+    let worker = standalone_echo(&prefix, &["--echo-piece-us", "4000", "--max-queue", "1"]);
+    let holder = hold_the_slot(&prefix, 800);
+    std::env::set_var("LST_QUEUE_PREFIX", prefix.as_str());
+    let (mut helper, _) = spawn_helper("queue_waiter_helper", "LST_QUEUE_HELPER", "ATTACHED");
+    assert!(
+        eventually(T, || waiting(&prefix) == Some(1)),
+        "{:?}",
+        status(&prefix)
+    );
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    holder.join().unwrap();
+    let mut next = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    assert_eq!(next.send_request("next", "next").unwrap().text, "next\nnext");
+    assert_eq!(waiting(&prefix), Some(0));
+    next.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty(), "names left");
+}
+
+/// The first waiter is stopped (SIGSTOP: alive, but not polling): once the slot is free the
+/// client behind it goes ahead within a fraction of a second instead of waiting for its
+/// deadline; the stopped one, continued, is served after.
+#[test]
+fn a_stopped_waiter_at_the_head_does_not_hold_up_those_behind_it() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let prefix = unique_prefix("qstop");
+    let worker = standalone_echo(&prefix, &["--echo-piece-us", "4000"]);
+    let holder = hold_the_slot(&prefix, 800);
+    std::env::set_var("LST_QUEUE_PREFIX", prefix.as_str());
+    let (mut helper, _) = spawn_helper("queue_waiter_helper", "LST_QUEUE_HELPER", "ATTACHED");
+    assert!(
+        eventually(T, || waiting(&prefix) == Some(1)),
+        "{:?}",
+        status(&prefix)
+    );
+    let pid = Pid::from_raw(helper.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let behind = queued_client(&prefix, "behind");
+    assert!(
+        eventually(T, || waiting(&prefix) == Some(2)),
+        "{:?}",
+        status(&prefix)
+    );
+    holder.join().unwrap();
+    let ended = Instant::now();
+    let (b, at) = behind.join().unwrap();
+    assert_eq!(b, "behind\nbehind");
+    assert!(
+        at.duration_since(ended) < Duration::from_secs(3),
+        "waited {:?} behind a stopped head",
+        at.duration_since(ended)
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty(), "names left");
+}

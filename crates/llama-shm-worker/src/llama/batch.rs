@@ -209,8 +209,8 @@ impl BatchEngine for LlamaBatchEngine {
                 Ok(()) => return self.sample(out),
                 // The cells the sequences share are all taken (llama.cpp left them as they
                 // were): the prefix caches of idle sequences go first; when there are none,
-                // the youngest request leaves so that the older ones go on. The step is tried
-                // again.
+                // the youngest held request leaves, else the youngest, so that the older ones
+                // go on. The step is tried again.
                 Err(DecodeError::NoKvCacheSlot) => {
                     for (i, saved) in saved.into_iter().enumerate() {
                         if let (Some(s), Some((next, feed))) = (self.seqs[i].as_mut(), saved) {
@@ -228,10 +228,11 @@ impl BatchEngine for LlamaBatchEngine {
                         }
                         continue;
                     }
+                    // A held request (its client is not reading) goes before one that is read.
                     let youngest = (0..self.seqs.len())
-                        .filter_map(|i| self.seqs[i].as_ref().map(|s| (s.admitted, i)))
+                        .filter_map(|i| self.seqs[i].as_ref().map(|s| (s.held, s.admitted, i)))
                         .max()
-                        .map(|(_, i)| i);
+                        .map(|(_, _, i)| i);
                     if let Some(i) = youngest {
                         let message = format!(
                             "the KV cache the worker's requests share is full ({} cells); this \

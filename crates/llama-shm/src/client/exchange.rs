@@ -221,6 +221,11 @@ impl Client {
             return Ok(None);
         }
         let started = Instant::now();
+        // Waiters that died at the head do not hold the queue (nobody else may be behind them
+        // to skip them).
+        if let Some(q) = &self.queue {
+            q.prune(&pid_exists);
+        }
         // Nobody waits: straight to the slots. Otherwise behind those who came first.
         if self.queue.as_ref().is_none_or(|q| q.waiting() == 0) {
             if let Some(turn) = self.try_slots()? {
@@ -229,7 +234,7 @@ impl Client {
         }
         let queue = self.queue.clone();
         let ticket = match &queue {
-            Some(q) => Some(q.join(self.pid).map_err(|f| RequestError::Busy {
+            Some(q) => Some(q.join(self.pid, &pid_exists).map_err(|f| RequestError::Busy {
                 waiting: f.waiting,
                 max: f.max,
             })?),
@@ -242,6 +247,11 @@ impl Client {
             pid: self.pid,
         });
         let mut backoff = Duration::from_micros(20);
+        // The head as last seen, and since when: a head that does not move while a slot is
+        // free is not polling (stopped, its pid reused, in another pid namespace).
+        let mut seen = (queue.as_ref().map(Queue::head), Instant::now());
+        // When this client, behind a head that stood still, first found a slot free.
+        let mut free_seen: Option<Instant> = None;
         loop {
             // (A zombie counts as alive here: one cheap system call per poll. Its parent
             // reaps it, or those behind it reach their deadlines.)
@@ -254,9 +264,24 @@ impl Client {
                 }
                 _ => true,
             };
+            let head = queue.as_ref().map(Queue::head);
+            if head != seen.0 {
+                seen = (head, Instant::now());
+                free_seen = None;
+            }
             if my_turn {
                 if let Some(turn) = self.try_slots()? {
                     return Ok(Some(turn));
+                }
+            } else if seen.1.elapsed() >= STUCK_HEAD {
+                // Behind a head that has not moved for a while: a slot that stays free for
+                // FREE_FOR (a live head takes one within a millisecond) means the head's holder
+                // is not polling, and this client goes ahead of it.
+                match (self.try_slots()?, free_seen) {
+                    (Some(turn), Some(at)) if at.elapsed() >= FREE_FOR => return Ok(Some(turn)),
+                    (Some(_), None) => free_seen = Some(Instant::now()),
+                    (Some(_), Some(_)) => {}
+                    (None, _) => free_seen = None,
                 }
             }
             if !(self.alive_fn())() {
@@ -363,6 +388,13 @@ impl Client {
         }
     }
 }
+
+/// How long the queue's head may stand still while a waiter behind it finds a slot free
+/// before that waiter goes ahead: a live head looks at the slots every millisecond.
+const STUCK_HEAD: Duration = Duration::from_millis(200);
+/// How long a slot must stay free, behind a head that stands still, before a waiter behind it
+/// takes it.
+const FREE_FOR: Duration = Duration::from_millis(20);
 
 /// A ticket in the admission queue, given back when dropped.
 struct Place<'q> {

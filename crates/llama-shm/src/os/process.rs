@@ -163,6 +163,9 @@ fn poll_forever(fds: &mut [libc::pollfd]) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Watcher {
     stop_tx: Option<OwnedFd>,
+    /// A second handle on the stop pipe's read end, kept until the drop has written: the
+    /// write then never meets a pipe without reader (SIGPIPE), even after the thread ended.
+    _stop_rx: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -195,6 +198,7 @@ impl Watcher {
         F: FnOnce(usize) + Send + 'static,
     {
         let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let keep_rx = stop_rx.try_clone()?;
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let mut fds: Vec<libc::pollfd> = watches
                 .iter()
@@ -235,6 +239,7 @@ impl Watcher {
         })?;
         Ok(Self {
             stop_tx: Some(stop_tx),
+            _stop_rx: keep_rx,
             thread: Some(thread),
         })
     }
@@ -242,10 +247,12 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        // Closing the write end wakes the thread (its poll sees the pipe hang up). Writing to
-        // it instead would raise SIGPIPE once the thread has ended (the read end went with it):
-        // fatal in a C program that keeps the default action.
-        drop(self.stop_tx.take());
+        // A byte wakes the thread. (Closing the write end would not, if a forked child holds a
+        // copy of it; and the write cannot raise SIGPIPE — fatal in a C program that keeps the
+        // default action — because `_stop_rx` keeps a reader until this drop is done.)
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = nix::unistd::write(&tx, &[1]);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -338,6 +345,25 @@ mod tests {
         drop(w);
         // SAFETY: as above, putting back what was there.
         unsafe { signal(Signal::SIGPIPE, old) }.unwrap();
+    }
+
+    /// Another copy of the stop pipe's write end (a child the host forked holds one) must not
+    /// keep a dropped watcher's thread waiting: the drop wakes it, not the pipe's hang-up.
+    #[test]
+    fn a_copy_of_the_stop_pipe_does_not_hold_a_watchers_drop() {
+        let (_tx, rx) = UnixStream::pair().unwrap();
+        let w = Watcher::spawn("test-watch", vec![Watch::Readable(rx.into())], |_| {}).unwrap();
+        let copy = w.stop_tx.as_ref().unwrap().try_clone().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(w);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the drop waited for every copy of the write end to close"
+        );
+        drop(copy);
     }
 
     #[test]

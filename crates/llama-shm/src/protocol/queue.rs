@@ -62,31 +62,49 @@ impl<W: QueueWords> Queue<W> {
     pub fn waiting(&self) -> u32 {
         let head = self.0.head().load(Ordering::Acquire);
         let span = self.0.tail().load(Ordering::Acquire).wrapping_sub(head);
-        self.live(head, span)
+        self.live(head, span, None)
     }
 
-    /// Tickets `head..head + span` whose entry is still theirs.
-    fn live(&self, head: u32, span: u32) -> u32 {
+    /// Tickets `head..head + span` whose entry is still theirs (and, given `alive`, whose
+    /// holder is).
+    fn live(&self, head: u32, span: u32, alive: Option<&dyn Fn(u32) -> bool>) -> u32 {
         if span as usize > QUEUE_CAPACITY {
             return 0;
         }
         (0..span)
             .filter(|&i| {
                 let t = Ticket(head.wrapping_add(i));
-                (self.0.entry(t.entry()).load(Ordering::Acquire) >> 32) as u32 == t.0
+                let e = self.0.entry(t.entry()).load(Ordering::Acquire);
+                (e >> 32) as u32 == t.0 && alive.is_none_or(|alive| alive(e as u32))
             })
             .count() as u32
+    }
+
+    /// The ticket at the head now.
+    pub fn head(&self) -> u32 {
+        self.0.head().load(Ordering::Acquire)
+    }
+
+    /// Moves the head past every gone holder at it ([`Queue::skip_gone`] until it finds a
+    /// live one): a queue whose waiters all died must not look occupied to the next client.
+    pub fn prune(&self, alive: &dyn Fn(u32) -> bool) {
+        for _ in 0..=QUEUE_CAPACITY {
+            if !self.skip_gone(alive) {
+                return;
+            }
+        }
     }
 
     fn max(&self) -> u32 {
         self.0.max().min(QUEUE_CAPACITY as u32)
     }
 
-    /// Takes a ticket for the client `pid`.
+    /// Takes a ticket for the client `pid`. Waiters that are not `alive` do not count.
     ///
     /// # Errors
-    /// [`QueueFull`] when `max` clients already wait.
-    pub fn join(&self, pid: u32) -> Result<Ticket, QueueFull> {
+    /// [`QueueFull`] when `max` clients already wait (or 256 tickets are out, most of them
+    /// given up behind a waiting head).
+    pub fn join(&self, pid: u32, alive: &dyn Fn(u32) -> bool) -> Result<Ticket, QueueFull> {
         let max = self.max();
         // Bounded: every failed compare-and-swap is another client's success (or a scribbler's).
         for _ in 0..1024 {
@@ -102,8 +120,12 @@ impl<W: QueueWords> Queue<W> {
                     .compare_exchange(head, tail, Ordering::AcqRel, Ordering::Acquire);
                 continue;
             }
-            // Tickets left early still take an entry until the head passes them.
-            let waiting = self.live(head, span);
+            // Tickets left early still take an entry until the head passes them; dead holders
+            // (asked only when the count says full) do not count.
+            let mut waiting = self.live(head, span, None);
+            if waiting >= max {
+                waiting = self.live(head, span, Some(alive));
+            }
             if waiting >= max || span as usize >= QUEUE_CAPACITY {
                 return Err(QueueFull { waiting, max });
             }
@@ -223,9 +245,9 @@ mod tests {
     fn tickets_take_turns_in_order() {
         let m = MemQueue::new(4);
         let q = Queue(&m);
-        let a = q.join(10).unwrap();
-        let b = q.join(11).unwrap();
-        let c = q.join(12).unwrap();
+        let a = q.join(10, ALIVE).unwrap();
+        let b = q.join(11, ALIVE).unwrap();
+        let c = q.join(12, ALIVE).unwrap();
         assert_eq!(q.waiting(), 3);
         assert!(q.turn_of(a) && !q.turn_of(b) && !q.turn_of(c));
         q.leave(a, 10);
@@ -240,23 +262,23 @@ mod tests {
     fn a_full_queue_refuses_with_its_depth() {
         let m = MemQueue::new(2);
         let q = Queue(&m);
-        let a = q.join(1).unwrap();
-        q.join(2).unwrap();
-        assert_eq!(q.join(3), Err(QueueFull { waiting: 2, max: 2 }));
+        let a = q.join(1, ALIVE).unwrap();
+        q.join(2, ALIVE).unwrap();
+        assert_eq!(q.join(3, ALIVE), Err(QueueFull { waiting: 2, max: 2 }));
         q.leave(a, 1);
-        assert!(q.join(3).is_ok());
+        assert!(q.join(3, ALIVE).is_ok());
         // max 0: nobody waits.
         let none = MemQueue::new(0);
-        assert_eq!(Queue(&none).join(1), Err(QueueFull { waiting: 0, max: 0 }));
+        assert_eq!(Queue(&none).join(1, ALIVE), Err(QueueFull { waiting: 0, max: 0 }));
     }
 
     #[test]
     fn a_waiter_behind_a_dead_or_departed_head_skips_it() {
         let m = MemQueue::new(8);
         let q = Queue(&m);
-        let dead = q.join(66).unwrap();
-        let left = q.join(67).unwrap();
-        let me = q.join(68).unwrap();
+        let dead = q.join(66, ALIVE).unwrap();
+        let left = q.join(67, ALIVE).unwrap();
+        let me = q.join(68, ALIVE).unwrap();
         // A live head is never skipped.
         assert!(!q.skip_gone(ALIVE));
         // The head's holder died: skipped.
@@ -270,17 +292,33 @@ mod tests {
         assert!(q.turn_of(me) && q.waiting() == 1);
     }
 
+    /// Waiters that all died (SIGKILL: none gave its ticket back) leave a queue that looks
+    /// full: the next client does not count them, and pruning empties the queue.
+    #[test]
+    fn dead_waiters_neither_fill_the_queue_nor_stay_in_it() {
+        let m = MemQueue::new(2);
+        let q = Queue(&m);
+        q.join(66, ALIVE).unwrap();
+        q.join(67, ALIVE).unwrap();
+        let dead = |pid: u32| pid != 66 && pid != 67;
+        assert_eq!(q.waiting(), 2);
+        let t = q.join(5, &dead).expect("dead waiters counted against the bound");
+        q.prune(&dead);
+        assert_eq!(q.waiting(), 1);
+        assert!(q.turn_of(t));
+    }
+
     #[test]
     fn a_waiter_that_left_early_is_not_counted() {
         let m = MemQueue::new(2);
         let q = Queue(&m);
-        let _head = q.join(1).unwrap();
-        let quitter = q.join(2).unwrap();
-        assert!(q.join(3).is_err());
+        let _head = q.join(1, ALIVE).unwrap();
+        let quitter = q.join(2, ALIVE).unwrap();
+        assert!(q.join(3, ALIVE).is_err());
         q.leave(quitter, 2);
         assert_eq!(q.waiting(), 1);
         // Its place is free again though its ticket is not passed yet.
-        let late = q.join(3).unwrap();
+        let late = q.join(3, ALIVE).unwrap();
         assert_eq!(q.waiting(), 2);
         assert!(!q.turn_of(late));
     }
@@ -291,7 +329,7 @@ mod tests {
         let q = Queue(&m);
         // Ticket 0 taken (tail moved) but its entry not written yet.
         m.tail.store(1, Ordering::SeqCst);
-        let behind = q.join(5).unwrap();
+        let behind = q.join(5, ALIVE).unwrap();
         assert!(q.skip_gone(ALIVE));
         assert!(q.turn_of(behind));
         // Ticket 0's holder then finds its turn passed: it goes ahead too.
@@ -309,11 +347,11 @@ mod tests {
     fn scribbled_words_heal_and_never_hold_a_ticket_back() {
         let m = MemQueue::new(8);
         let q = Queue(&m);
-        let t = q.join(1).unwrap();
+        let t = q.join(1, ALIVE).unwrap();
         // A scribbler moves the tail far ahead: impossible depth.
         m.tail.store(1_000_000, Ordering::SeqCst);
         assert_eq!(q.waiting(), 0);
-        let u = q.join(2).unwrap();
+        let u = q.join(2, ALIVE).unwrap();
         // The queue was emptied: the old ticket is past its turn, the new one is next.
         assert!(q.turn_of(t) && q.turn_of(u));
         // Head pushed far ahead: every ticket goes ahead (order lost, nobody stuck).
@@ -324,8 +362,8 @@ mod tests {
         m.head.store(u32::MAX, Ordering::SeqCst);
         m.tail.store(u32::MAX, Ordering::SeqCst);
         let q = Queue(&m);
-        let a = q.join(1).unwrap();
-        let b = q.join(2).unwrap();
+        let a = q.join(1, ALIVE).unwrap();
+        let b = q.join(2, ALIVE).unwrap();
         assert_eq!((a.0, b.0), (u32::MAX, 0));
         assert!(q.turn_of(a) && !q.turn_of(b));
         q.leave(a, 1);
@@ -342,7 +380,7 @@ mod tests {
                 s.spawn(move || {
                     let q = Queue(m);
                     for _ in 0..200 {
-                        let t = q.join(pid).unwrap();
+                        let t = q.join(pid, ALIVE).unwrap();
                         while !q.turn_of(t) {
                             std::hint::spin_loop();
                         }

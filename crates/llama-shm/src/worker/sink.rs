@@ -151,6 +151,11 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
 
     /// Appends `s` (NUL-free), waiting for ring space as needed.
     fn append(&mut self, mut s: &str) -> bool {
+        // Behind text still pending: after it, in order.
+        if self.defer && !self.pending.is_empty() {
+            self.pending.push_str(s);
+            return true;
+        }
         let mut attempt = 0u32;
         let mut stalled_since: Option<Instant> = None;
         while !s.is_empty() {
@@ -233,6 +238,10 @@ impl<S: Semaphore, R: Region> WireSink<'_, S, R> {
             written += cut;
         }
         self.pending.drain(..written);
+        if written > 0 {
+            // Progress: the stall limit counts from the last time the client read.
+            self.stalled_since = None;
+        }
         if !self.publish() {
             return false;
         }
