@@ -335,6 +335,20 @@ fn ceiling_run(model: &Path, n: usize, requests: usize) -> anyhow::Result<Run> {
     })
 }
 
+/// (a) ÷ (d) tokens/s, (a) ÷ (b) tokens/s, (a) ÷ (d) TTFT p99, (a) ÷ (b) peak RSS (NaN
+/// when unknown).
+fn ratios(a: &Run, b: &Run, d: &Run) -> [f64; 4] {
+    [
+        a.tokens_per_s() / d.tokens_per_s(),
+        a.tokens_per_s() / b.tokens_per_s(),
+        a.ttft().1.as_secs_f64() / d.ttft().1.as_secs_f64(),
+        match (a.rss_kib, b.rss_kib) {
+            (Some(ra), Some(rb)) => ra as f64 / rb as f64,
+            _ => f64::NAN,
+        },
+    ]
+}
+
 fn mib(k: Option<u64>) -> String {
     k.map_or_else(|| "—".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
 }
@@ -405,32 +419,44 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
     }
     table.print();
     if let [a, b, _, d] = at4.as_slice() {
-        println!("Goals at 4 clients, ratios of this run:\n");
-        let mut goals = Table::new(["goal", "ratio", "met"]);
-        let ratio = |label: &str, x: f64, ok: bool| {
-            [
-                label.to_string(),
-                format!("{x:.2}×"),
-                (if ok { "yes" } else { "no" }).into(),
-            ]
+        // The goals' ratios: this table's 4-client rows, then more rounds of (a), (b), (d)
+        // one after the other, so a burst of load on the machine moves one round, not the
+        // median.
+        let mut rounds = vec![ratios(a, b, d)];
+        for _ in 1..args.goal_rounds.max(1) {
+            let a = standalone_run(worker, model, 4, 4, requests)?;
+            let b = standalone_run(worker, model, 1, 4, requests)?;
+            let d = ceiling_run(model, 4, requests)?;
+            rounds.push(ratios(&a, &b, &d));
+        }
+        let median = |k: usize| {
+            let mut v: Vec<f64> = rounds.iter().map(|r| r[k]).collect();
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v)
         };
-        let tps = a.tokens_per_s() / d.tokens_per_s();
-        goals.row(ratio(
-            "batching tok/s ÷ in-process ceiling (≥ 0.95×)",
-            tps,
-            tps >= 0.95,
-        ));
-        let q = a.tokens_per_s() / b.tokens_per_s();
-        goals.row(ratio("batching tok/s ÷ turn queue (≥ 1.3×)", q, q >= 1.3));
-        let ttft = a.ttft().1.as_secs_f64() / d.ttft().1.as_secs_f64();
-        goals.row(ratio("batching TTFT p99 ÷ ceiling's (≤ 1.2×)", ttft, ttft <= 1.2));
-        if let (Some(ra), Some(rb)) = (a.rss_kib, b.rss_kib) {
-            let rss = ra as f64 / rb as f64;
-            goals.row(ratio(
-                "batching peak RSS ÷ one worker's (≤ 1.2×)",
-                rss,
-                rss <= 1.2,
-            ));
+        println!(
+            "Goals at 4 clients: the median over {} rounds of (a), (b) and (d) run one after the \
+             other (the first round is the table's); every round's ratio, sorted.\n",
+            rounds.len()
+        );
+        let mut goals = Table::new(["goal", "median", "rounds", "met"]);
+        let mut row = |label: &str, k: usize, ok: fn(f64) -> bool| {
+            let (m, v) = median(k);
+            let each: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+            goals.row([
+                label.to_string(),
+                format!("{m:.2}×"),
+                each.join(", "),
+                (if ok(m) { "yes" } else { "no" }).into(),
+            ]);
+        };
+        row("batching tok/s ÷ in-process ceiling (≥ 0.95×)", 0, |x| {
+            x >= 0.95
+        });
+        row("batching tok/s ÷ turn queue (≥ 1.3×)", 1, |x| x >= 1.3);
+        row("batching TTFT p99 ÷ ceiling's (≤ 1.2×)", 2, |x| x <= 1.2);
+        if rounds.iter().all(|r| !r[3].is_nan()) {
+            row("batching peak RSS ÷ one worker's (≤ 1.2×)", 3, |x| x <= 1.2);
         }
         goals.print();
     }

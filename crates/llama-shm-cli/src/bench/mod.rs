@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Requests per row of the many-clients (batching) section.
     #[arg(long, default_value_t = 16)]
     batch_requests: usize,
+    /// Rounds of the many-clients section's goals at 4 clients (the median is judged).
+    #[arg(long, default_value_t = 3)]
+    goal_rounds: usize,
     /// Run only these sections (repeatable): round-trips, lifecycle, llm, prefix-cache,
     /// streaming, pool, batching. Default: all.
     #[arg(long, value_enum)]
