@@ -22,8 +22,8 @@ fn waiting(prefix: &Prefix) -> Option<u32> {
     status(prefix).and_then(|s| s.queue).map(|(w, _)| w)
 }
 
-/// A client that streams a long answer on the worker's one slot, holding it ~`ms` ms: returns
-/// once the answer has begun.
+/// A client that streams a `bytes`-long answer on the worker's one slot (holding it for
+/// `bytes / 4` pieces): returns once the answer has begun.
 fn hold_the_slot(prefix: &Prefix, bytes: usize) -> JoinHandle<String> {
     let (tx, rx) = mpsc::channel();
     let prefix = prefix.clone();

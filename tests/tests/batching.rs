@@ -18,6 +18,26 @@ use llama_shm_tests::{
 
 const T: Duration = Duration::from_secs(30);
 
+/// Starts a standalone batching worker of `--parallel n` on the default model (plus `extra`)
+/// and waits for all its slots' names.
+fn batching_llama(prefix: &Prefix, n: u32, extra: &[&str]) -> ChildGuard {
+    let worker = ChildGuard::worker(
+        Command::new(worker_path())
+            .args(["--parallel", &n.to_string(), "--prefix", prefix.as_str()])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        prefix,
+    );
+    let names = 5 + 4 * n as usize;
+    assert!(
+        eventually(T, || slot_names(prefix, n) == names),
+        "slots not created"
+    );
+    worker
+}
+
 /// When one streamed request of client `c` started, saw its first piece, and ended.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -140,6 +160,49 @@ fn a_cancel_in_one_slot_leaves_the_other_slots_answer_whole() {
     assert_eq!(slot_names(&prefix, 2), 0);
 }
 
+/// A deadline in one slot ends only that request (finish `Deadline`, a prefix of its answer);
+/// the request in the other slot, streaming at the same time, ends whole.
+#[test]
+fn a_deadline_in_one_slot_leaves_the_other_slots_answer_whole() {
+    let prefix = unique_prefix("bdeadline");
+    let worker = batching_echo(&prefix, 2, &["--echo-piece-us", "5000"]);
+    let long = "x".repeat(400);
+    let other = {
+        let (prefix, long) = (prefix.clone(), long.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+            let mut pieces = 0;
+            let r = c.stream(
+                Prompts::user(&long).with_system("keep"),
+                &RequestOptions::default(),
+                |_| pieces += 1,
+            );
+            c.detach();
+            (r.unwrap(), pieces)
+        })
+    };
+    let mut c = Client::builder().request_timeout(T).attach(&prefix).unwrap();
+    // 100 pieces at 5 ms: 0.5 s of answer; the deadline ends it after about 0.1 s.
+    let r = c
+        .request(
+            Prompts::user(&long).with_system("stop"),
+            &RequestOptions::default().deadline(Duration::from_millis(100)),
+        )
+        .unwrap();
+    assert_eq!(r.finish, Finish::Deadline);
+    assert!(
+        format!("stop\n{long}").starts_with(&r.text) && r.text.len() < 300,
+        "{}",
+        r.text.len()
+    );
+    let (kept, pieces) = other.join().unwrap();
+    assert_eq!((kept.text, kept.finish), (format!("keep\n{long}"), Finish::Stop));
+    assert!(pieces > 1, "the other request did not stream");
+    c.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
+}
+
 /// Helper mode: attach to the batching worker and stream a long answer until killed.
 #[test]
 #[ignore = "helper process for a_client_killed_mid_answer_frees_its_slot"]
@@ -248,26 +311,7 @@ fn a_seed_client_and_an_extended_client_share_a_batching_worker() {
 #[test]
 fn batched_model_answers_agree_with_answers_alone() {
     let prefix = unique_prefix("bllm");
-    let worker = ChildGuard::worker(
-        Command::new(worker_path())
-            .args([
-                "--parallel",
-                "4",
-                "--greedy",
-                "--max-tokens",
-                "24",
-                "--prefix",
-                prefix.as_str(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        &prefix,
-    );
-    assert!(
-        eventually(T, || slot_names(&prefix, 4) == 21),
-        "slots not created"
-    );
+    let worker = batching_llama(&prefix, 4, &["--greedy", "--max-tokens", "24"]);
     let questions = [
         "What is the capital of France?",
         "Name three colors.",
@@ -329,28 +373,10 @@ fn batched_model_answers_agree_with_answers_alone() {
 #[test]
 fn when_the_shared_kv_cache_is_full_the_youngest_request_ends_with_an_error() {
     let prefix = unique_prefix("bkvfull");
-    let worker = ChildGuard::worker(
-        Command::new(worker_path())
-            .args([
-                "--parallel",
-                "2",
-                "--ctx",
-                "256",
-                "--greedy",
-                "--ignore-eog",
-                "--max-tokens",
-                "130",
-                "--prefix",
-                prefix.as_str(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let worker = batching_llama(
         &prefix,
-    );
-    assert!(
-        eventually(T, || slot_names(&prefix, 2) == 13),
-        "slots not created"
+        2,
+        &["--ctx", "256", "--greedy", "--ignore-eog", "--max-tokens", "130"],
     );
     // About 100 prompt tokens each: 100 + 130 fits 256 cells alone, twice does not.
     let question = |k: usize| {
@@ -519,26 +545,7 @@ fn every_slots_client_notices_the_worker_dying() {
 #[test]
 fn a_returning_client_reuses_its_slots_prefix_cache() {
     let prefix = unique_prefix("bcache");
-    let worker = ChildGuard::worker(
-        Command::new(worker_path())
-            .args([
-                "--parallel",
-                "2",
-                "--greedy",
-                "--max-tokens",
-                "8",
-                "--prefix",
-                prefix.as_str(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        &prefix,
-    );
-    assert!(
-        eventually(T, || slot_names(&prefix, 2) == 13),
-        "slots not created"
-    );
+    let worker = batching_llama(&prefix, 2, &["--greedy", "--max-tokens", "8"]);
     let system = |k: usize| {
         format!(
             "You are assistant number {k}. {}",

@@ -13,13 +13,12 @@ use std::ffi::c_char;
 use llama_shm::Prefix;
 
 use crate::boundary::*;
-use crate::entry::lshm_options_default;
 use crate::handles::*;
 use crate::status::*;
 
 /// Attaches to the worker serving `prefix` (a standalone `llama-shm-worker --prefix ...`; the
 /// seed's names are `"llama_cpp"`), with `options` (NULL: the defaults, see
-/// [`lshm_options_default`]). It starts nothing and does not wait: the worker's objects must
+/// [`lshm_options_default`](crate::lshm_options_default)). It starts nothing and does not wait: the worker's objects must
 /// exist, belong to this user and grant no more than mode 0600. A slot is taken per request:
 /// when every slot is busy the request waits in the worker's queue (first come, first
 /// served), bounded by the request timeout, and fails with [`LSHM_E_BUSY`] at once when the
@@ -60,16 +59,13 @@ pub unsafe extern "C" fn lshm_client_attach(
         }
         // SAFETY: not NULL and writable per the contract.
         unsafe { put(out_client, std::ptr::null_mut()) };
-        // SAFETY: NULL or readable per the contract (plain data, read as a whole; its
-        // `struct_size` is checked by `builder_with` before any other field is used).
-        let options = unsafe { options.as_ref() }
-            .copied()
-            .unwrap_or(lshm_options_default());
         // SAFETY: NULL or NUL-terminated per the contract.
         let name = unsafe { input_str(prefix, "prefix") }?;
         // PrefixError's message names the prefix.
         let prefix = Prefix::new(name).map_err(|e| Failure::new(LSHM_E_INVALID_ARGUMENT, e.to_string()))?;
-        let client = builder_with(&options)?.attach(&prefix).map_err(|e| {
+        // SAFETY: NULL or readable per the contract.
+        let builder = unsafe { builder_from(options) }?;
+        let client = builder.attach(&prefix).map_err(|e| {
             Failure::new(
                 LSHM_E_ATTACH,
                 format!("cannot attach to a worker under the prefix {name:?}: {e}"),

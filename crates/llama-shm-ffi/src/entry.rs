@@ -110,11 +110,8 @@ pub unsafe extern "C" fn lshm_client_new_with(
         }
         // SAFETY: not NULL and writable per the contract.
         unsafe { put(out_client, std::ptr::null_mut()) };
-        // SAFETY: NULL or readable per the contract; `struct_size` is checked before any other
-        // field is used (read as a whole: the struct is plain data).
-        let options = unsafe { options.as_ref() }
-            .copied()
-            .unwrap_or(lshm_options_default());
+        // SAFETY: NULL or readable per the contract.
+        let builder = unsafe { builder_from(options) }?;
         if argv.is_null() && argc > 0 {
             return Err(Failure::null("argv (with argc > 0)"));
         }
@@ -137,7 +134,7 @@ pub unsafe extern "C" fn lshm_client_new_with(
             // SAFETY: not NULL, NUL-terminated per the contract.
             PathBuf::from(unsafe { input_str(worker, "worker") }?)
         };
-        let client = builder_with(&options)?
+        let client = builder
             .worker(path)
             .args(args)
             .spawn()

@@ -145,22 +145,46 @@ pub(crate) fn fill_response(r: &Response) -> Result<LshmResponse, Failure> {
     })
 }
 
+/// Refuses options of another size than this library's (another ABI).
+fn check_size(struct_size: u32) -> Result<(), Failure> {
+    if struct_size as usize == std::mem::size_of::<LshmOptions>() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        LSHM_E_INVALID_ARGUMENT,
+        format!(
+            "options.struct_size is {struct_size}, this library's lshm_options has {} bytes (ABI {})",
+            std::mem::size_of::<LshmOptions>(),
+            LSHM_ABI_VERSION
+        ),
+    ))
+}
+
+/// [`builder_with`] the options at `options` (NULL: the defaults). Their `struct_size` is read
+/// alone first, so a caller's struct of another size is refused before the rest is read.
+///
+/// # Safety
+/// `options` is NULL or points at a readable `lshm_options` of the caller's ABI (at least its
+/// first field, `struct_size`, readable).
+pub(crate) unsafe fn builder_from(options: *const LshmOptions) -> Result<ClientBuilder, Failure> {
+    if options.is_null() {
+        return builder_with(&crate::lshm_options_default());
+    }
+    // SAFETY: not NULL, and its first field is readable per the contract (`addr_of!` makes
+    // no reference to the whole struct; an unaligned read asks nothing of the caller's layout).
+    let size = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() };
+    check_size(size)?;
+    // SAFETY: the caller's struct has this library's size, so all of it is readable; plain
+    // data, copied out whole (unaligned: the caller's allocation may be anywhere).
+    builder_with(&unsafe { options.read_unaligned() })
+}
+
 /// A builder set up from C's options, which are checked first. Every field applies to a
 /// spawned client; an attached one ([`lshm_client_attach`](crate::lshm_client_attach)) uses
 /// `prompt_policy`, `request_timeout_ms` and `max_answer_bytes` only (it starts no worker and
 /// restarts none).
 pub(crate) fn builder_with(o: &LshmOptions) -> Result<ClientBuilder, Failure> {
-    if o.struct_size as usize != std::mem::size_of::<LshmOptions>() {
-        return Err(Failure::new(
-            LSHM_E_INVALID_ARGUMENT,
-            format!(
-                "options.struct_size is {}, this library's lshm_options has {} bytes (ABI {})",
-                o.struct_size,
-                std::mem::size_of::<LshmOptions>(),
-                LSHM_ABI_VERSION
-            ),
-        ));
-    }
+    check_size(o.struct_size)?;
     if o.reserved != 0 {
         return Err(Failure::new(
             LSHM_E_INVALID_ARGUMENT,
