@@ -304,6 +304,7 @@ fn request_options(max_tokens: Option<u32>, deadline: Option<f64>) -> RequestOpt
     RequestOptions {
         deadline: deadline.map(Duration::from_secs_f64),
         max_tokens,
+        ..RequestOptions::default()
     }
 }
 

@@ -124,6 +124,7 @@ pub(crate) fn options(deadline_ms: u64, max_tokens: u32) -> RequestOptions {
     RequestOptions {
         deadline: (deadline_ms > 0).then(|| Duration::from_millis(deadline_ms)),
         max_tokens: (max_tokens > 0).then_some(max_tokens),
+        ..RequestOptions::default()
     }
 }
 

@@ -71,6 +71,12 @@ pub const LSHM_E_BUSY: Status = 22;
 /// its objects are missing (no worker serves it), untrusted (another owner, or a mode wider
 /// than 0600) or malformed.
 pub const LSHM_E_ATTACH: Status = 23;
+/// The request's JSON schema or grammar cannot be compiled: nothing was generated.
+pub const LSHM_E_INVALID_CONSTRAINT: Status = 24;
+/// The worker cannot do what the request asks (no request area, no embeddings…).
+pub const LSHM_E_UNSUPPORTED: Status = 25;
+/// The request does not fit the worker's request area: nothing was sent.
+pub const LSHM_E_REQUEST_TOO_LARGE: Status = 26;
 
 /// `lshm_response.finish`: not reported (seed-mode worker, or an error).
 pub const LSHM_FINISH_UNKNOWN: u32 = 0;
@@ -114,6 +120,9 @@ pub(crate) fn message_of(code: Status) -> &'static CStr {
         LSHM_E_ATTACH => {
             c"no usable worker under that prefix: its objects are missing, untrusted or malformed"
         }
+        LSHM_E_INVALID_CONSTRAINT => c"the JSON schema or grammar cannot be compiled; nothing was generated",
+        LSHM_E_UNSUPPORTED => c"the worker cannot do what the request asks",
+        LSHM_E_REQUEST_TOO_LARGE => c"the request does not fit the worker's request area",
         _ => c"unknown status code",
     }
 }
@@ -135,6 +144,9 @@ pub(crate) fn request_status(e: &RequestError) -> Status {
         RequestError::Os { .. } => LSHM_E_OS,
         RequestError::AnswerTooLong { .. } => LSHM_E_ANSWER_TOO_LONG,
         RequestError::Busy { .. } => LSHM_E_BUSY,
+        RequestError::InvalidConstraint { .. } => LSHM_E_INVALID_CONSTRAINT,
+        RequestError::Unsupported { .. } => LSHM_E_UNSUPPORTED,
+        RequestError::RequestTooLarge { .. } => LSHM_E_REQUEST_TOO_LARGE,
     }
 }
 

@@ -297,6 +297,7 @@ fn run_test(args: &Args) -> Result<(), WorkerError> {
         system: &args.system,
         user,
         max_tokens: None,
+        ..EngineRequest::default()
     };
     let out = std::io::stdout();
     let written = if args.stream {
@@ -356,6 +357,7 @@ fn dump_tokens(args: &Args, user: &str) -> Result<(), WorkerError> {
             system: &args.system,
             user,
             max_tokens: None,
+            ..EngineRequest::default()
         })
         .map_err(|e| WorkerError::Runtime(e.to_string()))?;
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();

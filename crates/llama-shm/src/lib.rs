@@ -46,7 +46,7 @@ pub use client::{
     Protocol, RequestError, RequestOptions, Response, RestartPolicy, ShutdownError, SpawnError,
     DEFAULT_MAX_ANSWER_BYTES,
 };
-pub use protocol::{Prompts, Usage};
+pub use protocol::{Constraint, Embeddings, Message, Prompts, Role, Usage};
 pub use wire::layout::ObjectKind;
 pub use wire::names::{Prefix, PrefixError, SEED_PREFIX};
 pub use wire::status::Finish;

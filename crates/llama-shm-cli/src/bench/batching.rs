@@ -303,6 +303,7 @@ fn ceiling_run(model: &Path, n: usize, requests: usize) -> anyhow::Result<Run> {
                     system: SYSTEM,
                     user: &questions[*next],
                     max_tokens: None,
+                    ..EngineRequest::default()
                 },
             );
             *next += 1;

@@ -94,6 +94,7 @@ pub fn throughput(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Resu
                     system: SYSTEM,
                     user: USER,
                     max_tokens: None,
+                    ..EngineRequest::default()
                 },
                 &mut sink,
                 &Cancel::new(),

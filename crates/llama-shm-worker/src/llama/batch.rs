@@ -129,7 +129,7 @@ impl BatchEngine for LlamaBatchEngine {
         if n_prompt > self.engine.max_prompt_tokens() {
             return Err(EngineError::PromptTooLong {
                 tokens: n_prompt,
-                ctx: self.engine.ctx(),
+                limit: self.engine.max_prompt_tokens(),
             });
         }
         // The common prefix with what this sequence's cells hold is kept; the last prompt

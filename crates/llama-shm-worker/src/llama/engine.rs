@@ -333,7 +333,7 @@ impl Engine for LlamaEngine {
         if n_prompt > self.max_prompt_tokens() {
             return Err(EngineError::PromptTooLong {
                 tokens: n_prompt,
-                ctx: self.n_ctx,
+                limit: self.max_prompt_tokens(),
             });
         }
         let mut generation = Generation::new(Finish::Cancelled);

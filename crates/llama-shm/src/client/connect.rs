@@ -326,6 +326,7 @@ impl Client {
             restartable: false,
             restart_attempts: 0,
             scratch: Vec::with_capacity(crate::wire::layout::RESPONSE_LEN),
+            result: Vec::new(),
             pid: std::process::id(),
             cfg,
         }

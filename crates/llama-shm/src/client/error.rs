@@ -132,13 +132,35 @@ pub enum RequestError {
         /// The worker's message.
         message: String,
     },
-    /// The prompt does not fit in the model's context.
-    #[error("prompt is {tokens} tokens; the context holds {ctx}")]
+    /// The prompt (or conversation) does not fit in the model's context with room to answer:
+    /// it is `tokens - limit` tokens too long (see [`RequestError::tokens_over`]).
+    #[error("prompt is {tokens} tokens, {} over the {limit} the context takes with room to answer", tokens.saturating_sub(*limit))]
     PromptTooLong {
-        /// Prompt tokens.
+        /// Prompt tokens (the conversation through the chat template).
         tokens: u64,
-        /// Context size.
-        ctx: u64,
+        /// The most prompt tokens the worker takes.
+        limit: u64,
+    },
+    /// The request's JSON schema or grammar cannot be compiled: nothing was generated.
+    #[error("invalid schema or grammar: {message}")]
+    InvalidConstraint {
+        /// The worker's message.
+        message: String,
+    },
+    /// The worker cannot do what the request asks (a seed-era worker and a conversation, an
+    /// engine without embeddings…).
+    #[error("not supported by this worker: {message}")]
+    Unsupported {
+        /// What is missing.
+        message: String,
+    },
+    /// The request's records do not fit the request area: nothing was sent.
+    #[error("the request needs {len} bytes; the request area holds {max}")]
+    RequestTooLarge {
+        /// Bytes it needs.
+        len: usize,
+        /// Bytes the area holds.
+        max: usize,
     },
     /// The worker's engine failed.
     #[error("engine failed: {message}")]
@@ -211,6 +233,18 @@ pub enum RequestError {
         #[source]
         source: io::Error,
     },
+}
+
+impl RequestError {
+    /// For [`RequestError::PromptTooLong`], by how many tokens the prompt is over what the
+    /// worker takes (drop that many tokens of history, or ask for the oldest turns to be
+    /// dropped with [`RequestOptions::drop_oldest`](super::RequestOptions::drop_oldest)).
+    pub fn tokens_over(&self) -> Option<u64> {
+        match self {
+            RequestError::PromptTooLong { tokens, limit } => Some(tokens.saturating_sub(*limit)),
+            _ => None,
+        }
+    }
 }
 
 /// Why a client could not attach to a running worker.

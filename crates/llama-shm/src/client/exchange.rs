@@ -11,9 +11,32 @@ use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::queue::ShmQueue;
 use crate::objects::turn::Turn;
 use crate::os::process::{self, pid_exists, ExitInfo};
-use crate::protocol::{PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError};
-use crate::wire::layout::{ObjectKind, REQUEST_STREAM};
+use crate::protocol::{
+    AreaError, AreaRequest, Message, PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError,
+};
+use crate::wire::layout::{Field, ObjectKind, KIND_CHAT, KIND_PROMPTS, OPTION_DROP_OLDEST, REQUEST_STREAM};
 use crate::wire::status::StatusCode;
+
+/// What a request carries.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Body<'a> {
+    /// Two prompts in the seed's fields.
+    Prompts(Prompts<'a>),
+    /// Records of a request of `KIND_*` in the request area.
+    Area(u32, &'a AreaRequest),
+}
+
+impl Body<'_> {
+    /// Two prompts as the conversation they stand for.
+    pub(super) fn prompts_as_messages(p: Prompts<'_>) -> Vec<Message> {
+        let mut out = Vec::with_capacity(2);
+        if !p.system.is_empty() {
+            out.push(Message::system(p.system));
+        }
+        out.push(Message::user(p.user));
+        out
+    }
+}
 
 impl Client {
     pub(super) fn alive_fn(&self) -> impl Fn() -> bool + '_ {
@@ -48,6 +71,27 @@ impl Client {
         stream: bool,
         on_chunk: &mut dyn FnMut(&str),
     ) -> Result<Response, RequestError> {
+        // A constrained answer needs the request area: the prompts go as a conversation.
+        if let Some(c) = &opts.constraint {
+            let request = AreaRequest {
+                messages: Body::prompts_as_messages(prompts),
+                constraint: Some(c.clone()),
+                texts: Vec::new(),
+            };
+            return self.exchange_body(Body::Area(KIND_CHAT, &request), opts, stream, on_chunk);
+        }
+        self.exchange_body(Body::Prompts(prompts), opts, stream, on_chunk)
+    }
+
+    /// One request of any kind: two prompts, or records in the request area (whose result,
+    /// if any, is left in `self.result`).
+    pub(super) fn exchange_body(
+        &mut self,
+        body: Body<'_>,
+        opts: &RequestOptions,
+        stream: bool,
+        on_chunk: &mut dyn FnMut(&str),
+    ) -> Result<Response, RequestError> {
         if self.restartable {
             self.respawn()?;
         }
@@ -56,6 +100,28 @@ impl Client {
                 reason: reason.clone(),
             });
         }
+        self.result.clear();
+        let (prompts, kind, area) = match body {
+            Body::Prompts(p) => (p, KIND_PROMPTS, Vec::new()),
+            Body::Area(kind, request) => {
+                if !self.channel.area_supported() {
+                    return Err(RequestError::Unsupported {
+                        message: "the worker has no request area (a seed-era worker, or one older than \
+                                  conversations): send two prompts"
+                            .into(),
+                    });
+                }
+                let area = request
+                    .encode(Field::RequestArea.span().len)
+                    .map_err(|e| match e {
+                        AreaError::TooLarge { len, max } => RequestError::RequestTooLarge { len, max },
+                        other => RequestError::BadRequest {
+                            message: other.to_string(),
+                        },
+                    })?;
+                (Prompts::default(), kind, area)
+            }
+        };
         let policy = self.cfg.policy;
         let sys = crate::wire::text::encode(prompts.system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy)
             .map_err(|source| RequestError::Encode {
@@ -110,8 +176,17 @@ impl Client {
                     .deadline
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
                 seed_stream: false,
+                kind,
+                options: if opts.drop_oldest { OPTION_DROP_OLDEST } else { 0 },
+                sample_seed: opts.seed.unwrap_or(0),
             },
+            area: &area,
         };
+        if !extended && (req.params.extended_words() || opts.seed.is_some()) {
+            return Err(RequestError::Unsupported {
+                message: "a seed-mode worker takes two prompts and nothing else".into(),
+            });
+        }
         // In flight for cancel() before it is written: a cancel() from here on is never lost
         // (the worker finds it when it takes the request). Modelled in stream.pml.
         self.cancel_slot.lock().seq = req.seq;
@@ -180,6 +255,7 @@ impl Client {
         }
         let truncated = raw.truncated();
         let message = raw.error;
+        self.result = raw.result;
         match raw.status {
             StatusCode::Ok => Ok(Response {
                 truncated,
@@ -189,12 +265,15 @@ impl Client {
                 seq: req.seq,
                 usage: raw.usage,
                 finish: raw.finish,
+                dropped_messages: raw.dropped_messages,
             }),
             StatusCode::Unauthorized => Err(RequestError::Unauthorized { message }),
             StatusCode::PromptTooLong => Err(RequestError::PromptTooLong {
                 tokens: raw.error_args.0,
-                ctx: raw.error_args.1,
+                limit: raw.error_args.1,
             }),
+            StatusCode::InvalidConstraint => Err(RequestError::InvalidConstraint { message }),
+            StatusCode::Unsupported => Err(RequestError::Unsupported { message }),
             StatusCode::EngineFailed => Err(RequestError::Engine { message }),
             StatusCode::BadRequest => Err(RequestError::BadRequest { message }),
             StatusCode::ShuttingDown => Err(RequestError::ShuttingDown { message }),

@@ -15,6 +15,7 @@ mod builder;
 mod cancel;
 mod child;
 mod connect;
+mod conversation;
 mod error;
 mod exchange;
 mod options;
@@ -80,6 +81,8 @@ pub struct Client {
     cancel_slot: Arc<CancelSlot>,
     /// Reused for copies out of the response area.
     scratch: Vec<u8>,
+    /// What the last request's answer left in the request area (embeddings).
+    result: Vec<u8>,
     /// This process's pid, read once (`getpid` is a system call on every request otherwise).
     pid: u32,
     cfg: ClientBuilder,

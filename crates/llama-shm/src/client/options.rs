@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::Usage;
+use crate::protocol::{Constraint, Usage};
 use crate::wire::status::Finish;
 
 /// Which protocol the client speaks.
@@ -115,7 +115,7 @@ impl RestartPolicy {
 /// let opts = RequestOptions::default().deadline(Duration::from_secs(5)).max_tokens(64);
 /// assert_eq!(opts.max_tokens, Some(64));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestOptions {
     /// Generation budget, counted by the worker from when it takes the request: when it
     /// passes, generation stops within one token and the answer so far comes back with
@@ -123,9 +123,41 @@ pub struct RequestOptions {
     pub deadline: Option<Duration>,
     /// Most tokens to generate (the worker's own limit applies too).
     pub max_tokens: Option<u32>,
+    /// What the answer must match: a JSON schema or a GBNF grammar. A worker that cannot
+    /// compile it answers [`RequestError::InvalidConstraint`](super::RequestError::InvalidConstraint)
+    /// before generating anything; an answer the token budget cut ends with
+    /// [`Finish::Length`] and may not parse.
+    pub constraint: Option<Constraint>,
+    /// Sampling seed of this request (the same seed, prompt and worker give the same answer);
+    /// `None`: the worker's own sampler goes on.
+    pub seed: Option<u32>,
+    /// A conversation over the context loses its oldest turns instead of failing with
+    /// [`RequestError::PromptTooLong`](super::RequestError::PromptTooLong);
+    /// [`Response::dropped_messages`] says how many messages went.
+    pub drop_oldest: bool,
 }
 
 impl RequestOptions {
+    /// Constrains the answer to JSON that `schema` (a JSON schema's text) accepts.
+    pub fn json_schema(mut self, schema: impl Into<String>) -> Self {
+        self.constraint = Some(Constraint::JsonSchema(schema.into()));
+        self
+    }
+    /// Constrains the answer to the GBNF `grammar` (start rule `root`).
+    pub fn grammar(mut self, grammar: impl Into<String>) -> Self {
+        self.constraint = Some(Constraint::Grammar(grammar.into()));
+        self
+    }
+    /// Sets the sampling seed.
+    pub fn seed(mut self, seed: u32) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Drops the oldest turns of a conversation that does not fit.
+    pub fn drop_oldest(mut self) -> Self {
+        self.drop_oldest = true;
+        self
+    }
     /// Sets the deadline.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
@@ -155,6 +187,9 @@ pub struct Response {
     pub usage: Usage,
     /// Why the answer ended (`Unknown` in seed mode).
     pub finish: Finish,
+    /// Messages dropped from the front of the conversation to fit the context (with
+    /// [`RequestOptions::drop_oldest`]).
+    pub dropped_messages: u32,
 }
 
 #[cfg(test)]

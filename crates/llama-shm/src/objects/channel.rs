@@ -93,6 +93,15 @@ impl Region for ShmRegion {
     fn current_cpu(&self) -> u32 {
         crate::os::process::current_cpu()
     }
+    fn area_len(&self) -> usize {
+        match self.kind {
+            ObjectKind::Extended => {
+                let span = Field::RequestArea.span();
+                self.shm.mapped_len().saturating_sub(span.offset).min(span.len)
+            }
+            ObjectKind::Seed => 0,
+        }
+    }
 }
 
 impl Semaphore for NamedSemaphore {

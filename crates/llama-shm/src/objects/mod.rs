@@ -21,8 +21,8 @@ use crate::os::shm::{self, OpenCheck, ShmError};
 use crate::os::{dev_shm_path, NamedSemaphore, SharedMemory};
 use crate::protocol::Channel;
 use crate::wire::layout::{
-    ClassifyError, Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION,
-    FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
+    ClassifyError, Field, ObjectKind, Word32, Word64, AREA_LEN, AREA_OBJECT_SIZE, EXT_MAGIC, EXT_SIZE,
+    EXT_VERSION, FEATURE_REQUEST_AREA, FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
 };
 use crate::wire::names::Prefix;
 
@@ -143,7 +143,7 @@ pub fn create_guarded(
     init: ExtInit,
     guard: &mut dyn FnMut(&crate::os::Identity) -> io::Result<()>,
 ) -> Result<PosixChannel, ObjectsError> {
-    let shm = SharedMemory::create_with(&prefix.shm(), OBJECT_SIZE, mode, |shm, identity| {
+    let shm = SharedMemory::create_with(&prefix.shm(), AREA_OBJECT_SIZE, mode, |shm, identity| {
         use std::sync::atomic::Ordering::Release;
         let word = |w: Word32, v: u32| {
             if let Some(a) = shm.atomic_u32(w.offset()) {
@@ -153,7 +153,8 @@ pub fn create_guarded(
         word(Word32::Version, EXT_VERSION);
         word(Word32::PageSize, EXT_SIZE as u32);
         word(Word32::CreatorPid, init.creator_pid);
-        word(Word32::Features, init.features);
+        word(Word32::Features, init.features | FEATURE_REQUEST_AREA);
+        word(Word32::AreaSize, AREA_LEN as u32);
         word(Word32::GuardianPid, init.guardian_pid);
         word(Word32::SlotCount, init.slot_count);
         word(Word32::SlotIndex, init.slot_index);
@@ -197,7 +198,7 @@ pub fn open(prefix: &Prefix, trust: Trust) -> Result<PosixChannel, ObjectsError>
             same_owner: true,
             max_mode: trust.max_mode,
             min_size: SEED_SIZE,
-            map_at_most: OBJECT_SIZE,
+            map_at_most: AREA_OBJECT_SIZE,
         },
     )?;
     let mut magic = [0u8; 8];

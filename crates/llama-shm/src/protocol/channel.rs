@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use super::peer::{Region, Semaphore};
 use super::wait::{expired, wait_for, AdaptiveWait, WaitError};
 use crate::wire::layout::{
-    Field, ObjectKind, Word32, Word64, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED, TOKEN_LEN,
+    Field, ObjectKind, Word32, Word64, FEATURE_REQUEST_AREA, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED,
+    TOKEN_LEN,
 };
 
 /// The semaphores and the region of one worker.
@@ -109,6 +110,14 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
     }
 
     /// Stores `value` unless the word already holds it (no cache-line transfer then).
+    /// Whether requests of other kinds than two prompts can be sent: the worker's object has
+    /// the request area ([`FEATURE_REQUEST_AREA`]) and this side maps all of it.
+    pub fn area_supported(&self) -> bool {
+        self.extended()
+            && self.region.load32(Word32::Features) & FEATURE_REQUEST_AREA != 0
+            && self.region.area_len() >= Field::RequestArea.span().len
+    }
+
     pub(super) fn set32(&self, word: Word32, value: u32) {
         if self.region.load32(word) != value {
             self.region.store32(word, value);

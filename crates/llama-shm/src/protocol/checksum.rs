@@ -17,14 +17,41 @@ pub fn request_checksum(
     system: &[u8],
     user: &[u8],
 ) -> u64 {
+    request_checksum_with_area(seq, token, shutdown, params, system, user, &[])
+}
+
+/// [`request_checksum`] of a request that also uses the request area: with
+/// [`RequestParams::extended_words`] the kind, options, seed and the area's bytes are covered
+/// after the prompts (without, the checksum is the one older clients compute).
+pub fn request_checksum_with_area(
+    seq: u64,
+    token: &[u8; TOKEN_LEN],
+    shutdown: u8,
+    params: RequestParams,
+    system: &[u8],
+    user: &[u8],
+    area: &[u8],
+) -> u64 {
     let mut h = request_hasher(seq, token, shutdown, params);
     if shutdown == 0 {
         for field in [system, user] {
             h.update(&(field.len() as u64).to_le_bytes());
             h.update(field);
         }
+        area_hash_into(&mut h, params, area);
     }
     h.digest()
+}
+
+/// What the request checksum covers of an area request, after the prompts.
+pub(super) fn area_hash_into(h: &mut Xxh3, params: RequestParams, area: &[u8]) {
+    if params.extended_words() {
+        h.update(&params.kind.to_le_bytes());
+        h.update(&params.options.to_le_bytes());
+        h.update(&params.sample_seed.to_le_bytes());
+        h.update(&(area.len() as u64).to_le_bytes());
+        h.update(area);
+    }
 }
 
 pub(super) fn request_hasher(seq: u64, token: &[u8; TOKEN_LEN], shutdown: u8, params: RequestParams) -> Xxh3 {
@@ -50,7 +77,7 @@ pub fn text_hash(text: &[u8]) -> u64 {
 /// by [`response_checksum`], so that a scribbler can neither turn a `Deadline`, `Length` or
 /// `Cancelled` answer into a `Stop` one (a partial answer passing as complete) nor change the
 /// usage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResponseMeta {
     /// `finish_reason`.
     pub finish: u32,
@@ -64,6 +91,12 @@ pub struct ResponseMeta {
     pub generation_us: u64,
     /// `cached_tokens`.
     pub cached_tokens: u32,
+    /// `dropped_messages`.
+    pub dropped_messages: u32,
+    /// `result_len`.
+    pub result_len: u32,
+    /// xxh3-64 of the result's bytes in the request area (0 when there is none).
+    pub result_hash: u64,
 }
 
 /// Checksum of a response: sequence number, status, flags, the answer's length and
@@ -96,5 +129,11 @@ pub fn response_checksum(
     h.update(&meta.prompt_us.to_le_bytes());
     h.update(&meta.generation_us.to_le_bytes());
     h.update(&meta.cached_tokens.to_le_bytes());
+    // Only answers to area requests have these: older answers keep their checksum.
+    if meta.dropped_messages != 0 || meta.result_len != 0 {
+        h.update(&meta.dropped_messages.to_le_bytes());
+        h.update(&meta.result_len.to_le_bytes());
+        h.update(&meta.result_hash.to_le_bytes());
+    }
     h.digest()
 }

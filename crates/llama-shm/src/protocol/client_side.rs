@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::channel::Channel;
-use super::checksum::{request_checksum, response_checksum, ResponseMeta};
+use super::checksum::{request_checksum, request_checksum_with_area, response_checksum, ResponseMeta};
 use super::messages::{PreparedRequest, RawResponse, RequestParams, Usage};
 use super::peer::{Region, Semaphore};
 use super::wait::{expired, WaitError};
@@ -82,7 +82,23 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.set64(Word64::DeadlineMicros, req.params.deadline_us);
             r.store64(Word64::StreamRead, 0);
             self.set32(Word32::ClientCpu, r.current_cpu());
-            let check = request_checksum(req.seq, &token, 0, req.params, req.system.bytes, req.user.bytes);
+            self.set32(Word32::RequestKind, req.params.kind);
+            self.set32(Word32::RequestOptions, req.params.options);
+            self.set32(Word32::SampleSeed, req.params.sample_seed);
+            let area_len = req.area.len().min(Field::RequestArea.span().len);
+            self.set32(Word32::AreaUsed, area_len as u32);
+            if area_len > 0 {
+                r.write(Field::RequestArea, 0, &req.area[..area_len]);
+            }
+            let check = request_checksum_with_area(
+                req.seq,
+                &token,
+                0,
+                req.params,
+                req.system.bytes,
+                req.user.bytes,
+                &req.area[..area_len],
+            );
             r.store64(Word64::RequestChecksum, check);
             r.store64(Word64::RequestSeq, req.seq);
             // The worker reads the lengths: payload and NUL are enough, no zero tail.
@@ -275,6 +291,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             usage: Usage::default(),
             finish: Finish::Unknown,
             intact: true,
+            dropped_messages: 0,
+            result: Vec::new(),
         })
     }
 
@@ -297,7 +315,19 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             prompt_us: r.load64(Word64::PromptMicros),
             generation_us: r.load64(Word64::GenerationMicros),
             cached_tokens: r.load32(Word32::CachedTokens),
+            dropped_messages: r.load32(Word32::DroppedMessages),
+            result_len: r.load32(Word32::ResultLen),
+            result_hash: 0,
         };
+        // The result (embeddings) is copied out once, bounded by the area, and hashed.
+        let mut result = Vec::new();
+        let mut meta = meta;
+        if meta.result_len != 0 {
+            let n = (meta.result_len as usize).min(Field::RequestArea.span().len);
+            result.resize(n, 0);
+            r.read(Field::RequestArea, 0, &mut result);
+            meta.result_hash = super::checksum::text_hash(&result);
+        }
         let intact = len == rx.read.min(u64::from(u32::MAX))
             && response_checksum(seq, status, flags, rx.read, rx.hasher.digest(), ebuf, args, &meta)
                 == stored_check;
@@ -317,6 +347,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             },
             finish: Finish::from_u32(meta.finish),
             intact,
+            dropped_messages: meta.dropped_messages,
+            result,
         }
     }
 

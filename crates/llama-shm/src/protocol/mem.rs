@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use crate::protocol::{Region, Semaphore};
 use crate::wire::layout::{
-    Field, ObjectKind, Word32, Word64, EXT_MAGIC, EXT_SIZE, EXT_VERSION, OBJECT_SIZE, SEED_SIZE,
+    Field, ObjectKind, Word32, Word64, AREA_LEN, AREA_OBJECT_SIZE, AREA_OFFSET, EXT_MAGIC, EXT_SIZE,
+    EXT_VERSION, FEATURE_REQUEST_AREA, OBJECT_SIZE, SEED_SIZE,
 };
 
 /// A whole object (49152 bytes) or a seed-era region (40961 bytes) in private memory.
@@ -78,6 +79,25 @@ impl MemRegion {
             region.write(Field::Magic, 0, &EXT_MAGIC);
         }
         region
+    }
+
+    /// [`MemRegion::initialised`] extended, with the request area as a creator of this version
+    /// makes it: [`AREA_OBJECT_SIZE`] bytes, [`FEATURE_REQUEST_AREA`] and `area_size` set.
+    pub fn with_area(features: u32) -> Self {
+        let region = Self::initialised(ObjectKind::Extended, features | FEATURE_REQUEST_AREA);
+        region.bytes.borrow_mut().resize(AREA_OBJECT_SIZE, 0);
+        region.store32(Word32::AreaSize, AREA_LEN as u32);
+        region
+    }
+
+    /// A region of `kind` holding `bytes` as they are, whatever their length (at least
+    /// [`SEED_SIZE`] is sensible): a fuzzer's object of any size, the request area included.
+    pub fn from_exact_bytes(bytes: &[u8], kind: ObjectKind) -> Self {
+        Self {
+            bytes: RefCell::new(bytes.to_vec()),
+            kind,
+            cpu: Cell::new(0),
+        }
     }
 
     /// Makes [`Region::current_cpu`] report `cpu` (a CPU plus one, as a thread running on it
@@ -177,6 +197,13 @@ impl Region for MemRegion {
 
     fn current_cpu(&self) -> u32 {
         self.cpu.get()
+    }
+
+    fn area_len(&self) -> usize {
+        match self.kind {
+            ObjectKind::Extended => self.len().saturating_sub(AREA_OFFSET).min(AREA_LEN),
+            ObjectKind::Seed => 0,
+        }
     }
 }
 
@@ -377,6 +404,7 @@ mod tests {
                 system: DecodeFlags::default(),
                 user: DecodeFlags::default(),
                 params: crate::protocol::RequestParams::default(),
+                area: None,
             }
         );
         assert_eq!((system.as_str(), user.as_str()), ("be brief", "héllo"));
@@ -405,6 +433,8 @@ mod tests {
                 cached_tokens: 7,
             },
             finish: Finish::Stop,
+            dropped_messages: 0,
+            result: &[],
         };
         ch.worker_respond(7, &outcome).unwrap();
         let raw = ch
@@ -430,6 +460,118 @@ mod tests {
     }
 
     #[test]
+    fn round_trip_area_request() {
+        use crate::protocol::{AreaRequest, Constraint, Message};
+        use crate::wire::layout::{KIND_CHAT, KIND_EMBED};
+        let ch = channel(MemRegion::with_area(0));
+        assert!(ch.area_supported());
+        let messages = [
+            Message::system("s"),
+            Message::user("q".repeat(5000)),
+            Message::assistant("a"),
+        ];
+        let area_req = AreaRequest::chat(&messages, Some(&Constraint::JsonSchema("{}".into())));
+        let bytes = area_req.encode(1 << 20).unwrap();
+        let send = |seq: u64, kind: u32, area: &[u8]| {
+            ch.worker_ready().unwrap();
+            let mut req = request("", "", seq, None);
+            req.params.kind = kind;
+            req.params.sample_seed = 9;
+            req.area = area;
+            ch.client_write(&req).unwrap();
+        };
+        send(3, KIND_CHAT, &bytes);
+        let (incoming, _, _) = take(&ch, None);
+        match incoming {
+            Incoming::Request {
+                seq: 3,
+                params,
+                area: Some(a),
+                ..
+            } => {
+                assert_eq!((params.kind, params.sample_seed), (KIND_CHAT, 9));
+                assert_eq!(a, area_req);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A byte of the area changed after the client wrote it: the checksum says so.
+        send(4, KIND_CHAT, &bytes);
+        ch.region.write(Field::RequestArea, 20, b"X");
+        let (incoming, _, _) = take(&ch, None);
+        assert!(
+            matches!(incoming, Incoming::Refused { seq: 4, status: StatusCode::BadRequest, ref message, .. } if message.contains("checksum")),
+            "{incoming:?}"
+        );
+        // A length word past the area is refused before anything is read.
+        send(5, KIND_CHAT, &bytes);
+        ch.region.store32(Word32::AreaUsed, (AREA_LEN + 1) as u32);
+        assert!(matches!(
+            take(&ch, None).0,
+            Incoming::Refused {
+                seq: 5,
+                status: StatusCode::BadRequest,
+                ..
+            }
+        ));
+        // The result comes back through the area, covered by the checksum.
+        send(
+            6,
+            KIND_EMBED,
+            &AreaRequest {
+                texts: vec!["t".into()],
+                ..AreaRequest::default()
+            }
+            .encode(1 << 20)
+            .unwrap(),
+        );
+        assert!(matches!(
+            take(&ch, None).0,
+            Incoming::Request {
+                seq: 6,
+                area: Some(_),
+                ..
+            }
+        ));
+        let result = crate::protocol::Embeddings {
+            dim: 2,
+            values: vec![0.5, -1.0],
+        }
+        .encode();
+        let mut o = Outcome::error(StatusCode::Ok, "");
+        o.finish = Finish::Stop;
+        o.result = &result;
+        ch.worker_respond(6, &o).unwrap();
+        let raw = ch
+            .client_await(6, None, Duration::from_millis(1), &|| true)
+            .unwrap();
+        assert!(raw.intact);
+        assert_eq!(raw.result, result);
+        ch.worker_respond(6, &o).unwrap();
+        ch.region.write(Field::RequestArea, 9, &[0x77]);
+        assert!(
+            !ch.client_await(6, None, Duration::from_millis(1), &|| true)
+                .unwrap()
+                .intact
+        );
+    }
+
+    #[test]
+    fn an_object_without_the_area_refuses_area_requests() {
+        use crate::wire::layout::KIND_COUNT;
+        let ch = channel(MemRegion::initialised(ObjectKind::Extended, 0));
+        assert!(!ch.area_supported());
+        ch.worker_ready().unwrap();
+        let mut req = request("", "", 2, None);
+        req.params.kind = KIND_COUNT;
+        ch.client_write(&req).unwrap();
+        let (incoming, _, _) = take(&ch, None);
+        assert!(
+            matches!(incoming, Incoming::Refused { seq: 2, status: StatusCode::BadRequest, ref message, .. } if message.contains("no request area")),
+            "{incoming:?}"
+        );
+    }
+
+    #[test]
     fn round_trip_seed() {
         let ch = channel(MemRegion::zeroed(ObjectKind::Seed));
         ch.region.fill(Field::SystemPrompt, 0, 4096, 0xFF);
@@ -444,6 +586,7 @@ mod tests {
                 system: DecodeFlags::default(),
                 user: DecodeFlags::default(),
                 params: crate::protocol::RequestParams::default(),
+                area: None,
             }
         );
         assert_eq!((system.as_str(), user.as_str()), ("sys", "€uro"));

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::area::AreaRequest;
 use crate::wire::layout::{Field, RESPONSE_TRUNCATED, TOKEN_LEN};
 use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::{self, DecodeFlags, Encoded, Policy};
@@ -20,6 +21,21 @@ pub struct RequestParams {
     /// `wire::seed_stream`): set by [`Channel::worker_take`](super::Channel::worker_take) on a
     /// channel that serves it, never read from the extension page nor hashed.
     pub seed_stream: bool,
+    /// `request_kind`: `KIND_PROMPTS` (0), or a request whose records are in the request
+    /// area (`KIND_CHAT`, `KIND_EMBED`, `KIND_COUNT`).
+    pub kind: u32,
+    /// `OPTION_*` bits of an area request.
+    pub options: u32,
+    /// Sampling seed of this request, 0 = the worker's.
+    pub sample_seed: u32,
+}
+
+impl RequestParams {
+    /// Whether anything beyond what older clients send is set (then the request checksum
+    /// covers these words and the request area too; otherwise it is what it always was).
+    pub fn extended_words(&self) -> bool {
+        self.kind != 0 || self.options != 0 || self.sample_seed != 0
+    }
 }
 
 /// Resource use of one request, as the worker reports it.
@@ -81,6 +97,8 @@ pub struct PreparedRequest<'a> {
     pub client_pid: u32,
     /// Streaming, token budget and deadline.
     pub params: RequestParams,
+    /// The request area's records (see [`AreaRequest::encode`]); empty for two prompts.
+    pub area: &'a [u8],
 }
 
 impl<'a> PreparedRequest<'a> {
@@ -96,6 +114,7 @@ impl<'a> PreparedRequest<'a> {
             token: None,
             client_pid: 0,
             params: RequestParams::default(),
+            area: &[],
         })
     }
 }
@@ -121,6 +140,10 @@ pub struct RawResponse {
     pub finish: Finish,
     /// Whether the response's checksum matched (always true in seed mode, which has none).
     pub intact: bool,
+    /// Messages the worker dropped from the front of the conversation to fit it.
+    pub dropped_messages: u32,
+    /// What the worker left in the request area (embeddings), empty for others.
+    pub result: Vec<u8>,
 }
 
 impl RawResponse {
@@ -143,6 +166,8 @@ pub enum Incoming {
         user: DecodeFlags,
         /// Streaming, token budget and deadline (zeros from a seed-mode client).
         params: RequestParams,
+        /// The request area's records, decoded (a request of another kind than two prompts).
+        area: Option<AreaRequest>,
     },
     /// The client asked the worker to exit.
     Shutdown,
@@ -177,6 +202,10 @@ pub struct Outcome<'a> {
     pub usage: Usage,
     /// Why the answer ended.
     pub finish: Finish,
+    /// Messages dropped from the front of the conversation to fit it.
+    pub dropped_messages: u32,
+    /// What goes back in the request area (embeddings); empty for others.
+    pub result: &'a [u8],
 }
 
 impl Outcome<'_> {
@@ -190,6 +219,8 @@ impl Outcome<'_> {
             error_args: (0, 0),
             usage: Usage::default(),
             finish: Finish::Error,
+            dropped_messages: 0,
+            result: &[],
         }
     }
 }

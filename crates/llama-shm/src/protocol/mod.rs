@@ -20,6 +20,7 @@
 //! In seed mode (an object without the extension page) the extension steps are skipped and
 //! the cycle is exactly the seed's.
 
+pub mod area;
 mod channel;
 mod checksum;
 mod client_side;
@@ -32,8 +33,11 @@ mod stream_state;
 mod wait;
 mod worker_side;
 
+pub use area::{AreaError, AreaRequest, Constraint, Embeddings, Message, Role};
 pub use channel::Channel;
-pub use checksum::{request_checksum, response_checksum, text_hash, ResponseMeta};
+pub use checksum::{
+    request_checksum, request_checksum_with_area, response_checksum, text_hash, ResponseMeta,
+};
 pub use client_side::DRAIN_LIMIT;
 pub use messages::{Incoming, Outcome, PreparedRequest, Prompts, RawResponse, RequestParams, Usage};
 pub use peer::{Clients, Region, Semaphore};

@@ -78,6 +78,11 @@ pub trait Region {
     fn ring_capacity(&self) -> usize {
         RESPONSE_LEN
     }
+    /// How many bytes of the request area ([`Field::RequestArea`]) the region really holds
+    /// (0: none, as in an object made before it, a seed-era one, or a model checker's).
+    fn area_len(&self) -> usize {
+        0
+    }
     /// The CPU this thread runs on, plus one; 0 when unknown (the adaptive wait then never
     /// spins).
     fn current_cpu(&self) -> u32 {

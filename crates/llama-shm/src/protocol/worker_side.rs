@@ -4,9 +4,10 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use super::area::AreaRequest;
 use super::channel::on_other_cpus;
 use super::channel::{micros, token_eq, Channel};
-use super::checksum::{request_checksum, request_hasher, response_checksum, ResponseMeta};
+use super::checksum::{area_hash_into, request_checksum, request_hasher, response_checksum, ResponseMeta};
 use super::messages::{Incoming, Outcome, RequestParams};
 use super::peer::{Clients, Region, Semaphore};
 use super::stream_state::{Room, StreamState};
@@ -43,6 +44,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if self.extended() {
             // A seed-mode client never writes request_seq: 0 tells the worker it was one.
             self.region.store64(Word64::RequestSeq, 0);
+            // Nor does a client older than the request area write its words: one that comes
+            // after a newer client must not inherit its kind, options or seed.
+            for word in [Word32::RequestKind, Word32::RequestOptions, Word32::SampleSeed] {
+                self.set32(word, 0);
+            }
             // What `worker_wait`'s spin needs, read now: once `ready` is posted an idle
             // worker touches nothing in the region until a client wakes it.
             self.adaptive
@@ -158,6 +164,9 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 max_tokens: self.region.load32(Word32::MaxTokens),
                 deadline_us: self.region.load64(Word64::DeadlineMicros),
                 seed_stream: false,
+                kind: self.region.load32(Word32::RequestKind),
+                options: self.region.load32(Word32::RequestOptions),
+                sample_seed: self.region.load32(Word32::SampleSeed),
             };
         }
         let refuse = |status, message: String| {
@@ -229,14 +238,44 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         };
         let system_flags = take(Field::SystemPrompt, lens.map(|l| l.0), system);
         let user_flags = take(Field::UserPrompt, lens.map(|l| l.1), user);
+        // An area request: its bytes copied once (bounded by the area), hashed, and decoded
+        // only from the copy, after the checksum says it is what the client wrote.
+        let mut area_bytes = Vec::new();
+        if params.kind != 0 {
+            let used = self.region.load32(Word32::AreaUsed) as usize;
+            let size = self.region.load32(Word32::AreaSize) as usize;
+            let cap = Field::RequestArea.span().len.min(size);
+            if cap == 0 || used > cap {
+                return refuse(
+                    StatusCode::BadRequest,
+                    if cap == 0 {
+                        "this object has no request area; send two prompts".into()
+                    } else {
+                        format!("area_used is {used}, the request area holds {cap}")
+                    },
+                );
+            }
+            area_bytes.resize(used, 0);
+            self.region.read(Field::RequestArea, 0, &mut area_bytes);
+        }
+        area_hash_into(&mut hasher, params, &area_bytes);
         if seq != 0 && hasher.digest() != stored_check {
             return corrupted();
         }
+        let area = if params.kind != 0 {
+            match AreaRequest::decode(params.kind, &area_bytes) {
+                Ok(a) => Some(a),
+                Err(e) => return refuse(StatusCode::BadRequest, e.to_string()),
+            }
+        } else {
+            None
+        };
         Incoming::Request {
             seq,
             system: system_flags,
             user: user_flags,
             params,
+            area,
         }
     }
 
@@ -369,7 +408,20 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 prompt_us: micros(outcome.usage.prompt_time),
                 generation_us: micros(outcome.usage.generation_time),
                 cached_tokens: outcome.usage.cached_tokens,
+                dropped_messages: outcome.dropped_messages,
+                result_len: 0,
+                result_hash: 0,
             };
+            let mut meta = meta;
+            // A result that does not fit the area is not sent (the engine sizes it to fit).
+            let result = outcome.result;
+            if !result.is_empty() && result.len() <= Field::RequestArea.span().len {
+                r.write(Field::RequestArea, 0, result);
+                meta.result_len = result.len() as u32;
+                meta.result_hash = super::checksum::text_hash(result);
+            }
+            r.store32(Word32::DroppedMessages, meta.dropped_messages);
+            r.store32(Word32::ResultLen, meta.result_len);
             r.store32(Word32::PromptTokens, meta.prompt_tokens);
             r.store32(Word32::GeneratedTokens, meta.generated_tokens);
             r.store64(Word64::PromptMicros, meta.prompt_us);

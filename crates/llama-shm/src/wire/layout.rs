@@ -33,8 +33,17 @@ pub const SEED_SIZE: usize = 40961;
 pub const EXT_OFFSET: usize = 45056;
 /// Size of the extension page.
 pub const EXT_SIZE: usize = 4096;
-/// Size of the whole object this crate creates.
+/// Size of an extended object without a request area (the smallest this crate accepts as
+/// extended, and what objects made before the request area hold).
 pub const OBJECT_SIZE: usize = EXT_OFFSET + EXT_SIZE;
+/// Where the request area starts: right after the extension page.
+pub const AREA_OFFSET: usize = OBJECT_SIZE;
+/// Size of the request area: conversations, schemas, texts to embed, and the embeddings
+/// (see [`FEATURE_REQUEST_AREA`]). Pages of it nobody touches take no memory.
+pub const AREA_LEN: usize = 1 << 20;
+/// Size of the object this crate creates: the seed region, the gap, the extension page and
+/// the request area.
+pub const AREA_OBJECT_SIZE: usize = AREA_OFFSET + AREA_LEN;
 
 /// The seed's region, byte for byte.
 #[repr(C)]
@@ -83,12 +92,29 @@ pub const FEATURE_SLOTS: u32 = 1 << 3;
 /// page (`queue_*` words, [`QUEUE_CAPACITY`] entries), first come first served, at most
 /// `queue_max` of them; one more gets a typed "busy" error.
 pub const FEATURE_QUEUE: u32 = 1 << 4;
+/// Feature bit: the object holds the request area ([`AREA_LEN`] bytes at [`AREA_OFFSET`]) and
+/// the worker reads requests of other kinds than two prompts from it (`request_kind`):
+/// conversations, constrained generation, embeddings, token counts.
+pub const FEATURE_REQUEST_AREA: u32 = 1 << 5;
 /// Entries of the admission queue: the most clients that can wait at once.
 pub const QUEUE_CAPACITY: usize = 256;
 
 /// Request flag: publish the answer piece by piece as it is generated (otherwise the worker
 /// publishes only when the ring is full or the answer is complete).
 pub const REQUEST_STREAM: u32 = 1 << 0;
+
+/// `request_kind`: the prompts are in the seed's two fields (what every older client means).
+pub const KIND_PROMPTS: u32 = 0;
+/// `request_kind`: a conversation in the request area, answered through the ring.
+pub const KIND_CHAT: u32 = 1;
+/// `request_kind`: texts in the request area to embed; the vectors come back in the area.
+pub const KIND_EMBED: u32 = 2;
+/// `request_kind`: a text or a conversation in the request area to count the tokens of.
+pub const KIND_COUNT: u32 = 3;
+
+/// `request_options` bit: a conversation over the context loses its oldest turns instead of
+/// failing (the response's `dropped_messages` says how many messages went).
+pub const OPTION_DROP_OLDEST: u32 = 1 << 0;
 
 /// Response flag: the answer was cut at the response limit.
 pub const RESPONSE_TRUNCATED: u32 = 1 << 0;
@@ -212,8 +238,23 @@ pub struct ExtensionPage {
     /// The admission queue: entry `ticket % QUEUE_CAPACITY` holds `ticket << 32 | pid` of a
     /// waiting client, 0 when free (clients; slot 0).
     pub queue_entries: [u64; QUEUE_CAPACITY],
+    /// What the request is (client): [`KIND_PROMPTS`] (0, every older client), [`KIND_CHAT`],
+    /// [`KIND_EMBED`] or [`KIND_COUNT`]. The worker zeroes it with `request_seq`.
+    pub request_kind: u32,
+    /// Bytes of the request area the request uses (client).
+    pub area_used: u32,
+    /// `OPTION_*` bits of an area request (client).
+    pub request_options: u32,
+    /// Sampling seed of the request, 0 = the worker's own sampler (client).
+    pub sample_seed: u32,
+    /// Messages the worker dropped from the front of a conversation to fit it (worker).
+    pub dropped_messages: u32,
+    /// Bytes of the request area holding the result (worker; embeddings).
+    pub result_len: u32,
+    /// Size of the request area, [`AREA_LEN`] (creator; 0 = the object has none).
+    pub area_size: u32,
     /// Reserved for later fields, zero.
-    pub reserved_future: [u8; 1440],
+    pub reserved_future: [u8; 1412],
 }
 
 const_assert_eq!(offset_of!(ExtensionPage, magic), 0);
@@ -261,7 +302,14 @@ const_assert_eq!(offset_of!(ExtensionPage, slot_busy), 596);
 const_assert_eq!(offset_of!(ExtensionPage, slot_served), 600);
 const_assert_eq!(offset_of!(ExtensionPage, slot_generated), 604);
 const_assert_eq!(offset_of!(ExtensionPage, queue_entries), 608);
-const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 2656);
+const_assert_eq!(offset_of!(ExtensionPage, request_kind), 2656);
+const_assert_eq!(offset_of!(ExtensionPage, area_used), 2660);
+const_assert_eq!(offset_of!(ExtensionPage, request_options), 2664);
+const_assert_eq!(offset_of!(ExtensionPage, sample_seed), 2668);
+const_assert_eq!(offset_of!(ExtensionPage, dropped_messages), 2672);
+const_assert_eq!(offset_of!(ExtensionPage, result_len), 2676);
+const_assert_eq!(offset_of!(ExtensionPage, area_size), 2680);
+const_assert_eq!(offset_of!(ExtensionPage, reserved_future), 2684);
 const_assert_eq!(size_of::<ExtensionPage>(), EXT_SIZE);
 const_assert_eq!(align_of::<ExtensionPage>(), 8);
 // Atomically accessed words must be naturally aligned in the mapping.
@@ -324,12 +372,15 @@ pub enum Field {
     AuthToken,
     /// The extension page's error message.
     ErrorMessage,
+    /// The request area ([`AREA_LEN`] bytes at [`AREA_OFFSET`], with
+    /// [`FEATURE_REQUEST_AREA`]; absent from smaller objects, where it reads as zeros).
+    RequestArea,
 }
 
 impl Field {
     /// Every field, in declaration order (`Field::ALL[f as usize] == f`: the loom models'
     /// region indexes its cells so), for tests and fuzzers that touch them all.
-    pub const ALL: [Field; 8] = [
+    pub const ALL: [Field; 9] = [
         Field::SystemPrompt,
         Field::UserPrompt,
         Field::Response,
@@ -338,6 +389,7 @@ impl Field {
         Field::Magic,
         Field::AuthToken,
         Field::ErrorMessage,
+        Field::RequestArea,
     ];
 
     /// Where the field lives in the object.
@@ -370,6 +422,10 @@ impl Field {
             Field::ErrorMessage => Span {
                 offset: EXT_OFFSET + offset_of!(ExtensionPage, error_message),
                 len: ERROR_MESSAGE_LEN,
+            },
+            Field::RequestArea => Span {
+                offset: AREA_OFFSET,
+                len: AREA_LEN,
             },
             Field::SeedStream => Span {
                 offset: super::seed_stream::STREAM_MODE,
@@ -459,6 +515,13 @@ words! {
         SlotBusy => slot_busy,
         SlotServed => slot_served,
         SlotGenerated => slot_generated,
+        RequestKind => request_kind,
+        AreaUsed => area_used,
+        RequestOptions => request_options,
+        SampleSeed => sample_seed,
+        DroppedMessages => dropped_messages,
+        ResultLen => result_len,
+        AreaSize => area_size,
     }
 }
 
@@ -551,7 +614,7 @@ mod tests {
         for pair in ranges.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "{} overlaps {}", pair[0].2, pair[1].2);
         }
-        assert!(ranges.last().unwrap().1 <= OBJECT_SIZE);
+        assert!(ranges.last().unwrap().1 <= AREA_OBJECT_SIZE);
     }
 
     #[test]
@@ -594,7 +657,16 @@ mod tests {
         assert_eq!(Word64::StreamSeq.offset(), page + 512);
         assert_eq!(Word64::DeadlineMicros.offset(), page + 544);
         assert_eq!(Field::Magic.span(), Span { offset: page, len: 8 });
-        assert_eq!((Word32::COUNT, Word64::COUNT), (29, 13));
+        assert_eq!(Word32::RequestKind.offset(), page + 2656);
+        assert_eq!(Word32::AreaSize.offset(), page + 2680);
+        assert_eq!(
+            Field::RequestArea.span(),
+            Span {
+                offset: 49152,
+                len: 1 << 20
+            }
+        );
+        assert_eq!((Word32::COUNT, Word64::COUNT), (36, 13));
     }
 
     #[test]
@@ -603,6 +675,9 @@ mod tests {
         assert_eq!(FEATURE_TOKEN_REQUIRED, 1);
         assert_eq!(FEATURE_STREAMING, 2);
         assert_eq!((FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_QUEUE), (4, 8, 16));
+        assert_eq!(FEATURE_REQUEST_AREA, 32);
+        assert_eq!((KIND_PROMPTS, KIND_CHAT, KIND_EMBED, KIND_COUNT), (0, 1, 2, 3));
+        assert_eq!(OPTION_DROP_OLDEST, 1);
         assert_eq!(REQUEST_STREAM, 1);
         assert_eq!(RESPONSE_TRUNCATED, 1);
         assert_eq!(RESPONSE_SYSTEM_REPAIRED, 2);
@@ -612,6 +687,14 @@ mod tests {
     #[test]
     fn only_the_extension_page_fields_are_extension_fields() {
         let ext: Vec<Field> = Field::ALL.iter().copied().filter(|f| f.is_extension()).collect();
-        assert_eq!(ext, [Field::Magic, Field::AuthToken, Field::ErrorMessage]);
+        assert_eq!(
+            ext,
+            [
+                Field::Magic,
+                Field::AuthToken,
+                Field::ErrorMessage,
+                Field::RequestArea
+            ]
+        );
     }
 }

@@ -15,6 +15,11 @@ pub enum StatusCode {
     EngineFailed,
     /// The worker is shutting down and did not answer.
     ShuttingDown,
+    /// The request's JSON schema or grammar cannot be compiled: nothing was generated.
+    InvalidConstraint,
+    /// The worker's engine cannot do what the request asks (embeddings from an engine
+    /// without them, say); the message says what.
+    Unsupported,
     /// A code this build does not know (a newer worker).
     Unknown(u32),
 }
@@ -29,6 +34,8 @@ impl StatusCode {
             StatusCode::PromptTooLong => 3,
             StatusCode::EngineFailed => 4,
             StatusCode::ShuttingDown => 5,
+            StatusCode::InvalidConstraint => 6,
+            StatusCode::Unsupported => 7,
             StatusCode::Unknown(v) => v,
         }
     }
@@ -42,6 +49,8 @@ impl StatusCode {
             3 => StatusCode::PromptTooLong,
             4 => StatusCode::EngineFailed,
             5 => StatusCode::ShuttingDown,
+            6 => StatusCode::InvalidConstraint,
+            7 => StatusCode::Unsupported,
             v => StatusCode::Unknown(v),
         }
     }

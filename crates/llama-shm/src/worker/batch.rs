@@ -8,8 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::engine::{EngineError, EngineRequest, Generation};
-use crate::protocol::Usage;
+use super::engine::{
+    echo_embed, echo_text, echo_token_count, Cancel, EngineError, EngineRequest, Generation,
+};
+use crate::protocol::{Embeddings, Usage};
 use crate::wire::status::Finish;
 
 /// Where a step's output goes.
@@ -45,6 +47,33 @@ pub trait BatchEngine {
     /// One step of every running sequence; what it produced and which sequences ended go to
     /// `out`. Returns at once when nothing runs.
     fn step(&mut self, out: &mut dyn BatchSink);
+
+    /// As [`Engine::embed`](super::Engine::embed), between steps (the running sequences wait).
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] by default.
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        let _ = (texts, max_values, cancel);
+        Err(EngineError::Unsupported(
+            "this worker's engine has no embeddings".into(),
+        ))
+    }
+
+    /// As [`Engine::count_tokens`](super::Engine::count_tokens).
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] by default.
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        let _ = (request, text);
+        Err(EngineError::Unsupported(
+            "this worker's engine cannot count tokens".into(),
+        ))
+    }
 }
 
 /// The echo engine, batched: every running sequence answers `{system}\n{user}` (`repeat`
@@ -95,9 +124,14 @@ impl BatchEngine for EchoBatch {
         if slot.is_some() {
             return Err(EngineError::Inference(format!("sequence {seq} is busy")));
         }
+        if request.constraint.is_some() {
+            return Err(EngineError::Unsupported(
+                "the echo engine cannot constrain its answer to a schema or grammar".into(),
+            ));
+        }
         self.held[seq] = false;
         *slot = Some(EchoSeq {
-            answer: format!("{}\n{}", request.system, request.user).repeat(self.repeat.max(1) as usize),
+            answer: echo_text(request).repeat(self.repeat.max(1) as usize),
             at: 0,
             pieces: 0,
             budget: request.max_tokens.unwrap_or(u32::MAX),
@@ -142,6 +176,7 @@ impl BatchEngine for EchoBatch {
                     generation_time: s.started.elapsed(),
                     ..Usage::default()
                 },
+                dropped_messages: 0,
             };
             let finish = if s.at == s.answer.len() {
                 Some(Finish::Stop)
@@ -164,6 +199,22 @@ impl BatchEngine for EchoBatch {
                 out.done(i, Ok(g));
             }
         }
+    }
+
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        _cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        echo_embed(texts, max_values)
+    }
+
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        Ok(match text {
+            Some(t) => echo_token_count(&mut std::iter::once(t)),
+            None => echo_token_count(&mut request.conversation().iter().map(|m| m.content.as_str())),
+        })
     }
 }
 
@@ -195,6 +246,7 @@ mod tests {
             system,
             user,
             max_tokens,
+            ..EngineRequest::default()
         }
     }
 

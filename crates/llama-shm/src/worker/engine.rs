@@ -6,19 +6,49 @@
 
 use std::time::{Duration, Instant};
 
-use crate::protocol::Usage;
+use crate::protocol::{Constraint, Embeddings, Message, Usage};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::wire::status::Finish;
 
-/// One request, as the engine sees it: both prompts are valid UTF-8 without NUL bytes.
-#[derive(Debug, Clone, Copy)]
+/// One request, as the engine sees it: every text is valid UTF-8 without NUL bytes.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct EngineRequest<'a> {
-    /// The system prompt; empty means "no system message".
+    /// The system prompt; empty means "no system message" (unused when `messages` is not
+    /// empty).
     pub system: &'a str,
-    /// The user prompt.
+    /// The user prompt (unused when `messages` is not empty).
     pub user: &'a str,
+    /// A conversation to answer instead of the two prompts (rendered with the model's chat
+    /// template); empty for a two-prompt request.
+    pub messages: &'a [Message],
+    /// What the answer must match. An engine that cannot apply it fails with
+    /// [`EngineError::InvalidConstraint`] or [`EngineError::Unsupported`] before it generates
+    /// anything: never an unconstrained answer.
+    pub constraint: Option<&'a Constraint>,
+    /// A conversation over the context loses its oldest turns (reported in
+    /// [`Generation::dropped_messages`]) instead of failing with
+    /// [`EngineError::PromptTooLong`].
+    pub drop_oldest: bool,
     /// Most tokens to generate for this request (the engine's own limit applies too).
     pub max_tokens: Option<u32>,
+    /// Sampling seed for this request (`None`: the engine's own sampler goes on).
+    pub seed: Option<u32>,
+}
+
+impl EngineRequest<'_> {
+    /// The conversation this request is: its messages, or the two prompts as a system
+    /// message (when not empty) and a user message.
+    pub fn conversation(&self) -> Vec<Message> {
+        if !self.messages.is_empty() {
+            return self.messages.to_vec();
+        }
+        let mut out = Vec::with_capacity(2);
+        if !self.system.is_empty() {
+            out.push(Message::system(self.system));
+        }
+        out.push(Message::user(self.user));
+        out
+    }
 }
 
 /// Where an engine writes its answer.
@@ -38,6 +68,9 @@ pub struct Generation {
     pub finish: Finish,
     /// What it took (zeros for engines without tokens).
     pub usage: Usage,
+    /// Messages dropped from the front of the conversation to fit the context (with
+    /// [`EngineRequest::drop_oldest`]).
+    pub dropped_messages: u32,
 }
 
 impl Generation {
@@ -47,6 +80,7 @@ impl Generation {
         Self {
             finish,
             usage: Usage::default(),
+            dropped_messages: 0,
         }
     }
 }
@@ -55,16 +89,22 @@ impl Generation {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The prompt does not fit in the context with room left to answer.
-    #[error("prompt is {tokens} tokens, the context holds {ctx} (with room to answer)")]
+    #[error("prompt is {tokens} tokens, {} over the {limit} the context takes with room to answer", tokens.saturating_sub(*limit))]
     PromptTooLong {
         /// Tokens in the templated prompt.
         tokens: u32,
-        /// Context size in tokens.
-        ctx: u32,
+        /// The most prompt tokens the engine takes (its context less room to answer).
+        limit: u32,
     },
     /// The model failed while evaluating or sampling (a llama.cpp decode error, say).
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The request's JSON schema or grammar cannot be compiled (nothing was generated).
+    #[error("{0}")]
+    InvalidConstraint(String),
+    /// The engine cannot do what the request asks (the message says what).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A cancellation flag shared between the worker's watcher and the running engine, with the
@@ -151,6 +191,94 @@ pub trait Engine {
         out: &mut dyn ResponseSink,
         cancel: &Cancel,
     ) -> Result<Generation, EngineError>;
+
+    /// One vector per text, pooled as the model defines (mean over the tokens for a model
+    /// that defines none), L2-normalised, for as many of `texts` (from the first) as fit in
+    /// `max_values` numbers; at least one unless it fails.
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] by default: the engine has no embeddings.
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        let _ = (texts, max_values, cancel);
+        Err(EngineError::Unsupported(
+            "this worker's engine has no embeddings".into(),
+        ))
+    }
+
+    /// How many tokens `request` takes as a prompt (a conversation through the chat template,
+    /// or `text` alone when given).
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] by default.
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        let _ = (request, text);
+        Err(EngineError::Unsupported(
+            "this worker's engine cannot count tokens".into(),
+        ))
+    }
+}
+
+/// The echo engine's stand-in for a model's tokens: one per whitespace-separated word of the
+/// text (of every message's content), so counts are predictable in tests.
+pub fn echo_token_count(texts: &mut dyn Iterator<Item = &str>) -> u32 {
+    texts.map(|t| t.split_whitespace().count() as u32).sum()
+}
+
+/// The echo engine's stand-in for embeddings: [`ECHO_EMBED_DIM`] numbers per text, a histogram
+/// of its bytes folded into that many bins, L2-normalised (zeros for an empty text). Identical
+/// texts give identical vectors, texts with other bytes other vectors.
+pub fn echo_embedding(text: &str) -> [f32; ECHO_EMBED_DIM] {
+    let mut v = [0f32; ECHO_EMBED_DIM];
+    for (i, b) in text.bytes().enumerate() {
+        v[(usize::from(b) + i) % ECHO_EMBED_DIM] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// Numbers per vector of [`echo_embedding`].
+pub const ECHO_EMBED_DIM: usize = 16;
+
+/// The echo engine's answer to `request`: `{system}\n{user}`, or for a conversation every
+/// message's content, one per line.
+pub fn echo_text(request: &EngineRequest<'_>) -> String {
+    if request.messages.is_empty() {
+        format!("{}\n{}", request.system, request.user)
+    } else {
+        request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Embeddings by [`echo_embedding`] for as many of `texts` as fit `max_values`.
+///
+/// # Errors
+/// [`EngineError::Unsupported`] when not even one fits.
+pub fn echo_embed(texts: &[String], max_values: usize) -> Result<Embeddings, EngineError> {
+    let fit = (max_values / ECHO_EMBED_DIM).min(texts.len());
+    if fit == 0 {
+        return Err(EngineError::Unsupported("no vector fits the request area".into()));
+    }
+    let mut values = Vec::with_capacity(fit * ECHO_EMBED_DIM);
+    for t in &texts[..fit] {
+        values.extend_from_slice(&echo_embedding(t));
+    }
+    Ok(Embeddings {
+        dim: ECHO_EMBED_DIM,
+        values,
+    })
 }
 
 /// The `echo` engine: answers exactly `{system}\n{user}`, optionally repeated, delayed and
@@ -188,16 +316,35 @@ impl Engine for EchoEngine {
                 generation_time: started.elapsed(),
                 ..Usage::default()
             },
+            dropped_messages: 0,
         };
+        if request.constraint.is_some() {
+            return Err(EngineError::Unsupported(
+                "the echo engine cannot constrain its answer to a schema or grammar".into(),
+            ));
+        }
         if !self.delay.is_zero() && !cancel.sleep(self.delay) {
             return Ok(ended(Finish::Cancelled, 0));
+        }
+        // The parts of the answer: the two prompts around a newline, or every message's
+        // content, one per line.
+        let mut parts: Vec<&str> = Vec::new();
+        if request.messages.is_empty() {
+            parts.extend([request.system, "\n", request.user]);
+        } else {
+            for (i, m) in request.messages.iter().enumerate() {
+                if i > 0 {
+                    parts.push("\n");
+                }
+                parts.push(&m.content);
+            }
         }
         if let Some(n) = self.answer_bytes {
             // The echo repeated (its "\n" makes every round at least one byte) until `n` bytes,
             // or until a character no longer fits.
-            let mut left = n;
+            let mut left = if parts.iter().all(|p| p.is_empty()) { 0 } else { n };
             'fill: while left > 0 {
-                for part in [request.system, "\n", request.user] {
+                for &part in &parts {
                     let cut = crate::wire::text::floor_char_boundary(part, left);
                     if (cut == 0 && !part.is_empty()) || !out.push(&part[..cut]) {
                         break 'fill;
@@ -211,7 +358,7 @@ impl Engine for EchoEngine {
         let mut pieces = 0u32;
         let budget = request.max_tokens.unwrap_or(u32::MAX);
         'outer: for _ in 0..self.repeat.max(1) {
-            for part in [request.system, "\n", request.user] {
+            for &part in &parts {
                 if self.piece_delay.is_zero() {
                     if !out.push(part) {
                         finish = Finish::Length;
@@ -243,5 +390,21 @@ impl Engine for EchoEngine {
             }
         }
         Ok(ended(finish, pieces))
+    }
+
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        _cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        echo_embed(texts, max_values)
+    }
+
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        Ok(match text {
+            Some(t) => echo_token_count(&mut std::iter::once(t)),
+            None => echo_token_count(&mut request.conversation().iter().map(|m| m.content.as_str())),
+        })
     }
 }

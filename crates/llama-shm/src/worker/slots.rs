@@ -21,7 +21,11 @@ use crate::sync::{mutant, thread, AtomicBool, Mutant, Ordering};
 
 use super::batch::{BatchEngine, BatchSink};
 use super::engine::{Cancel, EngineError, EngineRequest, Generation, ResponseSink};
-use super::serve::{begin_answer, finish_answer, repaired_flags, ServeEnd, ServeOptions};
+use super::serve::DirectEngine;
+use super::serve::{
+    answer_direct, begin_answer, engine_request, finish_answer, is_direct, repaired_flags, respond_direct,
+    ServeEnd, ServeOptions,
+};
 use super::sink::WireSink;
 use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
 use crate::wire::layout::RESPONSE_LEN;
@@ -338,7 +342,18 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 system: system_flags,
                 user: user_flags,
                 params,
+                area,
             } => {
+                let request = engine_request(system, user, params, area.as_ref());
+                if let Some(area) = area.as_ref().filter(|_| is_direct(params)) {
+                    // Between steps: the running sequences wait for it.
+                    let cancel = &self.cancels[slot];
+                    let result = answer_direct(params, area, &request, cancel, &mut Batched(&mut *engine));
+                    respond_direct(channel, seq, params, result, &mut self.dirty[slot])?;
+                    self.served += 1;
+                    self.release(slot);
+                    return Ok(());
+                }
                 let repaired = repaired_flags(system_flags, user_flags);
                 let mut sink = begin_answer(
                     channel,
@@ -351,16 +366,7 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 let admitted = match sink.check() {
                     // Cancelled before it started: no work.
                     Some(_) => Err(Ok(Generation::new(Finish::Cancelled))),
-                    None => engine
-                        .admit(
-                            slot,
-                            &EngineRequest {
-                                system,
-                                user,
-                                max_tokens: (params.max_tokens != 0).then_some(params.max_tokens),
-                            },
-                        )
-                        .map_err(Err),
+                    None => engine.admit(slot, &request).map_err(Err),
                 };
                 match admitted {
                     Ok(()) => {
@@ -418,5 +424,22 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
             }
         }
         Ok(())
+    }
+}
+
+/// A [`BatchEngine`] answering direct requests (between steps).
+struct Batched<'e, E: ?Sized>(&'e mut E);
+
+impl<E: BatchEngine + ?Sized> DirectEngine for Batched<'_, E> {
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max: usize,
+        cancel: &Cancel,
+    ) -> Result<crate::protocol::Embeddings, EngineError> {
+        self.0.embed(texts, max, cancel)
+    }
+    fn count(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        self.0.count_tokens(request, text)
     }
 }
