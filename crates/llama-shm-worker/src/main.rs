@@ -96,6 +96,9 @@ struct Args {
     /// request's common prefix.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// A GGUF model for embeddings requests instead of --model (loaded at the first one).
+    #[arg(long, value_name = "FILE")]
+    embedding_model: Option<PathBuf>,
     /// Echo engine: repeat the answer N times (to reach the response limit).
     #[arg(long, default_value_t = 1)]
     echo_repeat: u32,
@@ -280,6 +283,7 @@ fn llama_options(args: &Args) -> llama::LlamaOptions {
         ignore_eog: args.ignore_eog,
     };
     opts.prefix_cache = !args.no_prefix_cache;
+    opts.embedding_model = args.embedding_model.clone();
     opts
 }
 

@@ -15,7 +15,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 
 use llama_shm::internals::worker::batch::{BatchEngine, BatchSink};
-use llama_shm::{EngineError, EngineRequest, Finish, Generation};
+use llama_shm::{Cancel, Embeddings, EngineError, EngineRequest, Finish, Generation};
 
 use super::engine::to_pos;
 use super::*;
@@ -115,23 +115,30 @@ impl BatchEngine for LlamaBatchEngine {
         self.seqs.len()
     }
 
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        // Another context: the sequences' cells are not touched.
+        self.engine.embeddings(texts, max_values, cancel)
+    }
+
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        self.engine.count(request, text)
+    }
+
     fn admit(&mut self, seq: usize, request: &EngineRequest<'_>) -> Result<(), EngineError> {
         if self.seqs.get(seq).is_none_or(Option::is_some) {
             return Err(EngineError::Inference(format!(
                 "sequence {seq} is busy or out of range"
             )));
         }
-        let prompt = self.engine.prompt(request);
-        if prompt.is_empty() {
-            return Err(EngineError::Inference("the templated prompt is empty".into()));
-        }
+        let (prompt, dropped) = self.engine.fitted_prompt(request)?;
+        // Before anything is evaluated: a constraint that does not compile fails here.
+        let sampler = self.engine.sampler_for(request)?;
         let n_prompt = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        if n_prompt > self.engine.max_prompt_tokens() {
-            return Err(EngineError::PromptTooLong {
-                tokens: n_prompt,
-                limit: self.engine.max_prompt_tokens(),
-            });
-        }
         // The common prefix with what this sequence's cells hold is kept; the last prompt
         // token is always evaluated again (its logits start the answer).
         let common = if self.engine.prefix_cache {
@@ -149,6 +156,7 @@ impl BatchEngine for LlamaBatchEngine {
         let mut generation = Generation::new(Finish::Stop);
         generation.usage.prompt_tokens = n_prompt;
         generation.usage.cached_tokens = u32::try_from(common).unwrap_or(u32::MAX);
+        generation.dropped_messages = dropped;
         let sampling = self.engine.sampling;
         let max_tokens = match (sampling.max_tokens, request.max_tokens) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -159,7 +167,7 @@ impl BatchEngine for LlamaBatchEngine {
             next: common,
             feed: None,
             logits: None,
-            sampler: self.engine.sampler(),
+            sampler,
             text: Utf8Carry::default(),
             piece: Vec::new(),
             generation,

@@ -12,7 +12,9 @@ use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use llama_shm::{Cancel, Engine, EngineError, EngineRequest, Finish, Generation, ResponseSink};
+use llama_shm::{
+    Cancel, Embeddings, Engine, EngineError, EngineRequest, Finish, Generation, Message, ResponseSink,
+};
 
 use super::*;
 
@@ -39,6 +41,10 @@ pub struct LlamaEngine {
     /// The tokens whose KV entries sit in sequence 0 at positions `0..len` (empty after an
     /// error or a cancelled prompt: the cache is then cleared before the next request).
     cached: Vec<LlamaToken>,
+    /// The model for embeddings, when not this one ([`LlamaOptions::embedding_model`]).
+    embedding_model: Option<std::path::PathBuf>,
+    /// The embedding context, made at the first embeddings request.
+    embedder: Option<Embedder>,
 }
 
 impl std::fmt::Debug for LlamaEngine {
@@ -152,6 +158,8 @@ impl LlamaEngine {
             load_time,
             prefix_cache: options.prefix_cache,
             cached: Vec::new(),
+            embedding_model: options.embedding_model.clone(),
+            embedder: None,
         })
     }
 
@@ -237,11 +245,18 @@ impl LlamaEngine {
     /// # Errors
     /// None today; the `Result` leaves room for templates that can fail per request.
     pub fn prompt_tokens(&self, request: &EngineRequest<'_>) -> Result<Vec<i32>, EngineError> {
-        Ok(self.prompt(request).into_iter().map(|t| t.0).collect())
+        Ok(self.prompt(request)?.into_iter().map(|t| t.0).collect())
     }
 
-    /// Builds the prompt's tokens from the cached layout.
-    pub(super) fn prompt(&self, request: &EngineRequest<'_>) -> Vec<LlamaToken> {
+    /// Builds the prompt's tokens: two prompts from the cached layout, a conversation
+    /// through the chat template (see [`conversation_tokens`]).
+    ///
+    /// # Errors
+    /// A conversation the template cannot render as sent.
+    pub(super) fn prompt(&self, request: &EngineRequest<'_>) -> Result<Vec<LlamaToken>, EngineError> {
+        if !request.messages.is_empty() {
+            return conversation_tokens(self.model, &self.template, request.messages);
+        }
         let layout = if request.system.is_empty() {
             &self.without_system
         } else {
@@ -263,20 +278,99 @@ impl LlamaEngine {
         if vocab.should_add_bos() && tokens.first() != Some(&vocab.bos()) {
             tokens.insert(0, vocab.bos());
         }
-        tokens
+        Ok(tokens)
     }
 
-    /// A fresh sampler seeded from the settings, so every request starts from the same state.
-    pub(super) fn sampler(&self) -> LlamaSampler {
-        if self.sampling.greedy {
-            LlamaSampler::greedy()
-        } else {
-            LlamaSampler::chain_simple([
-                LlamaSampler::min_p(self.sampling.min_p, 1),
-                LlamaSampler::temp(self.sampling.temp),
-                LlamaSampler::dist(self.sampling.seed),
-            ])
+    /// The prompt of `request` checked to fit [`LlamaEngine::max_prompt_tokens`]: with
+    /// [`EngineRequest::drop_oldest`], a conversation loses its oldest turns until it fits.
+    /// Returns the tokens and how many messages were dropped.
+    ///
+    /// # Errors
+    /// [`EngineError::PromptTooLong`] (by how many tokens: `tokens - limit`), an empty
+    /// prompt, or [`LlamaEngine::prompt`]'s.
+    pub(super) fn fitted_prompt(
+        &self,
+        request: &EngineRequest<'_>,
+    ) -> Result<(Vec<LlamaToken>, u32), EngineError> {
+        let limit = self.max_prompt_tokens();
+        let mut prompt = self.prompt(request)?;
+        let mut dropped = 0;
+        let mut shorter: Vec<Message>;
+        let mut messages = request.messages;
+        while prompt.len() > limit as usize && request.drop_oldest {
+            let Some((kept, n)) = without_oldest_turn(messages) else {
+                break;
+            };
+            shorter = kept;
+            messages = &shorter;
+            dropped += n;
+            prompt = conversation_tokens(self.model, &self.template, messages)?;
         }
+        if prompt.is_empty() {
+            return Err(EngineError::Inference("the templated prompt is empty".into()));
+        }
+        let n_prompt = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        if n_prompt > limit {
+            return Err(EngineError::PromptTooLong {
+                tokens: n_prompt,
+                limit,
+            });
+        }
+        Ok((prompt, dropped))
+    }
+
+    /// The sampler of `request`: the engine's settings (the request's seed instead of the
+    /// engine's when it has one), behind the request's grammar when it has a constraint.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConstraint`] for a schema or grammar that does not compile.
+    pub(super) fn sampler_for(&self, request: &EngineRequest<'_>) -> Result<LlamaSampler, EngineError> {
+        let mut sampling = self.sampling;
+        if let Some(seed) = request.seed {
+            sampling.seed = seed;
+        }
+        let base = sampler_of(&sampling);
+        match request.constraint {
+            None => Ok(base),
+            Some(c) => constrained(self.model, c, base),
+        }
+    }
+
+    /// How many tokens `text` is (plain text, no BOS), or `request`'s prompt (its
+    /// conversation through the chat template, as [`LlamaEngine::prompt`] builds it).
+    ///
+    /// # Errors
+    /// [`LlamaEngine::prompt`]'s.
+    pub(super) fn count(&self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        let n = match text {
+            Some(t) => self.model.vocab().tokenize(t.as_bytes(), false, false).len(),
+            None => self.prompt(request)?.len(),
+        };
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Embeddings of `texts` (see [`Engine::embed`]), from the embedding context, made the
+    /// first time.
+    ///
+    /// # Errors
+    /// As [`Engine::embed`].
+    pub(super) fn embeddings(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        if self.embedder.is_none() {
+            let model = match &self.embedding_model {
+                Some(path) => load_embedding_model(path)?,
+                None => self.model,
+            };
+            self.embedder = Some(Embedder::new(model, self.n_ctx, self.threads)?);
+        }
+        self.embedder
+            .as_mut()
+            .expect("made above")
+            .embed(texts, max_values, cancel)
     }
 
     /// Evaluates `tokens` from position 0, in batches of at most `n_batch` tokens; the logits
@@ -325,19 +419,13 @@ impl Engine for LlamaEngine {
         out: &mut dyn ResponseSink,
         cancel: &Cancel,
     ) -> Result<Generation, EngineError> {
-        let prompt = self.prompt(request);
-        if prompt.is_empty() {
-            return Err(EngineError::Inference("the templated prompt is empty".into()));
-        }
+        let (prompt, dropped) = self.fitted_prompt(request)?;
+        // Before anything is evaluated: a constraint that does not compile fails here.
+        let mut sampler = self.sampler_for(request)?;
         let n_prompt = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        if n_prompt > self.max_prompt_tokens() {
-            return Err(EngineError::PromptTooLong {
-                tokens: n_prompt,
-                limit: self.max_prompt_tokens(),
-            });
-        }
         let mut generation = Generation::new(Finish::Cancelled);
         generation.usage.prompt_tokens = n_prompt;
+        generation.dropped_messages = dropped;
         // What the KV cache holds is known only when this request ends well: until then the
         // engine's record is empty (an error or a cancel below leaves it so).
         let mut cached = std::mem::take(&mut self.cached);
@@ -359,7 +447,6 @@ impl Engine for LlamaEngine {
         }
         cached.truncate(common);
         self.ctx.reset_timings();
-        let mut sampler = self.sampler();
         let batch_size = usize::try_from(self.ctx.n_batch()).unwrap_or(1).max(1);
         let mut batch = LlamaBatch::new(batch_size, 1);
 
@@ -442,4 +529,39 @@ impl Engine for LlamaEngine {
         );
         Ok(generation)
     }
+
+    fn embed(
+        &mut self,
+        texts: &[String],
+        max_values: usize,
+        cancel: &Cancel,
+    ) -> Result<Embeddings, EngineError> {
+        self.embeddings(texts, max_values, cancel)
+    }
+
+    fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
+        self.count(request, text)
+    }
+}
+
+/// A sampler for `sampling`, fresh (seeded) for one request.
+pub(super) fn sampler_of(sampling: &Sampling) -> LlamaSampler {
+    if sampling.greedy {
+        LlamaSampler::greedy()
+    } else {
+        LlamaSampler::chain_simple([
+            LlamaSampler::min_p(sampling.min_p, 1),
+            LlamaSampler::temp(sampling.temp),
+            LlamaSampler::dist(sampling.seed),
+        ])
+    }
+}
+
+/// The model a worker loads for embeddings only (`--embedding-model`), kept for the process.
+fn load_embedding_model(path: &std::path::Path) -> Result<&'static LlamaModel, EngineError> {
+    check_gguf(path).map_err(|e| EngineError::Unsupported(format!("embedding model: {e}")))?;
+    let backend = backend().map_err(|e| EngineError::Inference(e.to_string()))?;
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        .map_err(|e| EngineError::Unsupported(format!("embedding model {}: {e}", path.display())))?;
+    Ok(Box::leak(Box::new(model)))
 }

@@ -26,6 +26,9 @@
 //! it); the engine itself is meant to stay on one thread and serve one request at a time.
 
 mod batch;
+mod constraint;
+mod conversation;
+mod embed;
 mod engine;
 mod load;
 mod openmp;
@@ -39,6 +42,9 @@ pub use load::LoadError;
 pub use openmp::reexec_with_short_openmp_spin;
 pub use options::{LlamaOptions, Sampling};
 
+use constraint::*;
+use conversation::*;
+use embed::*;
 use load::*;
 use options::*;
 use template::*;

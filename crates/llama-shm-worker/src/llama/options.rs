@@ -25,6 +25,9 @@ pub struct LlamaOptions {
     /// Sequences decoded together (the batched engine's slots). They share the `ctx` cells of
     /// one KV cache: each can grow to `ctx` tokens while the cells last. Default 1.
     pub parallel: u32,
+    /// A GGUF model for embeddings instead of `model` (loaded at the first embeddings
+    /// request). Default none: `model` embeds.
+    pub embedding_model: Option<PathBuf>,
 }
 
 impl LlamaOptions {
@@ -38,6 +41,7 @@ impl LlamaOptions {
             sampling: Sampling::default(),
             prefix_cache: true,
             parallel: 1,
+            embedding_model: None,
         }
     }
 }
