@@ -125,7 +125,8 @@ fn ls_shows_a_running_standalone_worker_as_live() {
     assert_eq!(e["complete"], true);
     assert_eq!(e["mode"], "0600");
     assert_eq!(e["owner_uid"], nix::unistd::geteuid().as_raw());
-    assert_eq!(e["size"], 49152);
+    // The seed region, the gap, the extension page and the 1 MiB request area.
+    assert_eq!(e["size"], 49152 + (1 << 20));
     assert!(e["mapped_by"].as_array().unwrap().contains(&pid.into()), "{e}");
 
     assert_eq!(terminate(worker), Some(0));
@@ -265,40 +266,138 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
     )
 }
 
-/// The echo engine answers `system\nuser`, so each answer shows the conversation the worker
-/// received in its system field.
+/// The echo engine answers a conversation with its messages' contents, one per line, so each
+/// answer shows the conversation the worker received: the whole history, as messages.
 #[test]
-fn chat_carries_the_conversation_and_drops_the_oldest_turns_when_full() {
+fn chat_sends_the_whole_conversation_as_messages() {
     let (code, out, err) = run_with_stdin(
         &["chat", "--engine", "echo", "--system", "S"],
         "hello\nsecond\n/reset\nthird\n",
     );
     assert_eq!(code, Some(0), "{err}");
-    let turns: Vec<&str> = out.split("S\n").filter(|s| !s.is_empty()).collect();
-    // Turn 1: no history. Turn 2: turn 1 in the system field. After /reset: none again.
-    assert_eq!(out.matches("The conversation so far:").count(), 1, "{out}");
-    assert!(out.starts_with("S\nhello\n"), "{out}");
-    assert!(out.contains("User: hello\nAssistant: S\nhello\n"), "{out}");
-    assert!(out.ends_with("S\nthird\n"), "{out}");
-    assert!(turns.len() >= 3, "{out}");
+    // Turn 1: the system message and the question. Turn 2: and turn 1's answer. After /reset:
+    // the system message and the question again.
+    assert_eq!(out, "S\nhello\nS\nhello\nS\nhello\nsecond\nS\nthird\n", "{err}");
     assert!(err.contains("forgotten"), "{err}");
-    // Long turns: the history must be cut to fit the 4 KiB system field, oldest first.
-    let long = "x".repeat(1500);
-    let input = format!("{long}\n{long}\n{long}\nlast\n");
-    let (code, out, err) = run_with_stdin(&["chat", "--engine", "echo", "--system", "S"], &input);
+    // Messages far over the old 4 KiB fields go whole.
+    let long = "x".repeat(6000);
+    let (code, out, err) = run_with_stdin(
+        &["chat", "--engine", "echo", "--system", ""],
+        &format!("{long}\nlast\n"),
+    );
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("dropped the"), "no note about dropped turns: {err}");
-    let last = out.rsplit("S\n\nThe conversation so far:").next().unwrap();
+    assert_eq!(out, format!("{long}\n{long}\n{long}\nlast\n"));
+}
+
+/// The oldest turns go when the conversation no longer fits the model's context, and a note
+/// says so (the model: the echo engine has no context).
+#[test]
+fn chat_drops_the_oldest_turns_when_the_context_is_full() {
+    let long = "Tell me a long story about the sea and the ships on it. ".repeat(6);
+    let input = format!("{long}\n{long}\n{long}\n{long}\nlast\n");
+    let (code, out, err) = run_with_stdin(
+        &[
+            "chat",
+            "--greedy",
+            "--worker-arg=--ctx=256",
+            "--worker-arg=--max-tokens=8",
+        ],
+        &input,
+    );
+    assert_eq!(code, Some(0), "{err}");
     assert!(
-        last.len() < 4096 + 10,
-        "last answer carries {} bytes of history",
-        last.len()
+        err.contains("oldest message(s) no longer fit"),
+        "no note about dropped turns: {err}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| !l.trim().is_empty()).count() >= 5,
+        true,
+        "{out}"
+    );
+}
+
+#[test]
+fn a_schema_or_grammar_the_engine_cannot_apply_is_an_error_not_an_unconstrained_answer() {
+    let dir = std::env::temp_dir().join(format!("lshm-cli-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("s.json");
+    std::fs::write(&schema, r#"{"type": "object"}"#).unwrap();
+    let out = Command::new(cli_path())
+        .args(["ask", "--engine", "echo", "--json-schema"])
+        .arg(&schema)
+        .arg("hi")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        out.ends_with("last\n"),
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
         "{}",
-        &out[out.len().saturating_sub(40)..]
+        String::from_utf8_lossy(&out.stderr)
     );
+    let missing = Command::new(cli_path())
+        .args([
+            "ask",
+            "--engine",
+            "echo",
+            "--grammar",
+            "/nonexistent/g.gbnf",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    // The model applies it: an answer from the grammar.
+    let g = dir.join("g.gbnf");
+    std::fs::write(&g, "root ::= \"yes\" | \"no\"\n").unwrap();
+    let out = Command::new(cli_path())
+        .args(["ask", "--greedy", "--grammar"])
+        .arg(&g)
+        .arg("Is the sky blue?")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text == "yes\n" || text == "no\n", "{text:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tokens_and_embed_print_counts_and_vectors() {
+    let out = Command::new(cli_path())
+        .args(["tokens", "--engine", "echo", "one two three"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "3\n");
+    let out = Command::new(cli_path())
+        .args(["embed", "--engine", "echo", "a", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["index"], 1);
+    assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 16);
+    assert_ne!(lines[0]["embedding"], lines[1]["embedding"]);
 }
 
 /// Ctrl-C (SIGINT) during an answer cancels it: the partial answer is printed, exit 130, and

@@ -20,13 +20,13 @@ mod bench;
 mod chat;
 mod inventory;
 mod status;
+mod texts;
 
 /// Exit codes (documented in `--help`).
 mod exit {
     /// The request failed (worker error, timeout, worker died), or `ls`/`clean` failed.
     pub const REQUEST: u8 = 1;
-    /// Bad command line (clap's own code).
-    #[allow(dead_code)]
+    /// Bad command line (clap's own code; also an unreadable --json-schema or --grammar file).
     pub const USAGE: u8 = 2;
     /// The worker could not be started or attached (missing model, binary, objects).
     pub const STARTUP: u8 = 3;
@@ -81,10 +81,15 @@ enum Command {
     Ask(AskArgs),
     /// Talk with the model, one line per turn (Ctrl-C stops an answer, Ctrl-D or /exit quits).
     ///
-    /// The wire has one system and one user field of 4 KiB each, so the conversation travels in
-    /// the system field after your system prompt; when it no longer fits, the oldest turns are
-    /// dropped (and a note on stderr says so). /reset forgets the conversation.
+    /// The conversation goes to the worker as a list of messages, rendered with the model's chat
+    /// template; each turn evaluates only its new tokens. When it no longer fits the model's
+    /// context, the oldest turns are dropped (and a note on stderr says so). /reset forgets the
+    /// conversation.
     Chat(ChatArgs),
+    /// Print one embedding vector per text, as JSON lines.
+    Embed(texts::EmbedArgs),
+    /// Print how many tokens a text (or a conversation's prompt) takes for the model.
+    Tokens(texts::TokensArgs),
     /// Measure: round trips against a Unix socket, a pipe, TCP and HTTP; start-up, shutdown,
     /// death detection; LLM tokens/s through the worker versus in-process; the prefix cache.
     Bench(bench::BenchArgs),
@@ -158,12 +163,14 @@ struct AskArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    constraint: texts::ConstraintArgs,
+    #[command(flatten)]
     conn: ConnArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct ChatArgs {
-    /// System prompt (the conversation so far is appended to it).
+    /// System prompt (the conversation's first message; empty: none).
     #[arg(long, default_value = "You are a helpful assistant.")]
     system: String,
     /// Stop each answer after N generated tokens.
@@ -172,6 +179,8 @@ struct ChatArgs {
     /// Give up after SECS seconds (start-up and each answer).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    #[command(flatten)]
+    constraint: texts::ConstraintArgs,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -190,6 +199,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ask(args) => ask(&args),
         Command::Chat(args) => chat::run(&args),
+        Command::Embed(args) => texts::embed(&args),
+        Command::Tokens(args) => texts::tokens(&args),
         Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, format!("{e:#}"))),
         Command::BenchServer(_) => unreachable!("served above"),
         Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
@@ -263,6 +274,8 @@ struct Printer<W: Write> {
     out: W,
     held: String,
     error: Option<std::io::Error>,
+    /// Whether any text was written.
+    wrote: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -271,6 +284,7 @@ impl<W: Write> Printer<W> {
             out,
             held: String::new(),
             error: None,
+            wrote: false,
         }
     }
     fn chunk(&mut self, chunk: &str) {
@@ -282,6 +296,7 @@ impl<W: Write> Printer<W> {
             self.held.push_str(chunk);
             Ok(())
         } else {
+            self.wrote = true;
             let r = write!(self.out, "{}{}", self.held, body).and_then(|()| self.out.flush());
             self.held.clear();
             self.held.push_str(&chunk[body.len()..]);
@@ -291,9 +306,14 @@ impl<W: Write> Printer<W> {
             self.error = Some(e);
         }
     }
-    fn finish(mut self) -> std::io::Result<()> {
+    /// Ends the answer with its newline; a request that `failed` before any text prints
+    /// nothing at all.
+    fn finish(mut self, failed: bool) -> std::io::Result<()> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        if failed && !self.wrote {
+            return Ok(());
         }
         writeln!(self.out)?;
         self.out.flush()
@@ -311,8 +331,9 @@ fn request_options(max_tokens: Option<u32>, deadline: Option<f64>) -> RequestOpt
 fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
     let timeout = Duration::from_secs(args.timeout);
     let interrupted = interrupt_flag();
+    let mut opts = request_options(args.max_tokens, args.deadline);
+    opts.constraint = args.constraint.load()?;
     let mut client = connect(&args.conn, timeout)?;
-    let opts = request_options(args.max_tokens, args.deadline);
     let prompts = Prompts {
         system: &args.system,
         user: &args.prompt,
@@ -324,7 +345,8 @@ fn ask(args: &AskArgs) -> Result<(), (u8, String)> {
         } else {
             let mut printer = Printer::new(std::io::stdout().lock());
             let r = client.stream(prompts, &opts, |c| printer.chunk(c));
-            (r, printer.finish())
+            let printed = printer.finish(r.is_err());
+            (r, printed)
         }
     };
     disconnect(client, args.conn.attach.is_some());
@@ -417,6 +439,7 @@ fn print_json(r: &Response) -> std::io::Result<()> {
         "system_truncated": r.system_truncated,
         "user_truncated": r.user_truncated,
         "finish": format!("{:?}", r.finish).to_lowercase(),
+        "dropped_messages": r.dropped_messages,
         "usage": {
             "prompt_tokens": r.usage.prompt_tokens,
             "cached_tokens": r.usage.cached_tokens,
