@@ -11,9 +11,11 @@
 //! - [`lifecycle`]: spawn, shutdown, death detection;
 //! - [`llm`]: tokens/s through the worker and in-process; [`prefix_cache`]; [`streaming`]
 //!   (first chunk, cancel); [`pool`]; [`batching`] (many clients: the batching worker, the turn
-//!   queue, the pool and the in-process ceiling).
+//!   queue, the pool and the in-process ceiling); [`conversations`] (a conversation's second
+//!   turn, schema-constrained generation, embeddings).
 
 mod batching;
+mod conversations;
 mod lifecycle;
 mod llm;
 mod pool;
@@ -52,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     goal_rounds: usize,
     /// Run only these sections (repeatable): round-trips, lifecycle, llm, prefix-cache,
-    /// streaming, pool, batching. Default: all.
+    /// conversations, streaming, pool, batching. Default: all.
     #[arg(long, value_enum)]
     only: Vec<Section>,
     /// GGUF model for the LLM sections.
@@ -77,6 +79,8 @@ pub enum Section {
     Llm,
     /// The prefix cache.
     PrefixCache,
+    /// Conversations, structured output, embeddings.
+    Conversations,
     /// Streaming: first chunk, cancel.
     Streaming,
     /// The worker pool.
@@ -117,6 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let llm = [
         Section::Llm,
         Section::PrefixCache,
+        Section::Conversations,
         Section::Streaming,
         Section::Pool,
         Section::Batching,
@@ -135,6 +140,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Section::PrefixCache) {
         prefix_cache::run(args, &worker, &model)?;
+    }
+    if args.runs(Section::Conversations) {
+        conversations::run(args, &worker, &model)?;
     }
     if args.runs(Section::Streaming) {
         streaming::run(args, &worker, &model)?;

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 
@@ -42,7 +41,7 @@ struct Seq {
     feed: Option<LlamaToken>,
     /// Index of this sequence's logits in the last batch.
     logits: Option<i32>,
-    sampler: LlamaSampler,
+    sampler: RequestSampler,
     text: Utf8Carry,
     piece: Vec<u8>,
     generation: Generation,
@@ -352,11 +351,12 @@ impl LlamaBatchEngine {
                 continue;
             }
             let token = s.sampler.sample(&self.engine.ctx, index);
-            if !ignore_eog && vocab.is_eog(token) {
+            // `None`: the grammar allows nothing more, the answer is complete.
+            let Some(token) = token.filter(|&t| ignore_eog || !vocab.is_eog(t)) else {
                 let g = s.generation;
                 self.end(i, Ok(g), out);
                 continue;
-            }
+            };
             s.generation.usage.generated_tokens += 1;
             s.piece.clear();
             vocab.token_to_piece_into(token, &mut s.piece, false, None);

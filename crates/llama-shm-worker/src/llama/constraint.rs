@@ -2,8 +2,12 @@
 //! of the request's own, or a typed error before anything is generated (never an
 //! unconstrained answer).
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
 
 use llama_shm::{Constraint, EngineError};
 
@@ -24,24 +28,80 @@ pub(super) fn grammar_of(constraint: &Constraint) -> Result<String, EngineError>
     }
 }
 
-/// `base` behind the grammar of `constraint`: the grammar removes the tokens it does not
-/// allow, `base` picks among the rest.
+/// How one request's tokens are chosen: its sampler, behind its grammar when it has one.
 ///
-/// # Errors
-/// [`EngineError::InvalidConstraint`] for a schema or a grammar that does not compile.
-pub(super) fn constrained(
-    model: &LlamaModel,
-    constraint: &Constraint,
+/// With a grammar, the token `base` picks from all candidates is checked against the grammar
+/// alone first (what it nearly always allows); only when the grammar refuses it is the grammar
+/// applied to every candidate and the choice made again among those it allows. The result is
+/// the choice among the allowed tokens either way, at the cost of one check per token
+/// instead of a pass of the grammar over the whole vocabulary.
+pub(super) struct RequestSampler {
     base: LlamaSampler,
-) -> Result<LlamaSampler, EngineError> {
-    let grammar = grammar_of(constraint)?;
-    if grammar.trim().is_empty() {
-        return Err(EngineError::InvalidConstraint("the grammar is empty".into()));
+    grammar: Option<LlamaSampler>,
+}
+
+impl std::fmt::Debug for RequestSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSampler")
+            .field("constrained", &self.grammar.is_some())
+            .finish_non_exhaustive()
     }
-    let sampler = LlamaSampler::grammar(model, &grammar, "root").map_err(|e| {
-        EngineError::InvalidConstraint(format!(
-            "the grammar does not compile (its start rule must be `root`): {e}"
-        ))
-    })?;
-    Ok(LlamaSampler::chain_simple([sampler, base]))
+}
+
+impl RequestSampler {
+    /// A sampler without a constraint.
+    pub(super) fn free(base: LlamaSampler) -> Self {
+        Self { base, grammar: None }
+    }
+
+    /// `base` behind the grammar of `constraint`.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConstraint`] for a schema or a grammar that does not compile.
+    pub(super) fn constrained(
+        model: &LlamaModel,
+        constraint: &Constraint,
+        base: LlamaSampler,
+    ) -> Result<Self, EngineError> {
+        let grammar = grammar_of(constraint)?;
+        if grammar.trim().is_empty() {
+            return Err(EngineError::InvalidConstraint("the grammar is empty".into()));
+        }
+        let sampler = LlamaSampler::grammar(model, &grammar, "root").map_err(|e| {
+            EngineError::InvalidConstraint(format!(
+                "the grammar does not compile (its start rule must be `root`): {e}"
+            ))
+        })?;
+        Ok(Self {
+            base,
+            grammar: Some(sampler),
+        })
+    }
+
+    /// The next token from the logits at batch index `idx`; `None` when the grammar allows
+    /// no token at all (a grammar that ends nowhere: the answer ends there).
+    pub(super) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Option<LlamaToken> {
+        let Some(grammar) = self.grammar.as_mut() else {
+            return Some(self.base.sample(ctx, idx));
+        };
+        let mut all = ctx.token_data_array_ith(idx);
+        all.apply_sampler(&mut self.base);
+        let picked = all.selected_token()?;
+        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(picked, 0.0, 0.0)], false);
+        one.apply_sampler(grammar);
+        let token = if one.data.first().is_some_and(|d| d.logit().is_finite()) {
+            picked
+        } else {
+            let mut allowed = ctx.token_data_array_ith(idx);
+            allowed.apply_sampler(grammar);
+            if !allowed.data.iter().any(|d| d.logit().is_finite()) {
+                return None;
+            }
+            allowed.apply_sampler(&mut self.base);
+            allowed.selected_token()?
+        };
+        grammar.accept(token);
+        self.base.accept(token);
+        Some(token)
+    }
 }

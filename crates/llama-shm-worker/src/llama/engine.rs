@@ -324,15 +324,15 @@ impl LlamaEngine {
     ///
     /// # Errors
     /// [`EngineError::InvalidConstraint`] for a schema or grammar that does not compile.
-    pub(super) fn sampler_for(&self, request: &EngineRequest<'_>) -> Result<LlamaSampler, EngineError> {
+    pub(super) fn sampler_for(&self, request: &EngineRequest<'_>) -> Result<RequestSampler, EngineError> {
         let mut sampling = self.sampling;
         if let Some(seed) = request.seed {
             sampling.seed = seed;
         }
         let base = sampler_of(&sampling);
         match request.constraint {
-            None => Ok(base),
-            Some(c) => constrained(self.model, c, base),
+            None => Ok(RequestSampler::free(base)),
+            Some(c) => RequestSampler::constrained(self.model, c, base),
         }
     }
 
@@ -484,7 +484,10 @@ impl Engine for LlamaEngine {
             if cancel.is_cancelled() {
                 break Finish::Cancelled;
             }
-            let token = sampler.sample(&self.ctx, logits_index);
+            let Some(token) = sampler.sample(&self.ctx, logits_index) else {
+                // The grammar allows nothing more: the answer is complete.
+                break Finish::Stop;
+            };
             if !sampling.ignore_eog && vocab.is_eog(token) {
                 break Finish::Stop;
             }
