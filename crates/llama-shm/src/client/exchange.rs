@@ -122,6 +122,14 @@ impl Client {
                 (Prompts::default(), kind, area)
             }
         };
+        // Checked before the turn is taken: a refused request sends nothing and holds nothing.
+        if self.kind != ObjectKind::Extended
+            && (kind != KIND_PROMPTS || opts.seed.is_some() || opts.drop_oldest)
+        {
+            return Err(RequestError::Unsupported {
+                message: "a seed-mode worker takes two prompts and nothing else".into(),
+            });
+        }
         let policy = self.cfg.policy;
         let sys = crate::wire::text::encode(prompts.system, crate::wire::layout::SYSTEM_PROMPT_LEN, policy)
             .map_err(|source| RequestError::Encode {
@@ -182,11 +190,7 @@ impl Client {
             },
             area: &area,
         };
-        if !extended && (req.params.extended_words() || opts.seed.is_some()) {
-            return Err(RequestError::Unsupported {
-                message: "a seed-mode worker takes two prompts and nothing else".into(),
-            });
-        }
+
         // In flight for cancel() before it is written: a cancel() from here on is never lost
         // (the worker finds it when it takes the request). Modelled in stream.pml.
         self.cancel_slot.lock().seq = req.seq;

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::ClosedReason;
 use crate::client::{Client, ClientBuilder, Phase, RequestError, RequestOptions, Response, SpawnError};
-use crate::protocol::Prompts;
+use crate::protocol::{Embeddings, Message, Prompts};
 
 /// A pool of spawned workers. All methods take `&self`: share it between threads.
 #[derive(Debug)]
@@ -155,10 +155,7 @@ impl Pool {
         self.idle_changed.notify_all();
     }
 
-    fn run(
-        &self,
-        call: impl FnOnce(&mut Client) -> Result<Response, RequestError>,
-    ) -> Result<Response, RequestError> {
+    fn run<T>(&self, call: impl FnOnce(&mut Client) -> Result<T, RequestError>) -> Result<T, RequestError> {
         let mut lease = self.lease()?;
         let result = call(lease.client());
         if matches!(
@@ -192,6 +189,24 @@ impl Pool {
         on_chunk: impl FnMut(&str),
     ) -> Result<Response, RequestError> {
         self.run(|c| c.stream(prompts, opts, on_chunk))
+    }
+
+    /// [`Client::chat`] on an idle worker. (Each worker keeps the prefix cache of the last
+    /// conversation it answered: a conversation's next turn is cheapest on the same worker, so
+    /// for long conversations prefer one [`Client`] per conversation, or `--parallel`.)
+    ///
+    /// # Errors
+    /// As [`Pool::request`].
+    pub fn chat(&self, messages: &[Message], opts: &RequestOptions) -> Result<Response, RequestError> {
+        self.run(|c| c.chat(messages, opts))
+    }
+
+    /// [`Client::embed`] on an idle worker.
+    ///
+    /// # Errors
+    /// As [`Pool::request`].
+    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings, RequestError> {
+        self.run(|c| c.embed(texts))
     }
 
     /// Shuts every worker down (no request can be running: this takes the pool by value).
