@@ -9,12 +9,9 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use llama_shm::{
-    Cancel, Embeddings, Engine, EngineError, EngineRequest, Finish, Generation, Message, ResponseSink,
-};
+use llama_shm::{Cancel, Embeddings, Engine, EngineError, EngineRequest, Finish, Generation, ResponseSink};
 
 use super::*;
 
@@ -24,17 +21,17 @@ use super::*;
 /// that the context, which borrows it, can live in the same struct without `unsafe`. Load one
 /// engine per process; every extra load keeps another model mapped.
 pub struct LlamaEngine {
-    model: &'static LlamaModel,
+    pub(super) model: &'static LlamaModel,
     pub(super) ctx: LlamaContext<'static>,
-    template: LlamaChatTemplate,
+    pub(super) template: LlamaChatTemplate,
     /// Context of one sequence, in tokens (with `parallel` > 1 the sequences share these
     /// cells: one unified KV cache, as much memory as one sequence's).
-    n_ctx: u32,
+    pub(super) n_ctx: u32,
     /// Sequences the context holds ([`LlamaOptions::parallel`]).
     pub(super) parallel: u32,
-    threads: i32,
-    with_system: Layout,
-    without_system: Layout,
+    pub(super) threads: i32,
+    pub(super) with_system: Layout,
+    pub(super) without_system: Layout,
     pub(super) sampling: Sampling,
     load_time: Duration,
     pub(super) prefix_cache: bool,
@@ -42,9 +39,9 @@ pub struct LlamaEngine {
     /// error or a cancelled prompt: the cache is then cleared before the next request).
     cached: Vec<LlamaToken>,
     /// The model for embeddings, when not this one ([`LlamaOptions::embedding_model`]).
-    embedding_model: Option<std::path::PathBuf>,
+    pub(super) embedding_model: Option<std::path::PathBuf>,
     /// The embedding context, made at the first embeddings request.
-    embedder: Option<Embedder>,
+    pub(super) embedder: Option<Embedder>,
 }
 
 impl std::fmt::Debug for LlamaEngine {
@@ -225,154 +222,6 @@ impl LlamaEngine {
         String::from_utf8_lossy(&self.model.vocab().detokenize(&tokens, false, true)).into_owned()
     }
 
-    /// The request rendered through the chat template as one string (generation prompt
-    /// included). For diagnostics only: the engine never tokenizes this string, since special
-    /// parsing over it would turn markup typed by the user into real tokens.
-    ///
-    /// # Errors
-    /// [`EngineError::Inference`] when a text holds a NUL byte or the template fails.
-    pub fn render_prompt(&self, request: &EngineRequest<'_>) -> Result<String, EngineError> {
-        let messages = messages(request.system, request.user)
-            .map_err(|e| EngineError::Inference(format!("chat message: {e}")))?;
-        self.model
-            .apply_chat_template(&self.template, &messages, true)
-            .map_err(|e| EngineError::Inference(format!("chat template: {e}")))
-    }
-
-    /// The token ids the engine evaluates for `request`: the chat template's markup (special
-    /// tokens parsed) around the system and user texts (tokenized as plain text).
-    ///
-    /// # Errors
-    /// None today; the `Result` leaves room for templates that can fail per request.
-    pub fn prompt_tokens(&self, request: &EngineRequest<'_>) -> Result<Vec<i32>, EngineError> {
-        Ok(self.prompt(request)?.into_iter().map(|t| t.0).collect())
-    }
-
-    /// Builds the prompt's tokens: two prompts from the cached layout, a conversation
-    /// through the chat template (see [`conversation_tokens`]).
-    ///
-    /// # Errors
-    /// A conversation the template cannot render as sent.
-    pub(super) fn prompt(&self, request: &EngineRequest<'_>) -> Result<Vec<LlamaToken>, EngineError> {
-        if !request.messages.is_empty() {
-            return conversation_tokens(self.model, &self.template, request.messages);
-        }
-        let layout = if request.system.is_empty() {
-            &self.without_system
-        } else {
-            &self.with_system
-        };
-        let vocab = self.model.vocab();
-        let mut tokens = Vec::new();
-        for part in &layout.parts {
-            match part {
-                Part::Markup(markup) => tokens.extend_from_slice(markup),
-                Part::System => {
-                    vocab.tokenize_into(request.system.as_bytes(), &mut tokens, false, false);
-                }
-                Part::User => {
-                    vocab.tokenize_into(request.user.as_bytes(), &mut tokens, false, false);
-                }
-            }
-        }
-        if vocab.should_add_bos() && tokens.first() != Some(&vocab.bos()) {
-            tokens.insert(0, vocab.bos());
-        }
-        Ok(tokens)
-    }
-
-    /// The prompt of `request` checked to fit [`LlamaEngine::max_prompt_tokens`]: with
-    /// [`EngineRequest::drop_oldest`], a conversation loses its oldest turns until it fits.
-    /// Returns the tokens and how many messages were dropped.
-    ///
-    /// # Errors
-    /// [`EngineError::PromptTooLong`] (by how many tokens: `tokens - limit`), an empty
-    /// prompt, or [`LlamaEngine::prompt`]'s.
-    pub(super) fn fitted_prompt(
-        &self,
-        request: &EngineRequest<'_>,
-    ) -> Result<(Vec<LlamaToken>, u32), EngineError> {
-        let limit = self.max_prompt_tokens();
-        let mut prompt = self.prompt(request)?;
-        let mut dropped = 0;
-        let mut shorter: Vec<Message>;
-        let mut messages = request.messages;
-        while prompt.len() > limit as usize && request.drop_oldest {
-            let Some((kept, n)) = without_oldest_turn(messages) else {
-                break;
-            };
-            shorter = kept;
-            messages = &shorter;
-            dropped += n;
-            prompt = conversation_tokens(self.model, &self.template, messages)?;
-        }
-        if prompt.is_empty() {
-            return Err(EngineError::Inference("the templated prompt is empty".into()));
-        }
-        let n_prompt = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        if n_prompt > limit {
-            return Err(EngineError::PromptTooLong {
-                tokens: n_prompt,
-                limit,
-            });
-        }
-        Ok((prompt, dropped))
-    }
-
-    /// The sampler of `request`: the engine's settings (the request's seed instead of the
-    /// engine's when it has one), behind the request's grammar when it has a constraint.
-    ///
-    /// # Errors
-    /// [`EngineError::InvalidConstraint`] for a schema or grammar that does not compile.
-    pub(super) fn sampler_for(&self, request: &EngineRequest<'_>) -> Result<RequestSampler, EngineError> {
-        let mut sampling = self.sampling;
-        if let Some(seed) = request.seed {
-            sampling.seed = seed;
-        }
-        let base = sampler_of(&sampling);
-        match request.constraint {
-            None => Ok(RequestSampler::free(base)),
-            Some(c) => RequestSampler::constrained(self.model, c, base),
-        }
-    }
-
-    /// How many tokens `text` is (plain text, no BOS), or `request`'s prompt (its
-    /// conversation through the chat template, as [`LlamaEngine::prompt`] builds it).
-    ///
-    /// # Errors
-    /// [`LlamaEngine::prompt`]'s.
-    pub(super) fn count(&self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
-        let n = match text {
-            Some(t) => self.model.vocab().tokenize(t.as_bytes(), false, false).len(),
-            None => self.prompt(request)?.len(),
-        };
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
-    /// Embeddings of `texts` (see [`Engine::embed`]), from the embedding context, made the
-    /// first time.
-    ///
-    /// # Errors
-    /// As [`Engine::embed`].
-    pub(super) fn embeddings(
-        &mut self,
-        texts: &[String],
-        max_values: usize,
-        cancel: &Cancel,
-    ) -> Result<Embeddings, EngineError> {
-        if self.embedder.is_none() {
-            let model = match &self.embedding_model {
-                Some(path) => load_embedding_model(path)?,
-                None => self.model,
-            };
-            self.embedder = Some(Embedder::new(model, self.n_ctx, self.threads)?);
-        }
-        self.embedder
-            .as_mut()
-            .expect("made above")
-            .embed(texts, max_values, cancel)
-    }
-
     /// Evaluates `tokens` from position 0, in batches of at most `n_batch` tokens; the logits
     /// of the last token are kept. Returns that token's index in the last batch.
     /// Evaluates `tokens` at positions from `start` on; returns the batch index of the last
@@ -545,26 +394,4 @@ impl Engine for LlamaEngine {
     fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
         self.count(request, text)
     }
-}
-
-/// A sampler for `sampling`, fresh (seeded) for one request.
-pub(super) fn sampler_of(sampling: &Sampling) -> LlamaSampler {
-    if sampling.greedy {
-        LlamaSampler::greedy()
-    } else {
-        LlamaSampler::chain_simple([
-            LlamaSampler::min_p(sampling.min_p, 1),
-            LlamaSampler::temp(sampling.temp),
-            LlamaSampler::dist(sampling.seed),
-        ])
-    }
-}
-
-/// The model a worker loads for embeddings only (`--embedding-model`), kept for the process.
-fn load_embedding_model(path: &std::path::Path) -> Result<&'static LlamaModel, EngineError> {
-    check_gguf(path).map_err(|e| EngineError::Unsupported(format!("embedding model: {e}")))?;
-    let backend = backend().map_err(|e| EngineError::Inference(e.to_string()))?;
-    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-        .map_err(|e| EngineError::Unsupported(format!("embedding model {}: {e}", path.display())))?;
-    Ok(Box::leak(Box::new(model)))
 }

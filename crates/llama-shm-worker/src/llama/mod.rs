@@ -33,6 +33,7 @@ mod engine;
 mod load;
 mod openmp;
 mod options;
+mod prompt;
 mod template;
 mod utf8;
 

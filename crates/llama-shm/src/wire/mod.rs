@@ -4,6 +4,7 @@
 //! Nothing here touches the OS or imports from the layers above; `wire` is what the fuzzers
 //! and the loom models share with the code that ships.
 
+mod field;
 mod kind;
 pub mod layout;
 pub mod names;
