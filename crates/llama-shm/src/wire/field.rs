@@ -29,7 +29,7 @@ pub enum Field {
     /// `shutdown_requested` at 40960.
     Shutdown,
     /// The seed streaming service's fields, 40961..40971 (see `wire::seed_stream`): in the gap
-    /// after the seed region, so present in every object of [`OBJECT_SIZE`] bytes and in none
+    /// after the seed region, so present in every object of [`OBJECT_SIZE`](super::layout::OBJECT_SIZE) bytes and in none
     /// of the seed's own 40961.
     SeedStream,
     /// The extension page's magic.
@@ -39,7 +39,7 @@ pub enum Field {
     /// The extension page's error message.
     ErrorMessage,
     /// The request area ([`AREA_LEN`] bytes at [`AREA_OFFSET`], with
-    /// [`FEATURE_REQUEST_AREA`]; absent from smaller objects, where it reads as zeros).
+    /// [`FEATURE_REQUEST_AREA`](super::layout::FEATURE_REQUEST_AREA); absent from smaller objects, where it reads as zeros).
     RequestArea,
 }
 
