@@ -171,3 +171,33 @@ fn a_seed_era_worker_gets_two_prompts_and_nothing_else() {
     assert_eq!(server.join().unwrap(), 1);
     let _ = llama_shm::internals::objects::unlink_prefix(&prefix);
 }
+
+#[test]
+fn a_batching_worker_takes_area_requests_in_every_slot() {
+    use llama_shm_tests::{batching_echo, slot_names, terminate};
+    let prefix = unique_prefix("areabatch");
+    let worker = batching_echo(&prefix, 2, &[]);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let prefix = &prefix;
+            s.spawn(move || {
+                let mut c = Client::builder().request_timeout(T).attach(prefix).unwrap();
+                for i in 0..20 {
+                    let history = [
+                        Message::user(format!("t{t}")),
+                        Message::assistant("a"),
+                        Message::user(format!("i{i}")),
+                    ];
+                    let r = c.chat(&history, &RequestOptions::default()).unwrap();
+                    assert_eq!(r.text, format!("t{t}\na\ni{i}"));
+                    let e = c.embed(&[&format!("t{t}"), "same"]).unwrap();
+                    assert_eq!(e.count(), 2);
+                    assert_eq!(c.count_tokens("a b c").unwrap(), 3);
+                }
+                c.detach();
+            });
+        }
+    });
+    assert_eq!(terminate(worker), Some(0));
+    assert_eq!(slot_names(&prefix, 2), 0);
+}

@@ -243,9 +243,16 @@ fn nunit_summary(out: &str) -> (usize, usize, usize) {
 /// request starts, `Shutdown`, a finalizer that does not wait for a busy worker, and the ABI
 /// check; `LlamaShmClient.Attach` to standalone echo workers the suite starts (exact answers,
 /// `Dispose` that only detaches, two clients served at once by two slots, a prefix nobody serves,
-/// a full queue → `WorkerBusyException`, `Shutdown` that makes the shared worker exit). A second
-/// run loads a stand-in library that reports ABI 3 (the ABI before `lshm_client_attach`) and
-/// requires the refusal. Nothing may be left in `/dev/shm`.
+/// a full queue → `WorkerBusyException`, `Shutdown` that makes the shared worker exit); the ABI 5
+/// calls (`ConversationTests`): `Chat` of three messages answered with their contents one per
+/// line, a conversation over 4 KiB whole and streamed (Action, `IProgress`, `OnStreamUpdate`),
+/// budget, deadline and cancel of a conversation, a schema or grammar refused by the echo engine
+/// as `UnsupportedException` and nothing else (chat, stream, async, two prompts),
+/// `DroppedMessages` 0, a request over the 1 MiB request area refused as
+/// `RequestTooLargeException`, `Embed` (16 numbers per text, identical texts alike), `CountTokens`
+/// of a text and of a conversation, and argument checks. A second run loads a stand-in library that
+/// reports ABI 4 (the ABI before conversations) and requires the refusal. Nothing may be left in
+/// `/dev/shm`.
 #[test]
 fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
     let test = "csharp_library_passes_its_nunit_suite_against_the_echo_worker";
@@ -286,7 +293,7 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
                 .count()
         })
         .sum();
-    assert!(declared >= 36, "only {declared} [Test] methods found");
+    assert!(declared >= 45, "only {declared} [Test] methods found");
 
     let ran = run_nunit(&tests_dll, &dir.0, lib_dir, &[], &[], Duration::from_secs(300));
     println!("--- nunit-console LlamaShm.Tests.dll\n{}---", ran.out);
@@ -307,6 +314,16 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
         .filter(|l| l.starts_with("***** LlamaShm.Tests.AttachTests."))
         .count();
     assert_eq!(attach_tests, 5, "the AttachTests that ran:\n{}", ran.out);
+    let conversation_tests = ran
+        .out
+        .lines()
+        .filter(|l| l.starts_with("***** LlamaShm.Tests.ConversationTests."))
+        .count();
+    assert_eq!(
+        conversation_tests, 9,
+        "the ConversationTests that ran:\n{}",
+        ran.out
+    );
     assert!(
         ran.out.contains("cancel-to-return"),
         "the latency line is missing:\n{}",
@@ -315,14 +332,14 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the NUnit run: {left:?}");
 
-    // A stand-in libllama_shm_ffi.so reporting ABI 3, the one before lshm_client_attach:
-    // LlamaShm.dll (ABI 4) must refuse it.
-    let fake_dir = dir.0.join("abi3");
+    // A stand-in libllama_shm_ffi.so reporting ABI 4, the one before conversations:
+    // LlamaShm.dll (ABI 5) must refuse it.
+    let fake_dir = dir.0.join("abi4");
     std::fs::create_dir_all(&fake_dir).unwrap();
     let fake_c = fake_dir.join("fake.c");
     std::fs::write(
         &fake_c,
-        "#include <stdint.h>\nuint32_t lshm_abi_version(void) { return 3; }\n\
+        "#include <stdint.h>\nuint32_t lshm_abi_version(void) { return 4; }\n\
          const char *lshm_version(void) { return \"0.0.0\"; }\n",
     )
     .unwrap();
@@ -338,11 +355,11 @@ fn csharp_library_passes_its_nunit_suite_against_the_echo_worker() {
         &dir.0,
         &fake_dir,
         &["-run=LlamaShm.Tests.AbiTests"],
-        &[("LLAMA_SHM_TEST_FAKE_ABI", "3")],
+        &[("LLAMA_SHM_TEST_FAKE_ABI", "4")],
         Duration::from_secs(60),
     );
     println!(
-        "--- nunit-console -run=LlamaShm.Tests.AbiTests (ABI 3 stand-in)\n{}---",
+        "--- nunit-console -run=LlamaShm.Tests.AbiTests (ABI 4 stand-in)\n{}---",
         ran.out
     );
     assert!(ran.status.success(), "the ABI refusal test failed:\n{}", ran.out);

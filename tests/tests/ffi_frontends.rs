@@ -1,6 +1,11 @@
 //! The C ABI (`crates/llama-shm-ffi`) through its frontends, against the real worker:
 //! - `tests/c/smoke.c`, compiled with `cc -Wall -Wextra -Werror` against the header and the
 //!   cdylib: exact echo answers, streaming, a cancel from a second pthread, NULL arguments;
+//! - `tests/c/conversation.c`, compiled the same way: the calls of ABI 5 — conversations
+//!   (`lshm_chat`, `lshm_chat_stream`; three messages, one over 4 KiB, nothing dropped), the
+//!   request options (`lshm_request_with`; a schema or grammar refused as `LSHM_E_UNSUPPORTED`
+//!   by the echo engine, a budget, a deadline), `lshm_embed`, the token counts, and bad
+//!   messages and options on a live client;
 //! - `tests/c/attach.c`, compiled the same way: `lshm_client_attach` to a standalone echo
 //!   worker of two slots that the test starts (two clients at once, detach, a prefix nobody
 //!   serves, and a shutdown that makes the shared worker exit);
@@ -40,6 +45,29 @@ fn c_smoke_program_passes_against_the_echo_worker() {
     println!("--- smoke\n{}---", ran.out);
     assert_eq!(ran.status.code(), Some(0), "smoke.c failed:\n{}", ran.out);
     assert!(ran.out.contains("smoke: all checks passed"), "{}", ran.out);
+    let left = entries_of(ran.pid);
+    assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
+}
+
+/// `conversation.c` against a spawned echo worker: the echo engine answers a conversation with
+/// its contents one per line, refuses any constraint (`LSHM_E_UNSUPPORTED`), embeds a text as
+/// 16 numbers (identical texts alike, others not) and counts words as tokens; the program
+/// checks each of those through the C ABI, byte for byte.
+#[test]
+fn c_conversation_program_passes_against_the_echo_worker() {
+    let dir = TempDir::new("ffi_c_conversation");
+    let exe = compile_c_against_ffi(
+        "crates/llama-shm-ffi/tests/c/conversation.c",
+        &dir.0,
+        "conversation",
+    );
+
+    let mut cmd = Command::new(&exe);
+    cmd.arg(worker_path());
+    let ran = run_bounded(cmd, &dir.0, Duration::from_secs(60));
+    println!("--- conversation\n{}---", ran.out);
+    assert_eq!(ran.status.code(), Some(0), "conversation.c failed:\n{}", ran.out);
+    assert!(ran.out.contains("conversation: all checks passed"), "{}", ran.out);
     let left = entries_of(ran.pid);
     assert!(left.is_empty(), "left in /dev/shm by the C program: {left:?}");
 }

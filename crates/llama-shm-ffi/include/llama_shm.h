@@ -10,6 +10,12 @@
  *       lshm_response r;
  *       if (lshm_request(c, "Hi", "Be terse.", 0, 0, &r, NULL) == LSHM_OK) puts(r.text);
  *       lshm_response_free(&r);
+ *
+ *       // A conversation: any number of messages, through the worker's request area.
+ *       lshm_message m[] = {{LSHM_ROLE_SYSTEM, 0, "Be terse.", 9}, {LSHM_ROLE_USER, 0, "Hi", 2}};
+ *       lshm_response_extras x = {sizeof x, 0};
+ *       if (lshm_chat(c, m, 2, NULL, &r, &x, NULL) == LSHM_OK) puts(r.text);
+ *       lshm_response_free(&r);
  *       lshm_client_shutdown(c, NULL);
  *   }
  *
@@ -23,13 +29,14 @@
  *  - `out_error` parameters are optional (may be NULL). On failure they receive a message the
  *    caller owns (free it with lshm_string_free); on success they are set to NULL.
  *  - Every string this library returns is malloc'ed and owned by the caller: release it with
- *    lshm_string_free (plain free() works too). lshm_version and lshm_status_message return
+ *    lshm_string_free (plain free() works too); so are the floats of lshm_embeddings
+ *    (lshm_embeddings_free). lshm_version and lshm_status_message return
  *    static strings that must not be freed.
  *  - A client may be used from several threads; its calls then run one after the other. Only
  *    an lshm_canceller acts while a request is running.
- *  - lshm_client_new*, lshm_client_attach, lshm_request, lshm_stream, lshm_client_shutdown and
- *    lshm_client_free block SIGPIPE on the calling thread while they run and discard one raised
- *    meanwhile (a write of the library's to a pipe whose reader is gone gets EPIPE instead), so
+ *  - lshm_client_new*, lshm_client_attach, every request (lshm_request*, lshm_stream*, lshm_chat*,
+ *    lshm_embed, lshm_count_*), lshm_client_shutdown and lshm_client_free block SIGPIPE on the
+ *    calling thread while they run and discard one raised meanwhile (a write of the library's to a pipe whose reader is gone gets EPIPE instead), so
  *    a program that keeps SIGPIPE's default action is not killed by them.
  *
  * Build: cargo build --release -p llama-shm-ffi; link with -lllama_shm_ffi -lpthread.
@@ -70,8 +77,13 @@ enum {
     LSHM_E_SHUTDOWN = 20,        /* shutdown was not clean (worker killed or failed) */
     LSHM_E_ANSWER_TOO_LONG = 21, /* the answer passed the client's bound (request cancelled) */
     LSHM_E_BUSY = 22,            /* every slot of the shared worker is busy and its queue is full */
-    LSHM_E_ATTACH = 23           /* lshm_client_attach: no usable worker under that prefix (its
+    LSHM_E_ATTACH = 23,          /* lshm_client_attach: no usable worker under that prefix (its
                                     objects are missing, untrusted or malformed) */
+    LSHM_E_INVALID_CONSTRAINT = 24, /* the JSON schema or grammar cannot be compiled (ABI 5) */
+    LSHM_E_UNSUPPORTED = 25,        /* the worker cannot do what the request asks: no request
+                                       area, no constraints, no embeddings (ABI 5) */
+    LSHM_E_REQUEST_TOO_LARGE = 26   /* the request does not fit the worker's 1 MiB request area;
+                                       nothing was sent (ABI 5) */
 };
 
 /* Why an answer ended: lshm_response.finish. */
@@ -85,9 +97,11 @@ enum {
 };
 
 /* The ABI of this header: compare with lshm_abi_version() and refuse a library that differs.
- * 4 added lshm_client_attach and LSHM_E_ATTACH. */
+ * 4 added lshm_client_attach and LSHM_E_ATTACH; 5 added conversations (lshm_chat*), per-request
+ * options (lshm_request_with, lshm_stream_with), embeddings (lshm_embed), token counts and
+ * LSHM_E_INVALID_CONSTRAINT, LSHM_E_UNSUPPORTED, LSHM_E_REQUEST_TOO_LARGE. */
 enum {
-    LSHM_ABI_VERSION = 4
+    LSHM_ABI_VERSION = 5
 };
 
 /* lshm_options.prompt_policy */
@@ -110,6 +124,53 @@ typedef struct lshm_options {
     uint64_t restart_backoff_ms;     /* wait before the second attempt of an outage (doubling) */
     uint64_t restart_max_backoff_ms; /* longest wait between attempts */
 } lshm_options;
+
+/* lshm_message.role (ABI 5) */
+enum {
+    LSHM_ROLE_SYSTEM = 0,   /* instructions: who the model is, how to answer */
+    LSHM_ROLE_USER = 1,     /* the user */
+    LSHM_ROLE_ASSISTANT = 2 /* the model (an earlier answer) */
+};
+
+/* One message of a conversation (ABI 5). `content` is `content_len` bytes of UTF-8 (no NUL
+ * needed); it may be NULL when content_len is 0. */
+typedef struct lshm_message {
+    uint32_t role;       /* an LSHM_ROLE_* value */
+    uint32_t reserved;   /* 0 */
+    const char *content; /* UTF-8, content_len bytes */
+    size_t content_len;  /* its length in bytes */
+} lshm_message;
+
+/* What a request asks beyond its prompts (ABI 5). Start from lshm_request_options_default()
+ * and change what you need; a zero field or a NULL string means none. The strings are read
+ * during the call only. */
+typedef struct lshm_request_options {
+    uint32_t struct_size;    /* sizeof(lshm_request_options): another size is LSHM_E_INVALID_ARGUMENT */
+    uint32_t max_tokens;     /* most tokens to generate; 0 = the worker's own limit */
+    uint64_t deadline_ms;    /* generation budget; 0 = none (LSHM_FINISH_DEADLINE when it passes) */
+    uint32_t seed;           /* sampling seed of this request; 0 = none (the worker's sampler goes on) */
+    uint32_t drop_oldest;    /* 1: a conversation over the context loses its oldest messages instead
+                                of failing with LSHM_E_PROMPT_TOO_LONG; 0: it fails */
+    const char *json_schema; /* NUL-terminated JSON schema the answer must match; NULL = none */
+    const char *grammar;     /* NUL-terminated GBNF grammar (root rule `root`); NULL = none. At
+                                most one of json_schema and grammar */
+} lshm_request_options;
+
+/* What a request reports beyond lshm_response (ABI 5): pass NULL if not wanted. The caller sets
+ * struct_size = sizeof(lshm_response_extras) (another size is LSHM_E_INVALID_ARGUMENT and
+ * nothing is sent); the library fills the rest, zeros after a failed call. */
+typedef struct lshm_response_extras {
+    uint32_t struct_size;      /* set by the caller */
+    uint32_t dropped_messages; /* messages dropped from the front of the conversation (drop_oldest) */
+} lshm_response_extras;
+
+/* Vectors of lshm_embed (ABI 5). `values` is the caller's: release it with lshm_embeddings_free
+ * (or free). After a failed call every field is 0. */
+typedef struct lshm_embeddings {
+    float *values; /* count * dim floats, vector i at values + i * dim; NULL when count is 0 */
+    size_t count;  /* how many vectors: one per text */
+    size_t dim;    /* numbers per vector */
+} lshm_embeddings;
 
 /* Opaque handles. */
 typedef struct lshm_client lshm_client;
@@ -212,6 +273,75 @@ lshm_status lshm_stream(lshm_client *client, const char *user, const char *syste
 
 /* Frees response->text and zeroes *response. NULL is a no-op. */
 void lshm_response_free(lshm_response *response);
+
+/* The default request options: struct_size set, every other field 0 or NULL (ABI 5). */
+lshm_request_options lshm_request_options_default(void);
+
+/* lshm_request with `options` (NULL: none): a JSON schema or grammar the answer must match (the
+ * two prompts then go to the worker as a system and a user message, through its request area),
+ * a seed, the budget. `out_extras`: NULL, or a struct whose struct_size the caller set (ABI 5).
+ * Errors: as lshm_request; LSHM_E_INVALID_ARGUMENT also for options or extras of another
+ * struct_size, drop_oldest not 0 or 1, or both json_schema and grammar; LSHM_E_INVALID_CONSTRAINT
+ * (the worker cannot compile the schema or grammar; nothing was generated); LSHM_E_UNSUPPORTED
+ * (the worker or its engine cannot honour the options: a seed-era worker, the echo engine and a
+ * constraint). */
+lshm_status lshm_request_with(lshm_client *client, const char *user, const char *system,
+                              const lshm_request_options *options, lshm_response *out_response,
+                              lshm_response_extras *out_extras, char **out_error);
+
+/* lshm_request_with that also passes the answer to `on_chunk` piece by piece, as lshm_stream.
+ * A NULL on_chunk is LSHM_E_INVALID_ARGUMENT (ABI 5). */
+lshm_status lshm_stream_with(lshm_client *client, const char *user, const char *system,
+                             const lshm_request_options *options, lshm_chunk_fn on_chunk,
+                             void *user_data, lshm_response *out_response,
+                             lshm_response_extras *out_extras, char **out_error);
+
+/* Answers the conversation messages[0 .. n_messages) (system, user and assistant messages,
+ * rendered with the model's chat template; as many as the context and the worker's 1 MiB
+ * request area hold), with `options` (NULL: none) (ABI 5).
+ *   out_response: the answer, as for lshm_request; free it with lshm_response_free.
+ *   out_extras:   NULL, or (struct_size set by the caller) how many messages drop_oldest cut.
+ * A cancelled request returns LSHM_OK with finish == LSHM_FINISH_CANCELLED and the partial text.
+ * Errors: as lshm_request_with; LSHM_E_INVALID_ARGUMENT also for NULL messages with n_messages > 0,
+ * a role not LSHM_ROLE_*, a non-zero reserved, NULL content with content_len > 0;
+ * LSHM_E_INVALID_UTF8 (a content); LSHM_E_PROMPT_TOO_LONG (the conversation does not fit the
+ * context and drop_oldest is 0); LSHM_E_REQUEST_TOO_LARGE (it does not fit the request area;
+ * nothing was sent); LSHM_E_UNSUPPORTED (a worker without a request area). */
+lshm_status lshm_chat(lshm_client *client, const lshm_message *messages, size_t n_messages,
+                      const lshm_request_options *options, lshm_response *out_response,
+                      lshm_response_extras *out_extras, char **out_error);
+
+/* lshm_chat that also passes the answer to `on_chunk` piece by piece as it is generated, as
+ * lshm_stream. A NULL on_chunk is LSHM_E_INVALID_ARGUMENT (ABI 5). */
+lshm_status lshm_chat_stream(lshm_client *client, const lshm_message *messages, size_t n_messages,
+                             const lshm_request_options *options, lshm_chunk_fn on_chunk,
+                             void *user_data, lshm_response *out_response,
+                             lshm_response_extras *out_extras, char **out_error);
+
+/* One vector per text of texts[0 .. n_texts) (NUL-terminated UTF-8; texts may be NULL when
+ * n_texts is 0), from the worker's embedding model, pooled and L2-normalised (ABI 5). On success
+ * *out_embeddings holds count == n_texts vectors of dim numbers in one malloc'ed array; free it
+ * with lshm_embeddings_free. No texts give no vectors and send nothing.
+ * Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_INVALID_UTF8, LSHM_E_UNSUPPORTED (an engine without
+ * embeddings), LSHM_E_REQUEST_TOO_LARGE (one text larger than the request area), LSHM_E_CORRUPT,
+ * LSHM_E_NO_MEMORY, and the request failures of lshm_request. */
+lshm_status lshm_embed(lshm_client *client, const char *const *texts, size_t n_texts,
+                       lshm_embeddings *out_embeddings, char **out_error);
+
+/* Frees embeddings->values and zeroes *embeddings. NULL is a no-op (ABI 5). */
+void lshm_embeddings_free(lshm_embeddings *embeddings);
+
+/* How many tokens `text` is for the worker's model (no chat template, no special tokens), in
+ * *out_tokens (0 after a failure) (ABI 5). Errors: LSHM_E_INVALID_ARGUMENT, LSHM_E_INVALID_UTF8,
+ * LSHM_E_UNSUPPORTED, LSHM_E_REQUEST_TOO_LARGE, and the request failures of lshm_request. */
+lshm_status lshm_count_tokens(lshm_client *client, const char *text, uint32_t *out_tokens,
+                              char **out_error);
+
+/* How many prompt tokens the conversation takes through the model's chat template (what lshm_chat
+ * would evaluate), in *out_tokens (0 after a failure), to budget before sending (ABI 5).
+ * Errors: as lshm_count_tokens, and the message errors of lshm_chat. */
+lshm_status lshm_count_conversation_tokens(lshm_client *client, const lshm_message *messages,
+                                           size_t n_messages, uint32_t *out_tokens, char **out_error);
 
 /* A cancel handle for `client`, usable from any thread; it may outlive the client (it then
  * cancels nothing). Release it with lshm_canceller_free. Errors: LSHM_E_INVALID_ARGUMENT. */

@@ -5,12 +5,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use llama_shm::Prompts;
-use llama_shm::{RequestOptions, ShutdownError};
+use llama_shm::ShutdownError;
 
 use crate::boundary::*;
+use crate::conversation::exchange;
 use crate::handles::*;
 use crate::locate::*;
+use crate::request_args::read_prompts;
 use crate::status::*;
 
 /// The library's version, e.g. `"0.1.0"`: a static string, never to be freed.
@@ -202,53 +203,6 @@ pub unsafe extern "C" fn lshm_client_set_max_answer_bytes(client: *mut LshmClien
     unsafe { run(std::ptr::null_mut(), body) }
 }
 
-/// Shared body of [`lshm_request`] and [`lshm_stream`].
-///
-/// # Safety
-/// As [`lshm_stream`], with `on_chunk` already checked when streaming.
-pub(crate) unsafe fn exchange(
-    client: *mut LshmClient,
-    user: *const c_char,
-    system: *const c_char,
-    opts: RequestOptions,
-    on_chunk: Option<(ChunkCallback, *mut c_void)>,
-    out_response: *mut LshmResponse,
-) -> Result<(), Failure> {
-    if out_response.is_null() {
-        return Err(Failure::null("out_response"));
-    }
-    // SAFETY: not NULL, writable per the contract; clears it for the failure paths.
-    unsafe { put(out_response, LshmResponse::EMPTY) };
-    // SAFETY: NULL or a live handle (the contract); the mutex gives exclusive access.
-    let handle = unsafe { client.as_ref() }.ok_or_else(|| Failure::null("client"))?;
-    // SAFETY: NULL or NUL-terminated strings that live through the call (the contract).
-    let (user, system) = unsafe { (input_str(user, "user")?, input_str(system, "system")?) };
-    let mut client = handle.lock();
-    let result = match on_chunk {
-        None => client.request(Prompts { system, user }, &opts),
-        Some((callback, user_data)) => {
-            let mut buf = Vec::new();
-            client.stream(Prompts { system, user }, &opts, |chunk| {
-                buf.clear();
-                buf.extend_from_slice(chunk.as_bytes());
-                buf.push(0);
-                // SAFETY: the caller guarantees `callback` is a valid function that does not
-                // unwind; `buf` holds `chunk.len()` bytes and a NUL and outlives the call.
-                unsafe { callback(buf.as_ptr().cast(), chunk.len(), user_data) };
-            })
-        }
-    };
-    handle
-        .worker_pid
-        .store(client.worker_pid().unwrap_or(0), Ordering::Relaxed);
-    drop(client);
-    let response = result.map_err(|e| Failure::new(request_status(&e), e.to_string()))?;
-    let filled = fill_response(&response)?;
-    // SAFETY: not NULL (checked above) and writable per the contract.
-    unsafe { put(out_response, filled) };
-    Ok(())
-}
-
 /// Sends one request and waits for the whole answer.
 ///
 /// `deadline_ms`: generation budget counted by the worker, 0 for none (when it passes the
@@ -277,8 +231,10 @@ pub unsafe extern "C" fn lshm_request(
 ) -> Status {
     let body = || {
         let opts = options(deadline_ms, max_tokens);
-        // SAFETY: the pointers satisfy `exchange`'s contract (this function's).
-        unsafe { exchange(client, user, system, opts, None, out_response) }
+        // SAFETY: NULL or NUL-terminated strings that live through the call (the contract).
+        let read = || unsafe { read_prompts(user, system) }.map(|body| (body, opts));
+        // SAFETY: the pointers satisfy `exchange`'s contract (this function's); no extras.
+        unsafe { exchange(client, read, None, out_response, std::ptr::null_mut()) }
     };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
     unsafe { run(out_error, || no_sigpipe(body)) }
@@ -319,10 +275,12 @@ pub unsafe extern "C" fn lshm_stream(
             return Err(Failure::null("on_chunk"));
         };
         let opts = options(deadline_ms, max_tokens);
+        // SAFETY: NULL or NUL-terminated strings that live through the call (the contract).
+        let read = || unsafe { read_prompts(user, system) }.map(|body| (body, opts));
         let on_chunk = Some((callback, user_data));
         // SAFETY: the pointers and the callback satisfy `exchange`'s contract (this
-        // function's).
-        unsafe { exchange(client, user, system, opts, on_chunk, out_response) }
+        // function's); no extras.
+        unsafe { exchange(client, read, on_chunk, out_response, std::ptr::null_mut()) }
     };
     // SAFETY: `out_error` is NULL or writable (this function's contract).
     unsafe { run(out_error, || no_sigpipe(body)) }

@@ -13,6 +13,12 @@
 //!  lshm_client_attach (a shared one)    ─┴─► lshm_request / lshm_stream (any number)
 //!        │                                          ▲          ─► lshm_client_shutdown
 //!        │                                          │             (or lshm_client_free)
+//!        │                                          │
+//!        │          lshm_request_with / lshm_stream_with (a schema, a grammar, a seed)
+//!        │          lshm_chat / lshm_chat_stream (a conversation: lshm_message[n])
+//!        │          lshm_embed ─► lshm_embeddings_free
+//!        │          lshm_count_tokens / lshm_count_conversation_tokens
+//!        │                                          ▲
 //!        └─► lshm_canceller_new ─► lshm_cancel (from any thread) ─► lshm_canceller_free
 //! ```
 //!
@@ -26,14 +32,26 @@
 
 mod attach;
 mod boundary;
+mod conversation;
+mod embed;
 mod entry;
 mod handles;
 mod locate;
+mod request_args;
 mod status;
 
 pub use attach::*;
+pub use conversation::{
+    lshm_chat, lshm_chat_stream, lshm_count_conversation_tokens, lshm_count_tokens, lshm_request_with,
+    lshm_stream_with,
+};
+pub use embed::{lshm_embed, lshm_embeddings_free, LshmEmbeddings};
 pub use entry::*;
 pub use handles::{ChunkCallback, LshmCanceller, LshmClient, LshmOptions, LshmResponse};
+pub use request_args::{
+    lshm_request_options_default, LshmMessage, LshmRequestOptions, LshmResponseExtras, LSHM_ROLE_ASSISTANT,
+    LSHM_ROLE_SYSTEM, LSHM_ROLE_USER,
+};
 pub use status::*;
 
 #[cfg(test)]

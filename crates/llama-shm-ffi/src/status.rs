@@ -7,8 +7,12 @@ use llama_shm::{RequestError, SpawnError};
 
 /// The ABI this library implements: a frontend built against another value refuses the
 /// library ([`lshm_abi_version`](crate::lshm_abi_version) returns it). 4 added
-/// [`lshm_client_attach`](crate::lshm_client_attach) and [`LSHM_E_ATTACH`].
-pub const LSHM_ABI_VERSION: u32 = 4;
+/// [`lshm_client_attach`](crate::lshm_client_attach) and [`LSHM_E_ATTACH`]; 5 added
+/// conversations ([`lshm_chat`](crate::lshm_chat)), per-request options
+/// ([`lshm_request_with`](crate::lshm_request_with)), embeddings
+/// ([`lshm_embed`](crate::lshm_embed)), token counts and [`LSHM_E_INVALID_CONSTRAINT`],
+/// [`LSHM_E_UNSUPPORTED`], [`LSHM_E_REQUEST_TOO_LARGE`].
+pub const LSHM_ABI_VERSION: u32 = 5;
 
 /// [`LshmOptions::prompt_policy`](crate::LshmOptions): cut a prompt that does not fit on a
 /// character boundary (and at a NUL).

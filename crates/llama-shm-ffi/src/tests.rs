@@ -7,7 +7,7 @@ use std::ffi::{c_char, CStr};
 
 #[test]
 fn every_status_has_its_own_message() {
-    let codes: Vec<Status> = (LSHM_OK..=LSHM_E_ATTACH).collect();
+    let codes: Vec<Status> = (LSHM_OK..=LSHM_E_REQUEST_TOO_LARGE).collect();
     let mut seen = std::collections::HashSet::new();
     for code in codes {
         let m = message_of(code).to_str().unwrap();
@@ -15,7 +15,7 @@ fn every_status_has_its_own_message() {
         assert!(seen.insert(m), "code {code} shares its message {m:?}");
     }
     assert_eq!(
-        message_of(LSHM_E_ATTACH + 1).to_str().unwrap(),
+        message_of(LSHM_E_REQUEST_TOO_LARGE + 1).to_str().unwrap(),
         "unknown status code"
     );
     assert_eq!(message_of(999).to_str().unwrap(), "unknown status code");
@@ -268,5 +268,305 @@ fn a_sigpipe_raised_inside_an_entry_point_is_absorbed_not_fatal() {
         );
         libc::close(fds[1]);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// A message of `role` whose content is `text`.
+fn message(role: u32, text: &[u8]) -> LshmMessage {
+    LshmMessage {
+        role,
+        reserved: 0,
+        content: text.as_ptr().cast(),
+        content_len: text.len(),
+    }
+}
+
+#[test]
+fn messages_are_read_with_their_roles_and_checked() {
+    use crate::request_args::read_messages;
+    use llama_shm::{Message, Role};
+    let ok = [
+        message(LSHM_ROLE_SYSTEM, b"be terse"),
+        message(LSHM_ROLE_USER, "h\u{e9}llo".as_bytes()),
+        message(LSHM_ROLE_ASSISTANT, b""),
+        // Pointer and length: a NUL inside is content, and no terminator is read.
+        message(LSHM_ROLE_USER, b"a\0b|not this"),
+    ];
+    let mut four = ok;
+    four[3].content_len = 3;
+    // SAFETY: four live structs whose contents are live slices of their lengths.
+    let got = unsafe { read_messages(four.as_ptr(), four.len()) }.ok().unwrap();
+    assert_eq!(
+        got,
+        [
+            Message::system("be terse"),
+            Message::user("h\u{e9}llo"),
+            Message::new(Role::Assistant, ""),
+            Message::user("a\0b"),
+        ]
+    );
+    // SAFETY: NULL with 0 messages is allowed; NULL with 2 is what is being tested.
+    unsafe {
+        assert!(read_messages(std::ptr::null(), 0).ok().unwrap().is_empty());
+        let e = read_messages(std::ptr::null(), 2).err().unwrap();
+        assert_eq!(e.status, LSHM_E_INVALID_ARGUMENT);
+        assert!(e.message.contains("messages"), "{}", e.message);
+    }
+    let check = |m: LshmMessage, status: Status, says: &str| {
+        let two = [message(LSHM_ROLE_USER, b"fine"), m];
+        // SAFETY: two live structs; contents live or NULL, as each case says.
+        let e = unsafe { read_messages(two.as_ptr(), 2) }.err().unwrap();
+        assert_eq!(e.status, status, "{}", e.message);
+        assert!(e.message.contains(says), "{} lacks {says}", e.message);
+    };
+    check(message(3, b"x"), LSHM_E_INVALID_ARGUMENT, "messages[1].role 3");
+    check(
+        LshmMessage {
+            reserved: 1,
+            ..message(LSHM_ROLE_USER, b"x")
+        },
+        LSHM_E_INVALID_ARGUMENT,
+        "messages[1].reserved",
+    );
+    check(
+        LshmMessage {
+            content: std::ptr::null(),
+            ..message(LSHM_ROLE_USER, b"xyz")
+        },
+        LSHM_E_INVALID_ARGUMENT,
+        "messages[1].content",
+    );
+    check(
+        message(LSHM_ROLE_USER, &[b'o', 0xff]),
+        LSHM_E_INVALID_UTF8,
+        "messages[1].content",
+    );
+    // A NULL content of length 0 is an empty message.
+    let empty = [LshmMessage {
+        content: std::ptr::null(),
+        ..message(LSHM_ROLE_USER, b"")
+    }];
+    // SAFETY: one live struct with no content.
+    let got = unsafe { read_messages(empty.as_ptr(), 1) }.ok().unwrap();
+    assert_eq!(got, [Message::user("")]);
+}
+
+#[test]
+fn request_options_are_read_and_checked() {
+    use crate::request_args::read_request_options;
+    use llama_shm::{Constraint, RequestOptions};
+    use std::time::Duration;
+    // SAFETY: NULL or live structs whose strings are NULL or static NUL-terminated ones.
+    unsafe {
+        assert_eq!(
+            read_request_options(std::ptr::null()).ok().unwrap(),
+            RequestOptions::default()
+        );
+        let d = lshm_request_options_default();
+        assert_eq!(read_request_options(&d).ok().unwrap(), RequestOptions::default());
+        let o = LshmRequestOptions {
+            max_tokens: 7,
+            deadline_ms: 250,
+            seed: 42,
+            drop_oldest: 1,
+            json_schema: c"{\"type\":\"object\"}".as_ptr(),
+            ..d
+        };
+        assert_eq!(
+            read_request_options(&o).ok().unwrap(),
+            RequestOptions {
+                deadline: Some(Duration::from_millis(250)),
+                max_tokens: Some(7),
+                constraint: Some(Constraint::JsonSchema("{\"type\":\"object\"}".into())),
+                seed: Some(42),
+                drop_oldest: true,
+            }
+        );
+        let g = LshmRequestOptions {
+            grammar: c"root ::= \"yes\"".as_ptr(),
+            ..d
+        };
+        assert_eq!(
+            read_request_options(&g).ok().unwrap().constraint,
+            Some(Constraint::Grammar("root ::= \"yes\"".into()))
+        );
+        let refused = |o: LshmRequestOptions, status: Status, says: &str| {
+            let e = read_request_options(&o).err().unwrap();
+            assert_eq!(e.status, status, "{}", e.message);
+            assert!(e.message.contains(says), "{} lacks {says}", e.message);
+        };
+        refused(
+            LshmRequestOptions { struct_size: 32, ..d },
+            LSHM_E_INVALID_ARGUMENT,
+            "struct_size is 32",
+        );
+        refused(
+            LshmRequestOptions { drop_oldest: 2, ..d },
+            LSHM_E_INVALID_ARGUMENT,
+            "drop_oldest",
+        );
+        refused(
+            LshmRequestOptions {
+                json_schema: c"{}".as_ptr(),
+                ..g
+            },
+            LSHM_E_INVALID_ARGUMENT,
+            "both",
+        );
+        let bad = [b'{', 0xff, 0];
+        refused(
+            LshmRequestOptions {
+                grammar: bad.as_ptr().cast(),
+                ..d
+            },
+            LSHM_E_INVALID_UTF8,
+            "options.grammar",
+        );
+    }
+}
+
+#[test]
+fn the_new_entry_points_refuse_null_arguments_and_clear_their_outputs() {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    let msgs = [message(LSHM_ROLE_USER, b"hi")];
+    // SAFETY: NULL handles are what is being tested; the out-pointers are live; `msgs` is a
+    // live array with a live content.
+    unsafe {
+        let mut resp = LshmResponse {
+            text_len: 9,
+            ..LshmResponse::EMPTY
+        };
+        let mut extras = LshmResponseExtras {
+            struct_size: std::mem::size_of::<LshmResponseExtras>() as u32,
+            dropped_messages: 77,
+        };
+        let s = lshm_chat(
+            std::ptr::null_mut(),
+            msgs.as_ptr(),
+            1,
+            std::ptr::null(),
+            &mut resp,
+            &mut extras,
+            &mut err,
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        assert!(CStr::from_ptr(err).to_str().unwrap().contains("client"));
+        lshm_string_free(err);
+        assert_eq!(
+            (resp.text_len, extras.dropped_messages),
+            (0, 0),
+            "outputs cleared"
+        );
+        // Extras of another size are refused before anything else is looked at.
+        extras.struct_size = 4;
+        let s = lshm_chat(
+            std::ptr::null_mut(),
+            msgs.as_ptr(),
+            1,
+            std::ptr::null(),
+            &mut resp,
+            &mut extras,
+            &mut err,
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        assert!(CStr::from_ptr(err).to_str().unwrap().contains("struct_size is 4"));
+        lshm_string_free(err);
+        let s = lshm_chat(
+            std::ptr::null_mut(),
+            msgs.as_ptr(),
+            1,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        let s = lshm_chat_stream(
+            std::ptr::null_mut(),
+            msgs.as_ptr(),
+            1,
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            &mut resp,
+            std::ptr::null_mut(),
+            &mut err,
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        assert!(CStr::from_ptr(err).to_str().unwrap().contains("on_chunk"));
+        lshm_string_free(err);
+        let s = lshm_request_with(
+            std::ptr::null_mut(),
+            c"u".as_ptr(),
+            c"s".as_ptr(),
+            std::ptr::null(),
+            &mut resp,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        let s = lshm_stream_with(
+            std::ptr::null_mut(),
+            c"u".as_ptr(),
+            c"s".as_ptr(),
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            &mut resp,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+
+        let mut tokens = 5u32;
+        let s = lshm_count_tokens(
+            std::ptr::null_mut(),
+            c"a b".as_ptr(),
+            &mut tokens,
+            std::ptr::null_mut(),
+        );
+        assert_eq!((s, tokens), (LSHM_E_INVALID_ARGUMENT, 0));
+        let s = lshm_count_tokens(
+            std::ptr::null_mut(),
+            c"a b".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        tokens = 5;
+        let s = lshm_count_conversation_tokens(
+            std::ptr::null_mut(),
+            msgs.as_ptr(),
+            1,
+            &mut tokens,
+            std::ptr::null_mut(),
+        );
+        assert_eq!((s, tokens), (LSHM_E_INVALID_ARGUMENT, 0));
+
+        let mut e = LshmEmbeddings {
+            values: std::ptr::null_mut(),
+            count: 3,
+            dim: 16,
+        };
+        let texts = [c"a".as_ptr()];
+        let s = lshm_embed(
+            std::ptr::null_mut(),
+            texts.as_ptr(),
+            1,
+            &mut e,
+            std::ptr::null_mut(),
+        );
+        assert_eq!((s, e.count, e.dim), (LSHM_E_INVALID_ARGUMENT, 0, 0));
+        assert!(e.values.is_null());
+        let s = lshm_embed(
+            std::ptr::null_mut(),
+            texts.as_ptr(),
+            1,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, LSHM_E_INVALID_ARGUMENT);
+        lshm_embeddings_free(std::ptr::null_mut());
+        lshm_embeddings_free(&mut e);
     }
 }

@@ -1,7 +1,10 @@
 //! The hand-written header `include/llama_shm.h` against the Rust sources (`src/status.rs`,
-//! `src/handles.rs`, `src/entry.rs`, `src/attach.rs`): every exported function is declared with
-//! the same number of parameters, every status and finish constant has the same value, and
-//! `lshm_response` has the same fields in the same order with matching types — so the two
+//! `src/handles.rs`, `src/entry.rs`, `src/attach.rs`, `src/conversation.rs`,
+//! `src/request_args.rs`, `src/embed.rs`):
+//! every exported function is declared with the same number of parameters, every status,
+//! finish and role constant has the same value, and every struct C sees (`lshm_response`,
+//! `lshm_options`, `lshm_message`, `lshm_request_options`, `lshm_response_extras`,
+//! `lshm_embeddings`) has the same fields in the same order with matching types — so the two
 //! cannot drift apart.
 
 use std::collections::BTreeMap;
@@ -13,6 +16,9 @@ const SOURCE: &str = concat!(
     include_str!("../src/handles.rs"),
     include_str!("../src/entry.rs"),
     include_str!("../src/attach.rs"),
+    include_str!("../src/conversation.rs"),
+    include_str!("../src/request_args.rs"),
+    include_str!("../src/embed.rs"),
 );
 
 /// The text between the `(` at `open` and its matching `)`.
@@ -160,6 +166,8 @@ fn struct_fields(rust: &str, c: &str) -> (Fields, Fields) {
             let (name, ty) = l.split_once(':').unwrap();
             let c = match ty.trim().trim_end_matches(',') {
                 "*mut c_char" => "char *",
+                "*const c_char" => "const char *",
+                "*mut f32" => "float *",
                 "usize" => "size_t",
                 "u32" => "uint32_t",
                 "u64" => "uint64_t",
@@ -201,4 +209,31 @@ fn the_options_struct_has_the_same_fields_and_types() {
     let (rust, c) = struct_fields("LshmOptions", "lshm_options");
     assert_eq!(rust.len(), 9);
     assert_eq!(rust, c, "LshmOptions (left) and lshm_options (right) differ");
+}
+
+#[test]
+fn the_conversation_structs_have_the_same_fields_and_types() {
+    for (rust, c, n) in [
+        ("LshmMessage", "lshm_message", 4),
+        ("LshmRequestOptions", "lshm_request_options", 7),
+        ("LshmResponseExtras", "lshm_response_extras", 2),
+        ("LshmEmbeddings", "lshm_embeddings", 3),
+    ] {
+        let (r, h) = struct_fields(rust, c);
+        assert_eq!(r.len(), n, "{rust}: {r:?}");
+        assert_eq!(r, h, "{rust} (left) and {c} (right) differ");
+    }
+}
+
+/// The sizes C computes for `struct_size` are the ones the library checks: on LP64 every
+/// field of these structs is naturally aligned, with no padding a compiler could place
+/// differently.
+#[test]
+fn the_versioned_structs_have_the_sizes_the_library_checks() {
+    use llama_shm_ffi::*;
+    assert_eq!(std::mem::size_of::<LshmRequestOptions>(), 40);
+    assert_eq!(std::mem::size_of::<LshmResponseExtras>(), 8);
+    assert_eq!(std::mem::size_of::<LshmMessage>(), 24);
+    assert_eq!(std::mem::size_of::<LshmEmbeddings>(), 24);
+    assert_eq!(lshm_request_options_default().struct_size, 40);
 }

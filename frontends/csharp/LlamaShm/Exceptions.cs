@@ -11,10 +11,13 @@
 //   │   ├── PromptEncodingException                 LSHM_E_ENCODE
 //   │   ├── AnswerTooLongException                  LSHM_E_ANSWER_TOO_LONG
 //   │   ├── WorkerBusyException                     LSHM_E_BUSY
+//   │   ├── InvalidConstraintException              LSHM_E_INVALID_CONSTRAINT
+//   │   ├── UnsupportedException                    LSHM_E_UNSUPPORTED
+//   │   ├── RequestTooLargeException                LSHM_E_REQUEST_TOO_LARGE
 //   │   ├── EngineException                         LSHM_E_ENGINE
 //   │   ├── ClientClosedException                   LSHM_E_CLOSED
 //   │   └── ShutdownException                       LSHM_E_SHUTDOWN
-//   ├── IncompatibleLibraryException                the library's ABI is not 4
+//   ├── IncompatibleLibraryException                the library's ABI is not 5
 //   ├── TimeoutException
 //   │   └── LlamaShmTimeoutException (ILlamaShmError) LSHM_E_TIMEOUT
 //   └── OperationCanceledException
@@ -130,6 +133,32 @@ namespace LlamaShm
         public WorkerBusyException(string message) : base(LshmStatus.Busy, message) { }
     }
 
+    /// <summary>The worker cannot compile the request's JSON schema or grammar
+    /// (<see cref="RequestOptions.JsonSchema"/>, <see cref="RequestOptions.Grammar"/>): nothing
+    /// was generated (LSHM_E_INVALID_CONSTRAINT).</summary>
+    public class InvalidConstraintException : LlamaShmClientException
+    {
+        /// <summary>With the library's message (the worker's reason).</summary>
+        public InvalidConstraintException(string message) : base(LshmStatus.InvalidConstraint, message) { }
+    }
+
+    /// <summary>The worker cannot do what the request asks (LSHM_E_UNSUPPORTED): a worker
+    /// without a request area (a seed-era one) and a conversation, an engine without
+    /// constraints (the echo engine and a schema) or without embeddings.</summary>
+    public class UnsupportedException : LlamaShmClientException
+    {
+        /// <summary>With the library's message (it says what is missing).</summary>
+        public UnsupportedException(string message) : base(LshmStatus.Unsupported, message) { }
+    }
+
+    /// <summary>The request does not fit the worker's request area (1 MiB of messages, schema
+    /// or texts): nothing was sent (LSHM_E_REQUEST_TOO_LARGE).</summary>
+    public class RequestTooLargeException : LlamaShmClientException
+    {
+        /// <summary>With the library's message (it says how many bytes it needs).</summary>
+        public RequestTooLargeException(string message) : base(LshmStatus.RequestTooLarge, message) { }
+    }
+
     /// <summary>The worker's engine failed (LSHM_E_ENGINE).</summary>
     public class EngineException : LlamaShmClientException
     {
@@ -192,7 +221,7 @@ namespace LlamaShm
         /// lshm_abi_version at all, i.e. it predates ABI 2).</summary>
         public uint LibraryAbiVersion { get; private set; }
 
-        /// <summary>The ABI version this assembly needs (4).</summary>
+        /// <summary>The ABI version this assembly needs (5).</summary>
         public uint ExpectedAbiVersion { get; private set; }
 
         /// <summary>A refusal of a library reporting <paramref name="found"/>.</summary>
@@ -224,6 +253,9 @@ namespace LlamaShm
                 case LshmStatus.Encode: return new PromptEncodingException(message);
                 case LshmStatus.AnswerTooLong: return new AnswerTooLongException(message);
                 case LshmStatus.Busy: return new WorkerBusyException(message);
+                case LshmStatus.InvalidConstraint: return new InvalidConstraintException(message);
+                case LshmStatus.Unsupported: return new UnsupportedException(message);
+                case LshmStatus.RequestTooLarge: return new RequestTooLargeException(message);
                 case LshmStatus.Engine: return new EngineException(message);
                 case LshmStatus.Closed: return new ClientClosedException(message);
                 case LshmStatus.Shutdown: return new ShutdownException(message);

@@ -1,9 +1,11 @@
-// LlamaShmClient: a local llama.cpp model through llama-shm's C ABI (libllama_shm_ffi.so, ABI 4).
+// LlamaShmClient: a local llama.cpp model through llama-shm's C ABI (libllama_shm_ffi.so, ABI 5).
 //
 //   using (var client = LlamaShmClient.Start(new ClientOptions { WorkerPath = worker }))
 //   {
 //       Response r = await client.StreamAsync("Hello", "Be terse.", chunk => Console.Write(chunk),
 //                                             null, cancellationToken);
+//       Response c = client.Chat(new[] { ChatMessage.System("Be terse."), ChatMessage.User("Hi") });
+//       float[][] v = client.Embed(new[] { "a text", "another" });
 //   }
 //
 // Start spawns a worker of the client's own; Attach connects to a running standalone worker
@@ -23,6 +25,7 @@
 // of them — Dispose, or the request when it ends — disposes the canceller.
 
 using System;
+using System.Collections.Generic;
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -121,7 +124,7 @@ namespace LlamaShm
 
         /// <summary>Spawns a worker and waits until it is ready (bounded by
         /// <see cref="ClientOptions.StartupTimeout"/>).</summary>
-        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 4.</exception>
+        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 5.</exception>
         /// <exception cref="DllNotFoundException">libllama_shm_ffi.so was not found.</exception>
         /// <exception cref="WorkerNotFoundException">No worker binary at the path.</exception>
         /// <exception cref="WorkerStartupException">The worker exited or was not ready in time.</exception>
@@ -186,7 +189,7 @@ namespace LlamaShm
         /// objects are missing, untrusted or malformed).</exception>
         /// <exception cref="ArgumentException">The prefix is empty, longer than 200 characters,
         /// or holds a character outside <c>[A-Za-z0-9_.-]</c>.</exception>
-        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 4.</exception>
+        /// <exception cref="IncompatibleLibraryException">libllama_shm_ffi is not ABI 5.</exception>
         /// <exception cref="DllNotFoundException">libllama_shm_ffi.so was not found.</exception>
         public static LlamaShmClient Attach(string prefix, ClientOptions options = null)
         {
@@ -298,6 +301,119 @@ namespace LlamaShm
         public Task<Response> StreamAsync(string user, string system, CancellationToken cancellationToken)
         {
             return StreamAsync(user, system, (Action<string>)null, null, cancellationToken);
+        }
+
+        /// <summary>Answers the conversation <paramref name="messages"/> (system, user and
+        /// assistant messages, rendered with the model's chat template; as many as the model's
+        /// context and the worker's 1 MiB request area hold) and waits for the whole answer. The
+        /// echo engine answers with the contents, one per line.</summary>
+        /// <param name="messages">The conversation, oldest first.</param>
+        /// <param name="options">Budget, deadline, schema or grammar, seed, DropOldest; null: none.</param>
+        /// <param name="cancellationToken">Cancels the request: the answer ends within a token.</param>
+        /// <returns>The answer; <see cref="Response.DroppedMessages"/> says how many messages
+        /// <see cref="ChatOptions.DropOldest"/> cut.</returns>
+        /// <exception cref="InvalidConstraintException">The worker cannot compile the schema or grammar.</exception>
+        /// <exception cref="UnsupportedException">The worker or its engine cannot do it (a
+        /// seed-era worker; the echo engine and a schema).</exception>
+        /// <exception cref="RequestTooLargeException">The conversation does not fit the request area.</exception>
+        /// <exception cref="PromptTooLongException">It does not fit the model's context (without DropOldest).</exception>
+        /// <exception cref="RequestCanceledException">The answer was cancelled (partial answer inside).</exception>
+        /// <exception cref="LlamaShmClientException">Another failure; see its Status.</exception>
+        public Response Chat(IList<ChatMessage> messages, ChatOptions options = null,
+                             CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return PrepareChat(messages, options, false, null).Run(cancellationToken);
+        }
+
+        /// <summary><see cref="Chat"/> on a thread of its own.</summary>
+        public Task<Response> ChatAsync(IList<ChatMessage> messages, ChatOptions options = null,
+                                        CancellationToken cancellationToken = default(CancellationToken))
+        {
+            Call call = PrepareChat(messages, options, false, null);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary><see cref="Chat"/> that passes the answer piece by piece, as it is generated,
+        /// to <paramref name="onChunk"/> (may be null) and to <see cref="OnStreamUpdate"/>; the
+        /// pieces concatenate to the returned text.</summary>
+        public Response ChatStream(IList<ChatMessage> messages, Action<string> onChunk = null, ChatOptions options = null,
+                                   CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return PrepareChat(messages, options, true, onChunk).Run(cancellationToken);
+        }
+
+        /// <summary><see cref="ChatStream"/> on a thread of its own; <paramref name="onChunk"/>
+        /// runs on that thread, in order.</summary>
+        public Task<Response> ChatStreamAsync(IList<ChatMessage> messages, Action<string> onChunk = null,
+                                              ChatOptions options = null,
+                                              CancellationToken cancellationToken = default(CancellationToken))
+        {
+            Call call = PrepareChat(messages, options, true, onChunk);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary><see cref="ChatStream"/> on a thread of its own, reporting each piece to
+        /// <paramref name="progress"/> (see the IProgress overload of StreamAsync for how a
+        /// <c>Progress&lt;string&gt;</c> posts them).</summary>
+        public Task<Response> ChatStreamAsync(IList<ChatMessage> messages, IProgress<string> progress,
+                                              ChatOptions options = null,
+                                              CancellationToken cancellationToken = default(CancellationToken))
+        {
+            if (progress == null)
+                throw new ArgumentNullException("progress");
+            Call call = PrepareChat(messages, options, true, progress.Report);
+            return OwnThread(() => call.Run(cancellationToken));
+        }
+
+        /// <summary>One vector per text, from the worker's embedding model, pooled and
+        /// L2-normalised (the echo engine: 16 numbers per text, identical for identical texts).
+        /// No texts give no vectors and send nothing. Runs one at a time with the requests.</summary>
+        /// <exception cref="UnsupportedException">The engine has no embeddings.</exception>
+        /// <exception cref="RequestTooLargeException">One text is larger than the request area.</exception>
+        /// <exception cref="LlamaShmClientException">Another failure; see its Status.</exception>
+        public float[][] Embed(IList<string> texts)
+        {
+            byte[][] encoded = PrepareTexts(texts);
+            return Exclusive(() => EmbedNative(encoded));
+        }
+
+        /// <summary><see cref="Embed"/> on a thread of its own.</summary>
+        public Task<float[][]> EmbedAsync(IList<string> texts)
+        {
+            byte[][] encoded = PrepareTexts(texts);
+            return OwnThread(() => Exclusive(() => EmbedNative(encoded)));
+        }
+
+        /// <summary>How many tokens <paramref name="text"/> is for the worker's model (no chat
+        /// template, no special tokens; the echo engine counts words).</summary>
+        /// <exception cref="UnsupportedException">The engine cannot count.</exception>
+        public int CountTokens(string text)
+        {
+            byte[] native = PrepareCount(text);
+            return Exclusive(() => CountNative(native));
+        }
+
+        /// <summary>How many prompt tokens the conversation takes through the model's chat
+        /// template (what <see cref="Chat"/> would evaluate), to budget before sending.</summary>
+        /// <exception cref="UnsupportedException">The engine cannot count.</exception>
+        public int CountTokens(IList<ChatMessage> messages)
+        {
+            Parts parts = PrepareMessages(messages);
+            return Exclusive(() => CountNative(parts));
+        }
+
+        /// <summary><see cref="CountTokens(string)"/> on a thread of its own.</summary>
+        public Task<int> CountTokensAsync(string text)
+        {
+            byte[] native = PrepareCount(text);
+            return OwnThread(() => Exclusive(() => CountNative(native)));
+        }
+
+        /// <summary><see cref="CountTokens(IList{ChatMessage})"/> on a thread of its own.</summary>
+        public Task<int> CountTokensAsync(IList<ChatMessage> messages)
+        {
+            Parts parts = PrepareMessages(messages);
+            return OwnThread(() => Exclusive(() => CountNative(parts)));
         }
 
         /// <summary>Cancels the request in flight, if any (from any thread): its answer ends
@@ -414,20 +530,152 @@ namespace LlamaShm
         {
             // Checked here, on the caller's thread, for the ...Async methods too: their task
             // would wait for the request whose callback is waiting for it.
-            if (runningOnThisThread == this)
-                throw new InvalidOperationException("a callback of a request started another request on the same LlamaShmClient");
+            ThrowIfInCallback();
             var call = new Call
             {
                 Client = this,
                 User = Utf8.ToNative(user, "user"),
                 System = Utf8.ToNative(system ?? "", "system"),
-                DeadlineMs = options == null ? 0 : options.DeadlineMs(),
-                MaxTokens = options == null ? 0 : options.MaxTokensNative(),
                 Streaming = stream,
                 OnChunk = onChunk,
             };
+            call.SetOptions(options, false);
             ThrowIfDisposed();
             return call;
+        }
+
+        private Call PrepareChat(IList<ChatMessage> messages, ChatOptions options, bool stream, Action<string> onChunk)
+        {
+            ThrowIfInCallback();
+            var call = new Call
+            {
+                Client = this,
+                Messages = PrepareMessages(messages),
+                Streaming = stream,
+                OnChunk = onChunk,
+            };
+            call.SetOptions(options, options != null && options.DropOldest);
+            ThrowIfDisposed();
+            return call;
+        }
+
+        private void ThrowIfInCallback()
+        {
+            if (runningOnThisThread == this)
+                throw new InvalidOperationException("a callback of a request started another request on the same LlamaShmClient");
+        }
+
+        /// <summary>The roles and UTF-8 contents of a conversation, checked.</summary>
+        private static Parts PrepareMessages(IList<ChatMessage> messages)
+        {
+            if (messages == null)
+                throw new ArgumentNullException("messages");
+            var parts = new Parts { Roles = new uint[messages.Count], Contents = new byte[messages.Count][] };
+            for (int i = 0; i < messages.Count; i++)
+            {
+                ChatMessage m = messages[i];
+                if (m == null)
+                    throw new ArgumentNullException("messages", "messages[" + i + "] is null");
+                parts.Roles[i] = (uint)m.Role;
+                parts.Contents[i] = Utf8.ToNative(m.Content, "messages[" + i + "].Content");
+            }
+            return parts;
+        }
+
+        private byte[][] PrepareTexts(IList<string> texts)
+        {
+            ThrowIfInCallback();
+            if (texts == null)
+                throw new ArgumentNullException("texts");
+            var encoded = new byte[texts.Count][];
+            for (int i = 0; i < encoded.Length; i++)
+                encoded[i] = Utf8.ToNative(texts[i], "texts[" + i + "]");
+            ThrowIfDisposed();
+            return encoded;
+        }
+
+        private byte[] PrepareCount(string text)
+        {
+            ThrowIfInCallback();
+            byte[] native = Utf8.ToNative(text, "text");
+            ThrowIfDisposed();
+            return native;
+        }
+
+        /// <summary>Runs <paramref name="body"/> (a call that answers with numbers, not text: no
+        /// cancel applies) as the one request in flight, under the gate.</summary>
+        private T Exclusive<T>(Func<T> body)
+        {
+            ThrowIfInCallback();
+            gate.Wait();
+            try
+            {
+                ThrowIfDisposed();
+                return body();
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }
+
+        private float[][] EmbedNative(byte[][] texts)
+        {
+            var pins = new Pins();
+            var native = new NativeMethods.LshmEmbeddings();
+            try
+            {
+                var pointers = new IntPtr[Math.Max(1, texts.Length)];
+                for (int i = 0; i < texts.Length; i++)
+                    pointers[i] = pins.Pin(texts[i]);
+                IntPtr error;
+                int status = NativeMethods.lshm_embed(handle, pointers, new UIntPtr((uint)texts.Length), out native, out error);
+                RefreshWorkerPid();
+                StatusErrors.Check(status, error);
+                int count = checked((int)native.count.ToUInt64()), dim = checked((int)native.dim.ToUInt64());
+                var vectors = new float[count][];
+                for (int i = 0; i < count; i++)
+                {
+                    vectors[i] = new float[dim];
+                    Marshal.Copy(native.values + i * dim * sizeof(float), vectors[i], 0, dim);
+                }
+                return vectors;
+            }
+            finally
+            {
+                NativeMethods.lshm_embeddings_free(ref native);
+                pins.Free();
+            }
+        }
+
+        private int CountNative(byte[] text)
+        {
+            uint tokens;
+            IntPtr error;
+            int status = NativeMethods.lshm_count_tokens(handle, text, out tokens, out error);
+            RefreshWorkerPid();
+            StatusErrors.Check(status, error);
+            return Response.Clamp(tokens);
+        }
+
+        private int CountNative(Parts parts)
+        {
+            var pins = new Pins();
+            try
+            {
+                NativeMethods.LshmMessage[] messages = parts.Native(pins);
+                uint tokens;
+                IntPtr error;
+                int status = NativeMethods.lshm_count_conversation_tokens(handle, messages, new UIntPtr((uint)parts.Count),
+                                                                          out tokens, out error);
+                RefreshWorkerPid();
+                StatusErrors.Check(status, error);
+                return Response.Clamp(tokens);
+            }
+            finally
+            {
+                pins.Free();
+            }
         }
 
         private void ThrowIfDisposed()
@@ -450,15 +698,78 @@ namespace LlamaShm
             }
         }
 
-        /// <summary>One prepared request (prompts encoded, options checked).</summary>
+        /// <summary>Byte arrays pinned for one native call (GCHandle), released together.</summary>
+        private sealed class Pins
+        {
+            private readonly List<GCHandle> handles = new List<GCHandle>();
+
+            /// <summary>The address of <paramref name="bytes"/>, pinned until <see cref="Free"/>;
+            /// IntPtr.Zero for null or empty.</summary>
+            internal IntPtr Pin(byte[] bytes)
+            {
+                if (bytes == null || bytes.Length == 0)
+                    return IntPtr.Zero;
+                GCHandle h = GCHandle.Alloc(bytes, GCHandleType.Pinned);
+                handles.Add(h);
+                return h.AddrOfPinnedObject();
+            }
+
+            internal void Free()
+            {
+                foreach (GCHandle h in handles)
+                    h.Free();
+                handles.Clear();
+            }
+        }
+
+        /// <summary>A conversation encoded for the library: roles, and contents as NUL-terminated
+        /// UTF-8 (the NUL is not sent: a message carries its length).</summary>
+        private sealed class Parts
+        {
+            internal uint[] Roles;
+            internal byte[][] Contents;
+
+            internal int Count
+            {
+                get { return Roles.Length; }
+            }
+
+            /// <summary>The lshm_message array, its contents pinned in <paramref name="pins"/>.</summary>
+            internal NativeMethods.LshmMessage[] Native(Pins pins)
+            {
+                var messages = new NativeMethods.LshmMessage[Math.Max(1, Roles.Length)];
+                for (int i = 0; i < Roles.Length; i++)
+                {
+                    messages[i].role = Roles[i];
+                    messages[i].content = pins.Pin(Contents[i]);
+                    messages[i].content_len = new UIntPtr((uint)(Contents[i].Length - 1));
+                }
+                return messages;
+            }
+        }
+
+        /// <summary>One prepared request (prompts or conversation encoded, options checked).</summary>
         private sealed class Call
         {
             internal LlamaShmClient Client;
             internal byte[] User, System;
+            internal Parts Messages; // null: the two prompts
             internal ulong DeadlineMs;
-            internal uint MaxTokens;
+            internal uint MaxTokens, Seed, DropOldest;
+            internal byte[] JsonSchema, Grammar;
             internal bool Streaming;
             internal Action<string> OnChunk;
+
+            internal void SetOptions(RequestOptions options, bool dropOldest)
+            {
+                DropOldest = dropOldest ? 1u : 0u;
+                if (options == null)
+                    return;
+                DeadlineMs = options.DeadlineMs();
+                MaxTokens = options.MaxTokensNative();
+                Seed = options.SeedNative();
+                options.Constraint(out JsonSchema, out Grammar);
+            }
 
             internal Response Run(CancellationToken token)
             {
@@ -541,22 +852,53 @@ namespace LlamaShm
                 }
 
                 var native = new NativeMethods.LshmResponse();
+                var extras = new NativeMethods.LshmResponseExtras
+                {
+                    struct_size = (uint)Marshal.SizeOf(typeof(NativeMethods.LshmResponseExtras)),
+                };
+                var pins = new Pins();
                 Response response;
                 try
                 {
+                    var options = new NativeMethods.LshmRequestOptions
+                    {
+                        struct_size = (uint)Marshal.SizeOf(typeof(NativeMethods.LshmRequestOptions)),
+                        max_tokens = MaxTokens,
+                        deadline_ms = DeadlineMs,
+                        seed = Seed,
+                        drop_oldest = DropOldest,
+                        json_schema = pins.Pin(JsonSchema),
+                        grammar = pins.Pin(Grammar),
+                    };
                     IntPtr error;
-                    int status = Streaming
-                        ? NativeMethods.lshm_stream(c.handle, User, System, DeadlineMs, MaxTokens, fn, IntPtr.Zero,
-                                                    out native, out error)
-                        : NativeMethods.lshm_request(c.handle, User, System, DeadlineMs, MaxTokens, out native, out error);
+                    int status;
+                    if (Messages != null)
+                    {
+                        NativeMethods.LshmMessage[] messages = Messages.Native(pins);
+                        var count = new UIntPtr((uint)Messages.Count);
+                        status = Streaming
+                            ? NativeMethods.lshm_chat_stream(c.handle, messages, count, ref options, fn, IntPtr.Zero,
+                                                             out native, ref extras, out error)
+                            : NativeMethods.lshm_chat(c.handle, messages, count, ref options, out native, ref extras,
+                                                      out error);
+                    }
+                    else
+                    {
+                        status = Streaming
+                            ? NativeMethods.lshm_stream_with(c.handle, User, System, ref options, fn, IntPtr.Zero,
+                                                             out native, ref extras, out error)
+                            : NativeMethods.lshm_request_with(c.handle, User, System, ref options, out native,
+                                                              ref extras, out error);
+                    }
                     GC.KeepAlive(fn);
                     c.RefreshWorkerPid();
                     StatusErrors.Check(status, error);
-                    response = Response.FromNative(ref native);
+                    response = Response.FromNative(ref native, ref extras);
                 }
                 finally
                 {
                     NativeMethods.lshm_response_free(ref native);
+                    pins.Free();
                 }
 
                 if (callbackError != null)

@@ -56,5 +56,14 @@ namespace LlamaShm
         /// <summary>LSHM_E_ATTACH: no usable worker under the prefix given to
         /// <c>lshm_client_attach</c> (its objects are missing, untrusted or malformed).</summary>
         Attach = 23,
+        /// <summary>LSHM_E_INVALID_CONSTRAINT: the worker cannot compile the request's JSON schema
+        /// or grammar; nothing was generated.</summary>
+        InvalidConstraint = 24,
+        /// <summary>LSHM_E_UNSUPPORTED: the worker cannot do what the request asks (no request
+        /// area, no constraints, no embeddings).</summary>
+        Unsupported = 25,
+        /// <summary>LSHM_E_REQUEST_TOO_LARGE: the request does not fit the worker's request area;
+        /// nothing was sent.</summary>
+        RequestTooLarge = 26,
     }
 }

@@ -1,5 +1,5 @@
 // NativeMethods: the P/Invoke declarations of the llama-shm C ABI (crates/llama-shm-ffi/include/
-// llama_shm.h, ABI 4) and the structs it exchanges, laid out as the header declares them. Only
+// llama_shm.h, ABI 5) and the structs it exchanges, laid out as the header declares them. Only
 // this file names the native entry points; the rest of the library goes through ClientHandle,
 // CancellerHandle and Utf8.
 //
@@ -18,7 +18,7 @@ namespace LlamaShm
         internal const string Lib = "llama_shm_ffi";
 
         /// <summary>LSHM_ABI_VERSION of the header these declarations follow.</summary>
-        internal const uint AbiVersion = 4;
+        internal const uint AbiVersion = 5;
 
         internal const uint PolicyTruncate = 0;
         internal const uint PolicyStrict = 1;
@@ -53,6 +53,49 @@ namespace LlamaShm
             public ulong generation_time_us;
             public uint cached_tokens;
             public uint reserved;
+        }
+
+        /// <summary>lshm_message (24 bytes on LP64): <c>content_len</c> bytes of UTF-8 at
+        /// <c>content</c> (ABI 5).</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct LshmMessage
+        {
+            public uint role;
+            public uint reserved;
+            public IntPtr content;
+            public UIntPtr content_len;
+        }
+
+        /// <summary>lshm_request_options (40 bytes on LP64; ABI 5). The strings are
+        /// NUL-terminated UTF-8, pinned for the call; IntPtr.Zero is none.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct LshmRequestOptions
+        {
+            public uint struct_size;
+            public uint max_tokens;
+            public ulong deadline_ms;
+            public uint seed;
+            public uint drop_oldest;
+            public IntPtr json_schema;
+            public IntPtr grammar;
+        }
+
+        /// <summary>lshm_response_extras (8 bytes; ABI 5): struct_size is set by the caller.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct LshmResponseExtras
+        {
+            public uint struct_size;
+            public uint dropped_messages;
+        }
+
+        /// <summary>lshm_embeddings (24 bytes on LP64; ABI 5): count × dim floats at values,
+        /// freed by lshm_embeddings_free.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct LshmEmbeddings
+        {
+            public IntPtr values;
+            public UIntPtr count;
+            public UIntPtr dim;
         }
 
         /// <summary>lshm_chunk_fn: called on the thread that called lshm_stream; must not throw
@@ -97,6 +140,42 @@ namespace LlamaShm
 
         [DllImport(Lib)]
         internal static extern void lshm_response_free(ref LshmResponse response);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_request_with(ClientHandle client, byte[] user, byte[] system,
+                                                     ref LshmRequestOptions options, out LshmResponse response,
+                                                     ref LshmResponseExtras extras, out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_stream_with(ClientHandle client, byte[] user, byte[] system,
+                                                    ref LshmRequestOptions options, ChunkFn onChunk, IntPtr userData,
+                                                    out LshmResponse response, ref LshmResponseExtras extras,
+                                                    out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_chat(ClientHandle client, [In] LshmMessage[] messages, UIntPtr count,
+                                             ref LshmRequestOptions options, out LshmResponse response,
+                                             ref LshmResponseExtras extras, out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_chat_stream(ClientHandle client, [In] LshmMessage[] messages, UIntPtr count,
+                                                    ref LshmRequestOptions options, ChunkFn onChunk, IntPtr userData,
+                                                    out LshmResponse response, ref LshmResponseExtras extras,
+                                                    out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_embed(ClientHandle client, [In] IntPtr[] texts, UIntPtr count,
+                                              out LshmEmbeddings embeddings, out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern void lshm_embeddings_free(ref LshmEmbeddings embeddings);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_count_tokens(ClientHandle client, byte[] text, out uint tokens, out IntPtr error);
+
+        [DllImport(Lib)]
+        internal static extern int lshm_count_conversation_tokens(ClientHandle client, [In] LshmMessage[] messages,
+                                                                  UIntPtr count, out uint tokens, out IntPtr error);
 
         [DllImport(Lib)]
         internal static extern int lshm_canceller_new(ClientHandle client, out CancellerHandle canceller);

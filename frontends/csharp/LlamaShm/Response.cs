@@ -67,24 +67,30 @@ namespace LlamaShm
         /// <summary>Token counts and times.</summary>
         public Usage Usage { get; private set; }
 
-        internal Response(string text, FinishReason finish, bool truncated, ulong sequence, Usage usage)
+        /// <summary>Messages dropped from the front of a conversation to fit the model's context
+        /// (<see cref="ChatOptions.DropOldest"/>); 0 otherwise.</summary>
+        public int DroppedMessages { get; private set; }
+
+        internal Response(string text, FinishReason finish, bool truncated, ulong sequence, Usage usage,
+                          int droppedMessages)
         {
             Text = text;
             Finish = finish;
             Truncated = truncated;
             Sequence = sequence;
             Usage = usage;
+            DroppedMessages = droppedMessages;
         }
 
-        internal static Response FromNative(ref NativeMethods.LshmResponse r)
+        internal static Response FromNative(ref NativeMethods.LshmResponse r, ref NativeMethods.LshmResponseExtras x)
         {
             var usage = new Usage(Clamp(r.prompt_tokens), Clamp(r.generated_tokens), Clamp(r.cached_tokens),
                                   Micros(r.prompt_time_us), Micros(r.generation_time_us));
             return new Response(Utf8.FromNative(r.text, r.text_len.ToUInt64()), (FinishReason)r.finish,
-                                r.truncated != 0, r.seq, usage);
+                                r.truncated != 0, r.seq, usage, Clamp(x.dropped_messages));
         }
 
-        private static int Clamp(uint n)
+        internal static int Clamp(uint n)
         {
             return n > int.MaxValue ? int.MaxValue : (int)n;
         }

@@ -6,6 +6,10 @@
         for chunk in c.stream("Hello again"):
             print(chunk, end="")
 
+        print(c.chat([{"role": "system", "content": "Be terse."},   # a conversation of
+                      ("user", "Hello")]).text)                 # any length: "Be terse.\\nHello"
+        print(c.embed(["a b", "zz"]), c.count_tokens("one two three"))   # 2 vectors of 16; 3
+
     async def main():                                       # asyncio: the loop goes on
         with Client(args=["--engine", "echo"]) as c:
             print((await c.aask("Hello")).text)
@@ -36,8 +40,9 @@ for another C ABI than this package's (``lshm_abi_version()``) is refused with
 
 Threads. A :class:`Client` may be shared between threads:
 
-- requests (:meth:`Client.ask`, :meth:`Client.stream`, their asyncio forms) run one after the
-  other: each holds the client's request lock for its whole duration;
+- requests (:meth:`Client.ask`, :meth:`Client.stream`, :meth:`Client.chat`,
+  :meth:`Client.chat_stream`, their asyncio forms, :meth:`Client.embed`,
+  :meth:`Client.count_tokens`) run one after the other: each holds the client's request lock for its whole duration;
 - :meth:`Client.cancel` may be called from any thread at any time (during a request, during or
   after :meth:`Client.shutdown`, from a signal handler); it never waits for a request, and after
   shutdown it returns ``False`` without calling into the library. A signal handler, though,
@@ -74,12 +79,15 @@ from ._errors import (
     ClosedError,
     EngineError,
     InvalidArgumentError,
+    InvalidConstraintError,
     LibraryError,
     LlamaShmError,
     PromptTooLongError,
     RequestTimeoutError,
+    RequestTooLargeError,
     ShutdownError,
     StartupError,
+    UnsupportedError,
     WorkerDiedError,
     WorkerNotFoundError,
     WorkerNotRunningError,
@@ -110,6 +118,9 @@ __all__ = [
     "AnswerTooLongError",
     "BusyError",
     "WorkerNotRunningError",
+    "InvalidConstraintError",
+    "UnsupportedError",
+    "RequestTooLargeError",
     "library_version",
     "library_path",
 ]

@@ -7,15 +7,17 @@ package's ``atexit`` hook."""
 from __future__ import annotations
 
 import atexit
+import collections.abc
 import ctypes
+import json
 import os
 import queue
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._errors import LSHM_OK, ClosedError, InvalidArgumentError, LlamaShmError
-from ._library import CResponse, check, load
+from ._library import CEmbeddings, CMessage, CRequestOptions, CResponse, CResponseExtras, check, load
 from ._model import with_default_model
 from ._response import Response, take_response
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from ._streams import _Run as Run
 
 StrPath = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
 
 
 def encode(s: str, what: str) -> bytes:
@@ -60,16 +63,116 @@ def _max_tokens(n: Optional[int]) -> int:
     return n
 
 
+# A message: {"role": ..., "content": ...} or (role, content); the role is one of ROLES.
+MessageLike = Union[Mapping[str, str], Tuple[str, str], Sequence[str]]
+# A JSON schema: its text, or the schema as Python values (it is sent as json.dumps of them).
+JsonSchema = Union[str, Mapping[str, Any]]
+
+# LSHM_ROLE_* of include/llama_shm.h.
+ROLES = {"system": 0, "user": 1, "assistant": 2}
+
+
+def _message(m: MessageLike, i: int) -> Tuple[int, bytes]:
+    """Message ``i`` of a conversation as (LSHM_ROLE_*, UTF-8 content)."""
+    if isinstance(m, collections.abc.Mapping):
+        try:
+            role, content = m["role"], m["content"]
+        except KeyError as e:
+            raise ValueError("messages[%d] has no %r key" % (i, e.args[0])) from None
+    elif isinstance(m, (tuple, list)) and len(m) == 2:
+        role, content = m
+    else:
+        raise TypeError(
+            "messages[%d] must be a dict {'role', 'content'} or a (role, content) pair, not %s" % (i, type(m).__name__)
+        )
+    if role not in ROLES:
+        raise ValueError("messages[%d] has role %r: not one of %s" % (i, role, ", ".join(ROLES)))
+    return ROLES[role], encode(content, "messages[%d] content" % i)
+
+
+def _messages(messages: Sequence[MessageLike]) -> List[Tuple[int, bytes]]:
+    if isinstance(messages, (str, bytes, collections.abc.Mapping)):
+        raise TypeError("messages must be a sequence of messages, not one %s" % type(messages).__name__)
+    return [_message(m, i) for i, m in enumerate(messages)]
+
+
+def _c_messages(messages: Sequence[MessageLike]) -> Tuple[Any, int]:
+    """An ``lshm_message`` array of ``messages`` (it keeps their contents alive) and its length."""
+    parts = _messages(messages)
+    array = (CMessage * max(1, len(parts)))(*(CMessage(role, 0, content, len(content)) for role, content in parts))
+    return array, len(parts)
+
+
+def _options(
+    deadline: Optional[float],
+    max_tokens: Optional[int],
+    json_schema: Optional[JsonSchema],
+    grammar: Optional[str],
+    seed: Optional[int],
+    drop_oldest: bool,
+) -> CRequestOptions:
+    """An ``lshm_request_options`` of the arguments, checked (it keeps its strings alive)."""
+    o = CRequestOptions()
+    o.struct_size = ctypes.sizeof(CRequestOptions)
+    o.deadline_ms = _ms(deadline, "deadline")
+    o.max_tokens = _max_tokens(max_tokens)
+    if seed is not None:
+        # 0 is "no seed" on the wire: refused rather than silently ignored.
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < 2**32:
+            raise ValueError("seed must be an int in 1..2**32-1 (0 means no seed)")
+        o.seed = seed
+    if not isinstance(drop_oldest, bool):
+        raise TypeError("drop_oldest must be a bool")
+    o.drop_oldest = int(drop_oldest)
+    if json_schema is not None and grammar is not None:
+        raise ValueError("give json_schema or grammar, not both")
+    if json_schema is not None:
+        text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
+        o.json_schema = encode(text, "json_schema")
+    if grammar is not None:
+        o.grammar = encode(grammar, "grammar")
+    return o
+
+
 class _Request:
-    """One request's arguments, checked and encoded for the library."""
+    """One request's arguments, checked and encoded for the library: two prompts (``messages``
+    is ``None``) or a conversation, and its ``lshm_request_options``."""
 
-    __slots__ = ("user", "system", "deadline_ms", "max_tokens")
+    __slots__ = ("user", "system", "messages", "n_messages", "options")
 
-    def __init__(self, user: str, system: str, deadline: Optional[float], max_tokens: Optional[int]) -> None:
+    def __init__(
+        self,
+        user: str,
+        system: str,
+        deadline: Optional[float],
+        max_tokens: Optional[int],
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
+    ) -> None:
         self.user = encode(user, "user")
         self.system = encode(system, "system")
-        self.deadline_ms = _ms(deadline, "deadline")
-        self.max_tokens = _max_tokens(max_tokens)
+        self.messages: Any = None
+        self.n_messages = 0
+        self.options = _options(deadline, max_tokens, json_schema, grammar, seed, False)
+
+    @classmethod
+    def chat(
+        cls,
+        messages: Sequence[MessageLike],
+        deadline: Optional[float],
+        max_tokens: Optional[int],
+        json_schema: Optional[JsonSchema],
+        grammar: Optional[str],
+        seed: Optional[int],
+        drop_oldest: bool,
+    ) -> _Request:
+        """A conversation's request."""
+        self = cls.__new__(cls)
+        self.user = self.system = b""
+        self.messages, self.n_messages = _c_messages(messages)
+        self.options = _options(deadline, max_tokens, json_schema, grammar, seed, drop_oldest)
+        return self
 
 
 class _Canceller:
@@ -402,11 +505,14 @@ class Client:
         return self._handle
 
     def _call(self, req: _Request, on_chunk: Optional[Any] = None, run: Optional[Run] = None) -> Optional[Response]:
-        """Runs ``req`` under the request lock: ``lshm_stream`` with the ctypes callback
-        ``on_chunk``, else ``lshm_request``. A ``run`` (a request of a background thread) is
-        the one in flight while the library has it (see :meth:`_cancel_run`); when it was
-        abandoned before it got the lock, nothing is sent and the result is ``None``."""
-        r, err = CResponse(), ctypes.c_void_p()
+        """Runs ``req`` under the request lock: ``lshm_chat_stream`` / ``lshm_stream_with`` with
+        the ctypes callback ``on_chunk``, else ``lshm_chat`` / ``lshm_request_with``. A ``run``
+        (a request of a background thread) is the one in flight while the library has it (see
+        :meth:`_cancel_run`); when it was abandoned before it got the lock, nothing is sent and
+        the result is ``None``."""
+        r, extras, err = CResponse(), CResponseExtras(), ctypes.c_void_p()
+        out = (ctypes.byref(r), ctypes.byref(extras), ctypes.byref(err))
+        opts = ctypes.byref(req.options)
         with self._lock:
             handle = self._live()
             if run is not None:
@@ -416,19 +522,32 @@ class Client:
                     run.started = True
                     self._current = run
             try:
-                u, s, d, m = req.user, req.system, req.deadline_ms, req.max_tokens
-                if on_chunk is None:
-                    status = self._lib.lshm_request(handle, u, s, d, m, ctypes.byref(r), ctypes.byref(err))
+                lib = self._lib
+                if req.messages is not None:
+                    m, n = req.messages, req.n_messages
+                    if on_chunk is None:
+                        status = lib.lshm_chat(handle, m, n, opts, *out)
+                    else:
+                        status = lib.lshm_chat_stream(handle, m, n, opts, on_chunk, None, *out)
+                elif on_chunk is None:
+                    status = lib.lshm_request_with(handle, req.user, req.system, opts, *out)
                 else:
-                    status = self._lib.lshm_stream(
-                        handle, u, s, d, m, on_chunk, None, ctypes.byref(r), ctypes.byref(err)
-                    )
+                    status = lib.lshm_stream_with(handle, req.user, req.system, opts, on_chunk, None, *out)
             finally:
                 if run is not None:
                     with self._flight:
                         self._current = None
         check(self._lib, status, err)
-        return take_response(self._lib, r)
+        return take_response(self._lib, r, extras)
+
+    def _measure(self, call: Callable[[Any, ctypes.c_void_p], int], then: Callable[[], T]) -> T:
+        """Runs ``call(handle, err)`` (a request that answers with numbers: embeddings, token
+        counts) under the request lock, then returns ``then()``."""
+        err = ctypes.c_void_p()
+        with self._lock:
+            status = call(self._live(), err)
+        check(self._lib, status, err)
+        return then()
 
     def _will_never_send(self, run: Run) -> bool:
         """Whether abandoned ``run`` was abandoned before its request was sent: it then never
@@ -447,49 +566,226 @@ class Client:
                 self.cancel()
 
     def ask(
-        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+        self,
+        user: str,
+        system: str = "",
+        deadline: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> Response:
         """Sends one request and returns its :class:`Response`.
 
         :param deadline: generation budget in seconds; when it passes, the answer so far comes
             back with ``finish == "deadline"``.
         :param max_tokens: most tokens to generate (``finish == "length"`` when reached).
+        :param json_schema: a JSON schema (its text, or a ``dict``) the answer must match; the
+            prompts then go to the worker as a system and a user message (see :meth:`chat`).
+        :param grammar: a GBNF grammar (root rule ``root``) the answer must match, instead.
+        :param seed: the sampling seed of this request (1..2**32-1).
+        :raises InvalidConstraintError: the worker cannot compile the schema or grammar.
+        :raises UnsupportedError: the worker or its engine cannot honour them (the echo engine).
         :raises LlamaShmError: a subclass saying why (timeout, worker died, closed, ...).
         """
-        response = self._call(_Request(user, system, deadline, max_tokens))
+        response = self._call(_Request(user, system, deadline, max_tokens, json_schema, grammar, seed))
         assert response is not None  # no may_start: the request always runs
         return response
 
     def stream(
-        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+        self,
+        user: str,
+        system: str = "",
+        deadline: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> Stream:
         """Sends one request and returns a :class:`Stream`: iterate it for the answer's chunks
         (``str``) as the worker generates them; a failure is raised from the iteration. After
         the iteration ``stream.response`` holds the whole :class:`Response`. Breaking out of
-        the loop (or ``close()`` from any thread) cancels the request."""
+        the loop (or ``close()`` from any thread) cancels the request. The options are
+        :meth:`ask`'s."""
         from ._streams import Stream
 
-        return Stream(self, _Request(user, system, deadline, max_tokens))
+        return Stream(self, _Request(user, system, deadline, max_tokens, json_schema, grammar, seed))
 
     def astream(
-        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+        self,
+        user: str,
+        system: str = "",
+        deadline: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> AsyncStream:
         """:meth:`stream` for asyncio: ``async for chunk in client.astream(...)``. Call it in
         a coroutine; the request runs on a thread of its own, so the event loop goes on.
         Cancelling the task that iterates cancels the request (and waits for its end)."""
         from ._streams import AsyncStream
 
-        return AsyncStream(self, _Request(user, system, deadline, max_tokens))
+        return AsyncStream(self, _Request(user, system, deadline, max_tokens, json_schema, grammar, seed))
 
     async def aask(
-        self, user: str, system: str = "", deadline: Optional[float] = None, max_tokens: Optional[int] = None
+        self,
+        user: str,
+        system: str = "",
+        deadline: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> Response:
         """:meth:`ask` for asyncio: ``await client.aask(...)`` runs the request on a thread of
         its own and does not block the event loop. Cancelling the awaiting task cancels the
         request, waits for it to end, and raises ``CancelledError``."""
         from ._streams import ask_async
 
-        return await ask_async(self, _Request(user, system, deadline, max_tokens))
+        return await ask_async(self, _Request(user, system, deadline, max_tokens, json_schema, grammar, seed))
+
+    def chat(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
+        drop_oldest: bool = False,
+        max_tokens: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> Response:
+        """Answers the conversation ``messages`` and returns its :class:`Response`.
+
+        Each message is ``{"role": r, "content": text}`` or ``(r, text)``, ``r`` one of
+        ``"system"``, ``"user"``, ``"assistant"``; the worker renders them with the model's chat
+        template, as many as its context (and its 1 MiB request area) holds. The echo engine
+        answers with the contents, one per line.
+
+        :param json_schema: a JSON schema (its text, or a ``dict``) the answer must match.
+        :param grammar: a GBNF grammar (root rule ``root``) the answer must match, instead.
+        :param seed: the sampling seed of this request (1..2**32-1).
+        :param drop_oldest: a conversation over the context loses its oldest messages instead
+            of raising :class:`PromptTooLongError`; ``response.dropped_messages`` says how many.
+        :param max_tokens: most tokens to generate (``finish == "length"`` when reached).
+        :param deadline: generation budget in seconds (``finish == "deadline"`` when it passes).
+        :raises InvalidConstraintError: the worker cannot compile the schema or grammar.
+        :raises UnsupportedError: the worker or its engine cannot do it (a seed-era worker; the
+            echo engine and a constraint).
+        :raises RequestTooLargeError: the conversation does not fit the request area.
+        :raises PromptTooLongError: it does not fit the model's context (without ``drop_oldest``).
+        """
+        req = _Request.chat(messages, deadline, max_tokens, json_schema, grammar, seed, drop_oldest)
+        response = self._call(req)
+        assert response is not None  # no run: the request always runs
+        return response
+
+    def chat_stream(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
+        drop_oldest: bool = False,
+        max_tokens: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> Stream:
+        """:meth:`chat` as a :class:`Stream` of the answer's chunks (see :meth:`stream`)."""
+        from ._streams import Stream
+
+        return Stream(self, _Request.chat(messages, deadline, max_tokens, json_schema, grammar, seed, drop_oldest))
+
+    async def achat(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
+        drop_oldest: bool = False,
+        max_tokens: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> Response:
+        """:meth:`chat` for asyncio (see :meth:`aask`)."""
+        from ._streams import ask_async
+
+        req = _Request.chat(messages, deadline, max_tokens, json_schema, grammar, seed, drop_oldest)
+        return await ask_async(self, req)
+
+    def achat_stream(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        json_schema: Optional[JsonSchema] = None,
+        grammar: Optional[str] = None,
+        seed: Optional[int] = None,
+        drop_oldest: bool = False,
+        max_tokens: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> AsyncStream:
+        """:meth:`chat_stream` for asyncio (see :meth:`astream`)."""
+        from ._streams import AsyncStream
+
+        req = _Request.chat(messages, deadline, max_tokens, json_schema, grammar, seed, drop_oldest)
+        return AsyncStream(self, req)
+
+    def embed(self, texts: Sequence[str]) -> List[List[float]]:
+        """One vector per text (a list of ``float``), from the worker's embedding model, pooled
+        and L2-normalised. The echo engine gives 16 numbers per text (identical texts, identical
+        vectors). No texts give ``[]`` and send nothing.
+
+        :raises UnsupportedError: an engine without embeddings.
+        :raises RequestTooLargeError: one text larger than the request area.
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("embed takes a sequence of texts, not one %s" % type(texts).__name__)
+        encoded = [encode(t, "texts[%d]" % i) for i, t in enumerate(texts)]
+        array = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
+        out = CEmbeddings()
+        lib = self._lib
+
+        def call(handle: Any, err: ctypes.c_void_p) -> int:
+            return int(lib.lshm_embed(handle, array, len(encoded), ctypes.byref(out), ctypes.byref(err)))
+
+        def vectors() -> List[List[float]]:
+            try:
+                dim = out.dim
+                return [out.values[i * dim : (i + 1) * dim] for i in range(out.count)]
+            finally:
+                lib.lshm_embeddings_free(ctypes.byref(out))
+
+        return self._measure(call, vectors)
+
+    def count_tokens(self, text_or_messages: Union[str, Sequence[MessageLike]]) -> int:
+        """How many tokens a text is for the worker's model (no chat template), or how many
+        prompt tokens a conversation (messages as for :meth:`chat`) takes through the model's
+        chat template: what :meth:`chat` would evaluate. The echo engine counts words.
+
+        :raises UnsupportedError: an engine that cannot count.
+        """
+        n = ctypes.c_uint32()
+        lib = self._lib
+        if isinstance(text_or_messages, str):
+            text = encode(text_or_messages, "text")
+
+            def call(handle: Any, err: ctypes.c_void_p) -> int:
+                return int(lib.lshm_count_tokens(handle, text, ctypes.byref(n), ctypes.byref(err)))
+
+        else:
+            array, count = _c_messages(text_or_messages)
+
+            def call(handle: Any, err: ctypes.c_void_p) -> int:
+                return int(
+                    lib.lshm_count_conversation_tokens(handle, array, count, ctypes.byref(n), ctypes.byref(err))
+                )
+
+        return self._measure(call, lambda: int(n.value))
 
     def cancel(self) -> bool:
         """Cancels the request in flight (from any thread): it returns promptly with

@@ -91,6 +91,22 @@ class AnswerTooLongError(LlamaShmError):
     cancelled. The client stays usable."""
 
 
+class InvalidConstraintError(LlamaShmError, ValueError):
+    """The worker cannot compile the request's JSON schema or grammar: nothing was
+    generated."""
+
+
+class UnsupportedError(LlamaShmError):
+    """The worker cannot do what the request asks: a worker without a request area (seed-era)
+    and a conversation, an engine without constraints (the echo engine and a schema) or
+    without embeddings."""
+
+
+class RequestTooLargeError(LlamaShmError):
+    """The request does not fit the worker's request area (1 MiB of messages, schema or
+    texts): nothing was sent."""
+
+
 # Status codes of include/llama_shm.h.
 LSHM_OK = 0
 ERRORS: Dict[int, Type[LlamaShmError]] = {
@@ -117,4 +133,7 @@ ERRORS: Dict[int, Type[LlamaShmError]] = {
     21: AnswerTooLongError,  # LSHM_E_ANSWER_TOO_LONG
     22: BusyError,  # LSHM_E_BUSY
     23: WorkerNotRunningError,  # LSHM_E_ATTACH
+    24: InvalidConstraintError,  # LSHM_E_INVALID_CONSTRAINT
+    25: UnsupportedError,  # LSHM_E_UNSUPPORTED
+    26: RequestTooLargeError,  # LSHM_E_REQUEST_TOO_LARGE
 }

@@ -22,8 +22,8 @@ from ._errors import ERRORS, LSHM_OK, AbiMismatchError, LibraryError, LlamaShmEr
 
 LIB_NAME = "libllama_shm_ffi.so"
 # LSHM_ABI_VERSION of the header these bindings follow (the struct layouts below; 4 added
-# lshm_client_attach).
-ABI_VERSION = 4
+# lshm_client_attach, 5 conversations, request options, embeddings and token counts).
+ABI_VERSION = 5
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,6 +59,54 @@ class COptions(ctypes.Structure):
         ("reserved", ctypes.c_uint32),
         ("restart_backoff_ms", ctypes.c_uint64),
         ("restart_max_backoff_ms", ctypes.c_uint64),
+    ]
+
+
+class CMessage(ctypes.Structure):
+    """``lshm_message`` (ABI 5): ``content`` is ``content_len`` bytes of UTF-8."""
+
+    _fields_ = [
+        ("role", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("content", ctypes.c_char_p),
+        ("content_len", ctypes.c_size_t),
+    ]
+
+
+class CRequestOptions(ctypes.Structure):
+    """``lshm_request_options`` (ABI 5): start from ``lshm_request_options_default()``; 0 or
+    NULL is none."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("max_tokens", ctypes.c_uint32),
+        ("deadline_ms", ctypes.c_uint64),
+        ("seed", ctypes.c_uint32),
+        ("drop_oldest", ctypes.c_uint32),
+        ("json_schema", ctypes.c_char_p),
+        ("grammar", ctypes.c_char_p),
+    ]
+
+
+class CResponseExtras(ctypes.Structure):
+    """``lshm_response_extras`` (ABI 5): ``struct_size`` is set by the caller."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("dropped_messages", ctypes.c_uint32),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(ctypes.sizeof(CResponseExtras), 0)
+
+
+class CEmbeddings(ctypes.Structure):
+    """``lshm_embeddings`` (ABI 5): ``count * dim`` floats, freed by ``lshm_embeddings_free``."""
+
+    _fields_ = [
+        ("values", ctypes.POINTER(ctypes.c_float)),
+        ("count", ctypes.c_size_t),
+        ("dim", ctypes.c_size_t),
     ]
 
 
@@ -103,6 +151,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, u32, u64, sz, st = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_int32
     out = ctypes.POINTER(ctypes.c_void_p)
     resp = ctypes.POINTER(CResponse)
+    msgs, opts = ctypes.POINTER(CMessage), ctypes.POINTER(CRequestOptions)
+    extras, tokens = ctypes.POINTER(CResponseExtras), ctypes.POINTER(u32)
     sigs = {
         "lshm_version": (ctypes.c_char_p, []),
         "lshm_status_message": (ctypes.c_char_p, [st]),
@@ -114,6 +164,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         "lshm_request": (st, [p, ctypes.c_char_p, ctypes.c_char_p, u64, u32, resp, out]),
         "lshm_stream": (st, [p, ctypes.c_char_p, ctypes.c_char_p, u64, u32, CHUNK_FN, p, resp, out]),
         "lshm_response_free": (None, [resp]),
+        "lshm_request_options_default": (CRequestOptions, []),
+        "lshm_request_with": (st, [p, ctypes.c_char_p, ctypes.c_char_p, opts, resp, extras, out]),
+        "lshm_stream_with": (st, [p, ctypes.c_char_p, ctypes.c_char_p, opts, CHUNK_FN, p, resp, extras, out]),
+        "lshm_chat": (st, [p, msgs, sz, opts, resp, extras, out]),
+        "lshm_chat_stream": (st, [p, msgs, sz, opts, CHUNK_FN, p, resp, extras, out]),
+        "lshm_embed": (st, [p, ctypes.POINTER(ctypes.c_char_p), sz, ctypes.POINTER(CEmbeddings), out]),
+        "lshm_embeddings_free": (None, [ctypes.POINTER(CEmbeddings)]),
+        "lshm_count_tokens": (st, [p, ctypes.c_char_p, tokens, out]),
+        "lshm_count_conversation_tokens": (st, [p, msgs, sz, tokens, out]),
         "lshm_canceller_new": (st, [p, out]),
         "lshm_cancel": (st, [p, ctypes.POINTER(ctypes.c_int32)]),
         "lshm_canceller_free": (None, [p]),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
-from ._library import CResponse
+from ._library import CResponse, CResponseExtras
 
 # LSHM_FINISH_* of include/llama_shm.h.
 FINISH = {0: "unknown", 1: "stop", 2: "length", 3: "cancelled", 4: "deadline", 5: "error"}
@@ -41,10 +41,13 @@ class Response:
     seq: int
     """The request's sequence number."""
     usage: Usage
+    dropped_messages: int = 0
+    """Messages dropped from the front of a conversation to fit the context (``chat(...,
+    drop_oldest=True)``)."""
 
 
-def take_response(lib: Any, r: CResponse) -> Response:
-    """The :class:`Response` of ``r``; frees ``r``'s text whatever happens."""
+def take_response(lib: Any, r: CResponse, extras: Optional[CResponseExtras] = None) -> Response:
+    """The :class:`Response` of ``r`` (and ``extras``); frees ``r``'s text whatever happens."""
     try:
         text = ctypes.string_at(r.text, r.text_len).decode("utf-8") if r.text else ""
         return Response(
@@ -59,6 +62,7 @@ def take_response(lib: Any, r: CResponse) -> Response:
                 prompt_time=r.prompt_time_us / 1e6,
                 generation_time=r.generation_time_us / 1e6,
             ),
+            dropped_messages=0 if extras is None else extras.dropped_messages,
         )
     finally:
         lib.lshm_response_free(ctypes.byref(r))

@@ -22,14 +22,14 @@ never sends it.
 
 At interpreter exit (:func:`stop_live_runs`, called from the package's ``atexit`` hook) every
 run whose request may still be in the library is stopped the same way, with a bound. It must
-be: a run's thread is a daemon thread, and once the interpreter finalises, a daemon thread
-that tries to take the GIL is ended with ``pthread_exit``. A streaming run's thread takes it
-for each chunk, inside ``lshm_stream``, and ``pthread_exit`` unwinding through the library's
-frames aborts the process (SIGABRT, "FATAL: exception not rethrown"). ``atexit`` functions run
-after the interpreter has joined the non-daemon threads (whose streams go on to their end, as
-any work of theirs does) and before it finalises, while daemon threads still run normally.
-(Non-daemon run threads would not help on Python 3.8, which has no hook before that join: the
-join would wait for every stream's whole answer.)
+be: a run's thread is a daemon thread, and once the interpreter finalises, a daemon thread that
+tries to take the GIL is ended with ``pthread_exit``. A streaming run's thread takes it for
+each chunk, inside ``lshm_stream_with`` (or ``lshm_chat_stream``), and ``pthread_exit``
+unwinding through the library's frames aborts the process (SIGABRT, "FATAL: exception not
+rethrown"). ``atexit`` functions run after the interpreter has joined the non-daemon threads
+(whose streams go on to their end, as any work of theirs does) and before it finalises, while
+daemon threads still run normally. (Non-daemon run threads would not help on Python 3.8, which
+has no hook before that join: the join would wait for every stream's whole answer.)
 """
 
 from __future__ import annotations
@@ -329,8 +329,9 @@ class AsyncStream:
 
 
 async def ask_async(client: Client, req: _Request) -> Response:
-    """:meth:`Client.aask`: ``lshm_request`` on a thread of its own; a cancelled task stops
-    the request and waits for its end before ``CancelledError`` goes on."""
+    """:meth:`Client.aask` (and :meth:`Client.achat`): ``lshm_request_with`` (or ``lshm_chat``)
+    on a thread of its own; a cancelled task stops the request and waits for its end before
+    ``CancelledError`` goes on."""
     run, done = _start_on_loop(client, req, lambda _item: None, streaming=False)
     try:
         await asyncio.shield(done)

@@ -740,14 +740,14 @@ class FakeAbiLib:
 
 
 def test_the_abi_check_refuses_other_versions():
-    assert llama_shm.ABI_VERSION == 4
-    _library.check_abi(FakeAbiLib(4), "/x/lib.so")
-    # ABI 3 lacks lshm_client_attach: a library of 3 is refused like any other.
-    for older in (3, 2):
+    assert llama_shm.ABI_VERSION == 5
+    _library.check_abi(FakeAbiLib(5), "/x/lib.so")
+    # ABI 4 lacks the conversations, ABI 3 lshm_client_attach: refused like any other.
+    for older in (4, 3, 2):
         with pytest.raises(llama_shm.AbiMismatchError) as e:
             _library.check_abi(FakeAbiLib(older), "/x/lib.so")
-        assert (e.value.found, e.value.expected, e.value.path) == (older, 4, "/x/lib.so")
-        assert "/x/lib.so has C ABI %d, but this llama_shm package needs ABI 4" % older in str(e.value)
+        assert (e.value.found, e.value.expected, e.value.path) == (older, 5, "/x/lib.so")
+        assert "/x/lib.so has C ABI %d, but this llama_shm package needs ABI 5" % older in str(e.value)
     assert isinstance(e.value, llama_shm.LibraryError) and e.value.status is None
     with pytest.raises(llama_shm.AbiMismatchError) as e:
         _library.check_abi(FakeAbiLib(None), "/y/old.so")
@@ -759,7 +759,7 @@ def test_a_library_of_another_abi_is_refused_at_load(tmp_path):
     if cc is None:
         pytest.skip("no C compiler to build a stand-in library")
     src = tmp_path / "old.c"
-    src.write_text("unsigned lshm_abi_version(void) { return 3; }\n")  # the ABI before attach
+    src.write_text("unsigned lshm_abi_version(void) { return 4; }\n")  # the ABI before conversations
     lib = tmp_path / "libllama_shm_ffi.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, timeout=60)
     probe = (
@@ -773,13 +773,13 @@ def test_a_library_of_another_abi_is_refused_at_load(tmp_path):
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(llama_shm.__file__)))
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("refused: 3 %s has C ABI 3" % lib), out.stdout
+    assert out.stdout.startswith("refused: 4 %s has C ABI 4" % lib), out.stdout
 
 
-def test_the_library_in_use_speaks_abi_4():
+def test_the_library_in_use_speaks_abi_5():
     lib = ctypes.CDLL(llama_shm.library_path())
     lib.lshm_abi_version.restype = ctypes.c_uint32
-    assert lib.lshm_abi_version() == llama_shm.ABI_VERSION == 4
+    assert lib.lshm_abi_version() == llama_shm.ABI_VERSION == 5
 
 
 def test_the_package_is_typed():

@@ -69,7 +69,8 @@ int main(int argc, char **argv) {
     }
     const char *prefix = argv[1];
     uint32_t worker_pid = (uint32_t)strtoul(argv[2], NULL, 10);
-    CHECK(lshm_abi_version() == 4 && LSHM_ABI_VERSION == 4, "abi %u", lshm_abi_version());
+    /* lshm_client_attach came with ABI 4. */
+    CHECK(lshm_abi_version() == LSHM_ABI_VERSION && LSHM_ABI_VERSION >= 4, "abi %u", lshm_abi_version());
 
     /* Two clients attached at once, each with its own answers; the pid is the standalone's. */
     lshm_client *a = NULL, *b = NULL;

@@ -1,9 +1,29 @@
 //! Requests through the request area: conversations, embeddings and token counts.
 
-use super::exchange::Body;
 use super::{Client, RequestError, RequestOptions, Response};
-use crate::protocol::{AreaRequest, Embeddings, Message};
+use crate::protocol::{AreaRequest, Embeddings, Message, Prompts};
 use crate::wire::layout::{KIND_CHAT, KIND_COUNT, KIND_EMBED};
+
+/// What a request carries.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Body<'a> {
+    /// Two prompts in the seed's fields.
+    Prompts(Prompts<'a>),
+    /// Records of a request of `KIND_*` in the request area.
+    Area(u32, &'a AreaRequest),
+}
+
+impl Body<'_> {
+    /// Two prompts as the conversation they stand for.
+    pub(super) fn prompts_as_messages(p: Prompts<'_>) -> Vec<Message> {
+        let mut out = Vec::with_capacity(2);
+        if !p.system.is_empty() {
+            out.push(Message::system(p.system));
+        }
+        out.push(Message::user(p.user));
+        out
+    }
+}
 
 impl Client {
     /// Answers the conversation `messages` (system, user and assistant messages, as many

@@ -6,37 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::conversation::Body;
 use super::ClosedReason;
 use super::{Client, Phase, PromptField, RequestError, RequestOptions, Response};
 use crate::objects::queue::ShmQueue;
 use crate::objects::turn::Turn;
 use crate::os::process::{self, pid_exists, ExitInfo};
 use crate::protocol::{
-    AreaError, AreaRequest, Message, PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError,
+    AreaError, AreaRequest, PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError,
 };
-use crate::wire::layout::{Field, ObjectKind, KIND_CHAT, KIND_PROMPTS, OPTION_DROP_OLDEST, REQUEST_STREAM};
+use crate::wire::layout::{
+    Field, ObjectKind, KIND_CHAT, KIND_PROMPTS, OPTION_DROP_OLDEST, OPTION_SEED, REQUEST_STREAM,
+};
 use crate::wire::status::StatusCode;
-
-/// What a request carries.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Body<'a> {
-    /// Two prompts in the seed's fields.
-    Prompts(Prompts<'a>),
-    /// Records of a request of `KIND_*` in the request area.
-    Area(u32, &'a AreaRequest),
-}
-
-impl Body<'_> {
-    /// Two prompts as the conversation they stand for.
-    pub(super) fn prompts_as_messages(p: Prompts<'_>) -> Vec<Message> {
-        let mut out = Vec::with_capacity(2);
-        if !p.system.is_empty() {
-            out.push(Message::system(p.system));
-        }
-        out.push(Message::user(p.user));
-        out
-    }
-}
 
 impl Client {
     pub(super) fn alive_fn(&self) -> impl Fn() -> bool + '_ {
@@ -104,6 +86,13 @@ impl Client {
         let (prompts, kind, area) = match body {
             Body::Prompts(p) => (p, KIND_PROMPTS, Vec::new()),
             Body::Area(kind, request) => {
+                if request.messages.is_empty() && request.texts.is_empty() {
+                    return Err(RequestError::BadRequest {
+                        message:
+                            "nothing to send: a conversation needs a message, an embedding or a count a text"
+                                .into(),
+                    });
+                }
                 if !self.channel.area_supported() {
                     return Err(RequestError::Unsupported {
                         message: "the worker has no request area (a seed-era worker, or one older than \
@@ -185,7 +174,8 @@ impl Client {
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)),
                 seed_stream: false,
                 kind,
-                options: if opts.drop_oldest { OPTION_DROP_OLDEST } else { 0 },
+                options: if opts.drop_oldest { OPTION_DROP_OLDEST } else { 0 }
+                    | if opts.seed.is_some() { OPTION_SEED } else { 0 },
                 sample_seed: opts.seed.unwrap_or(0),
             },
             area: &area,

@@ -115,6 +115,9 @@ pub const KIND_COUNT: u32 = 3;
 /// `request_options` bit: a conversation over the context loses its oldest turns instead of
 /// failing (the response's `dropped_messages` says how many messages went).
 pub const OPTION_DROP_OLDEST: u32 = 1 << 0;
+/// `request_options` bit: `sample_seed` holds the request's seed (0 included); without it the
+/// worker's own sampler goes on.
+pub const OPTION_SEED: u32 = 1 << 1;
 
 /// Response flag: the answer was cut at the response limit.
 pub const RESPONSE_TRUNCATED: u32 = 1 << 0;
@@ -568,7 +571,7 @@ mod tests {
         assert_eq!((FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_QUEUE), (4, 8, 16));
         assert_eq!(FEATURE_REQUEST_AREA, 32);
         assert_eq!((KIND_PROMPTS, KIND_CHAT, KIND_EMBED, KIND_COUNT), (0, 1, 2, 3));
-        assert_eq!(OPTION_DROP_OLDEST, 1);
+        assert_eq!((OPTION_DROP_OLDEST, OPTION_SEED), (1, 2));
         assert_eq!(REQUEST_STREAM, 1);
         assert_eq!(RESPONSE_TRUNCATED, 1);
         assert_eq!(RESPONSE_SYSTEM_REPAIRED, 2);

@@ -10,8 +10,8 @@ use crate::protocol::{
     AreaRequest, Channel, Clients, Embeddings, Incoming, Outcome, Region, RequestParams, Semaphore, Usage,
 };
 use crate::wire::layout::{
-    Word32, AREA_LEN, KIND_COUNT, KIND_EMBED, OPTION_DROP_OLDEST, RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED,
-    RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
+    Word32, AREA_LEN, KIND_COUNT, KIND_EMBED, OPTION_DROP_OLDEST, OPTION_SEED, RESPONSE_LEN,
+    RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
 use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::DecodeFlags;
@@ -191,7 +191,7 @@ pub(super) fn engine_request<'a>(
         constraint: area.and_then(|a| a.constraint.as_ref()),
         drop_oldest: params.options & OPTION_DROP_OLDEST != 0,
         max_tokens: (params.max_tokens != 0).then_some(params.max_tokens),
-        seed: (params.sample_seed != 0).then_some(params.sample_seed),
+        seed: (params.options & OPTION_SEED != 0).then_some(params.sample_seed),
     }
 }
 
