@@ -66,21 +66,21 @@ pub(super) fn conversation_tokens(
     Ok(tokens)
 }
 
-/// The messages left when the oldest turn of `messages` goes: the first message after the
-/// leading system messages, and the answers that follow it up to the next user message.
-/// `None` when only the leading system messages and one more are left.
-pub(super) fn without_oldest_turn(messages: &[Message]) -> Option<(Vec<Message>, u32)> {
+/// Where the conversation may start after its leading system messages when its oldest turns
+/// go, oldest cut first: the index of each user message after the first message that
+/// follows them (a turn is a user message and the answers up to the next one; the first
+/// message always goes with the first cut), and the last message, which always stays. Dropping to start `s` drops `s - lead` messages.
+pub(super) fn turn_starts(messages: &[Message]) -> Vec<usize> {
     let lead = messages.iter().take_while(|m| m.role == Role::System).count();
     if messages.len() <= lead + 1 {
-        return None;
+        return Vec::new();
     }
-    let mut end = lead + 1;
-    while end < messages.len() - 1 && messages[end].role != Role::User {
-        end += 1;
-    }
-    let mut kept = messages[..lead].to_vec();
-    kept.extend_from_slice(&messages[end..]);
-    Some((kept, (end - lead) as u32))
+    let last = messages.len() - 1;
+    let mut starts: Vec<usize> = (lead + 1..last)
+        .filter(|&i| messages[i].role == Role::User)
+        .collect();
+    starts.push(last);
+    starts
 }
 
 #[cfg(test)]
@@ -88,7 +88,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_oldest_turn_goes_and_the_system_message_and_the_last_message_stay() {
+    fn turns_start_at_user_messages_and_the_last_message_always_stays() {
         let m = [
             Message::system("s"),
             Message::user("u1"),
@@ -97,19 +97,32 @@ mod tests {
             Message::assistant("a2"),
             Message::user("u3"),
         ];
-        let (kept, dropped) = without_oldest_turn(&m).unwrap();
-        assert_eq!(dropped, 2);
-        assert_eq!(kept, [m[0].clone(), m[3].clone(), m[4].clone(), m[5].clone()]);
-        let (kept, dropped) = without_oldest_turn(&kept).unwrap();
-        assert_eq!((kept, dropped), (vec![m[0].clone(), m[5].clone()], 2));
-        assert_eq!(without_oldest_turn(&[m[0].clone(), m[5].clone()]), None);
-        assert_eq!(without_oldest_turn(&[m[5].clone()]), None);
+        // Keep from u2 (2 dropped), or from u3 (4 dropped).
+        assert_eq!(turn_starts(&m), [3, 5]);
+        assert_eq!(turn_starts(&m[..2]), Vec::<usize>::new());
+        assert_eq!(turn_starts(&[Message::user("u")]), Vec::<usize>::new());
         // Answers without a user message between them go with the turn they follow.
         let odd = [
             Message::user("u"),
             Message::assistant("a"),
             Message::assistant("b"),
         ];
-        assert_eq!(without_oldest_turn(&odd), Some((vec![odd[2].clone()], 2)));
+        assert_eq!(turn_starts(&odd), [2]);
+        let many = [
+            Message::user("u1"),
+            Message::assistant("a1"),
+            Message::user("u2"),
+            Message::user("u3"),
+            Message::assistant("a3"),
+        ];
+        assert_eq!(turn_starts(&many), [2, 3, 4]);
+        // A second user message right after the first is a turn of its own.
+        let two = [
+            Message::system("s"),
+            Message::user("u1"),
+            Message::user("u2"),
+            Message::assistant("a"),
+        ];
+        assert_eq!(turn_starts(&two), [2, 3]);
     }
 }

@@ -82,8 +82,8 @@ impl Embedder {
         })
     }
 
-    /// Vectors for as many of `texts` (from the first) as fit `max_values` numbers,
-    /// L2-normalised.
+    /// Vectors for as many of `texts` (from the first) as fit `max_values` numbers and about
+    /// one context's worth of tokens (at least one text), L2-normalised.
     ///
     /// # Errors
     /// [`EngineError::PromptTooLong`] for a text longer than the context;
@@ -126,9 +126,12 @@ impl Embedder {
             values: Vec::with_capacity(fit * self.dim),
         };
         let mut next = 0;
+        let mut evaluated = 0;
         let mut batch = LlamaBatch::new(self.n_ctx, SEQS as i32);
         while next < fit {
-            if cancel.is_cancelled() && next > 0 {
+            // One request evaluates about a context's worth of tokens (at least one group):
+            // its time stays bounded, and the client sends the rest in the next request.
+            if next > 0 && (cancel.is_cancelled() || evaluated >= self.n_ctx) {
                 break;
             }
             // As many texts as fit one batch of the context, at most SEQS.
@@ -164,6 +167,7 @@ impl Embedder {
                 out.values.extend(v.iter().take(self.dim).map(|x| x * scale));
             }
             next += group.len();
+            evaluated += used;
         }
         Ok(out)
     }

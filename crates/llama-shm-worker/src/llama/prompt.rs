@@ -7,7 +7,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use llama_shm::{Cancel, Embeddings, EngineError, EngineRequest, Message};
+use llama_shm::{Cancel, Embeddings, EngineError, EngineRequest, Message, Role};
 
 use super::*;
 
@@ -82,16 +82,39 @@ impl LlamaEngine {
         let limit = self.max_prompt_tokens();
         let mut prompt = self.prompt(request)?;
         let mut dropped = 0;
-        let mut shorter: Vec<Message>;
-        let mut messages = request.messages;
-        while prompt.len() > limit as usize && request.drop_oldest {
-            let Some((kept, n)) = without_oldest_turn(messages) else {
-                break;
+        if prompt.len() > limit as usize && request.drop_oldest {
+            // The fewest oldest turns to drop, found by bisection over the turns' starts (a
+            // conversation loses tokens as it loses turns): a few renderings, not one per turn.
+            let messages = request.messages;
+            let lead = messages.iter().take_while(|m| m.role == Role::System).count();
+            let starts = turn_starts(messages);
+            let kept = |s: usize| -> Vec<Message> {
+                messages[..lead].iter().chain(&messages[s..]).cloned().collect()
             };
-            shorter = kept;
-            messages = &shorter;
-            dropped += n;
-            prompt = conversation_tokens(self.model, &self.template, messages)?;
+            let (mut lo, mut hi) = (0, starts.len());
+            let mut best = None;
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let tokens = conversation_tokens(self.model, &self.template, &kept(starts[mid]))?;
+                if tokens.len() <= limit as usize {
+                    best = Some((starts[mid], tokens));
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            match best {
+                Some((start, tokens)) => {
+                    dropped = u32::try_from(start - lead).unwrap_or(u32::MAX);
+                    prompt = tokens;
+                }
+                // Not even the last turn fits: report that one's size.
+                None => {
+                    if let Some(&last) = starts.last() {
+                        prompt = conversation_tokens(self.model, &self.template, &kept(last))?;
+                    }
+                }
+            }
         }
         if prompt.is_empty() {
             return Err(EngineError::Inference("the templated prompt is empty".into()));
