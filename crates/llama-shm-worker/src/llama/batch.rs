@@ -350,13 +350,18 @@ impl LlamaBatchEngine {
                 self.end(i, Ok(g), out);
                 continue;
             }
-            let token = s.sampler.sample(&self.engine.ctx, index);
-            // `None`: the grammar allows nothing more, the answer is complete.
-            let Some(token) = token.filter(|&t| ignore_eog || !vocab.is_eog(t)) else {
+            let token = match s.sampler.sample(&self.engine.ctx, index) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.end(i, Err(e), out);
+                    continue;
+                }
+            };
+            if !ignore_eog && vocab.is_eog(token) {
                 let g = s.generation;
                 self.end(i, Ok(g), out);
                 continue;
-            };
+            }
             s.generation.usage.generated_tokens += 1;
             s.piece.clear();
             vocab.token_to_piece_into(token, &mut s.piece, false, None);

@@ -33,8 +33,10 @@ pub(super) fn grammar_of(constraint: &Constraint) -> Result<String, EngineError>
 /// With a grammar, the token `base` picks from all candidates is checked against the grammar
 /// alone first (what it nearly always allows); only when the grammar refuses it is the grammar
 /// applied to every candidate and the choice made again among those it allows. The result is
-/// the choice among the allowed tokens either way, at the cost of one check per token
-/// instead of a pass of the grammar over the whole vocabulary.
+/// a choice among the allowed tokens either way — the same one greedy sampling makes with the
+/// grammar first, nearly the same distribution otherwise (a min-p cut is taken over all
+/// tokens, not the allowed ones, as llama.cpp's own sampler does) — at the cost of one check
+/// per token instead of a pass of the grammar over the whole vocabulary.
 pub(super) struct RequestSampler {
     base: LlamaSampler,
     grammar: Option<LlamaSampler>,
@@ -78,15 +80,21 @@ impl RequestSampler {
         })
     }
 
-    /// The next token from the logits at batch index `idx`; `None` when the grammar allows
-    /// no token at all (a grammar that ends nowhere: the answer ends there).
-    pub(super) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Option<LlamaToken> {
+    /// The next token from the logits at batch index `idx`.
+    ///
+    /// # Errors
+    /// [`EngineError::Inference`] when the grammar allows no token at all, or refuses the one
+    /// it was given: the answer cannot be completed to match it (never passed off as a
+    /// complete answer: a complete grammar still allows the end-of-generation token).
+    pub(super) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Result<LlamaToken, EngineError> {
         let Some(grammar) = self.grammar.as_mut() else {
-            return Some(self.base.sample(ctx, idx));
+            return Ok(self.base.sample(ctx, idx));
         };
+        let dead_end =
+            || EngineError::Inference("the grammar allows no next token: the answer cannot match it".into());
         let mut all = ctx.token_data_array_ith(idx);
         all.apply_sampler(&mut self.base);
-        let picked = all.selected_token()?;
+        let picked = all.selected_token().ok_or_else(dead_end)?;
         let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(picked, 0.0, 0.0)], false);
         one.apply_sampler(grammar);
         let token = if one.data.first().is_some_and(|d| d.logit().is_finite()) {
@@ -95,13 +103,15 @@ impl RequestSampler {
             let mut allowed = ctx.token_data_array_ith(idx);
             allowed.apply_sampler(grammar);
             if !allowed.data.iter().any(|d| d.logit().is_finite()) {
-                return None;
+                return Err(dead_end());
             }
             allowed.apply_sampler(&mut self.base);
-            allowed.selected_token()?
+            allowed.selected_token().ok_or_else(dead_end)?
         };
-        grammar.accept(token);
+        grammar
+            .try_accept(token)
+            .map_err(|e| EngineError::Inference(format!("the grammar refused the token it allowed: {e}")))?;
         self.base.accept(token);
-        Some(token)
+        Ok(token)
     }
 }

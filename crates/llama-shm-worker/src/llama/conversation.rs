@@ -7,16 +7,44 @@ use llama_cpp_2::token::LlamaToken;
 
 use llama_shm::{EngineError, Message, Role};
 
-/// The placeholder rendered in place of message `i`'s content (never tokenized).
-fn placeholder(i: usize) -> String {
-    format!("\u{1}llama-shm-message-{i}\u{1}")
+/// What marks a placeholder's ends in the rendered template (no template emits it, and no
+/// content is ever rendered: only placeholders).
+const MARK: char = '\u{1}';
+
+/// The name inside placeholder `i`.
+fn placeholder_name(i: usize) -> String {
+    format!("llama-shm-message-{i}")
+}
+
+/// The rendered template split at its placeholders: the markup before message 0, between
+/// each message and the next, and after the last (`n + 1` pieces), in one pass.
+///
+/// # Errors
+/// [`EngineError::Unsupported`] when the template does not place every message exactly once
+/// and in order (it drops, repeats or merges some: the prompt would not be the conversation
+/// sent).
+fn split_markup(rendered: &str, n: usize) -> Result<Vec<&str>, EngineError> {
+    let pieces: Vec<&str> = rendered.split(MARK).collect();
+    let placed = pieces.len() == 2 * n + 1
+        && pieces
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .enumerate()
+            .all(|(i, name)| *name == placeholder_name(i));
+    if !placed {
+        return Err(EngineError::Unsupported(
+            "the model's chat template does not place every message once, in order".into(),
+        ));
+    }
+    Ok(pieces.into_iter().step_by(2).collect())
 }
 
 /// The prompt tokens of `messages` through `template`, with the generation prompt.
 ///
 /// # Errors
 /// [`EngineError::Unsupported`] when the template does not place every message exactly once
-/// (it drops or merges some: the prompt would not be the conversation sent).
+/// (see [`split_markup`]).
 pub(super) fn conversation_tokens(
     model: &LlamaModel,
     template: &LlamaChatTemplate,
@@ -25,40 +53,27 @@ pub(super) fn conversation_tokens(
     let chat = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| LlamaChatMessage::new(m.role.as_str().into(), placeholder(i)))
+        .map(|(i, m)| {
+            LlamaChatMessage::new(
+                m.role.as_str().into(),
+                format!("{MARK}{}{MARK}", placeholder_name(i)),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Inference(format!("chat message: {e}")))?;
     let rendered = model
         .apply_chat_template(template, &chat, true)
         .map_err(|e| EngineError::Inference(format!("chat template: {e}")))?;
+    let markup = split_markup(&rendered, messages.len())?;
     let vocab = model.vocab();
     let mut tokens = Vec::new();
-    let mut at = 0;
-    for (i, m) in messages.iter().enumerate() {
-        let slot = placeholder(i);
-        let mut hits = rendered[at..].match_indices(&slot);
-        let Some((start, _)) = hits.next() else {
-            return Err(EngineError::Unsupported(format!(
-                "the model's chat template does not place message {i} ({}) where it belongs",
-                m.role.as_str()
-            )));
-        };
-        if hits.next().is_some() || rendered[..at].contains(&slot) {
-            return Err(EngineError::Unsupported(format!(
-                "the model's chat template repeats message {i}"
-            )));
+    for (i, piece) in markup.iter().enumerate() {
+        if !piece.is_empty() {
+            vocab.tokenize_into(piece.as_bytes(), &mut tokens, false, true);
         }
-        let start = at + start;
-        let markup = &rendered[at..start];
-        if !markup.is_empty() {
-            vocab.tokenize_into(markup.as_bytes(), &mut tokens, false, true);
+        if let Some(m) = messages.get(i) {
+            vocab.tokenize_into(m.content.as_bytes(), &mut tokens, false, false);
         }
-        vocab.tokenize_into(m.content.as_bytes(), &mut tokens, false, false);
-        at = start + slot.len();
-    }
-    let tail = &rendered[at..];
-    if !tail.is_empty() {
-        vocab.tokenize_into(tail.as_bytes(), &mut tokens, false, true);
     }
     if vocab.should_add_bos() && tokens.first() != Some(&vocab.bos()) {
         tokens.insert(0, vocab.bos());
@@ -86,6 +101,19 @@ pub(super) fn turn_starts(messages: &[Message]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_markup_splits_at_each_placeholder_once_and_in_order() {
+        let p = |i| format!("{MARK}{}{MARK}", placeholder_name(i));
+        let ok = format!("<s>{}<u>{}<a>", p(0), p(1));
+        assert_eq!(split_markup(&ok, 2).unwrap(), ["<s>", "<u>", "<a>"]);
+        assert_eq!(split_markup(&p(0), 1).unwrap(), ["", ""]);
+        // A message dropped, repeated, out of order; a stray mark.
+        assert!(split_markup(&format!("<s>{}<a>", p(0)), 2).is_err());
+        assert!(split_markup(&format!("{}{}{}", p(0), p(0), p(1)), 3).is_err());
+        assert!(split_markup(&format!("{}{}", p(1), p(0)), 2).is_err());
+        assert!(split_markup(&format!("{}x{MARK}y", p(0)), 1).is_err());
+    }
 
     #[test]
     fn turns_start_at_user_messages_and_the_last_message_always_stays() {

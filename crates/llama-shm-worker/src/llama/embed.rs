@@ -13,6 +13,17 @@ use llama_shm::{Cancel, Embeddings, EngineError};
 /// Texts embedded in one decode at most.
 const SEQS: u32 = 8;
 
+/// The most memory the embedding context's per-token outputs may take: it outputs every
+/// token, and for a generative model that is the logits too (`n_vocab` floats per token:
+/// 196 KiB for SmolLM2's 49 152), so the longest text embedded is what fits this, in whole
+/// [`CTX_STEP`]s, between one step and [`MAX_CTX`] tokens (512 for SmolLM2).
+const OUTPUT_BUDGET: usize = 128 << 20;
+/// llama.cpp pads a context to a multiple of 256 cells; a micro-batch of another size than the
+/// padded context fails its pooling graph (an abort), so the size is a multiple of this.
+const CTX_STEP: u32 = 256;
+/// See [`OUTPUT_BUDGET`].
+const MAX_CTX: u32 = 2048;
+
 /// A context that embeds.
 pub(super) struct Embedder {
     model: &'static LlamaModel,
@@ -45,6 +56,14 @@ impl Embedder {
     /// [`EngineError::Unsupported`] for a reranking model (its output is a score);
     /// [`EngineError::Inference`] when llama.cpp cannot make the context.
     pub(super) fn new(model: &'static LlamaModel, n_ctx: u32, threads: i32) -> Result<Self, EngineError> {
+        // No longer than the model was trained for (a BERT model's position table has that
+        // many rows: a longer text would make llama.cpp abort), nor than the output budget.
+        let vocab = usize::try_from(model.n_vocab()).unwrap_or(1).max(1);
+        let budget = u32::try_from(OUTPUT_BUDGET / (4 * vocab))
+            .unwrap_or(MAX_CTX)
+            .clamp(CTX_STEP, MAX_CTX);
+        let n_ctx = n_ctx.min(model.n_ctx_train().max(1)).min(budget);
+        let n_ctx = (n_ctx / CTX_STEP).max(1) * CTX_STEP;
         let pooling = match defined_pooling(model) {
             Some(LlamaPoolingType::Rank) => {
                 return Err(EngineError::Unsupported(
@@ -104,10 +123,9 @@ impl Embedder {
         let tokenized: Vec<_> = texts[..fit]
             .iter()
             .map(|t| {
-                let mut tokens = vocab.tokenize(t.as_bytes(), false, false);
-                if vocab.should_add_bos() {
-                    tokens.insert(0, vocab.bos());
-                }
+                // BOS, EOS or SEP as the model's metadata asks (a last-token pooling model pools
+                // over its EOS, a BERT model expects its SEP).
+                let mut tokens = vocab.tokenize(t.as_bytes(), true, false);
                 if tokens.is_empty() {
                     // An empty text still needs a token to pool over.
                     tokens.push(vocab.bos());

@@ -40,6 +40,8 @@ pub struct LlamaEngine {
     cached: Vec<LlamaToken>,
     /// The model for embeddings, when not this one ([`LlamaOptions::embedding_model`]).
     pub(super) embedding_model: Option<std::path::PathBuf>,
+    /// That model once loaded (it lives until the process exits).
+    pub(super) embedding_loaded: Option<&'static LlamaModel>,
     /// The embedding context, made at the first embeddings request.
     pub(super) embedder: Option<Embedder>,
 }
@@ -156,6 +158,7 @@ impl LlamaEngine {
             prefix_cache: options.prefix_cache,
             cached: Vec::new(),
             embedding_model: options.embedding_model.clone(),
+            embedding_loaded: None,
             embedder: None,
         })
     }
@@ -333,10 +336,7 @@ impl Engine for LlamaEngine {
             if cancel.is_cancelled() {
                 break Finish::Cancelled;
             }
-            let Some(token) = sampler.sample(&self.ctx, logits_index) else {
-                // The grammar allows nothing more: the answer is complete.
-                break Finish::Stop;
-            };
+            let token = sampler.sample(&self.ctx, logits_index)?;
             if !sampling.ignore_eog && vocab.is_eog(token) {
                 break Finish::Stop;
             }

@@ -3,7 +3,7 @@
 //! context), the request's sampler, token counts and embeddings.
 
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
@@ -19,7 +19,11 @@ impl LlamaEngine {
     /// # Errors
     /// [`EngineError::Inference`] when a text holds a NUL byte or the template fails.
     pub fn render_prompt(&self, request: &EngineRequest<'_>) -> Result<String, EngineError> {
-        let messages = messages(request.system, request.user)
+        let messages = request
+            .conversation()
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Inference(format!("chat message: {e}")))?;
         self.model
             .apply_chat_template(&self.template, &messages, true)
@@ -154,6 +158,7 @@ impl LlamaEngine {
     pub(super) fn count(&self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
         let n = match text {
             Some(t) => self.model.vocab().tokenize(t.as_bytes(), false, false).len(),
+            // (`prompt` takes the conversation or the two prompts.)
             None => self.prompt(request)?.len(),
         };
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -171,9 +176,12 @@ impl LlamaEngine {
         cancel: &Cancel,
     ) -> Result<Embeddings, EngineError> {
         if self.embedder.is_none() {
-            let model = match &self.embedding_model {
-                Some(path) => load_embedding_model(path)?,
-                None => self.model,
+            // A model loaded for embeddings is loaded once, even when its context cannot be
+            // made (the next request tries the context again, not the load).
+            let model = match (&self.embedding_model, self.embedding_loaded) {
+                (None, _) => self.model,
+                (Some(_), Some(loaded)) => loaded,
+                (Some(path), None) => *self.embedding_loaded.insert(load_embedding_model(path)?),
             };
             self.embedder = Some(Embedder::new(model, self.n_ctx, self.threads)?);
         }

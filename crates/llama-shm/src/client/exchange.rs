@@ -93,13 +93,6 @@ impl Client {
                                 .into(),
                     });
                 }
-                if !self.channel.area_supported() {
-                    return Err(RequestError::Unsupported {
-                        message: "the worker has no request area (a seed-era worker, or one older than \
-                                  conversations): send two prompts"
-                            .into(),
-                    });
-                }
                 let area = request
                     .encode(Field::RequestArea.span().len)
                     .map_err(|e| match e {
@@ -112,11 +105,14 @@ impl Client {
             }
         };
         // Checked before the turn is taken: a refused request sends nothing and holds nothing.
-        if self.kind != ObjectKind::Extended
-            && (kind != KIND_PROMPTS || opts.seed.is_some() || opts.drop_oldest)
+        if (kind != KIND_PROMPTS || opts.seed.is_some() || opts.drop_oldest) && !self.channel.area_supported()
         {
             return Err(RequestError::Unsupported {
-                message: "a seed-mode worker takes two prompts and nothing else".into(),
+                message: if self.kind == ObjectKind::Extended {
+                    "the worker is older than conversations, seeds and embeddings: send two prompts".into()
+                } else {
+                    "a seed-mode worker takes two prompts and nothing else".into()
+                },
             });
         }
         let policy = self.cfg.policy;

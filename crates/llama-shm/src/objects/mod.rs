@@ -22,7 +22,7 @@ use crate::os::{dev_shm_path, NamedSemaphore, SharedMemory};
 use crate::protocol::Channel;
 use crate::wire::layout::{
     ClassifyError, Field, ObjectKind, Word32, Word64, AREA_LEN, AREA_OBJECT_SIZE, EXT_MAGIC, EXT_SIZE,
-    EXT_VERSION, FEATURE_REQUEST_AREA, FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
+    EXT_VERSION, FEATURE_SEED_STREAMING, OBJECT_SIZE, SEED_SIZE,
 };
 use crate::wire::names::Prefix;
 
@@ -153,7 +153,8 @@ pub fn create_guarded(
         word(Word32::Version, EXT_VERSION);
         word(Word32::PageSize, EXT_SIZE as u32);
         word(Word32::CreatorPid, init.creator_pid);
-        word(Word32::Features, init.features | FEATURE_REQUEST_AREA);
+        word(Word32::Features, init.features);
+        // The worker says it takes area requests (FEATURE_REQUEST_AREA) when it attaches.
         word(Word32::AreaSize, AREA_LEN as u32);
         word(Word32::GuardianPid, init.guardian_pid);
         word(Word32::SlotCount, init.slot_count);

@@ -184,11 +184,24 @@ impl AreaRequest {
     /// The records of this request, at most `max` bytes.
     ///
     /// # Errors
-    /// [`AreaError::TooLarge`] when they need more.
+    /// [`AreaError::TooLarge`] when they need more; [`AreaError::BadText`] for a text holding
+    /// a NUL (what the worker would refuse: caught before anything is sent).
     pub fn encode(&self, max: usize) -> Result<Vec<u8>, AreaError> {
         let len = self.encoded_len();
         if len > max {
             return Err(AreaError::TooLarge { len, max });
+        }
+        let constraint = self.constraint.iter().map(|c| match c {
+            Constraint::JsonSchema(s) | Constraint::Grammar(s) => s.as_str(),
+        });
+        let texts = self
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .chain(constraint)
+            .chain(self.texts.iter().map(String::as_str));
+        if let Some(record) = texts.enumerate().find_map(|(i, t)| t.contains('\0').then_some(i)) {
+            return Err(AreaError::BadText { record });
         }
         let mut out = Vec::with_capacity(len);
         for m in &self.messages {
@@ -304,7 +317,8 @@ impl Embeddings {
 
     /// Vector `i`.
     pub fn vector(&self, i: usize) -> Option<&[f32]> {
-        self.values.get(i * self.dim..(i + 1) * self.dim)
+        let start = i.checked_mul(self.dim)?;
+        self.values.get(start..start.checked_add(self.dim)?)
     }
 
     /// Bytes the result of `count` vectors of `dim` numbers takes.
@@ -452,6 +466,14 @@ mod tests {
             AreaRequest::decode(KIND_CHAT, &twice),
             Err(AreaError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn a_text_with_a_nul_is_refused_before_it_is_written() {
+        let req = AreaRequest::chat(&[Message::user("ok"), Message::assistant("a\0b")], None);
+        assert_eq!(req.encode(1 << 20), Err(AreaError::BadText { record: 1 }));
+        let schema = AreaRequest::chat(&[Message::user("ok")], Some(&Constraint::Grammar("\0".into())));
+        assert_eq!(schema.encode(1 << 20), Err(AreaError::BadText { record: 1 }));
     }
 
     #[test]

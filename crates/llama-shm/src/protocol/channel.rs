@@ -109,15 +109,19 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         self.wait_adaptive(sem, Word32::ClientCpu, Word32::WorkerCpu, deadline, slice, alive)
     }
 
-    /// Stores `value` unless the word already holds it (no cache-line transfer then).
-    /// Whether requests of other kinds than two prompts can be sent: the worker's object has
-    /// the request area ([`FEATURE_REQUEST_AREA`]) and this side maps all of it.
+    /// Whether requests of other kinds than two prompts (and a seed or drop-oldest option) can
+    /// be sent: the worker said it takes them ([`FEATURE_REQUEST_AREA`], set when it
+    /// attaches: an older worker never does), the object says it holds the area, and this
+    /// side maps all of it.
     pub fn area_supported(&self) -> bool {
+        let len = Field::RequestArea.span().len;
         self.extended()
             && self.region.load32(Word32::Features) & FEATURE_REQUEST_AREA != 0
-            && self.region.area_len() >= Field::RequestArea.span().len
+            && self.region.load32(Word32::AreaSize) as usize >= len
+            && self.region.area_len() >= len
     }
 
+    /// Stores `value` unless the word already holds it (no cache-line transfer then).
     pub(super) fn set32(&self, word: Word32, value: u32) {
         if self.region.load32(word) != value {
             self.region.store32(word, value);

@@ -21,7 +21,8 @@ use crate::wire::layout::{
     EXT_VERSION, FEATURE_REQUEST_AREA, OBJECT_SIZE, SEED_SIZE,
 };
 
-/// A whole object (49152 bytes) or a seed-era region (40961 bytes) in private memory.
+/// A whole object (49152 bytes, or with the request area [`AREA_OBJECT_SIZE`]: see
+/// [`MemRegion::with_area`]) or a seed-era region (40961 bytes) in private memory.
 pub struct MemRegion {
     bytes: RefCell<Vec<u8>>,
     kind: ObjectKind,

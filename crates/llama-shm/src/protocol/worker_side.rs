@@ -243,8 +243,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         let mut area_bytes = Vec::new();
         if params.kind != 0 {
             let used = self.region.load32(Word32::AreaUsed) as usize;
-            let size = self.region.load32(Word32::AreaSize) as usize;
-            let cap = Field::RequestArea.span().len.min(size);
+            // What this side's mapping holds, not the (peer-writable) `area_size` word.
+            let cap = Field::RequestArea.span().len.min(self.region.area_len());
             if cap == 0 || used > cap {
                 return refuse(
                     StatusCode::BadRequest,

@@ -8,7 +8,8 @@
 //! 40960   1      shutdown_requested (u8)     client
 //! 40961   4095   gap (never touched; seed-era clients map up to 45000 bytes)
 //! 45056   4096   extension page              both (see ExtensionPage)
-//! 49152          end of object
+//! 49152   1 MiB  request area                client, worker (FEATURE_REQUEST_AREA)
+//! 1097728        end of object (an object made before the request area ends at 49152)
 //! ```
 //! The first 40961 bytes are byte-identical to the seed. A seed-era worker creates only those;
 //! [`ObjectKind::classify`] tells the two apart by size and magic.

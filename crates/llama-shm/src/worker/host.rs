@@ -30,8 +30,8 @@ use crate::os::process::{pidfd_open, Watch, Watcher};
 use crate::os::signals;
 use crate::protocol::{AdaptiveWait, Region};
 use crate::wire::layout::{
-    Word32, FEATURE_QUEUE, FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_STREAMING, FEATURE_TOKEN_REQUIRED,
-    QUEUE_CAPACITY, TOKEN_LEN,
+    Word32, FEATURE_QUEUE, FEATURE_REQUEST_AREA, FEATURE_SEED_STREAMING, FEATURE_SLOTS, FEATURE_STREAMING,
+    FEATURE_TOKEN_REQUIRED, QUEUE_CAPACITY, TOKEN_LEN,
 };
 use crate::wire::names::Prefix;
 
@@ -178,7 +178,15 @@ pub fn run(
     for ch in std::iter::once(&channel).chain(&extra) {
         ch.region.store32(Word32::WorkerPid, me);
         let features = ch.region.load32(Word32::Features);
-        ch.region.store32(Word32::Features, features | FEATURE_STREAMING);
+        // The request area is this worker's to offer (an older worker on an object a newer
+        // client made never says it takes it), and only where its own mapping holds it all.
+        let area = if ch.region.area_len() >= crate::wire::layout::AREA_LEN {
+            FEATURE_REQUEST_AREA
+        } else {
+            0
+        };
+        ch.region
+            .store32(Word32::Features, features | FEATURE_STREAMING | area);
     }
     if let Some(sock) = control_sock.as_mut() {
         // The client unlinks the names once it reads this.

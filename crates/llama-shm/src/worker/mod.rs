@@ -4,6 +4,7 @@
 //! Generic over the protocol's primitives like [`protocol`](crate::protocol).
 
 pub mod batch;
+mod direct;
 pub mod engine;
 pub mod host;
 mod serve;

@@ -6,17 +6,16 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{
-    AreaRequest, Channel, Clients, Embeddings, Incoming, Outcome, Region, RequestParams, Semaphore, Usage,
-};
+use crate::protocol::{AreaRequest, Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
 use crate::wire::layout::{
-    Word32, AREA_LEN, KIND_COUNT, KIND_EMBED, OPTION_DROP_OLDEST, OPTION_SEED, RESPONSE_LEN,
-    RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED, RESPONSE_USER_REPAIRED, TOKEN_LEN,
+    Word32, OPTION_DROP_OLDEST, OPTION_SEED, RESPONSE_LEN, RESPONSE_SYSTEM_REPAIRED, RESPONSE_TRUNCATED,
+    RESPONSE_USER_REPAIRED, TOKEN_LEN,
 };
 use crate::wire::status::{Finish, StatusCode};
 use crate::wire::text::DecodeFlags;
 use crate::worker::engine::{Cancel, Engine, EngineError, EngineRequest, Generation};
 
+use super::direct::{is_direct, serve_direct, OneEngine};
 use super::sink::{Refusal, WireSink};
 
 /// How [`serve`] runs.
@@ -159,8 +158,17 @@ where
             };
         let request = engine_request(&system, &user, params, area.as_ref());
         if let Some(area) = area.as_ref().filter(|_| is_direct(params)) {
-            let result = answer_direct(params, area, &request, cancel, &mut OneEngine(&mut *engine));
-            respond_direct(channel, seq, params, result, &mut dirty)?;
+            serve_direct(
+                channel,
+                seq,
+                params,
+                area,
+                &request,
+                cancel,
+                stop(),
+                &mut OneEngine(&mut *engine),
+                &mut dirty,
+            )?;
             served += 1;
             continue;
         }
@@ -193,97 +201,6 @@ pub(super) fn engine_request<'a>(
         max_tokens: (params.max_tokens != 0).then_some(params.max_tokens),
         seed: (params.options & OPTION_SEED != 0).then_some(params.sample_seed),
     }
-}
-
-/// Whether a request is answered without generating (embeddings, a token count).
-pub(super) fn is_direct(params: RequestParams) -> bool {
-    matches!(params.kind, KIND_EMBED | KIND_COUNT)
-}
-
-/// The most numbers of an embeddings result that fit the request area.
-pub(super) const MAX_EMBED_VALUES: usize = (AREA_LEN - Embeddings::encoded_len(0, 0)) / 4;
-
-/// What a direct request gives: its usage and the bytes of its result.
-pub(super) type Direct = Result<(Usage, Vec<u8>), EngineError>;
-
-/// What answers direct requests: an [`Engine`] or a batch engine.
-pub(super) trait DirectEngine {
-    fn embed(&mut self, texts: &[String], max: usize, cancel: &Cancel) -> Result<Embeddings, EngineError>;
-    fn count(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError>;
-}
-
-/// An [`Engine`] answering direct requests.
-pub(super) struct OneEngine<'e, E: ?Sized>(pub(super) &'e mut E);
-
-impl<E: Engine + ?Sized> DirectEngine for OneEngine<'_, E> {
-    fn embed(&mut self, texts: &[String], max: usize, cancel: &Cancel) -> Result<Embeddings, EngineError> {
-        self.0.embed(texts, max, cancel)
-    }
-    fn count(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
-        self.0.count_tokens(request, text)
-    }
-}
-
-/// Answers an embeddings or count request with the engine's `embed` or `count`.
-pub(super) fn answer_direct(
-    params: RequestParams,
-    area: &AreaRequest,
-    request: &EngineRequest<'_>,
-    cancel: &Cancel,
-    engine: &mut dyn DirectEngine,
-) -> Direct {
-    cancel.reset();
-    let started = Instant::now();
-    if params.kind == KIND_EMBED {
-        let e = engine.embed(&area.texts, MAX_EMBED_VALUES, cancel)?;
-        let usage = Usage {
-            prompt_time: started.elapsed(),
-            ..Usage::default()
-        };
-        Ok((usage, e.encode()))
-    } else {
-        let tokens = engine.count(request, area.texts.first().map(String::as_str))?;
-        let usage = Usage {
-            prompt_tokens: tokens,
-            prompt_time: started.elapsed(),
-            ..Usage::default()
-        };
-        Ok((usage, Vec::new()))
-    }
-}
-
-/// Writes the answer to a direct request (its result in the request area) and posts it.
-///
-/// # Errors
-/// The post's OS error.
-pub(super) fn respond_direct<S: Semaphore, R: Region>(
-    channel: &Channel<S, R>,
-    seq: u64,
-    params: RequestParams,
-    result: Direct,
-    dirty: &mut usize,
-) -> io::Result<()> {
-    let message;
-    let outcome = match &result {
-        Ok((usage, bytes)) => Outcome {
-            status: StatusCode::Ok,
-            text: "",
-            flags: 0,
-            error: "",
-            error_args: (0, 0),
-            usage: *usage,
-            finish: Finish::Stop,
-            dropped_messages: 0,
-            result: bytes,
-        },
-        Err(e) => {
-            message = e.to_string();
-            error_outcome(e, &message)
-        }
-    };
-    let r = &channel.region;
-    r.store32(Word32::SlotServed, r.load32(Word32::SlotServed).wrapping_add(1));
-    channel.worker_respond_tracked(seq, params, &outcome, dirty)
 }
 
 /// The outcome that reports engine error `e` (whose text is `message`).

@@ -20,12 +20,9 @@ use crate::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use crate::sync::{mutant, thread, AtomicBool, Mutant, Ordering};
 
 use super::batch::{BatchEngine, BatchSink};
+use super::direct::{is_direct, serve_direct, DirectEngine};
 use super::engine::{Cancel, EngineError, EngineRequest, Generation, ResponseSink};
-use super::serve::DirectEngine;
-use super::serve::{
-    answer_direct, begin_answer, engine_request, finish_answer, is_direct, repaired_flags, respond_direct,
-    ServeEnd, ServeOptions,
-};
+use super::serve::{begin_answer, engine_request, finish_answer, repaired_flags, ServeEnd, ServeOptions};
 use super::sink::WireSink;
 use crate::protocol::{Channel, Clients, Incoming, Outcome, Region, RequestParams, Semaphore};
 use crate::wire::layout::RESPONSE_LEN;
@@ -348,8 +345,18 @@ impl<'s, S: Semaphore, R: Region> EngineLoop<'s, '_, S, R> {
                 if let Some(area) = area.as_ref().filter(|_| is_direct(params)) {
                     // Between steps: the running sequences wait for it.
                     let cancel = &self.cancels[slot];
-                    let result = answer_direct(params, area, &request, cancel, &mut Batched(&mut *engine));
-                    respond_direct(channel, seq, params, result, &mut self.dirty[slot])?;
+                    let stopping = (self.stopping)();
+                    serve_direct(
+                        channel,
+                        seq,
+                        params,
+                        area,
+                        &request,
+                        cancel,
+                        stopping,
+                        &mut Batched(&mut *engine),
+                        &mut self.dirty[slot],
+                    )?;
                     self.served += 1;
                     self.release(slot);
                     return Ok(());
