@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the wire with cargo-fuzz (fuzz/): every target runs for FUZZ_SECONDS on
-# the stable toolchain without a sanitizer; any crash fails. Then the planted-bug check: with
-# `--features planted-bug`, text_write must crash within FUZZ_PLANTED_SECONDS, from an empty
-# corpus, or the fuzzing itself is not working.
+# the stable toolchain without a sanitizer; any crash fails. Then the planted-bug checks: with
+# `--features planted-bug`, text_write and request_area must each crash on their planted
+# defect within FUZZ_PLANTED_SECONDS, from an empty corpus, or the fuzzing itself is not
+# working.
 #
 #   FUZZ_SECONDS          seconds per target (default 60)
-#   FUZZ_PLANTED_SECONDS  budget for finding the planted bug (default 60)
-#   FUZZ_TARGETS          targets to run (default: text_write region_read worker_take)
+#   FUZZ_PLANTED_SECONDS  budget for finding each planted bug (default 60)
+#   FUZZ_TARGETS          targets to run (default: text_write region_read worker_take
+#                         request_area)
 #
 # New corpus entries and crash artifacts go to a temp dir; the committed seeds in
 # fuzz/corpus/ are only read. A crash's input is copied to fuzz/artifacts/<target>/ (ignored
@@ -20,7 +22,7 @@ export RUSTUP_TOOLCHAIN=${FUZZ_TOOLCHAIN:-stable}
 
 seconds=${FUZZ_SECONDS:-60}
 planted_seconds=${FUZZ_PLANTED_SECONDS:-60}
-read -r -a targets <<<"${FUZZ_TARGETS:-text_write region_read worker_take}"
+read -r -a targets <<<"${FUZZ_TARGETS:-text_write region_read worker_take request_area}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "ci/fuzz.sh: installing cargo-fuzz" >&2
@@ -33,10 +35,11 @@ flags=(--sanitizer none --debug-assertions)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The region targets read a header and payload (fuzz/src/lib.rs): 8 KiB reaches every field.
+# The region targets read a header and payload (fuzz/src/lib.rs): 8 KiB reaches every field;
+# request_area's records (fuzz/src/area.rs) need no more.
 max_len_for() {
   case "$1" in
-    region_read | worker_take) echo 8192 ;;
+    region_read | worker_take | request_area) echo 8192 ;;
     *) echo 4096 ;;
   esac
 }
@@ -92,33 +95,46 @@ for t in "${targets[@]}"; do
   summary+=("$line")
 done
 
-# The planted bug: text_write with a char-boundary cut that forgets to step back. From an
-# empty corpus (no seed may hand it the answer), it must crash within the budget.
-echo "ci/fuzz.sh: planted-bug check (text_write, at most ${planted_seconds}s)" >&2
-nice -n 10 cargo fuzz build "${flags[@]}" --features planted-bug text_write
-mkdir -p "$work/planted/corpus" "$work/planted/artifacts"
-log="$work/planted.log"
-start=$(date +%s%N)
-rc=0
-nice -n 10 cargo fuzz run "${flags[@]}" --features planted-bug text_write "$work/planted/corpus" -- \
-  -max_total_time="$planted_seconds" -print_final_stats=1 -timeout=10 \
-  -artifact_prefix="$work/planted/artifacts/" >"$log" 2>&1 || rc=$?
-elapsed_ms=$((($(date +%s%N) - start) / 1000000))
-elapsed=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
-execs=$(stat_of number_of_executed_units "$log")
-if [ "$rc" -ne 0 ] && compgen -G "$work/planted/artifacts/crash-*" >/dev/null &&
-  grep -q "is not a char boundary" "$log"; then
-  line=$(printf '%-12s found in %ss after %s executions' "planted-bug" "$elapsed" "${execs:-?}")
-else
-  echo "ci/fuzz.sh: the planted bug was NOT found in ${planted_seconds}s (exit $rc); the end of its log:" >&2
-  tail -n 40 "$log" >&2
-  failed+=("planted-bug")
-  line=$(printf '%-12s NOT found in %ss (exit %s)' "planted-bug" "$elapsed" "$rc")
-fi
-echo "$line"
-summary+=("$line")
-# Its crash is expected: drop it (the trap removes the temp dir anyway).
-rm -rf "$work/planted/artifacts"
+# The planted bugs, each in its own target, from an empty corpus (no seed may hand it the
+# answer), each within the budget, each recognised by its own panic message:
+#   text_write    a char-boundary cut that forgets to step back (slicing panics);
+#   request_area  a request-area record decoder that forgets the NUL check (the target's
+#                 check of what a decoder takes panics).
+planted=(
+  "text_write|is not a char boundary"
+  "request_area|decoded area text holds a NUL"
+)
+planted_targets=()
+for p in "${planted[@]}"; do planted_targets+=("${p%%|*}"); done
+echo "ci/fuzz.sh: planted-bug checks (${planted_targets[*]}, at most ${planted_seconds}s each)" >&2
+nice -n 10 cargo fuzz build "${flags[@]}" --features planted-bug
+for p in "${planted[@]}"; do
+  t=${p%%|*}
+  expect=${p#*|}
+  dir="$work/planted/$t"
+  mkdir -p "$dir/corpus" "$dir/artifacts"
+  log="$dir.log"
+  start=$(date +%s%N)
+  rc=0
+  nice -n 10 cargo fuzz run "${flags[@]}" --features planted-bug "$t" "$dir/corpus" -- \
+    -max_total_time="$planted_seconds" -print_final_stats=1 -timeout=10 \
+    -artifact_prefix="$dir/artifacts/" >"$log" 2>&1 || rc=$?
+  elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+  elapsed=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
+  execs=$(stat_of number_of_executed_units "$log")
+  if [ "$rc" -ne 0 ] && compgen -G "$dir/artifacts/crash-*" >/dev/null && grep -q "$expect" "$log"; then
+    line=$(printf '%-12s found in %ss after %s executions' "planted-bug ($t)" "$elapsed" "${execs:-?}")
+  else
+    echo "ci/fuzz.sh: the planted bug of $t was NOT found in ${planted_seconds}s (exit $rc); the end of its log:" >&2
+    tail -n 40 "$log" >&2
+    failed+=("planted-bug ($t)")
+    line=$(printf '%-12s NOT found in %ss (exit %s)' "planted-bug ($t)" "$elapsed" "$rc")
+  fi
+  echo "$line"
+  summary+=("$line")
+  # Its crash is expected: drop it (the trap removes the temp dir anyway).
+  rm -rf "$dir/artifacts"
+done
 
 echo "ci/fuzz.sh: summary (${seconds}s per target)"
 printf '  %s\n' "${summary[@]}"

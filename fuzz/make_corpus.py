@@ -4,7 +4,9 @@
 text_write: [pad u16 LE][pad_char u8][capacity_choice u8][strict u8][tail UTF-8...], the
 field order of `Input` in fuzz_targets/text_write.rs (arbitrary's derive, `tail` last).
 region_read, worker_take: the region input format in fuzz/src/lib.rs.
-No seed may hit the planted bug (a Truncate cut inside a multi-byte char): the fuzzer has to.
+request_area: the input format in fuzz/src/area.rs.
+No seed may hit a planted bug (a Truncate cut inside a multi-byte char; a message record
+holding a NUL): the fuzzer has to.
 """
 import os
 import struct
@@ -79,6 +81,46 @@ REGION = {
         system=b"abc\xe2\x82\0", user=b"x\xf0\x9f", response=b"ok\xe2\x82\xac\xf0"),
 }
 
+# request_area: ctrl bits and kinds (fuzz/src/area.rs); a zero header is an honest chat.
+RAW_CHECKSUM, RAW_USED, RAW_SIZE, SCRIBBLE, RAW_BYTES, SHORT_AREA = 1, 2, 4, 8, 16, 32
+KIND = {"chat": 0, "embed": 1, "count": 2, "prompts": 3}
+
+
+def area_input(ctrl=0, seq=1, kind="chat", kind_word=0, options=0, sample_seed=0, flags=0,
+               max_tokens=0, deadline_us=0, used=0, size=0, checksum=0, scribble_at=0,
+               scribble_xor=0, payload=b""):
+    sel = KIND[kind] if kind is not None else 0x80
+    return (struct.pack("<BQBIIIIIQIIQIB", ctrl, seq, sel, kind_word, options, sample_seed,
+                        flags, max_tokens, deadline_us, used, size, checksum, scribble_at,
+                        scribble_xor) + payload)
+
+
+def record(tag, body):
+    return struct.pack("<II", tag, len(body)) + body
+
+
+def shaped(sel, body):
+    return bytes([sel, len(body)]) + body
+
+
+AREA = {
+    "chat_raw": area_input(RAW_BYTES, 5, "chat", payload=record(1, b"Be brief.")
+                           + record(2, "héllo €".encode()) + record(3, b"hi") + record(2, b"again")),
+    "chat_schema_shaped": area_input(0, 6, "chat", sample_seed=42, options=1,
+                                     payload=shaped(1, b"q") + shaped(3, b'{"type":"object"}')),
+    "embed_shaped": area_input(0, 7, "embed", sample_seed=15,
+                               payload=shaped(5, b"first") + shaped(5, b"second")),
+    "count_text": area_input(RAW_BYTES, 8, "count", payload=record(32, b"count me")),
+    "used_past_the_area": area_input(RAW_BYTES | RAW_USED, 9, "chat", used=(1 << 20) + 1,
+                                     payload=record(2, b"x")),
+    "short_area": area_input(RAW_BYTES | SHORT_AREA, 10, "chat", size=4, payload=record(2, b"x")),
+    "scribbled": area_input(RAW_BYTES | SCRIBBLE, 11, "chat", scribble_at=9, scribble_xor=0x20,
+                            payload=record(2, b"scribble me")),
+    "unknown_kind": area_input(RAW_BYTES, 12, None, kind_word=7, payload=record(2, b"x")),
+    "embeddings_result": area_input(0, 13, "embed", sample_seed=3,
+                                    payload=struct.pack("<8f", 1, -2.5, 0, 3, 4, 5, 6, 7)),
+}
+
 
 def write(target, files):
     d = os.path.join(HERE, "corpus", target)
@@ -92,3 +134,4 @@ if __name__ == "__main__":
     write("text_write", TEXT)
     write("region_read", REGION)
     write("worker_take", REGION)
+    write("request_area", AREA)

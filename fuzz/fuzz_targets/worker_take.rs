@@ -14,10 +14,10 @@
 use libfuzzer_sys::fuzz_target;
 use llama_shm::internals::protocol::mem::{MemRegion, NoopSemaphore};
 use llama_shm::internals::protocol::{
-    request_checksum, Channel, Incoming, PreparedRequest, Region, RequestParams,
+    request_checksum_with_area, Channel, Incoming, PreparedRequest, Region, RequestParams,
 };
 use llama_shm::internals::wire::layout::{
-    Field, ObjectKind, Word32, Word64, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN,
+    Field, ObjectKind, Word32, Word64, AREA_LEN, SYSTEM_PROMPT_LEN, TOKEN_LEN, USER_PROMPT_LEN,
 };
 use llama_shm::internals::wire::status::StatusCode;
 use llama_shm::internals::wire::text::{self, DecodeFlags, Policy};
@@ -90,11 +90,35 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             max_tokens: region.load32(Word32::MaxTokens),
             deadline_us: region.load64(Word64::DeadlineMicros),
             seed_stream: false,
+            kind: region.load32(Word32::RequestKind),
+            options: region.load32(Word32::RequestOptions),
+            sample_seed: region.load32(Word32::SampleSeed),
         }
     } else {
         RequestParams::default()
     };
-    let want_check = request_checksum(seq_word, &region_token, shutdown, params, system_raw, user_raw);
+    // A request of another kind than two prompts has its records in the request area, which
+    // these regions (`OBJECT_SIZE` bytes) do not hold: refused, whatever `area_size` claims —
+    // for lack of an area, a length past it, a checksum mismatch, or records that do not
+    // decode from the zeros read in its place. (Area requests proper: the `request_area`
+    // target.)
+    let area_kind = shutdown == 0 && params.kind != 0;
+    let area_cap = (region.load32(Word32::AreaSize) as usize).min(AREA_LEN);
+    let area_used = region.load32(Word32::AreaUsed) as usize;
+    let area_read = if area_kind && area_cap != 0 && area_used <= area_cap {
+        vec![0u8; area_used]
+    } else {
+        Vec::new()
+    };
+    let want_check = request_checksum_with_area(
+        seq_word,
+        &region_token,
+        shutdown,
+        params,
+        system_raw,
+        user_raw,
+        &area_read,
+    );
     if input.ctrl & 16 != 0 {
         region.store64(Word64::RequestChecksum, want_check);
     }
@@ -124,8 +148,10 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
             system: system_flags,
             user: user_flags,
             params: got_params,
+            area,
         } => {
-            assert!(authorised && shutdown == 0 && intact && !bad_lens);
+            assert!(authorised && shutdown == 0 && intact && !bad_lens && !area_kind);
+            assert!(area.is_none());
             assert_eq!(got_params, params);
             assert_eq!(seq, seq_word);
             for (field, raw, text, flags) in [
@@ -159,7 +185,7 @@ fn untrusted(input: &RegionInput, kind: ObjectKind) {
                 // A bad shutdown byte, prompt lengths past the fields, or a checksum that does
                 // not match.
                 assert!(
-                    shutdown > 1 || !intact || (shutdown == 0 && bad_lens),
+                    shutdown > 1 || !intact || (shutdown == 0 && (bad_lens || area_kind)),
                     "{message}"
                 );
             }
@@ -212,6 +238,7 @@ fn round_trip(input: &RegionInput, kind: ObjectKind) {
             system: DecodeFlags::default(),
             user: DecodeFlags::default(),
             params: RequestParams::default(),
+            area: None,
         }
     );
     assert_eq!(system, kept_prefix(&system_text, USER_PROMPT_LEN - 1));

@@ -1,5 +1,6 @@
 //! Helpers shared by the fuzz targets: turning fuzzer bytes into a whole region, and
-//! oracles for decoded text that do not call the code under test.
+//! oracles for decoded text that do not call the code under test. The request area's input
+//! format and oracles (`request_area`) are in [`area`].
 //!
 //! # Region input format (`region_read`, `worker_take`)
 //!
@@ -33,6 +34,8 @@
 //! ```
 
 use std::ops::Range;
+
+pub mod area;
 
 use llama_shm::internals::wire::layout::{Field, EXT_OFFSET, OBJECT_SIZE};
 use llama_shm::internals::wire::text::DecodeFlags;

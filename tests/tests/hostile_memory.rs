@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use llama_shm::internals::client::{Client, RequestError};
 use llama_shm::internals::objects::ObjectsError;
 use llama_shm::internals::os::shm::{OpenCheck, SharedMemory, ShmError};
-use llama_shm::internals::wire::layout::{EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
+use llama_shm::internals::wire::layout::{AREA_OBJECT_SIZE, AREA_OFFSET, EXT_OFFSET, OBJECT_SIZE, SEED_SIZE};
 use llama_shm::internals::wire::names::Prefix;
 use llama_shm_tests::{
     alive, shm_entries, standalone_echo, terminate, trials, unique_prefix, ChildGuard, Rng,
@@ -132,6 +132,127 @@ fn scribbled_region_never_crashes_the_worker_or_yields_a_wrong_answer() {
         outcomes.get("correct answer").copied().unwrap_or(0) > n / 2,
         "{outcomes:?}"
     );
+}
+
+/// The texts of the embeddings campaign: 1000 short ones, whose records take the request
+/// area's first ~16 KiB; their 16-number vectors come back as 64,008 bytes.
+fn campaign_texts() -> Vec<String> {
+    (0..1000).map(|i| format!("text {i}")).collect()
+}
+
+/// The bytes of the request area the area scribbler hits: past every byte of the campaign's
+/// request, inside its result, so that only the response checksum can tell.
+const RESULT_SCRIBBLE: std::ops::Range<usize> = 24 * 1024..64_000;
+
+/// Helper mode: map the object with its request area and scribble over `RESULT_SCRIBBLE`
+/// until killed, as fast as it can.
+#[test]
+#[ignore = "helper process for a_scribbled_embeddings_result_is_corrupt_never_wrong_vectors"]
+fn area_scribbler_helper() {
+    let Some(prefix) = std::env::var_os("LST_AREA_SCRIBBLE") else {
+        return;
+    };
+    let prefix = Prefix::new(prefix.to_str().unwrap()).unwrap();
+    let shm = SharedMemory::open(
+        &prefix.shm(),
+        OpenCheck {
+            same_owner: true,
+            max_mode: 0o600,
+            min_size: AREA_OBJECT_SIZE,
+            map_at_most: AREA_OBJECT_SIZE,
+        },
+    )
+    .unwrap();
+    let mut rng = Rng::from_env("area scribbler");
+    println!("SCRIBBLING");
+    let span = (RESULT_SCRIBBLE.end - RESULT_SCRIBBLE.start) as u64;
+    loop {
+        // 1–8 random bytes, none of them left as they were.
+        let at = RESULT_SCRIBBLE.start + rng.below(span - 8) as usize;
+        let bytes: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next_u64() as u8).collect();
+        let mut old = vec![0u8; bytes.len()];
+        shm.read(AREA_OFFSET + at, &mut old);
+        let new: Vec<u8> = bytes
+            .iter()
+            .zip(&old)
+            .map(|(b, o)| if b == o { !o } else { *b })
+            .collect();
+        shm.write(AREA_OFFSET + at, &new);
+        std::thread::yield_now();
+    }
+}
+
+/// Issue 16: a third process scribbles over the embeddings result in the request area (after
+/// the bytes of the request, so the requests themselves arrive intact) while a client asks for
+/// 1000 vectors at a time. Every `Client::embed` returns the right vectors, bit for bit, or
+/// `RequestError::Corrupt` (the response checksum covers the result) — never wrong vectors as
+/// `Ok`; some do meet the scribbler; once it stops, the vectors are right again.
+#[test]
+fn a_scribbled_embeddings_result_is_corrupt_never_wrong_vectors() {
+    let n = trials(1000);
+    let prefix = unique_prefix("scremb");
+    let worker = standalone_echo(&prefix, &[]);
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_secs(10))
+        .attach(&prefix)
+        .unwrap();
+    let texts = campaign_texts();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let bits = |e: &llama_shm::Embeddings| e.values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let want = client.embed(&texts).unwrap();
+    assert_eq!((want.count(), want.dim), (texts.len(), 16));
+    for (i, t) in texts.iter().enumerate().step_by(97) {
+        let expected = llama_shm::internals::worker::engine::echo_embedding(t);
+        assert_eq!(want.vector(i).unwrap(), &expected[..], "vector {i}");
+    }
+    let want = bits(&want);
+    let mut scribbler = ChildGuard::new(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "area_scribbler_helper",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env("LST_AREA_SCRIBBLE", prefix.as_str())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(scribbler.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("SCRIBBLING") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "scribbler did not start"
+        );
+    }
+    let (mut right, mut corrupt) = (0usize, 0usize);
+    let started = Instant::now();
+    for i in 0..n {
+        match client.embed(&texts) {
+            Ok(got) => {
+                assert!(bits(&got) == want, "request {i}: WRONG vectors came back as Ok");
+                right += 1;
+            }
+            Err(RequestError::Corrupt) => corrupt += 1,
+            Err(e) => panic!("request {i}: unexpected error {e}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(scribbler);
+    eprintln!("embeddings scribble campaign: {n} requests in {elapsed:?}: {right} right, {corrupt} Corrupt");
+    assert!(
+        corrupt > 0,
+        "the scribbler never met a result in flight: the test proves nothing"
+    );
+    assert!(alive(worker.id()), "the worker died under scribbling");
+    assert_eq!(bits(&client.embed(&texts).unwrap()), want);
+    client.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
 }
 
 #[test]

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use llama_shm::internals::client::{Client, Phase, RequestError};
 use llama_shm::internals::objects::{self, Trust};
 use llama_shm::internals::os::NamedSemaphore;
-use llama_shm::internals::protocol::Region;
-use llama_shm::internals::wire::layout::{Field, Word64};
+use llama_shm::internals::protocol::{request_checksum_with_area, AreaRequest, Region, RequestParams};
+use llama_shm::internals::wire::layout::{Field, Word32, Word64, AREA_LEN, KIND_CHAT, TOKEN_LEN};
 use llama_shm::internals::wire::names::Prefix;
+use llama_shm::internals::wire::status::StatusCode;
 use llama_shm::Prompts;
-use llama_shm::RequestOptions;
+use llama_shm::{Message, RequestOptions};
 use llama_shm_tests::seed::SeedPeer;
 use llama_shm_tests::{cli_path, shm_entries, spawn_helper_with, standalone_echo, terminate, unique_prefix};
 
@@ -385,4 +386,173 @@ fn a_worker_writing_an_endless_line_to_stderr_does_not_grow_the_client() {
         }
         other => panic!("expected WorkerExited, got {other:?}"),
     }
+}
+
+/// How a hostile client lies in its request area (issue 16). Each request is otherwise as
+/// `client_write` makes it: kind, `area_used`, records and a checksum over them.
+struct AreaLie {
+    what: &'static str,
+    /// `request_kind`.
+    kind: u32,
+    /// The records the checksum is computed over.
+    records: Vec<u8>,
+    /// `area_used`, if not the records' length.
+    used: Option<u32>,
+    /// A byte changed in the area after the checksum was computed: (offset, new byte).
+    scribble: Option<(usize, u8)>,
+    /// What the worker's refusal must say.
+    refusal: &'static str,
+}
+
+/// Records `tag | len | bytes` as the request area carries them.
+fn record(tag: u32, len: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = tag.to_le_bytes().to_vec();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Plays a hostile client of `prefix` with the internals API: takes the turn (the turn lock
+/// and `ready`), writes request `seq` as `lie` says, posts it, and returns the worker's
+/// answer (status and message). The turn lock goes with the objects when this returns.
+fn send_area_lie(prefix: &Prefix, seq: u64, lie: &AreaLie) -> (StatusCode, String) {
+    let ch = objects::open(prefix, Trust::default()).unwrap();
+    assert!(ch.area_supported());
+    assert!(eventually_locked(&ch), "the turn lock stays taken");
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    ch.client_acquire(deadline, Duration::from_millis(50), &|| true)
+        .unwrap();
+    let r = &ch.region;
+    let params = RequestParams {
+        kind: lie.kind,
+        ..RequestParams::default()
+    };
+    let token = [0u8; TOKEN_LEN];
+    r.write(Field::AuthToken, 0, &token);
+    r.store32(Word32::ClientPid, std::process::id());
+    r.store32(Word32::RequestFlags, 0);
+    r.store32(Word32::MaxTokens, 0);
+    r.store64(Word64::DeadlineMicros, 0);
+    r.store64(Word64::StreamRead, 0);
+    r.store32(Word32::RequestKind, lie.kind);
+    r.store32(Word32::RequestOptions, 0);
+    r.store32(Word32::SampleSeed, 0);
+    r.store32(Word32::AreaUsed, lie.used.unwrap_or(lie.records.len() as u32));
+    r.write(Field::RequestArea, 0, &lie.records);
+    let check = request_checksum_with_area(seq, &token, 0, params, b"", b"", &lie.records);
+    r.store64(Word64::RequestChecksum, check);
+    if let Some((at, byte)) = lie.scribble {
+        r.write(Field::RequestArea, at, &[byte]);
+    }
+    r.store64(Word64::RequestSeq, seq);
+    for (field, word) in [
+        (Field::SystemPrompt, Word32::SystemLen),
+        (Field::UserPrompt, Word32::UserLen),
+    ] {
+        r.store32(word, 0);
+        r.write(field, 0, &[0]);
+    }
+    r.write(Field::Shutdown, 0, &[0]);
+    ch.prompts_written.post().unwrap();
+    let raw = ch
+        .client_await(seq, deadline, Duration::from_millis(50), &|| true)
+        .unwrap();
+    assert!(raw.intact, "{}: the refusal failed its checksum", lie.what);
+    (raw.status, raw.error)
+}
+
+/// The turn lock of `ch`, taken within 10 s (a client that just detached may still hold it).
+fn eventually_locked(ch: &objects::PosixChannel) -> bool {
+    llama_shm_tests::eventually(Duration::from_secs(10), || ch.region.shm().try_lock().unwrap())
+}
+
+/// Issue 16: a client that lies in the request area — scribbles it after computing the
+/// checksum, says it uses more than the area holds, sends records that run past their end,
+/// an unknown tag, a text with a NUL, or a kind nobody knows (each with a checksum that
+/// matches) — gets a typed `BadRequest` saying what was wrong, and the worker goes on: the
+/// next honest `Client::chat` gets its own answer.
+#[test]
+fn a_client_lying_in_the_request_area_is_refused_and_the_worker_serves_on() {
+    let prefix = unique_prefix("harea");
+    let worker = standalone_echo(&prefix, &[]);
+    let honest = AreaRequest::chat(&[Message::user("hello")], None)
+        .encode(AREA_LEN)
+        .unwrap();
+    let lies = [
+        AreaLie {
+            what: "area scribbled after the checksum",
+            kind: KIND_CHAT,
+            records: honest.clone(),
+            used: None,
+            // "hello" becomes "jello": still a valid chat, so only the checksum can tell.
+            scribble: Some((8, b'j')),
+            refusal: "request checksum mismatch",
+        },
+        AreaLie {
+            what: "area_used past the area",
+            kind: KIND_CHAT,
+            records: honest.clone(),
+            used: Some(AREA_LEN as u32 + 1),
+            scribble: None,
+            refusal: "area_used is 1048577",
+        },
+        AreaLie {
+            what: "a record running past its end",
+            kind: KIND_CHAT,
+            records: record(2, 1000, b"short"),
+            used: None,
+            scribble: None,
+            refusal: "runs past the end",
+        },
+        AreaLie {
+            what: "an unknown record tag",
+            kind: KIND_CHAT,
+            records: [honest.clone(), record(99, 1, b"x")].concat(),
+            used: None,
+            scribble: None,
+            refusal: "unknown record tag 99",
+        },
+        AreaLie {
+            what: "a message holding a NUL",
+            kind: KIND_CHAT,
+            records: record(2, 3, b"a\0b"),
+            used: None,
+            scribble: None,
+            refusal: "is not UTF-8 or holds a NUL",
+        },
+        AreaLie {
+            what: "an unknown request kind",
+            kind: 9,
+            records: honest.clone(),
+            used: None,
+            scribble: None,
+            refusal: "request kind 9 is unknown",
+        },
+    ];
+    let mut client = Client::builder()
+        .request_timeout(Duration::from_secs(10))
+        .attach(&prefix)
+        .unwrap();
+    for (i, lie) in lies.iter().enumerate() {
+        let (status, message) = send_area_lie(&prefix, 0xa000 + i as u64, lie);
+        eprintln!("hostile area request ({}): {status:?}: {message}", lie.what);
+        assert_eq!(status, StatusCode::BadRequest, "{}: {message}", lie.what);
+        assert!(message.contains(lie.refusal), "{}: {message}", lie.what);
+        assert!(
+            llama_shm_tests::alive(worker.id()),
+            "{}: the worker died",
+            lie.what
+        );
+        let history = [
+            Message::system("terse"),
+            Message::user(format!("after lie {i}")),
+            Message::assistant("ok"),
+            Message::user("again"),
+        ];
+        let r = client.chat(&history, &RequestOptions::default()).unwrap();
+        assert_eq!(r.text, format!("terse\nafter lie {i}\nok\nagain"), "{}", lie.what);
+    }
+    client.detach();
+    assert_eq!(terminate(worker), Some(0));
+    assert!(shm_entries(&prefix).is_empty());
 }

@@ -157,7 +157,7 @@ impl LoomRegion {
             ring,
             fields: Field::ALL
                 .iter()
-                .map(|f| UnsafeCell::new(vec![0u8; if *f == Field::Response { 0 } else { f.span().len }]))
+                .map(|f| UnsafeCell::new(vec![0u8; cell_len(*f)]))
                 .collect(),
             response: (0..RESPONSE_CELLS)
                 .map(|_| UnsafeCell::new(vec![0u8]))
@@ -173,16 +173,26 @@ impl LoomRegion {
     }
 }
 
+/// Bytes of `field`'s own cell: none for the response (its bytes live in `response`) and for
+/// the request area, which this region does not hold ([`Region::area_len`] says 0, so no
+/// client sends an area request and the worker reads none; reads of it are zeros, writes
+/// dropped, and a model allocates no MiB per execution).
+fn cell_len(field: Field) -> usize {
+    match field {
+        Field::Response | Field::RequestArea => 0,
+        _ => field.span().len,
+    }
+}
+
+/// What [`LoomRegion::response_access`] calls per cell: the cell, the offset into the
+/// caller's buffer, the range within the cell.
+type CellAccess<'a> = dyn FnMut(&UnsafeCell<Vec<u8>>, usize, std::ops::Range<usize>) + 'a;
+
 impl LoomRegion {
     /// Calls `f(cell, offset into the caller's buffer, range within the cell)` for every cell
     /// the response bytes `[at, at + len)` touch; out of the area: nothing (reads of it are
     /// never issued by the protocol).
-    fn response_access(
-        &self,
-        at: usize,
-        len: usize,
-        f: &mut dyn FnMut(&UnsafeCell<Vec<u8>>, usize, std::ops::Range<usize>),
-    ) {
+    fn response_access(&self, at: usize, len: usize, f: &mut CellAccess<'_>) {
         let end = at + len;
         if end > Field::Response.span().len {
             return;

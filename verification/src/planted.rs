@@ -46,6 +46,8 @@ pub fn buggy_serve(ch: &LoomChannel, bug: WorkerBug) -> u64 {
             error_args: (0, 0),
             usage: Usage::default(),
             finish: Finish::Stop,
+            dropped_messages: 0,
+            result: &[],
         };
         if bug == WorkerBug::PostBeforeWrite {
             ch.response_written.post().unwrap();

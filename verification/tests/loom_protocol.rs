@@ -24,14 +24,7 @@ fn always() -> bool {
 /// One request through the shipped client functions; returns the response.
 fn request(ch: &LoomChannel, seq: u64, user: &str) -> Result<RawResponse, WaitError> {
     ch.client_acquire(None, SLICE, &always)?;
-    let mut req = PreparedRequest::encode(
-        Prompts {
-            system: "s",
-            user: user,
-        },
-        Policy::Truncate,
-    )
-    .unwrap();
+    let mut req = PreparedRequest::encode(Prompts { system: "s", user }, Policy::Truncate).unwrap();
     req.seq = seq;
     ch.client_write(&req).unwrap();
     ch.client_await(seq, None, SLICE, &always)

@@ -255,6 +255,15 @@ impl AreaRequest {
                 .filter(|t| !t.contains('\0'))
                 .ok_or(AreaError::BadText { record: index })?
                 .to_owned();
+            // One order only, the one `encode` writes: messages, the constraint, texts.
+            let messages_done = req.constraint.is_some() || !req.texts.is_empty();
+            if matches!(tag, TAG_SYSTEM | TAG_USER | TAG_ASSISTANT) && messages_done
+                || matches!(tag, TAG_JSON_SCHEMA | TAG_GRAMMAR) && !req.texts.is_empty()
+            {
+                return Err(AreaError::Shape(
+                    "records out of order: messages, then a constraint, then texts",
+                ));
+            }
             match tag {
                 TAG_SYSTEM => req.messages.push(Message::system(text)),
                 TAG_USER => req.messages.push(Message::user(text)),
@@ -456,6 +465,13 @@ mod tests {
         assert_eq!(AreaRequest::decode(KIND_EMBED, &bytes).unwrap(), two);
         assert!(matches!(
             AreaRequest::decode(KIND_COUNT, &bytes),
+            Err(AreaError::Shape(_))
+        ));
+        let mut late = Vec::new();
+        record(&mut late, TAG_GRAMMAR, b"g");
+        record(&mut late, TAG_USER, b"q");
+        assert!(matches!(
+            AreaRequest::decode(KIND_CHAT, &late),
             Err(AreaError::Shape(_))
         ));
         let mut twice = Vec::new();

@@ -85,10 +85,17 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.set32(Word32::RequestKind, req.params.kind);
             self.set32(Word32::RequestOptions, req.params.options);
             self.set32(Word32::SampleSeed, req.params.sample_seed);
-            let area_len = req.area.len().min(Field::RequestArea.span().len);
+            // Only a request of another kind than two prompts has records (the worker reads
+            // and hashes the area for those only).
+            let area = if req.params.kind != 0 { req.area } else { &[] };
+            debug_assert!(
+                area.len() <= Field::RequestArea.span().len,
+                "the client refuses larger requests"
+            );
+            let area_len = area.len().min(Field::RequestArea.span().len);
             self.set32(Word32::AreaUsed, area_len as u32);
             if area_len > 0 {
-                r.write(Field::RequestArea, 0, &req.area[..area_len]);
+                r.write(Field::RequestArea, 0, &area[..area_len]);
             }
             let check = request_checksum_with_area(
                 req.seq,
@@ -97,7 +104,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
                 req.params,
                 req.system.bytes,
                 req.user.bytes,
-                &req.area[..area_len],
+                &area[..area_len],
             );
             r.store64(Word64::RequestChecksum, check);
             r.store64(Word64::RequestSeq, req.seq);

@@ -415,7 +415,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let mut meta = meta;
             // A result that does not fit the area is not sent (the engine sizes it to fit).
             let result = outcome.result;
-            if !result.is_empty() && result.len() <= Field::RequestArea.span().len {
+            if !result.is_empty() && result.len() <= Field::RequestArea.span().len.min(r.area_len()) {
                 r.write(Field::RequestArea, 0, result);
                 meta.result_len = result.len() as u32;
                 meta.result_hash = super::checksum::text_hash(result);
