@@ -470,8 +470,31 @@ fn bench_only_runs_the_sections_asked_for() {
     let (code, out, err) = run(&["bench", "--kills", "3", "--only", "lifecycle"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("spawn to ready"), "{out}");
-    for absent in ["unix socket", "LLM through the worker", "One model, many clients"] {
+    for absent in [
+        "unix socket",
+        "LLM through the worker",
+        "One model, many clients",
+        "seed floor",
+    ] {
         assert!(!out.contains(absent), "{absent:?} ran:\n{out}");
     }
     assert!(own_entries().is_empty());
+}
+
+/// The seed floor's minimal worker and seed-style client run, check every answer, and leave
+/// nothing behind (its figures are the benchmark's, not the test's).
+#[test]
+fn bench_seed_floor_measures_both_workers_and_cleans_up() {
+    let (code, out, err) = run(&["bench", "--iters", "200", "--only", "seed-floor"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("The seed floor"), "{out}");
+    assert_eq!(out.matches("goal ≤ 1.15×").count(), 4, "{out}");
+    assert!(
+        !std::fs::read_dir("/dev/shm").unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("lshm_bench_seed")),
+        "seed-floor names left in /dev/shm"
+    );
 }

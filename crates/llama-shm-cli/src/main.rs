@@ -96,6 +96,13 @@ enum Command {
     /// Internal: the server process of one comparison transport of `bench`.
     #[command(name = "__bench-server", hide = true)]
     BenchServer(bench::ServerArgs),
+    /// Internal: the minimal seed worker of `bench`'s seed floor.
+    #[command(name = "__bench-seed-worker", hide = true)]
+    BenchSeedWorker(bench::SeedWorkerArgs),
+    /// Internal: the seed-style client of `bench`'s seed floor, alone against a running worker
+    /// (for profiling one).
+    #[command(name = "__bench-seed-client", hide = true)]
+    BenchSeedClient(bench::SeedClientArgs),
     /// List the objects in /dev/shm per prefix, with their creator and whether they are in use.
     ///
     /// States: live (the creator recorded in the extension page is running, or some process
@@ -191,6 +198,9 @@ fn main() -> ExitCode {
     if let Command::BenchServer(args) = &cli.command {
         return ExitCode::from(bench::serve_transport(args));
     }
+    if let Command::BenchSeedWorker(args) = &cli.command {
+        return ExitCode::from(bench::serve_seed_worker(args));
+    }
     // The benchmark runs llama.cpp in this process too: with the worker's OpenMP settings.
     if matches!(&cli.command, Command::Bench(b) if b.runs_llm()) {
         llama_shm_worker::llama::reexec_with_short_openmp_spin();
@@ -202,7 +212,10 @@ fn main() -> ExitCode {
         Command::Embed(args) => texts::embed(&args),
         Command::Tokens(args) => texts::tokens(&args),
         Command::Bench(args) => bench::run(&args).map_err(|e| (exit::REQUEST, format!("{e:#}"))),
-        Command::BenchServer(_) => unreachable!("served above"),
+        Command::BenchServer(_) | Command::BenchSeedWorker(_) => unreachable!("served above"),
+        Command::BenchSeedClient(args) => {
+            bench::run_seed_client(&args).map_err(|e| (exit::REQUEST, format!("{e:#}")))
+        }
         Command::Ls(args) => inventory::ls(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Status(args) => status::run(&args).map_err(|e| (exit::REQUEST, e)),
         Command::Clean(args) => match inventory::clean(&args) {

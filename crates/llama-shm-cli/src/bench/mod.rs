@@ -21,11 +21,13 @@ mod llm;
 mod pool;
 mod prefix_cache;
 mod round_trips;
+mod seed_floor;
 mod streaming;
 mod table;
 mod transports;
 mod workers;
 
+pub use seed_floor::{run_seed_client, serve_seed_worker, SeedClientArgs, SeedWorkerArgs};
 pub use transports::{serve as serve_transport, ServerArgs};
 
 use std::path::{Path, PathBuf};
@@ -53,8 +55,8 @@ pub struct BenchArgs {
     /// Rounds of the many-clients section's goals at 4 clients (the median is judged).
     #[arg(long, default_value_t = 3)]
     goal_rounds: usize,
-    /// Run only these sections (repeatable): round-trips, lifecycle, llm, prefix-cache,
-    /// conversations, streaming, pool, batching. Default: all.
+    /// Run only these sections (repeatable): round-trips, seed-floor, lifecycle, llm,
+    /// prefix-cache, conversations, streaming, pool, batching. Default: all.
     #[arg(long, value_enum)]
     only: Vec<Section>,
     /// GGUF model for the LLM sections.
@@ -73,6 +75,8 @@ pub struct BenchArgs {
 pub enum Section {
     /// Round trips against the other transports.
     RoundTrips,
+    /// A seed-style client against a minimal spec worker and ours.
+    SeedFloor,
     /// Spawn, shutdown, death detection.
     Lifecycle,
     /// LLM tokens/s through the worker and in-process.
@@ -114,6 +118,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     machine_header(&worker);
     if args.runs(Section::RoundTrips) {
         round_trips::run(args, &worker)?;
+    }
+    if args.runs(Section::SeedFloor) {
+        seed_floor::run(args, &worker)?;
     }
     if args.runs(Section::Lifecycle) {
         lifecycle::run(args, &worker)?;

@@ -38,7 +38,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<AffinityGuard> {
 /// # Errors
 ///
 /// As [`pin_current_thread`].
-pub(super) fn pin_for_good(cpu: usize) -> io::Result<()> {
+pub fn pin_for_good(cpu: usize) -> io::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(|_| {
         io::Error::new(

@@ -37,7 +37,7 @@ mod framed;
 mod http;
 mod server;
 
-pub use affinity::pin_current_thread;
+pub use affinity::{pin_current_thread, pin_for_good};
 pub use server::{serve, ServerArgs};
 
 use std::fs::File;
