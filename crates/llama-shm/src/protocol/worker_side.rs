@@ -232,8 +232,11 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             let buf = &mut scratch[..cap];
             self.region.read(field, 0, buf);
             let payload = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(cap)];
-            hasher.update(&(payload.len() as u64).to_le_bytes());
-            hasher.update(payload);
+            // A seed-mode request (seq 0) carries no checksum: nothing to hash.
+            if seq != 0 {
+                hasher.update(&(payload.len() as u64).to_le_bytes());
+                hasher.update(payload);
+            }
             text::decode_into(buf, out)
         };
         let system_flags = take(Field::SystemPrompt, lens.map(|l| l.0), system);
@@ -347,7 +350,10 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         } else {
             self.region.write(Field::Response, st.written as usize, bytes);
         }
-        st.hasher.update(bytes);
+        // Only a ring answer (an extended client's) has a checksum to hash for.
+        if st.ring {
+            st.hasher.update(bytes);
+        }
         st.written += bytes.len() as u64;
     }
 
@@ -367,9 +373,10 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
 
     /// Worker: ends the answer begun with [`Channel::worker_stream_begin`]: for a seed-mode
     /// client the NUL and the zero tail (only `[len, dirty)` is zeroed, `dirty` tracking what
-    /// earlier answers left; start it at `RESPONSE_LEN`); in the extension page the status,
-    /// lengths, flags, error, usage and checksum, the final cursor, and `response_seq` last,
-    /// so a client that sees its `seq` sees the rest. Then posts `response_written`.
+    /// earlier answers left; start it at `RESPONSE_LEN`); for an extended client's request, in
+    /// the extension page the status, lengths, flags, error, usage and checksum, the final
+    /// cursor, and `response_seq` last, so a client that sees its `seq` sees the rest (a
+    /// seed-mode client reads none of them). Then posts `response_written`.
     /// `outcome.text` is ignored: the text is what was written to `st`.
     ///
     /// # Errors
@@ -384,7 +391,8 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             self.region.fill(Field::Response, n, end - n, 0);
             *dirty = n + 1;
         }
-        if self.extended() {
+        // A seed-mode client (seq 0) reads none of the extension page's response words.
+        if self.extended() && st.seq != 0 {
             let r = &self.region;
             let err = text::encode(outcome.error, Field::ErrorMessage.span().len, Policy::Truncate)
                 .expect("Truncate never fails");

@@ -119,6 +119,9 @@ pub struct Cancel(Arc<CancelInner>);
 #[derive(Debug)]
 struct CancelInner {
     flag: AtomicBool,
+    /// Whether `deadline` holds one: checked first, so a request without a deadline never
+    /// takes the lock (it is asked before every piece).
+    has_deadline: AtomicBool,
     deadline: Mutex<Option<Instant>>,
 }
 
@@ -126,6 +129,7 @@ impl Default for Cancel {
     fn default() -> Self {
         Self(Arc::new(CancelInner {
             flag: AtomicBool::new(false),
+            has_deadline: AtomicBool::new(false),
             deadline: Mutex::new(None),
         }))
     }
@@ -147,15 +151,19 @@ impl Cancel {
     }
     /// Sets the running request's deadline (`None`: none).
     pub fn set_deadline(&self, deadline: Option<Instant>) {
-        *self.0.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        let mut d = self.0.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        *d = deadline;
+        self.0.has_deadline.store(deadline.is_some(), Ordering::SeqCst);
     }
     /// Whether the running request's deadline has passed.
     pub fn deadline_passed(&self) -> bool {
-        self.0
-            .deadline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|d| Instant::now() >= d)
+        self.0.has_deadline.load(Ordering::SeqCst)
+            && self
+                .0
+                .deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| Instant::now() >= d)
     }
     /// Whether the flag is set or the deadline passed.
     pub fn is_cancelled(&self) -> bool {
