@@ -40,8 +40,9 @@ pub struct BenchArgs {
     /// Round trips per row with the small payload (the large one runs a quarter as many).
     #[arg(long, default_value_t = 20_000)]
     iters: usize,
-    /// Worker kills for the death-detection figure.
-    #[arg(long, default_value_t = 100)]
+    /// Worker kills for the death-detection figure (1000: enough for a p99 that means
+    /// something; about 7 s here).
+    #[arg(long, default_value_t = 1000)]
     kills: usize,
     /// Rounds of the LLM comparisons (medians are reported).
     #[arg(long, default_value_t = 5)]
