@@ -201,3 +201,22 @@ fn a_batching_worker_takes_area_requests_in_every_slot() {
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 2), 0);
 }
+
+/// The creator of the objects only sizes the area; the worker says it takes area requests
+/// when it attaches (an older worker on objects a newer client made never does, so that
+/// client sends it two prompts, not records it would take for a corrupted request).
+#[test]
+fn the_creator_sizes_the_area_and_only_a_worker_says_it_takes_it() {
+    use llama_shm::internals::objects::{create, unlink, ExtInit};
+    use llama_shm::internals::protocol::Region;
+    use llama_shm::internals::wire::layout::{Word32, AREA_LEN, FEATURE_REQUEST_AREA};
+    let prefix = unique_prefix("areacreator");
+    let ch = create(&prefix, 0o600, ExtInit::default()).unwrap();
+    assert_eq!(ch.region.load32(Word32::AreaSize) as usize, AREA_LEN);
+    assert_eq!(ch.region.area_len(), AREA_LEN);
+    assert_eq!(ch.region.load32(Word32::Features) & FEATURE_REQUEST_AREA, 0);
+    assert!(!ch.area_supported());
+    unlink(&ch).unwrap();
+    drop(ch);
+    assert!(own_entries().is_empty());
+}

@@ -362,3 +362,39 @@ fn a_batching_worker_serves_conversations_schemas_and_embeddings_too() {
     assert_eq!(terminate(worker), Some(0));
     assert_eq!(slot_names(&prefix, 2), 0, "names left behind");
 }
+
+#[test]
+fn a_worker_embeds_with_the_model_it_was_given_for_embeddings_and_refuses_a_missing_one() {
+    // The default model again, loaded a second time for embeddings only.
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = model.canonicalize().unwrap();
+    let mut c = spawn(&["--greedy", "--embedding-model", model.to_str().unwrap()]);
+    let e = c.embed(&["one text", "another text"]).unwrap();
+    assert_eq!((e.count(), e.dim), (2, 576));
+    c.shutdown().unwrap();
+    let mut c = spawn(&[
+        "--greedy",
+        "--max-tokens",
+        "4",
+        "--embedding-model",
+        "/nonexistent/e.gguf",
+    ]);
+    match c.embed(&["text"]) {
+        Err(RequestError::Unsupported { message }) => {
+            assert!(message.contains("/nonexistent/e.gguf"), "{message}")
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // Asked again: the same typed error, and generation still works.
+    assert!(matches!(
+        c.embed(&["text"]),
+        Err(RequestError::Unsupported { .. })
+    ));
+    assert!(!c
+        .chat(&[Message::user("Hi")], &RequestOptions::default())
+        .unwrap()
+        .text
+        .is_empty());
+    c.shutdown().unwrap();
+}

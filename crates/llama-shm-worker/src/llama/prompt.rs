@@ -158,7 +158,6 @@ impl LlamaEngine {
     pub(super) fn count(&self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
         let n = match text {
             Some(t) => self.model.vocab().tokenize(t.as_bytes(), false, false).len(),
-            // (`prompt` takes the conversation or the two prompts.)
             None => self.prompt(request)?.len(),
         };
         Ok(u32::try_from(n).unwrap_or(u32::MAX))

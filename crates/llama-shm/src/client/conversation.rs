@@ -13,18 +13,6 @@ pub(super) enum Body<'a> {
     Area(u32, &'a AreaRequest),
 }
 
-impl Body<'_> {
-    /// Two prompts as the conversation they stand for.
-    pub(super) fn prompts_as_messages(p: Prompts<'_>) -> Vec<Message> {
-        let mut out = Vec::with_capacity(2);
-        if !p.system.is_empty() {
-            out.push(Message::system(p.system));
-        }
-        out.push(Message::user(p.user));
-        out
-    }
-}
-
 impl Client {
     /// Answers the conversation `messages` (system, user and assistant messages, as many
     /// turns as the model's context holds), rendered with the model's chat template. A worker

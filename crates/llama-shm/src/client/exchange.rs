@@ -13,7 +13,7 @@ use crate::objects::queue::ShmQueue;
 use crate::objects::turn::Turn;
 use crate::os::process::{self, pid_exists, ExitInfo};
 use crate::protocol::{
-    AreaError, AreaRequest, PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError,
+    AreaError, AreaRequest, Message, PreparedRequest, Prompts, Queue, RequestParams, Ticket, WaitError,
 };
 use crate::wire::layout::{
     Field, ObjectKind, KIND_CHAT, KIND_PROMPTS, OPTION_DROP_OLDEST, OPTION_SEED, REQUEST_STREAM,
@@ -56,7 +56,7 @@ impl Client {
         // A constrained answer needs the request area: the prompts go as a conversation.
         if let Some(c) = &opts.constraint {
             let request = AreaRequest {
-                messages: Body::prompts_as_messages(prompts),
+                messages: Message::from_prompts(prompts.system, prompts.user),
                 constraint: Some(c.clone()),
                 texts: Vec::new(),
             };

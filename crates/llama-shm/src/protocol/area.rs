@@ -85,6 +85,17 @@ impl Message {
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new(Role::Assistant, content)
     }
+
+    /// The conversation two prompts stand for: a system message (when `system` is not
+    /// empty) and a user message.
+    pub fn from_prompts(system: &str, user: &str) -> Vec<Message> {
+        let mut out = Vec::with_capacity(2);
+        if !system.is_empty() {
+            out.push(Message::system(system));
+        }
+        out.push(Message::user(user));
+        out
+    }
 }
 
 /// What the answer must match; the worker refuses a constraint it cannot compile before it

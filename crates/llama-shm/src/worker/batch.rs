@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use super::engine::{
-    echo_embed, echo_text, echo_token_count, Cancel, EngineError, EngineRequest, Generation,
+    echo_embed, echo_text, echo_token_count, no_embeddings, no_token_counts, Cancel, EngineError,
+    EngineRequest, Generation,
 };
 use crate::protocol::{Embeddings, Usage};
 use crate::wire::status::Finish;
@@ -59,9 +60,7 @@ pub trait BatchEngine {
         cancel: &Cancel,
     ) -> Result<Embeddings, EngineError> {
         let _ = (texts, max_values, cancel);
-        Err(EngineError::Unsupported(
-            "this worker's engine has no embeddings".into(),
-        ))
+        Err(no_embeddings())
     }
 
     /// As [`Engine::count_tokens`](super::Engine::count_tokens).
@@ -70,9 +69,7 @@ pub trait BatchEngine {
     /// [`EngineError::Unsupported`] by default.
     fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
         let _ = (request, text);
-        Err(EngineError::Unsupported(
-            "this worker's engine cannot count tokens".into(),
-        ))
+        Err(no_token_counts())
     }
 }
 
@@ -211,10 +208,7 @@ impl BatchEngine for EchoBatch {
     }
 
     fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
-        Ok(match text {
-            Some(t) => echo_token_count(&mut std::iter::once(t)),
-            None => echo_token_count(&mut request.conversation().iter().map(|m| m.content.as_str())),
-        })
+        Ok(echo_token_count(request, text))
     }
 }
 

@@ -39,15 +39,11 @@ impl EngineRequest<'_> {
     /// The conversation this request is: its messages, or the two prompts as a system
     /// message (when not empty) and a user message.
     pub fn conversation(&self) -> Vec<Message> {
-        if !self.messages.is_empty() {
-            return self.messages.to_vec();
+        if self.messages.is_empty() {
+            Message::from_prompts(self.system, self.user)
+        } else {
+            self.messages.to_vec()
         }
-        let mut out = Vec::with_capacity(2);
-        if !self.system.is_empty() {
-            out.push(Message::system(self.system));
-        }
-        out.push(Message::user(self.user));
-        out
     }
 }
 
@@ -213,9 +209,7 @@ pub trait Engine {
         cancel: &Cancel,
     ) -> Result<Embeddings, EngineError> {
         let _ = (texts, max_values, cancel);
-        Err(EngineError::Unsupported(
-            "this worker's engine has no embeddings".into(),
-        ))
+        Err(no_embeddings())
     }
 
     /// How many tokens `request` takes as a prompt (a conversation through the chat template,
@@ -225,16 +219,29 @@ pub trait Engine {
     /// [`EngineError::Unsupported`] by default.
     fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
         let _ = (request, text);
-        Err(EngineError::Unsupported(
-            "this worker's engine cannot count tokens".into(),
-        ))
+        Err(no_token_counts())
     }
 }
 
-/// The echo engine's stand-in for a model's tokens: one per whitespace-separated word of the
-/// text (of every message's content), so counts are predictable in tests.
-pub fn echo_token_count(texts: &mut dyn Iterator<Item = &str>) -> u32 {
-    texts.map(|t| t.split_whitespace().count() as u32).sum()
+/// The echo engine's stand-in for a model's tokens: one per whitespace-separated word of
+/// `text`, or of every message's content of `request`'s conversation, so counts are
+/// predictable in tests.
+pub fn echo_token_count(request: &EngineRequest<'_>, text: Option<&str>) -> u32 {
+    let words = |t: &str| t.split_whitespace().count() as u32;
+    match text {
+        Some(t) => words(t),
+        None => request.conversation().iter().map(|m| words(&m.content)).sum(),
+    }
+}
+
+/// What an engine without embeddings answers ([`Engine::embed`]'s default).
+pub(super) fn no_embeddings() -> EngineError {
+    EngineError::Unsupported("this worker's engine has no embeddings".into())
+}
+
+/// What an engine that cannot count tokens answers ([`Engine::count_tokens`]'s default).
+pub(super) fn no_token_counts() -> EngineError {
+    EngineError::Unsupported("this worker's engine cannot count tokens".into())
 }
 
 /// The echo engine's stand-in for embeddings: [`ECHO_EMBED_DIM`] numbers per text, a histogram
@@ -410,9 +417,6 @@ impl Engine for EchoEngine {
     }
 
     fn count_tokens(&mut self, request: &EngineRequest<'_>, text: Option<&str>) -> Result<u32, EngineError> {
-        Ok(match text {
-            Some(t) => echo_token_count(&mut std::iter::once(t)),
-            None => echo_token_count(&mut request.conversation().iter().map(|m| m.content.as_str())),
-        })
+        Ok(echo_token_count(request, text))
     }
 }
