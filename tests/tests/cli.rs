@@ -481,6 +481,27 @@ fn bench_only_runs_the_sections_asked_for() {
     assert!(own_entries().is_empty());
 }
 
+/// The batch-IPC section streams to eight clients from the model and from the echo engine at
+/// the model's pace, prints its goal rows, and leaves nothing behind (the figures are the
+/// benchmark's, not the test's).
+#[test]
+fn bench_batch_ipc_streams_to_eight_clients_and_cleans_up() {
+    let (code, out, err) = run(&["bench", "--batch-requests", "8", "--only", "batch-ipc"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Streaming to 8 clients at once"), "{out}");
+    assert!(out.contains("| echo at the model's pace | 512 |"), "{out}");
+    assert_eq!(out.matches("(< 1 %)").count(), 2, "{out}");
+    assert!(own_entries().is_empty());
+    assert!(
+        !std::fs::read_dir("/dev/shm").unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("lshm_bench_ipc")),
+        "batch-ipc names left in /dev/shm"
+    );
+}
+
 /// The seed floor's minimal worker and seed-style client run, check every answer, and leave
 /// nothing behind (its figures are the benchmark's, not the test's).
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use llama_shm::internals::client::{Client, RequestOptions};
+use llama_shm::internals::client::{Client, RequestOptions, Response};
 use llama_shm::internals::stats::{fmt_duration, summarize};
 use llama_shm::internals::worker::batch::{BatchEngine, BatchSink};
 use llama_shm::{EngineError, EngineRequest, Generation, Pool, Prompts};
@@ -22,11 +22,11 @@ use super::workers::{worker_rss_kib, Standalone};
 use super::BenchArgs;
 
 /// The system prompt of the mix.
-const SYSTEM: &str = "You are a helpful assistant. Answer clearly.";
+pub(super) const SYSTEM: &str = "You are a helpful assistant. Answer clearly.";
 /// Generated tokens per request (end of turn ignored).
-const FORCED: u32 = 64;
+pub(super) const FORCED: u32 = 64;
 /// The thread budget every configuration gets.
-const THREADS: u32 = 2;
+pub(super) const THREADS: u32 = 2;
 /// Client counts.
 const CLIENTS: [usize; 4] = [1, 2, 4, 8];
 
@@ -61,10 +61,10 @@ fn question(i: usize) -> String {
 
 /// What one request measured.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    ttft: Duration,
-    wall: Duration,
-    generated: u32,
+pub(super) struct Sample {
+    pub(super) ttft: Duration,
+    pub(super) wall: Duration,
+    pub(super) generated: u32,
 }
 
 /// One configuration at one client count.
@@ -92,7 +92,7 @@ impl Run {
 }
 
 /// The worker arguments every configuration shares.
-fn worker_args(model: &Path, threads: u32) -> Vec<String> {
+pub(super) fn worker_args(model: &Path, threads: u32) -> Vec<String> {
     [
         "--engine",
         "llama",
@@ -113,11 +113,11 @@ fn worker_args(model: &Path, threads: u32) -> Vec<String> {
 
 /// Sends request `i`, calling the second argument at its first piece; returns the tokens
 /// generated.
-type Send<'a> = dyn Fn(usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 'a;
+pub(super) type Send<'a> = dyn Fn(usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 'a;
 
 /// `n` client threads, each sending its share of `requests` one after another through
 /// `send` (given the question index and a first-piece callback), timed.
-fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Result<(Vec<Sample>, Duration)> {
+pub(super) fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Result<(Vec<Sample>, Duration)> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     let per_thread: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|s| {
@@ -159,12 +159,22 @@ fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Result<(Vec<Samp
 }
 
 /// A streamed request of question `i` through `client`, its generated tokens checked.
-fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow::Result<u32> {
+pub(super) fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow::Result<u32> {
+    Ok(client_stream(client, i, first)?.usage.generated_tokens)
+}
+
+/// As [`client_send`], returning the whole response.
+pub(super) fn client_stream(
+    client: &mut Client,
+    i: usize,
+    first: &mut dyn FnMut(),
+) -> anyhow::Result<Response> {
     let q = question(i);
     let r = client
         .stream(
             Prompts::user(&q).with_system(SYSTEM),
-            &RequestOptions::default(),
+            // The worker's --max-tokens too; the echo engine knows only the client's.
+            &RequestOptions::default().max_tokens(FORCED),
             |_| first(),
         )
         .with_context(|| format!("request {i}"))?;
@@ -173,7 +183,7 @@ fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow
         "request {i}: {} tokens generated, not {FORCED}",
         r.usage.generated_tokens
     );
-    Ok(r.usage.generated_tokens)
+    Ok(r)
 }
 
 /// (a) and (b): `n` clients attached to one standalone worker of `--parallel parallel`.

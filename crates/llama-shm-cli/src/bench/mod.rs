@@ -11,9 +11,11 @@
 //! - [`lifecycle`]: spawn, shutdown, death detection;
 //! - [`llm`]: tokens/s through the worker and in-process; [`prefix_cache`]; [`streaming`]
 //!   (first chunk, cancel); [`pool`]; [`batching`] (many clients: the batching worker, the turn
-//!   queue, the pool and the in-process ceiling); [`conversations`] (a conversation's second
+//!   queue, the pool and the in-process ceiling); [`batch_ipc`] (the IPC's share of the
+//!   generation time when eight clients stream at once); [`conversations`] (a conversation's second
 //!   turn, schema-constrained generation, embeddings).
 
+mod batch_ipc;
 mod batching;
 mod conversations;
 mod lifecycle;
@@ -57,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     goal_rounds: usize,
     /// Run only these sections (repeatable): round-trips, seed-floor, lifecycle, llm,
-    /// prefix-cache, conversations, streaming, pool, batching. Default: all.
+    /// prefix-cache, conversations, streaming, pool, batching, batch-ipc. Default: all.
     #[arg(long, value_enum)]
     only: Vec<Section>,
     /// GGUF model for the LLM sections.
@@ -92,6 +94,8 @@ pub enum Section {
     Pool,
     /// Many clients: batching, turn queue, pool, in-process ceiling.
     Batching,
+    /// The IPC's share of the generation time, eight clients streaming at once.
+    BatchIpc,
 }
 
 impl BenchArgs {
@@ -133,6 +137,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Section::Streaming,
         Section::Pool,
         Section::Batching,
+        Section::BatchIpc,
     ];
     if args.no_llm || !llm.iter().any(|&s| args.runs(s)) {
         return Ok(());
@@ -160,6 +165,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Section::Batching) {
         batching::run(args, &worker, &model)?;
+    }
+    if args.runs(Section::BatchIpc) {
+        batch_ipc::run(args, &worker, &model)?;
     }
     Ok(())
 }

@@ -41,6 +41,11 @@ impl Standalone {
         Ok(me)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A client attached to it.
     pub fn attach(&self) -> anyhow::Result<Client> {
         Ok(ClientBuilder::default()
