@@ -257,7 +257,7 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         if n == 0 {
             return Ok(());
         }
-        scratch.clear();
+        // Every byte is overwritten below: resizing a reused buffer fills nothing.
         scratch.resize(n, 0);
         let pos = (rx.read % cap as u64) as usize;
         let first = n.min(cap - pos);
@@ -278,7 +278,6 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
         scratch: &mut Vec<u8>,
         on_bytes: &mut dyn FnMut(&[u8]),
     ) -> Result<RawResponse, WaitError> {
-        scratch.clear();
         scratch.resize(RESPONSE_LEN, 0);
         self.region.read(Field::Response, 0, scratch);
         let decoded = text::decode(scratch);

@@ -231,13 +231,13 @@ impl<S: Semaphore, R: Region> Channel<S, R> {
             debug_assert!(cap <= scratch.len());
             let buf = &mut scratch[..cap];
             self.region.read(field, 0, buf);
-            let payload = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(cap)];
+            let (payload, missing_nul) = text::text_part(buf);
             // A seed-mode request (seq 0) carries no checksum: nothing to hash.
             if seq != 0 {
                 hasher.update(&(payload.len() as u64).to_le_bytes());
                 hasher.update(payload);
             }
-            text::decode_into(buf, out)
+            text::decode_text_into(payload, missing_nul, out)
         };
         let system_flags = take(Field::SystemPrompt, lens.map(|l| l.0), system);
         let user_flags = take(Field::UserPrompt, lens.map(|l| l.1), user);

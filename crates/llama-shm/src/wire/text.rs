@@ -198,8 +198,14 @@ pub fn decode(field: &[u8]) -> Decoded<'_> {
 /// Like [`decode`], but writes the text into `out` (cleared first) and
 /// returns the flags — for hot paths that reuse a String.
 pub fn decode_into(field: &[u8], out: &mut String) -> DecodeFlags {
-    out.clear();
     let (bytes, missing_nul) = text_part(field);
+    decode_text_into(bytes, missing_nul, out)
+}
+
+/// [`decode_into`] of a field already split by [`text_part`]: `bytes` (before the NUL) and
+/// whether the NUL was missing.
+pub fn decode_text_into(bytes: &[u8], missing_nul: bool, out: &mut String) -> DecodeFlags {
+    out.clear();
     let mut flags = DecodeFlags {
         missing_nul,
         ..DecodeFlags::default()
@@ -228,12 +234,35 @@ pub fn floor_char_boundary(s: &str, max: usize) -> usize {
     end
 }
 
-fn first_nul(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == 0)
+/// The offset of the first NUL in `bytes` (a SIMD search: fields and answers are tens of
+/// kilobytes, and a byte loop over them cost more than the rest of a round trip's work).
+#[must_use]
+pub fn first_nul(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr(0, bytes)
+}
+
+/// The parts of `text` between its NULs (all of it when it holds none), in order: what a C
+/// string on the wire can carry of it.
+pub fn nul_free_parts(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match first_nul(r.as_bytes()) {
+            // A NUL byte is always the whole char U+0000: both sides are char boundaries.
+            Some(at) => {
+                rest = Some(&r[at + 1..]);
+                Some(&r[..at])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// The bytes before the first NUL, and whether the NUL was missing.
-fn text_part(field: &[u8]) -> (&[u8], bool) {
+pub fn text_part(field: &[u8]) -> (&[u8], bool) {
     match first_nul(field) {
         Some(end) => (&field[..end], false),
         None => (field, true),
@@ -745,6 +774,20 @@ mod tests {
         let dec = decode(&[0; 8]);
         assert_eq!(dec.text, "");
         assert!(!dec.flags.any());
+    }
+
+    proptest! {
+        /// The parts between NULs are std's split at U+0000, and the first NUL is where
+        /// the byte loop finds it, at every position and length.
+        #[test]
+        fn nul_free_parts_and_first_nul_agree_with_the_byte_loop(
+            s in proptest::collection::vec(prop_oneof![Just('\0'), Just('a'), Just('é'), Just('😀')], 0..80)
+                .prop_map(|v| v.into_iter().collect::<String>())
+        ) {
+            let parts: Vec<&str> = nul_free_parts(&s).collect();
+            prop_assert_eq!(parts, s.split('\0').collect::<Vec<_>>());
+            prop_assert_eq!(first_nul(s.as_bytes()), s.bytes().position(|b| b == 0));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::protocol::{Channel, Region, Room, Semaphore, StreamState};
 use crate::wire::layout::RESPONSE_LEN;
-use crate::wire::text::floor_char_boundary;
+use crate::wire::text::{self, floor_char_boundary};
 use crate::worker::engine::{Cancel, ResponseSink};
 
 use super::serve::ServeOptions;
@@ -49,14 +49,7 @@ impl ResponseSink for LimitedSink<'_> {
             return false;
         }
         // The wire is a C string: a NUL would end the answer early for seed clients.
-        let mut rest = piece;
-        while let Some(nul) = rest.find('\0') {
-            if !self.append(&rest[..nul]) {
-                return false;
-            }
-            rest = &rest[nul + 1..];
-        }
-        self.append(rest)
+        text::nul_free_parts(piece).all(|part| self.append(part))
     }
 }
 
@@ -267,11 +260,11 @@ impl<S: Semaphore, R: Region> ResponseSink for WireSink<'_, S, R> {
             if self.refused.is_some() {
                 return false;
             }
-            piece.split('\0').for_each(|part| self.pending.push_str(part));
+            text::nul_free_parts(piece).for_each(|part| self.pending.push_str(part));
             return true;
         }
         // The wire is a C string for seed clients: a NUL would end the answer early.
-        let whole = piece.split('\0').all(|part| self.append(part));
+        let whole = text::nul_free_parts(piece).all(|part| self.append(part));
         // A client of the seed's streaming service sees each piece (and a cut one) at once.
         self.channel.worker_seed_update(&mut self.st);
         whole && (!self.st.is_streaming() || self.publish())
