@@ -15,6 +15,12 @@ pub fn worker_path() -> PathBuf {
         .expect("llama-shm-worker not found next to the test binary; build the workspace first")
 }
 
+/// The echo-only worker binary built with this workspace (next to the worker).
+pub fn echo_worker_path() -> PathBuf {
+    llama_shm::internals::os::locate::echo_worker_binary(&[])
+        .expect("llama-shm-echo-worker not found next to the test binary; build the workspace first")
+}
+
 /// The `llama-shm` CLI binary built with this workspace (next to the worker).
 pub fn cli_path() -> PathBuf {
     worker_path().with_file_name("llama-shm")

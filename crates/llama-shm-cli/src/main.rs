@@ -205,7 +205,7 @@ fn main() -> ExitCode {
     if matches!(&cli.command, Command::Bench(b) if b.runs_llm()) {
         llama_shm_worker::llama::reexec_with_short_openmp_spin();
     }
-    llama_shm_worker::logging::init();
+    llama_shm_serve::logging::init();
     let result = match cli.command {
         Command::Ask(args) => ask(&args),
         Command::Chat(args) => chat::run(&args),

@@ -1,9 +1,7 @@
-//! Engines of `llama-shm-worker` that need more than the core crate: the llama.cpp engine
-//! (feature `llama`, on by default). The binary in `main.rs` serves them over shared memory;
-//! benchmarks use them in-process to compare. Also the logging set-up of the binaries (the
-//! worker's and the `llama-shm` CLI's).
+//! The llama.cpp engine of `llama-shm-worker` (feature `llama`, on by default). The binary in
+//! `main.rs` brings it to the shared command line (`llama_shm_serve::command`); benchmarks
+//! also use it in-process to compare.
 #![warn(missing_docs)]
 
 #[cfg(feature = "llama")]
 pub mod llama;
-pub mod logging;

@@ -1,21 +1,34 @@
-//! Start-up, shutdown and death detection of an echo worker.
+//! Start-up, shutdown and death detection of an echo worker: the echo-only binary
+//! (`llama-shm-echo-worker`, no llama.cpp linked) and the llama-linked `llama-shm-worker`
+//! serving the echo engine, one after the other in the same run; then issue 17's goals, judged
+//! on the echo-only binary.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use llama_shm::internals::client::{Client, RequestError};
-use llama_shm::internals::stats::summarize;
+use llama_shm::internals::stats::{fmt_duration, summarize, Summary};
 
 use super::table::{latency_cells, Table};
 use super::BenchArgs;
 
-/// Spawns and shuts down 50 workers, then kills `args.kills` of them mid-request.
-pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
-    println!("## Start-up, shutdown, death detection (echo engine)\n");
+/// Spawns and shuts down this many workers.
+const SPAWNS: usize = 50;
+
+/// One binary's figures.
+struct Lifecycle {
+    spawn: Summary,
+    shutdown: Summary,
+    death: Summary,
+}
+
+/// Spawns and shuts down [`SPAWNS`] workers of `worker`, then kills `kills` of them
+/// mid-request.
+fn measure(worker: &Path, kills: usize) -> anyhow::Result<Lifecycle> {
     let mut spawn = Vec::new();
     let mut shutdown = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..SPAWNS {
         let t = Instant::now();
         let c = Client::builder()
             .worker(worker)
@@ -28,7 +41,7 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
         shutdown.push(t.elapsed());
     }
     let mut detect = Vec::new();
-    for i in 0..args.kills {
+    for i in 0..kills {
         let mut c = Client::builder()
             .worker(worker)
             .args(["--engine", "echo", "--echo-delay-ms", "60000"])
@@ -55,14 +68,85 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
             other => bail!("kill {i}: expected WorkerDied, got {other:?}"),
         }
     }
+    Ok(Lifecycle {
+        spawn: summarize(&mut spawn),
+        shutdown: summarize(&mut shutdown),
+        death: summarize(&mut detect),
+    })
+}
+
+/// Spawning and reaping `/bin/true` [`SPAWNS`] times: the floor of starting any process on
+/// this machine, for the start-up rows to be read against.
+fn process_floor() -> anyhow::Result<Summary> {
+    let mut v = Vec::new();
+    for _ in 0..SPAWNS {
+        let t = Instant::now();
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .context("running /bin/true")?;
+        v.push(t.elapsed());
+        if !status.success() {
+            bail!("/bin/true failed: {status}");
+        }
+    }
+    Ok(summarize(&mut v))
+}
+
+/// Both binaries (the echo-only one when it is found), the table, and the goals.
+pub fn run(args: &BenchArgs, worker: &Path, echo_worker: Option<&Path>) -> anyhow::Result<()> {
+    println!("## Start-up, shutdown, death detection (echo engine)\n");
+    let mut runs = Vec::new();
+    if let Some(echo) = echo_worker {
+        runs.push(("echo-only binary", measure(echo, args.kills)?));
+    } else {
+        println!("(llama-shm-echo-worker not found: the llama-linked binary only.)\n");
+    }
+    runs.push(("llama-linked binary", measure(worker, args.kills)?));
+    let floor = process_floor()?;
     let mut table = Table::new(["what", "n", "p50", "p99", "p99.9", "max"]);
-    for (label, v) in [
-        ("spawn to ready", &mut spawn),
-        ("shutdown (request to exit reaped)", &mut shutdown),
-        ("worker SIGKILLed mid-request → client error", &mut detect),
-    ] {
-        table.row(latency_cells(label, &summarize(v)));
+    table.row(latency_cells(
+        "spawn and reap /bin/true (any process's floor here)",
+        &floor,
+    ));
+    for (binary, r) in &runs {
+        for (what, s) in [
+            ("spawn to ready", &r.spawn),
+            ("shutdown (request to exit reaped)", &r.shutdown),
+            ("worker SIGKILLed mid-request → client error", &r.death),
+        ] {
+            table.row(latency_cells(&format!("{what}, {binary}"), s));
+        }
     }
     table.print();
+    let (binary, r) = &runs[0];
+    let mut goals = Table::new(["goal", "figure", "met"]);
+    let mut goal = |label: String, d: Duration, limit: Duration| {
+        goals.row([
+            label,
+            fmt_duration(d),
+            (if d <= limit { "yes" } else { "no" }).into(),
+        ]);
+    };
+    goal(
+        format!("spawn to ready p50, {binary} (≤ 1 ms)"),
+        r.spawn.p50,
+        Duration::from_millis(1),
+    );
+    goal(
+        format!("death noticed p99 over {} kills, {binary} (≤ 1 ms)", args.kills),
+        r.death.p99,
+        Duration::from_millis(1),
+    );
+    goal(
+        format!("death noticed p50, {binary} (≤ 0.3 ms)"),
+        r.death.p50,
+        Duration::from_micros(300),
+    );
+    goals.row([
+        format!("spawn to ready p50, {binary}, ÷ /bin/true's spawn and reap (context)"),
+        format!("{:.2}×", r.spawn.p50.as_secs_f64() / floor.p50.as_secs_f64()),
+        "—".into(),
+    ]);
+    goals.print();
     Ok(())
 }

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Worker binary (default: llama-shm-worker next to this program, or $LLAMA_SHM_WORKER).
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// Echo-only worker binary for the start-up and death figures (default:
+    /// llama-shm-echo-worker next to this program, or $LLAMA_SHM_ECHO_WORKER).
+    #[arg(long)]
+    echo_worker: Option<PathBuf>,
 }
 
 /// A section of the benchmark.
@@ -128,7 +132,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         seed_floor::run(args, &worker)?;
     }
     if args.runs(Section::Lifecycle) {
-        lifecycle::run(args, &worker)?;
+        let echo = args.echo_worker.clone().or_else(|| {
+            let dir = worker.parent().map(Path::to_path_buf).unwrap_or_default();
+            llama_shm::internals::os::locate::echo_worker_binary(&[&dir])
+        });
+        lifecycle::run(args, &worker, echo.as_deref())?;
     }
     let llm = [
         Section::Llm,

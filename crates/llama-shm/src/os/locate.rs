@@ -20,10 +20,21 @@ fn env_path(name: &str) -> Option<PathBuf> {
 /// `dirs_first` that has one, else next to the current executable (or one directory up, for
 /// test binaries in `target/*/deps`).
 pub fn worker_binary(dirs_first: &[&Path]) -> Option<PathBuf> {
-    if let Some(p) = env_path("LLAMA_SHM_WORKER") {
+    binary("LLAMA_SHM_WORKER", "llama-shm-worker", dirs_first)
+}
+
+/// The echo-only worker binary (no llama.cpp linked: it starts in about half the time), found
+/// as [`worker_binary`] is: `$LLAMA_SHM_ECHO_WORKER`, else `llama-shm-echo-worker` in
+/// `dirs_first` or next to the current executable.
+pub fn echo_worker_binary(dirs_first: &[&Path]) -> Option<PathBuf> {
+    binary("LLAMA_SHM_ECHO_WORKER", "llama-shm-echo-worker", dirs_first)
+}
+
+fn binary(env: &str, name: &str, dirs_first: &[&Path]) -> Option<PathBuf> {
+    if let Some(p) = env_path(env) {
         return Some(p);
     }
-    let name: OsString = "llama-shm-worker".into();
+    let name: OsString = name.into();
     let exe = std::env::current_exe().ok();
     let exe_dir = exe.as_deref().and_then(Path::parent);
     dirs_first
