@@ -470,6 +470,10 @@ fn bench_only_runs_the_sections_asked_for() {
     let (code, out, err) = run(&["bench", "--kills", "3", "--only", "lifecycle"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("spawn to ready"), "{out}");
+    // Both binaries, and the goals judged on the echo-only one (built with the workspace).
+    assert!(out.contains("spawn to ready, echo-only binary"), "{out}");
+    assert!(out.contains("spawn to ready, llama-linked binary"), "{out}");
+    assert!(out.contains("death noticed p50, echo-only binary"), "{out}");
     for absent in [
         "unix socket",
         "LLM through the worker",

@@ -7,6 +7,7 @@ use llama_shm::internals::client::{Client, RequestOptions};
 use llama_shm::Prompts;
 use llama_shm_tests::{
     echo_worker_path, eventually, own_entries, shm_entries, unique_prefix, wait_served_by, ChildGuard,
+    UnlinkOnDrop,
 };
 
 /// Spawned by a client with no arguments (the echo engine is its default), it answers, streams
@@ -51,6 +52,7 @@ fn a_model_is_refused_naming_the_worker_that_has_one() {
         .args(["--test", "--system", "S", "--user", "U"])
         .output()
         .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "S\nU\n");
 }
 
@@ -71,6 +73,8 @@ fn standalone_its_guardian_removes_the_names_of_a_killed_worker() {
     let mut c = Client::builder().attach(&prefix).unwrap();
     assert_eq!(c.send_request("u", "s").unwrap().text, "s\nu");
     c.detach();
+    // From here the names are the guardian's to remove; removed anyway if it fails to.
+    let _cleanup = UnlinkOnDrop(prefix.clone());
     let mut worker = child.take();
     worker.kill().unwrap();
     worker.wait().unwrap();

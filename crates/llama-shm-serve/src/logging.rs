@@ -1,4 +1,4 @@
-//! Logging for the binaries (`llama-shm-worker` and `llama-shm`): `tracing` to stderr, level
+//! Logging for the binaries (both workers and `llama-shm`): `tracing` to stderr, level
 //! from `RUST_LOG` (default `warn`), colours only on a terminal, and a writer that never fails.
 
 use std::io::{IsTerminal, Write};

@@ -77,10 +77,9 @@ fn measure(worker: &Path, args: &[String], tag: &str, requests: usize) -> anyhow
         .map(|_| w.attach().map(Mutex::new))
         .collect::<anyhow::Result<_>>()?;
     let per_token = Mutex::new(Vec::new());
-    let send = |i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
-        let mut c = clients[i % CLIENTS]
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    // Each client thread keeps one client: CLIENTS requests are always in flight.
+    let send = |t: usize, i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
+        let mut c = clients[t].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let r = client_stream(&mut c, i, first)?;
         let n = r.usage.generated_tokens.max(1);
         per_token
@@ -173,7 +172,10 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
     let generation = llm.per_token / CLIENTS as u32;
     let mut goal = Table::new(["goal", "IPC per token", "generation per token", "share", "met"]);
     let both = [
-        ("worker and clients, echo run", echo.worker_cpu + echo.client_cpu),
+        (
+            "worker and clients, echo run",
+            per(echo.worker_cpu, echo.tokens) + per(echo.client_cpu, echo.tokens),
+        ),
         // The clients with the model running beside them wait longer per piece (and spin
         // part of it): their CPU from the model's run, the worker's from the echo run.
         (
@@ -181,8 +183,7 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
             echo.worker_cpu + llm.client_cpu,
         ),
     ];
-    for (what, cpu) in both {
-        let ipc = per(cpu, echo.tokens);
+    for (what, ipc) in both {
         let share = ipc.as_secs_f64() / generation.as_secs_f64();
         goal.row([
             format!("IPC ({what}) per token ÷ generation time per token, {CLIENTS} clients (< 1 %)"),

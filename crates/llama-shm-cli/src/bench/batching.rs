@@ -111,9 +111,10 @@ pub(super) fn worker_args(model: &Path, threads: u32) -> Vec<String> {
     .collect()
 }
 
-/// Sends request `i`, calling the second argument at its first piece; returns the tokens
-/// generated.
-pub(super) type Send<'a> = dyn Fn(usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 'a;
+/// Sends request `i` (the second argument) from client thread `t` (the first; each of the
+/// `n` threads of [`drive`] has its own, `0..n`), calling the third at its first piece;
+/// returns the tokens generated.
+pub(super) type Send<'a> = dyn Fn(usize, usize, &mut dyn FnMut()) -> anyhow::Result<u32> + Sync + 'a;
 
 /// `n` client threads, each sending its share of `requests` one after another through
 /// `send` (given the question index and a first-piece callback), timed.
@@ -122,8 +123,9 @@ pub(super) fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Resul
     let t = Instant::now();
     let per_thread: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|t| {
+                let next = &next;
+                s.spawn(move || {
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
@@ -132,7 +134,7 @@ pub(super) fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Resul
                         }
                         let start = Instant::now();
                         let mut first = None;
-                        let generated = send(i, &mut || {
+                        let generated = send(t, i, &mut || {
                             first.get_or_insert_with(Instant::now);
                         })?;
                         let end = Instant::now();
@@ -203,19 +205,15 @@ fn standalone_run(
     let clients: Vec<std::sync::Mutex<Client>> = (0..n)
         .map(|_| w.attach().map(std::sync::Mutex::new))
         .collect::<anyhow::Result<_>>()?;
+    // Each client thread keeps one client, so `n` requests are always in flight (the lock is
+    // never contended).
+    let send = |t: usize, i: usize, first: &mut dyn FnMut()| {
+        let mut c = clients[t].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        client_send(&mut c, i, first)
+    };
     // Warm-up: one request per client at once, untimed.
-    drive(n, n, &|i, first| {
-        let mut c = clients[i % n].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        client_send(&mut c, i, first)
-    })?;
-    let slot = AtomicUsize::new(0);
-    std::thread_local!(static MINE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) });
-    let (samples, wall) = drive(n, requests, &|i, first| {
-        // Each client thread keeps one client.
-        let k = MINE.with(|m| *m.get().get_or_insert_with(|| slot.fetch_add(1, Ordering::SeqCst)));
-        let mut c = clients[k % n].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        client_send(&mut c, i, first)
-    })?;
+    drive(n, n, &send)?;
+    let (samples, wall) = drive(n, requests, &send)?;
     let rss_kib = worker_rss_kib();
     for c in clients {
         if let Ok(c) = c.into_inner() {
@@ -240,7 +238,7 @@ fn pool_run(worker: &Path, model: &Path, n: usize, requests: usize) -> anyhow::R
         .startup_timeout(Duration::from_secs(120))
         .request_timeout(Duration::from_secs(600));
     let pool = Pool::new(builder, workers).context("starting the pool")?;
-    let send = |i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
+    let send = |_: usize, i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
         let q = question(i);
         let r = pool
             .stream(

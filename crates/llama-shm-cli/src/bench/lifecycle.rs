@@ -120,25 +120,30 @@ pub fn run(args: &BenchArgs, worker: &Path, echo_worker: Option<&Path>) -> anyho
     table.print();
     let (binary, r) = &runs[0];
     let mut goals = Table::new(["goal", "figure", "met"]);
-    let mut goal = |label: String, d: Duration, limit: Duration| {
-        goals.row([
-            label,
-            fmt_duration(d),
-            (if d <= limit { "yes" } else { "no" }).into(),
-        ]);
+    // Nothing measured (`--kills 0`) is no figure, and meets nothing.
+    let mut goal = |label: String, s: &Summary, d: Duration, limit: Duration| {
+        let (figure, met) = if s.n == 0 {
+            ("not measured".to_string(), "—")
+        } else {
+            (fmt_duration(d), if d <= limit { "yes" } else { "no" })
+        };
+        goals.row([label, figure, met.into()]);
     };
     goal(
         format!("spawn to ready p50, {binary} (≤ 1 ms)"),
+        &r.spawn,
         r.spawn.p50,
         Duration::from_millis(1),
     );
     goal(
         format!("death noticed p99 over {} kills, {binary} (≤ 1 ms)", args.kills),
+        &r.death,
         r.death.p99,
         Duration::from_millis(1),
     );
     goal(
         format!("death noticed p50, {binary} (≤ 0.3 ms)"),
+        &r.death,
         r.death.p50,
         Duration::from_micros(300),
     );

@@ -58,7 +58,9 @@ pub trait Clients {
 pub trait Region {
     /// Seed or extended.
     fn kind(&self) -> ObjectKind;
-    /// Copies `dst.len()` bytes of `field`, starting `at` bytes into it.
+    /// Copies `dst.len()` bytes of `field`, starting `at` bytes into it. Every byte of `dst`
+    /// is written: a range outside the field (or the mapping) reads as zeros, so a reused
+    /// buffer never hands over what it held before.
     fn read(&self, field: Field, at: usize, dst: &mut [u8]);
     /// Copies `src` into `field`, starting `at` bytes into it.
     fn write(&self, field: Field, at: usize, src: &[u8]);
