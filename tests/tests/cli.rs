@@ -495,6 +495,16 @@ fn bench_batch_ipc_streams_to_eight_clients_and_cleans_up() {
     assert!(out.contains("Streaming to 8 clients at once"), "{out}");
     assert!(out.contains("| echo at the model's pace | 512 |"), "{out}");
     assert_eq!(out.matches("(< 1 %)").count(), 2, "{out}");
+    // Whatever the machine, the IPC is a small part of a model's step: a share of even 50 %
+    // is a unit or bookkeeping error (per-run totals against per-token figures, say).
+    for line in out.lines().filter(|l| l.contains("(< 1 %)")) {
+        let share: f64 = line
+            .split('|')
+            .nth(4)
+            .and_then(|c| c.trim().trim_end_matches(" %").parse().ok())
+            .unwrap_or_else(|| panic!("no share in {line:?}"));
+        assert!(share.is_finite() && share < 50.0, "{line}");
+    }
     assert!(own_entries().is_empty());
     assert!(
         !std::fs::read_dir("/dev/shm").unwrap().any(|e| e

@@ -180,7 +180,7 @@ pub fn run(args: &BenchArgs, worker: &Path, model: &Path) -> anyhow::Result<()> 
         // part of it): their CPU from the model's run, the worker's from the echo run.
         (
             "echo worker, the model run's clients",
-            echo.worker_cpu + llm.client_cpu,
+            per(echo.worker_cpu, echo.tokens) + per(llm.client_cpu, llm.tokens),
         ),
     ];
     for (what, ipc) in both {

@@ -98,26 +98,44 @@ fn counts(args: &BenchArgs, payload: Payload) -> (usize, usize) {
     ((iters / 10).clamp(1, 1000), iters)
 }
 
+/// Rounds per table: every row is measured this many times, the rows alternating within a
+/// round, and the round with the median p50 is shown (a burst of load on the machine then
+/// moves one round of one row, not the ratios).
+const ROUNDS: usize = 3;
+
+/// The round with the median p50 of `rounds` (their count is odd).
+fn median_round(mut rounds: Vec<Summary>) -> Summary {
+    rounds.sort_by_key(|s| s.p50);
+    rounds.swap_remove(rounds.len() / 2)
+}
+
 /// Measures and prints the round-trip tables.
 pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
     println!("## Round trips (echo engine; request system+user bytes, answer bytes)\n");
-    println!("Ratio: that row's p50 over the shm (adaptive) p50 of the same placement and payload.\n");
-    // The comparison transports first, then shm, in the order of every earlier build (the
-    // figures stay comparable; nothing requires it any more since the servers are re-executed).
-    let mut base = Vec::new();
+    println!(
+        "Each row: the round with the median p50 of {ROUNDS} rounds, the rows of a table \
+         alternating within each round. Ratio: that row's p50 over the shm (adaptive) p50 of \
+         the same placement and payload.\n"
+    );
     for payload in [Payload::SMALL, Payload::LARGE] {
         let (warmup, iters) = counts(args, payload);
         for placement in Placement::ALL {
-            for transport in Transport::ALL {
-                let mut samples = transports::run(transport, payload, placement, warmup, iters)
-                    .context(transport.name())?;
-                base.push((payload, placement, transport, summarize(&mut samples)));
+            let mut adaptive = Vec::new();
+            let mut blocking = Vec::new();
+            let mut others: Vec<Vec<Summary>> = Transport::ALL.iter().map(|_| Vec::new()).collect();
+            for _ in 0..ROUNDS {
+                adaptive.push(summarize(&mut shm_round_trips(
+                    worker, payload, placement, true, warmup, iters,
+                )?));
+                blocking.push(summarize(&mut shm_round_trips(
+                    worker, payload, placement, false, warmup, iters,
+                )?));
+                for (k, transport) in Transport::ALL.into_iter().enumerate() {
+                    let mut samples = transports::run(transport, payload, placement, warmup, iters)
+                        .context(transport.name())?;
+                    others[k].push(summarize(&mut samples));
+                }
             }
-        }
-    }
-    for payload in [Payload::SMALL, Payload::LARGE] {
-        let (warmup, iters) = counts(args, payload);
-        for placement in Placement::ALL {
             println!(
                 "### {}/{}/{} bytes, {}\n",
                 payload.system,
@@ -125,20 +143,17 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
                 payload.response,
                 placement.name()
             );
-            let ours = summarize(&mut shm_round_trips(
-                worker, payload, placement, true, warmup, iters,
-            )?);
-            let blocking = summarize(&mut shm_round_trips(
-                worker, payload, placement, false, warmup, iters,
-            )?);
+            let ours = median_round(adaptive);
             let mut table = Table::new(["transport", "n", "p50", "p99", "p99.9", "max", "p50 vs shm"]);
             row(&mut table, "shm, adaptive wait", &ours, None);
-            row(&mut table, "shm, blocking wait", &blocking, Some(&ours));
-            for (_, _, t, s) in base
-                .iter()
-                .filter(|(p, pl, _, _)| *p == payload && *pl == placement)
-            {
-                row(&mut table, t.name(), s, Some(&ours));
+            row(
+                &mut table,
+                "shm, blocking wait",
+                &median_round(blocking),
+                Some(&ours),
+            );
+            for (transport, rounds) in Transport::ALL.into_iter().zip(others) {
+                row(&mut table, transport.name(), &median_round(rounds), Some(&ours));
             }
             table.print();
         }
