@@ -18,7 +18,7 @@ use llama_shm::internals::client::Client;
 use llama_shm::internals::stats::{fmt_duration, summarize};
 use nix::sys::resource::{getrusage, UsageWho};
 
-use super::batching::{client_stream, drive, worker_args, FORCED, THREADS};
+use super::batching::{client_stream, drive, own_client, worker_args, FORCED, THREADS};
 use super::table::Table;
 use super::workers::Standalone;
 use super::BenchArgs;
@@ -79,8 +79,7 @@ fn measure(worker: &Path, args: &[String], tag: &str, requests: usize) -> anyhow
     let per_token = Mutex::new(Vec::new());
     // Each client thread keeps one client: CLIENTS requests are always in flight.
     let send = |t: usize, i: usize, first: &mut dyn FnMut()| -> anyhow::Result<u32> {
-        let mut c = clients[t].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let r = client_stream(&mut c, i, first)?;
+        let r = client_stream(&mut *own_client(&clients, t)?, i, first)?;
         let n = r.usage.generated_tokens.max(1);
         per_token
             .lock()

@@ -160,6 +160,20 @@ pub(super) fn drive(n: usize, requests: usize, send: &Send<'_>) -> anyhow::Resul
     Ok((samples, wall))
 }
 
+/// Client thread `t`'s own client. Never waited for: a client another thread holds means the
+/// threads share clients, and fewer requests are in flight than the row says.
+pub(super) fn own_client(
+    clients: &[std::sync::Mutex<Client>],
+    t: usize,
+) -> anyhow::Result<std::sync::MutexGuard<'_, Client>> {
+    clients[t].try_lock().map_err(|e| match e {
+        std::sync::TryLockError::WouldBlock => {
+            anyhow::anyhow!("client thread {t} found its client in use by another thread")
+        }
+        std::sync::TryLockError::Poisoned(_) => anyhow::anyhow!("poisoned"),
+    })
+}
+
 /// A streamed request of question `i` through `client`, its generated tokens checked.
 pub(super) fn client_send(client: &mut Client, i: usize, first: &mut dyn FnMut()) -> anyhow::Result<u32> {
     Ok(client_stream(client, i, first)?.usage.generated_tokens)
@@ -207,10 +221,8 @@ fn standalone_run(
         .collect::<anyhow::Result<_>>()?;
     // Each client thread keeps one client, so `n` requests are always in flight (the lock is
     // never contended).
-    let send = |t: usize, i: usize, first: &mut dyn FnMut()| {
-        let mut c = clients[t].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        client_send(&mut c, i, first)
-    };
+    let send =
+        |t: usize, i: usize, first: &mut dyn FnMut()| client_send(&mut *own_client(&clients, t)?, i, first);
     // Warm-up: one request per client at once, untimed.
     drive(n, n, &send)?;
     let (samples, wall) = drive(n, requests, &send)?;

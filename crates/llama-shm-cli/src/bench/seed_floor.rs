@@ -321,11 +321,6 @@ fn measure(
     result
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[(v.len() - 1) / 2]
-}
-
 /// Prints the seed-floor table: for each placement and wait kind, the seed-style client's p50
 /// against the minimal worker and against ours, three alternating runs each (medians).
 pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
@@ -343,6 +338,7 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
         "minimal worker",
         "our worker",
         "ours / minimal",
+        "met",
     ]);
     let mut n = 0;
     for placement in Placement::ALL {
@@ -354,13 +350,17 @@ pub fn run(args: &BenchArgs, worker: &Path) -> anyhow::Result<()> {
                     out.push(measure(which, worker, payload, placement, timed, counts, n)?);
                 }
             }
-            let (m, o) = (median(minimal), median(ours));
+            // The median of the three runs' p50s (nearest rank: the middle one).
+            let (m, o) = (summarize(&mut minimal).p50, summarize(&mut ours).p50);
+            // Judged unrounded: 1.153 is over the goal, though it prints as 1.15 at two places.
+            let ratio = o.as_secs_f64() / m.as_secs_f64();
             table.row([
                 placement.name().into(),
                 if timed { "timed" } else { "untimed" }.into(),
                 fmt_duration(m),
                 fmt_duration(o),
-                format!("{:.2}× (goal ≤ 1.15×)", o.as_secs_f64() / m.as_secs_f64()),
+                format!("{ratio:.3}× (goal ≤ 1.15×)"),
+                (if ratio <= 1.15 { "yes" } else { "no" }).into(),
             ]);
         }
     }

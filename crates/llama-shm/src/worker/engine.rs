@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::protocol::{Constraint, Embeddings, Message, Usage};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use crate::wire::status::Finish;
 
 /// One request, as the engine sees it: every text is valid UTF-8 without NUL bytes.
@@ -115,18 +115,19 @@ pub struct Cancel(Arc<CancelInner>);
 #[derive(Debug)]
 struct CancelInner {
     flag: AtomicBool,
-    /// Whether `deadline` holds one: checked first, so a request without a deadline never
-    /// takes the lock (it is asked before every piece).
-    has_deadline: AtomicBool,
-    deadline: Mutex<Option<Instant>>,
+    /// When the running request's deadline is: nanoseconds after `base`, 0 for none. One
+    /// atomic, so the check before every piece takes no lock (and a request without a
+    /// deadline reads no clock).
+    deadline_ns: AtomicU64,
+    base: Instant,
 }
 
 impl Default for Cancel {
     fn default() -> Self {
         Self(Arc::new(CancelInner {
             flag: AtomicBool::new(false),
-            has_deadline: AtomicBool::new(false),
-            deadline: Mutex::new(None),
+            deadline_ns: AtomicU64::new(0),
+            base: Instant::now(),
         }))
     }
 }
@@ -147,19 +148,20 @@ impl Cancel {
     }
     /// Sets the running request's deadline (`None`: none).
     pub fn set_deadline(&self, deadline: Option<Instant>) {
-        let mut d = self.0.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        *d = deadline;
-        self.0.has_deadline.store(deadline.is_some(), Ordering::SeqCst);
+        // At least 1 (0 is "none"): a deadline at or before `base` has passed already.
+        let ns = deadline.map_or(0, |d| {
+            u64::try_from(d.saturating_duration_since(self.0.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.0.deadline_ns.store(ns, Ordering::SeqCst);
     }
     /// Whether the running request's deadline has passed.
     pub fn deadline_passed(&self) -> bool {
-        self.0.has_deadline.load(Ordering::SeqCst)
-            && self
-                .0
-                .deadline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|d| Instant::now() >= d)
+        match self.0.deadline_ns.load(Ordering::SeqCst) {
+            0 => false,
+            ns => self.0.base.elapsed() >= Duration::from_nanos(ns),
+        }
     }
     /// Whether the flag is set or the deadline passed.
     pub fn is_cancelled(&self) -> bool {

@@ -388,3 +388,25 @@ fn an_extended_client_ignores_the_seed_streaming_fields() {
         &[1, 9, 9, 9, 9, 9, 9, 9, 9, 9]
     );
 }
+
+/// The request's deadline: none is never passed, a past one (even one before the cancel was
+/// made) is, a future one is not until it comes, and `reset` clears it with the flag.
+#[test]
+fn the_cancels_deadline_holds_for_past_future_and_none() {
+    use std::time::Instant;
+    let before = Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    let c = Cancel::new();
+    assert!(!c.deadline_passed() && !c.is_cancelled());
+    c.set_deadline(Some(before));
+    assert!(c.deadline_passed() && c.is_cancelled());
+    c.set_deadline(Some(Instant::now() + Duration::from_millis(30)));
+    assert!(!c.deadline_passed());
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(c.deadline_passed());
+    c.cancel();
+    c.reset();
+    assert!(!c.deadline_passed() && !c.is_cancelled());
+    c.set_deadline(None);
+    assert!(!c.deadline_passed());
+}
